@@ -1,0 +1,118 @@
+"""One registry of architectures: name -> builder, input size, normalisation, defaults.
+
+Every model is a Keras application backbone (tf_keras, so tfmot QAT works on it) with the
+paper's head: global average pooling, dropout, dense softmax over the labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..edge_runtime.spec import LABELS, InputSpec
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    backbone: Callable  # (input_shape, weights, **kw) -> tf_keras.Model without top
+    default_size: int
+    imagenet_normalisation: str  # what the ImageNet weights expect
+    lr: float  # default learning rate (VGG has no BatchNorm and needs a smaller one from scratch)
+    options: dict = field(default_factory=dict)
+
+
+REGISTRY: dict[str, Arch] = {}
+
+
+def register(name: str, default_size: int, imagenet_normalisation: str, lr: float, **options):
+    def deco(fn):
+        REGISTRY[name] = Arch(name, fn, default_size, imagenet_normalisation, lr, options)
+        return fn
+    return deco
+
+
+def _apps():
+    import tf_keras
+    return tf_keras.applications
+
+
+@register("mobilenetv2", 224, "symmetric", 1e-3, width=1.0)
+def _mobilenetv2(input_shape, weights, width=1.0):
+    return _apps().MobileNetV2(input_shape=input_shape, alpha=width, include_top=False, weights=weights)
+
+
+@register("resnet50", 224, "caffe", 1e-3)
+def _resnet50(input_shape, weights):
+    return _apps().ResNet50(input_shape=input_shape, include_top=False, weights=weights)
+
+
+@register("vgg16", 224, "caffe", 1e-4)
+def _vgg16(input_shape, weights):
+    return _apps().VGG16(input_shape=input_shape, include_top=False, weights=weights)
+
+
+@register("vgg19", 224, "caffe", 1e-4)
+def _vgg19(input_shape, weights):
+    return _apps().VGG19(input_shape=input_shape, include_top=False, weights=weights)
+
+
+def get(name: str) -> Arch:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+def input_spec(arch: str, size: int, weights: str) -> InputSpec:
+    """ImageNet weights get the normalisation they were trained with; from scratch, [-1, 1]."""
+    a = get(arch)
+    return InputSpec.named(size, a.imagenet_normalisation if weights == "imagenet" else "symmetric")
+
+
+class WeightsUnavailable(RuntimeError):
+    pass
+
+
+def build(arch: str, size: int, weights: str = "none", dropout: float = 0.2,
+          bn_momentum: float | None = 0.9, n_classes: int = len(LABELS), **options):
+    """Backbone + head. weights: 'imagenet', 'none' or a path to a .keras/.h5 model or weights."""
+    import tf_keras
+
+    a = get(arch)
+    kw = {**a.options, **{k: v for k, v in options.items() if k in a.options and v is not None}}
+    load_path = None
+    if weights in (None, "none"):
+        w = None
+    elif weights == "imagenet":
+        w = "imagenet"
+    else:
+        w, load_path = None, weights
+    try:
+        base = a.backbone((size, size, 3), w, **kw)
+    except Exception as e:  # offline: URLError/HTTPError/"URL fetch failure"
+        if w == "imagenet":
+            raise WeightsUnavailable(
+                f"cannot load ImageNet weights for {arch} ({type(e).__name__}: {e}); "
+                "they are downloaded on first use: connect to the internet once, or train from scratch with --weights none"
+            ) from None
+        raise
+    if bn_momentum is not None:
+        # Keras's default 0.99/0.999 moving averages lag far behind weights that change fast
+        # from scratch, so inference-mode accuracy stays near chance for thousands of steps.
+        for layer in base.layers:
+            if isinstance(layer, tf_keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
+    inputs = tf_keras.Input((size, size, 3), name="image")
+    x = base(inputs)
+    x = tf_keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = tf_keras.layers.Dropout(dropout, name="dropout")(x)
+    # float32 output even under mixed precision, for a stable softmax.
+    outputs = tf_keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs")(x)
+    model = tf_keras.Model(inputs, outputs, name=arch)
+    if load_path:
+        if str(load_path).endswith(".keras"):
+            src = tf_keras.models.load_model(load_path, compile=False)
+            model.set_weights(src.get_weights())
+        else:
+            model.load_weights(load_path)
+    return model

@@ -1,0 +1,100 @@
+"""CLI: `data audit`, `data split`, `train`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group("data")
+def data_group():
+    """Audit a class-folder data set and split it."""
+
+
+@data_group.command("audit")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report here.")
+def audit_cmd(directory, json_out):
+    """Counts, unreadable files, exact and cross-label duplicates, image sizes."""
+    from .data import audit, format_audit, scan
+
+    a = audit(scan(directory))
+    click.echo(format_audit(a))
+    if json_out:
+        Path(json_out).write_text(json.dumps(a, indent=2) + "\n")
+        click.echo(f"report: {json_out}")
+
+
+def _ratios(ctx, param, value):
+    try:
+        r = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: three comma-separated numbers, e.g. 0.7,0.2,0.1")
+    if len(r) != 3 or abs(sum(r) - 1) > 1e-6 or min(r) < 0:
+        raise click.BadParameter(f"{value!r}: three non-negative numbers that sum to 1")
+    return r
+
+
+@data_group.command("split")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="split CSV to write (a .json report goes beside it)")
+@click.option("--ratios", default="0.7,0.2,0.1", callback=_ratios, show_default=True, help="train,val,test")
+@click.option("--seed", default=0, show_default=True)
+def split_cmd(directory, out, ratios, seed):
+    """Stratified, deduplicated train/val/test split -> CSV (path, label, split, sha256)."""
+    from .data import make_split, scan, write_split
+
+    records = scan(directory)
+    rows, report = make_split(records, ratios, seed)
+    digest = write_split(rows, report, out, directory)
+    for s, n in report["totals"].items():
+        click.echo(f"{s:<6}{n:>6}  " + " ".join(f"{k}:{v}" for k, v in report["counts"][s].items()))
+    for u in report["excluded_unreadable"]:
+        click.echo(f"excluded {u['path']}: {u['reason']}")
+    for d in report["dropped_conflicts"]:
+        click.echo(f"dropped {d['path']} ({d['label']}): {d['reason']}")
+    click.echo(f"{out} sha256 {digest}")
+
+
+@click.command("train")
+@click.option("--arch", type=click.Choice(["mobilenetv2", "resnet50", "vgg16", "vgg19"]), help="architecture (from the registry)")
+@click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False), help="split CSV from `data split`")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory")
+@click.option("--img-size", default=96, show_default=True)
+@click.option("--epochs", default=20, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--weights", default="none", show_default=True, help="imagenet, none, or a path to a .keras/.h5 model")
+@click.option("--lr", type=float, help="peak learning rate (default: the architecture's)")
+@click.option("--width", type=float, help="MobileNetV2 width multiplier (alpha)")
+@click.option("--bn-momentum", default=0.9, show_default=True)
+@click.option("--dropout", default=0.2, show_default=True)
+@click.option("--patience", default=6, show_default=True, help="early stopping on validation loss")
+@click.option("--balance", type=click.Choice(["class_weights", "none"]), default="class_weights", show_default=True)
+@click.option("--no-augment", is_flag=True)
+@click.option("--time-budget", "time_budget", type=float, help="minutes; stop cleanly after the epoch that would overrun")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--data-root", type=click.Path(file_okay=False), help="where the split's paths live (default: as recorded)")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="keep decoded pixels here between runs")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
+def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, width, bn_momentum, dropout,
+              patience, balance, no_augment, time_budget, seed, data_root, cache_dir, resume):
+    """Train a classifier under the common protocol and evaluate it on the test split."""
+    from .archs import WeightsUnavailable
+    from .fit import TrainConfig, train
+
+    if not resume and not (arch and split_csv):
+        raise click.UsageError("--arch and --split are required (unless --resume)")
+    cfg = TrainConfig(arch=arch or "", split=split_csv or "", out=out, img_size=img_size, epochs=epochs,
+                      batch_size=batch_size, weights=weights, lr=lr, width=width, bn_momentum=bn_momentum,
+                      dropout=dropout, patience=patience, balance=balance, augment=not no_augment,
+                      time_budget_min=time_budget, seed=seed, data_root=data_root, cache_dir=cache_dir)
+    try:
+        train(cfg, resume=resume, log=lambda m: click.echo(m, err=False))
+    except (WeightsUnavailable, FileNotFoundError, FileExistsError, ValueError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+COMMANDS = [data_group, train_cmd]

@@ -1,0 +1,299 @@
+"""Training: one protocol for every architecture, resumable, time-budgeted, reproducible.
+
+out/
+  model.keras     final float model (best validation loss), no optimizer state
+  history.csv     one row per epoch
+  config.json     every option, library versions, split hash, input spec
+  metrics.json    test-split metrics (edge_runtime.metrics, scikit-learn definitions)
+  ckpt/           last epoch with optimizer state and loop state, for --resume (not committed)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..edge_runtime.metrics import classification_metrics, format_metrics
+from ..edge_runtime.spec import LABELS
+from . import archs
+from .data import read_split
+from .pipeline import Augment, NO_AUGMENT, cached_pixels, class_weights, eval_dataset, train_dataset
+
+
+@dataclass
+class TrainConfig:
+    arch: str
+    split: str
+    out: str
+    img_size: int = 96
+    epochs: int = 20
+    batch_size: int = 64
+    weights: str = "none"
+    lr: float | None = None  # None: the architecture's default
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    dropout: float = 0.2
+    bn_momentum: float = 0.9
+    width: float | None = None  # MobileNetV2 alpha
+    augment: bool = True
+    balance: str = "class_weights"  # or "none"
+    patience: int = 6
+    time_budget_min: float | None = None
+    seed: int = 0
+    data_root: str | None = None
+    cache_dir: str | None = None
+    max_train: int | None = None  # for smoke tests only
+    extra: dict = field(default_factory=dict)
+
+
+def _versions() -> dict:
+    import sklearn
+    import tensorflow as tf
+    import tf_keras
+
+    v = {"python": platform.python_version(), "tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
+         "numpy": np.__version__, "scikit-learn": sklearn.__version__, "edge_bloodcls": __version__,
+         "platform": platform.platform(), "processor": platform.processor() or platform.machine()}
+    return v
+
+
+def _seed_everything(seed: int):
+    import tensorflow as tf
+
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+
+
+def _strategy(log):
+    """MirroredStrategy over several GPUs, mixed precision on any GPU, plain CPU otherwise."""
+    import tensorflow as tf
+    import tf_keras
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        tf_keras.mixed_precision.set_global_policy("mixed_float16")
+        log(f"GPUs: {len(gpus)}; mixed precision on")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy(), len(gpus)
+    return tf.distribute.get_strategy(), len(gpus)
+
+
+def warmup_cosine_class():
+    """Linear warm-up then cosine decay to zero, as a function of the optimizer step, so a
+    resumed run continues the schedule exactly. Registered so checkpoints load by name."""
+    global _WarmupCosine
+    if _WarmupCosine is not None:
+        return _WarmupCosine
+    import tensorflow as tf
+    import tf_keras
+
+    @tf_keras.saving.register_keras_serializable(package="edge_bloodcls")
+    class WarmupCosine(tf_keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, base_lr, warmup_steps, total_steps):
+            self.base_lr, self.warmup_steps, self.total_steps = float(base_lr), int(warmup_steps), int(total_steps)
+
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32)
+            warm = self.base_lr * (step + 1) / max(1.0, float(self.warmup_steps))
+            progress = (step - self.warmup_steps) / max(1.0, float(self.total_steps - self.warmup_steps))
+            cos = 0.5 * self.base_lr * (1 + tf.cos(math.pi * tf.clip_by_value(progress, 0.0, 1.0)))
+            return tf.where(step < self.warmup_steps, warm, cos)
+
+        def get_config(self):
+            return {"base_lr": self.base_lr, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+    _WarmupCosine = WarmupCosine
+    return WarmupCosine
+
+
+_WarmupCosine = None
+
+
+def _current_lr(opt) -> float:
+    lr = opt.learning_rate
+    if callable(lr):
+        lr = lr(opt.iterations)
+    return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+    import tf_keras
+
+    out = Path(cfg.out)
+    ckpt_dir = out / "ckpt"
+    state_file = ckpt_dir / "state.json"
+    if resume:
+        if not state_file.exists():
+            raise FileNotFoundError(f"{state_file}: nothing to resume (no checkpoint in {out})")
+        saved = json.loads((out / "config.json").read_text())["train"]
+        saved.update({k: v for k, v in (("time_budget_min", cfg.time_budget_min), ("data_root", cfg.data_root),
+                                         ("cache_dir", cfg.cache_dir)) if v is not None})
+        cfg = TrainConfig(**saved)
+        log(f"resuming {cfg.arch} in {out} from its saved configuration")
+    elif state_file.exists():
+        raise FileExistsError(f"{out}: holds a checkpoint already; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir.mkdir(exist_ok=True)
+
+    arch = archs.get(cfg.arch)
+    lr = cfg.lr if cfg.lr is not None else arch.lr
+    spec = archs.input_spec(cfg.arch, cfg.img_size, cfg.weights)
+    split = read_split(cfg.split, cfg.data_root)
+    _seed_everything(cfg.seed)
+
+    t0 = time.time()
+    key = split.sha256[:12]
+    data = {}
+    for name in ("train", "val", "test"):
+        paths, y = split.items(name)
+        if name == "train" and cfg.max_train:
+            paths, y = paths[: cfg.max_train], y[: cfg.max_train]
+        if not paths:
+            raise ValueError(f"{cfg.split}: the {name} split is empty")
+        data[name] = (cached_pixels(paths, spec.size, cfg.cache_dir, key, progress=True), y)
+    log(f"data: {', '.join(f'{k} {len(v[1])}' for k, v in data.items())} images at {cfg.img_size}px "
+        f"({time.time() - t0:.0f}s)")
+
+    aug = Augment() if cfg.augment else NO_AUGMENT
+    weights_by_class = class_weights(data["train"][1], len(LABELS)) if cfg.balance == "class_weights" else None
+    strategy, n_gpus = _strategy(log)
+    batch = cfg.batch_size
+    steps = len(data["train"][1]) // batch
+    if steps == 0:
+        raise ValueError(f"batch size {batch} is larger than the training set ({len(data['train'][1])} images)")
+
+    state = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0, "elapsed_s": 0.0}
+    with strategy.scope():
+        if resume:
+            warmup_cosine_class()
+            model = tf_keras.models.load_model(ckpt_dir / "last.keras", compile=True)
+            state = json.loads(state_file.read_text())
+            _truncate_history(out / "history.csv", state["epoch"])
+        else:
+            model = archs.build(cfg.arch, cfg.img_size, cfg.weights, cfg.dropout, cfg.bn_momentum,
+                                width=cfg.width)
+            sched = warmup_cosine_class()(lr, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
+            opt = (tf_keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay) if cfg.weight_decay
+                   else tf_keras.optimizers.Adam(sched))
+            model.compile(optimizer=opt,
+                          loss=tf_keras.losses.SparseCategoricalCrossentropy(),
+                          metrics=["accuracy"])
+    params = int(model.count_params())
+
+    config = {
+        "train": asdict(cfg), "lr": lr, "input": spec.to_json(), "labels": list(LABELS),
+        "augment": aug.to_json(), "class_weights": weights_by_class,
+        "split": {"csv": str(cfg.split), "sha256": split.sha256, "root": str(split.root)},
+        "params": params, "gpus": n_gpus, "versions": _versions(), "optimizer": "Adam, warm-up + cosine decay",
+        "loss": "sparse categorical cross-entropy, class-weighted" if weights_by_class else "sparse categorical cross-entropy",
+    }
+    if not resume:
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    log(f"{cfg.arch}: {params:,} parameters, input {spec.size} {spec.color}, lr {lr}, batch {batch}, "
+        f"{steps} steps/epoch, epochs {state['epoch']}..{cfg.epochs}")
+
+    budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
+    session_start = time.time()
+    elapsed_before = state["elapsed_s"]
+    x_val = eval_dataset(*data["val"], spec, batch)
+    history_file = out / "history.csv"
+    stop_reason = "completed all epochs"
+
+    if state["epoch"] < cfg.epochs and state.get("stopped") != "early_stopping":
+        ds, _ = train_dataset(*data["train"], spec, batch, aug, cfg.seed, state["epoch"], cfg.epochs)
+        it = iter(ds)
+        epoch_times = []
+        for epoch in range(state["epoch"], cfg.epochs):
+            te = time.time()
+            hist = model.fit(it, steps_per_epoch=steps, epochs=epoch + 1, initial_epoch=epoch,
+                             class_weight=weights_by_class, verbose=1 if sys.stdout.isatty() else 2)
+            train_logs = {k: float(v[-1]) for k, v in hist.history.items()}
+            val_loss, val_acc = model.evaluate(x_val, verbose=0)
+            epoch_times.append(time.time() - te)
+            row = {"epoch": epoch + 1, "loss": train_logs["loss"], "accuracy": train_logs["accuracy"],
+                   "val_loss": float(val_loss), "val_accuracy": float(val_acc),
+                   "lr": _current_lr(model.optimizer),
+                   "seconds": round(epoch_times[-1], 1)}
+            _append_csv(history_file, row)
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
+                f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} ({row['seconds']:.0f}s)")
+            improved = state["best_val_loss"] is None or val_loss < state["best_val_loss"]
+            if improved:
+                state.update(best_val_loss=float(val_loss), best_epoch=epoch + 1, wait=0)
+                model.save(ckpt_dir / "best.keras")
+            else:
+                state["wait"] += 1
+            state["epoch"] = epoch + 1
+            state["elapsed_s"] = elapsed_before + time.time() - session_start
+            # Checkpoint, then the loop state that points at it: a kill between the two resumes
+            # from the previous epoch, never from a state without its weights.
+            model.save(ckpt_dir / "last.tmp.keras")
+            os.replace(ckpt_dir / "last.tmp.keras", ckpt_dir / "last.keras")
+            if state["wait"] >= cfg.patience:
+                stop_reason = f"early stopping: validation loss did not improve for {cfg.patience} epochs"
+                state["stopped"] = "early_stopping"
+            elif budget_s and (time.time() - session_start) + np.mean(epoch_times) > budget_s:
+                stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached after epoch {epoch + 1}"
+                               f" (another epoch would take ~{np.mean(epoch_times) / 60:.1f} min); "
+                               "--resume continues")
+                state["stopped"] = "time_budget"
+            else:
+                state.pop("stopped", None)
+            _write_json(state_file, state)
+            if state.get("stopped"):
+                break
+    log(stop_reason)
+
+    best = tf_keras.models.load_model(ckpt_dir / "best.keras", compile=False)
+    best.save(out / "model.keras")  # loaded without compile: no optimizer state
+    probs = best.predict(eval_dataset(*data["test"], spec, batch), verbose=0)
+    metrics = classification_metrics(data["test"][1], probs.argmax(1))
+    val_probs = best.predict(x_val, verbose=0)
+    metrics_val = classification_metrics(data["val"][1], val_probs.argmax(1))
+    result = {
+        "arch": cfg.arch, "img_size": cfg.img_size, "params": params, "split_sha256": split.sha256,
+        "epochs_run": state["epoch"], "epochs_planned": cfg.epochs, "best_epoch": state["best_epoch"],
+        "stop_reason": stop_reason, "train_seconds": round(state["elapsed_s"], 1),
+        "test": metrics, "val": {k: metrics_val[k] for k in ("n", "accuracy", "balanced_accuracy", "macro")},
+    }
+    _write_json(out / "metrics.json", result)
+    log("test split:\n" + format_metrics(metrics))
+    return result
+
+
+def _truncate_history(path: Path, epochs: int):
+    """Drop rows of epochs after the checkpoint (a kill between logging and saving)."""
+    if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(lines[: epochs + 1]))
+
+
+def _append_csv(path: Path, row: dict):
+    import csv
+
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row), lineterminator="\n")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _write_json(path: Path, obj):
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)

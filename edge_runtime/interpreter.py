@@ -1,0 +1,80 @@
+"""Which TFLite interpreter runs the model: ai_edge_litert, else tflite_runtime, else
+tensorflow.lite (imported only when neither package is installed). Edge TPU via its delegate."""
+from __future__ import annotations
+
+import importlib
+import os
+
+# (name reported, module, how to install)
+BACKENDS = (
+    ("ai_edge_litert", "ai_edge_litert.interpreter", "pip install ai-edge-litert"),
+    ("tflite_runtime", "tflite_runtime.interpreter", "pip install tflite-runtime 'numpy<2'"),
+    ("tensorflow.lite", "tensorflow.lite.python.interpreter", "pip install tensorflow"),
+)
+EDGETPU_LIB = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+
+
+class InterpreterUnavailable(RuntimeError):
+    pass
+
+
+def _module(allowed=None):
+    """First importable backend; EDGE_BLOODCLS_INTERPRETER=name restricts the choice."""
+    forced = os.environ.get("EDGE_BLOODCLS_INTERPRETER")
+    errors = []
+    for name, module, hint in BACKENDS:
+        if forced and name != forced:
+            continue
+        if allowed and name not in allowed:
+            continue
+        try:
+            return name, importlib.import_module(module)
+        except Exception as e:  # ImportError, or tflite_runtime's numpy-2 ABI crash
+            errors.append(f"{name}: {type(e).__name__}: {e}".splitlines()[0])
+    raise InterpreterUnavailable(
+        "no TFLite interpreter could be imported (" + "; ".join(errors) + "). "
+        "Install one: `pip install ai-edge-litert` (64-bit Raspberry Pi OS, Python 3.9-3.13), "
+        "or `pip install tflite-runtime 'numpy<2'` (32-bit or Python <= 3.11)")
+
+
+def backend_name() -> str:
+    return _module()[0]
+
+
+def _edgetpu_delegate(mod):
+    import platform
+
+    lib = EDGETPU_LIB.get(platform.system(), "libedgetpu.so.1")
+    load_delegate = getattr(mod, "load_delegate", None)
+    if load_delegate is None:
+        raise InterpreterUnavailable("this interpreter package cannot load delegates; install ai-edge-litert or tflite-runtime")
+    try:
+        return load_delegate(lib)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise InterpreterUnavailable(
+            f"Edge TPU delegate {lib} could not be loaded ({e}). Install the Edge TPU runtime "
+            "(`sudo apt-get install libedgetpu1-std` from Coral's apt repository) and plug the Coral in; "
+            "or run on the CPU with --device cpu (or --device auto to fall back)") from None
+
+
+def make_interpreter(model_path, threads: int | None = None, device: str = "cpu"):
+    """Return (interpreter with tensors allocated, description dict). device: cpu|edgetpu|auto."""
+    name, mod = _module()
+    threads = threads or os.cpu_count() or 1
+    delegates = []
+    used = "cpu"
+    if device in ("edgetpu", "auto"):
+        try:
+            delegates = [_edgetpu_delegate(mod)]
+            used = "edgetpu"
+        except InterpreterUnavailable:
+            if device == "edgetpu":
+                raise
+    try:
+        interp = mod.Interpreter(model_path=str(model_path), num_threads=threads,
+                                 experimental_delegates=delegates or None)
+        interp.allocate_tensors()
+    except ValueError as e:
+        raise InterpreterUnavailable(f"{model_path}: the interpreter cannot load this model ({e})") from None
+    version = getattr(importlib.import_module(name.split(".")[0]), "__version__", "?")
+    return interp, {"interpreter": name, "interpreter_version": version, "threads": threads, "device": used}

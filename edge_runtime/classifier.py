@@ -70,7 +70,12 @@ class Classifier:
 
     def classify(self, source, name=None, top_k: int = 3) -> Prediction:
         """A file path, bytes or RGB uint8 array -> Prediction. Raises ImageError on bad input."""
-        probs, ms = self.predict(prepare(source, self.spec, name=name))
+        return self.classify_input(prepare(source, self.spec, name=name), top_k)
+
+    def classify_input(self, x: np.ndarray, top_k: int = 3) -> Prediction:
+        """An already prepared model input (see preprocess.prepare) -> Prediction; lets the capture
+        loop time preprocessing apart from the interpreter."""
+        probs, ms = self.predict(x)
         i = int(np.argmax(probs))
         order = np.argsort(-probs)[:top_k]
         conf = float(probs[i])

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import platform
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -68,12 +67,12 @@ def _versions() -> dict:
 
 
 def _seed_everything(seed: int):
-    import tensorflow as tf
+
+    import tf_keras
 
     os.environ["PYTHONHASHSEED"] = str(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-    tf.random.set_seed(seed)
+    # Also seeds tf_keras's own generator, which unseeded initializers draw from.
+    tf_keras.utils.set_random_seed(seed)
 
 
 def _strategy(log):
@@ -140,8 +139,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         if not state_file.exists():
             raise FileNotFoundError(f"{state_file}: nothing to resume (no checkpoint in {out})")
         saved = json.loads((out / "config.json").read_text())["train"]
-        saved.update({k: v for k, v in (("time_budget_min", cfg.time_budget_min), ("data_root", cfg.data_root),
-                                         ("cache_dir", cfg.cache_dir)) if v is not None})
+        # The budget belongs to this session, not the first one; the data may have moved.
+        saved["time_budget_min"] = cfg.time_budget_min
+        saved.update({k: v for k, v in (("data_root", cfg.data_root), ("cache_dir", cfg.cache_dir)) if v is not None})
         cfg = TrainConfig(**saved)
         log(f"resuming {cfg.arch} in {out} from its saved configuration")
     elif state_file.exists():
@@ -207,55 +207,19 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         f"{steps} steps/epoch, epochs {state['epoch']}..{cfg.epochs}")
 
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
-    session_start = time.time()
-    elapsed_before = state["elapsed_s"]
     x_val = eval_dataset(*data["val"], spec, batch)
     history_file = out / "history.csv"
     stop_reason = "completed all epochs"
 
     if state["epoch"] < cfg.epochs and state.get("stopped") != "early_stopping":
         ds, _ = train_dataset(*data["train"], spec, batch, aug, cfg.seed, state["epoch"], cfg.epochs)
-        it = iter(ds)
-        epoch_times = []
-        for epoch in range(state["epoch"], cfg.epochs):
-            te = time.time()
-            hist = model.fit(it, steps_per_epoch=steps, epochs=epoch + 1, initial_epoch=epoch,
-                             class_weight=weights_by_class, verbose=1 if sys.stdout.isatty() else 2)
-            train_logs = {k: float(v[-1]) for k, v in hist.history.items()}
-            val_loss, val_acc = model.evaluate(x_val, verbose=0)
-            epoch_times.append(time.time() - te)
-            row = {"epoch": epoch + 1, "loss": train_logs["loss"], "accuracy": train_logs["accuracy"],
-                   "val_loss": float(val_loss), "val_accuracy": float(val_acc),
-                   "lr": _current_lr(model.optimizer),
-                   "seconds": round(epoch_times[-1], 1)}
-            _append_csv(history_file, row)
-            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
-                f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} ({row['seconds']:.0f}s)")
-            improved = state["best_val_loss"] is None or val_loss < state["best_val_loss"]
-            if improved:
-                state.update(best_val_loss=float(val_loss), best_epoch=epoch + 1, wait=0)
-                model.save(ckpt_dir / "best.keras")
-            else:
-                state["wait"] += 1
-            state["epoch"] = epoch + 1
-            state["elapsed_s"] = elapsed_before + time.time() - session_start
-            # Checkpoint, then the loop state that points at it: a kill between the two resumes
-            # from the previous epoch, never from a state without its weights.
-            model.save(ckpt_dir / "last.tmp.keras")
-            os.replace(ckpt_dir / "last.tmp.keras", ckpt_dir / "last.keras")
-            if state["wait"] >= cfg.patience:
-                stop_reason = f"early stopping: validation loss did not improve for {cfg.patience} epochs"
-                state["stopped"] = "early_stopping"
-            elif budget_s and (time.time() - session_start) + np.mean(epoch_times) > budget_s:
-                stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached after epoch {epoch + 1}"
-                               f" (another epoch would take ~{np.mean(epoch_times) / 60:.1f} min); "
-                               "--resume continues")
-                state["stopped"] = "time_budget"
-            else:
-                state.pop("stopped", None)
-            _write_json(state_file, state)
-            if state.get("stopped"):
-                break
+        loop = _EpochEnd(cfg, state, ckpt_dir, history_file, budget_s, log)
+        # One fit call over a stream of all remaining epochs: Keras keeps one iterator across
+        # epochs, so every batch is the one an uninterrupted run would draw.
+        model.fit(ds, steps_per_epoch=steps, epochs=cfg.epochs, initial_epoch=state["epoch"],
+                  validation_data=x_val, class_weight=weights_by_class, callbacks=[loop],
+                  verbose=1 if sys.stdout.isatty() else 2)
+        stop_reason = loop.stop_reason
     log(stop_reason)
 
     best = tf_keras.models.load_model(ckpt_dir / "best.keras", compile=False)
@@ -273,6 +237,64 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     _write_json(out / "metrics.json", result)
     log("test split:\n" + format_metrics(metrics))
     return result
+
+
+def _epoch_end_class():
+    import tf_keras
+
+    class EpochEnd(tf_keras.callbacks.Callback):
+        """Per epoch: history row, best and last checkpoints, early stopping, time budget."""
+
+        def __init__(self, cfg, state, ckpt_dir, history_file, budget_s, log):
+            super().__init__()
+            self.cfg, self.state, self.ckpt_dir, self.history_file = cfg, state, ckpt_dir, history_file
+            self.budget_s, self.log = budget_s, log
+            self.start = time.time()
+            self.elapsed_before = state["elapsed_s"]
+            self.epoch_times = []
+            self.stop_reason = "completed all epochs"
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t_epoch = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            cfg, state = self.cfg, self.state
+            self.epoch_times.append(time.time() - self.t_epoch)
+            row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
+                   "val_loss": float(logs["val_loss"]), "val_accuracy": float(logs["val_accuracy"]),
+                   "lr": _current_lr(self.model.optimizer), "seconds": round(self.epoch_times[-1], 1)}
+            _append_csv(self.history_file, row)
+            self.log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
+                     f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} ({row['seconds']:.0f}s)")
+            if state["best_val_loss"] is None or row["val_loss"] < state["best_val_loss"]:
+                state.update(best_val_loss=row["val_loss"], best_epoch=epoch + 1, wait=0)
+                self.model.save(self.ckpt_dir / "best.keras")
+            else:
+                state["wait"] += 1
+            state["epoch"] = epoch + 1
+            state["elapsed_s"] = self.elapsed_before + time.time() - self.start
+            # Checkpoint first, then the loop state that points at it: a kill between the two
+            # resumes from the previous epoch, never from a state without its weights.
+            self.model.save(self.ckpt_dir / "last.tmp.keras")
+            os.replace(self.ckpt_dir / "last.tmp.keras", self.ckpt_dir / "last.keras")
+            mean_epoch = float(np.mean(self.epoch_times))
+            state.pop("stopped", None)
+            if state["wait"] >= cfg.patience:
+                self.stop_reason = f"early stopping: validation loss did not improve for {cfg.patience} epochs"
+                state["stopped"] = "early_stopping"
+            elif self.budget_s and epoch + 1 < cfg.epochs and time.time() - self.start + mean_epoch > self.budget_s:
+                self.stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached after epoch {epoch + 1} "
+                                    f"(another epoch would take ~{mean_epoch / 60:.1f} min); --resume continues")
+                state["stopped"] = "time_budget"
+            _write_json(self.ckpt_dir / "state.json", state)
+            if state.get("stopped"):
+                self.model.stop_training = True
+
+    return EpochEnd
+
+
+def _EpochEnd(*args):
+    return _epoch_end_class()(*args)
 
 
 def _truncate_history(path: Path, epochs: int):

@@ -1,0 +1,44 @@
+# Two commands for a fresh machine: `make demo` and `make test` (README).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= ../shared/data/bccd/JPEGImages
+DEMO_FRAMES ?= 40
+DEMO_DB ?= runs/demo/capture.db
+
+.PHONY: setup setup-edge demo test train-all pi-check clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The edge runtime alone: what a Raspberry Pi installs (no TensorFlow).
+setup-edge: $(BIN)/python
+	$(BIN)/pip install -q -e ".[edge]"
+
+# Everything: training, conversion, benchmarks, tests.
+setup: $(BIN)/python
+	$(BIN)/pip install -q -e ".[edge,train,dev]"
+
+demo: setup-edge
+	@if [ -d "$(DEMO_DIR)" ]; then \
+	  mkdir -p $(dir $(DEMO_DB)); \
+	  $(BIN)/edge-bloodcls capture --camera "$(DEMO_DIR)" --mode field --no-preview \
+	    --max-frames $(DEMO_FRAMES) --db $(DEMO_DB); \
+	else \
+	  echo "No demo images at $(DEMO_DIR)."; \
+	  echo "Point DEMO_DIR at a folder of microscope fields (make demo DEMO_DIR=../shared/data/bccd/JPEGImages),"; \
+	  echo "classify single PBC cells with: $(BIN)/edge-bloodcls classify ../shared/data/pbc256/basophil"; \
+	  echo "or use a camera: $(BIN)/edge-bloodcls capture --camera 0 --mode field"; \
+	  exit 1; \
+	fi
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# The real training runs (hours on a CPU; resumable): see README "Training".
+train-all: setup
+	CLI=$(BIN)/edge-bloodcls scripts/train_all.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,305 @@
+"""Where frames come from, as one iterator of RGB frames:
+
+    camera index      "0", "1"          cv2.VideoCapture (USB microscope camera, V4L2)
+    picamera2         "picamera2[:N]"   Raspberry Pi camera module (picamera2 imported only then)
+    stream or device  "rtsp://…", "/dev/video2"
+    video file        "slide.avi"       replayed once
+    image folder      "fields/"         images in name order, replayed as frames
+    single image      "field.jpg"       one frame
+
+A live source (camera, stream) that stops delivering frames is reopened after a back-off; when
+every retry fails the iterator ends and `end_reason` says why. Recorded sources end at their end.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .preprocess import ImageError, load_rgb
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# Seconds before each reopen of a live source that stopped; a USB camera re-enumerates within a
+# few seconds of a loose cable being pushed back.
+DEFAULT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+# Consecutive failed reads before a reopen: a single dropped frame is common on a busy USB bus.
+READ_FAILURES_BEFORE_REOPEN = 3
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened at all; str() is a one-line reason."""
+
+
+@dataclass
+class Frame:
+    index: int  # 0, 1, 2 … over the frames delivered
+    rgb: np.ndarray  # HxWx3 uint8
+    name: str  # file name for a folder, "camera 0 #17" etc. otherwise
+    timestamp: float  # time.time() when read
+    decode_ms: float  # reading + decoding + colour conversion
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Source:
+    """Iterate for frames; afterwards `end_reason` says why it ended."""
+
+    live = False
+
+    def __init__(self, name: str, fps: float | None = None, sleep: Callable[[float], None] = time.sleep,
+                 warn: Callable[[str], None] = _stderr):
+        self.name = name
+        self.fps = fps
+        self.sleep = sleep
+        self.warn = warn
+        self.end_reason = ""
+        self._next_t = None
+
+    def _pace(self) -> None:
+        # Replays (folder, video) run as fast as the machine allows unless --fps asks otherwise;
+        # for a camera it drops the rate below what the camera delivers.
+        if not self.fps:
+            return
+        now = time.monotonic()
+        if self._next_t is not None and now < self._next_t:
+            self.sleep(self._next_t - now)
+        self._next_t = max(now, self._next_t or now) + 1.0 / self.fps
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, str]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        frames = self._frames()
+        while True:
+            t = time.perf_counter()
+            try:
+                rgb, name = next(frames)
+            except StopIteration:
+                return
+            decode_ms = (time.perf_counter() - t) * 1000
+            self._pace()
+            yield Frame(index, rgb, name, time.time(), decode_ms)
+            index += 1
+
+    def close(self) -> None:
+        pass
+
+
+class FolderSource(Source):
+    kind = "folder"
+
+    def __init__(self, folder, files=None, **kw):
+        super().__init__(str(folder), **kw)
+        self.folder = Path(folder)
+        self.files = files or sorted(p for p in self.folder.rglob("*")
+                                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise SourceError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+        self.skipped = 0
+
+    def _frames(self):
+        for p in self.files:
+            try:
+                yield load_rgb(p), str(p.relative_to(self.folder))
+            except ImageError as e:
+                self.skipped += 1
+                self.warn(f"warning: skipped {e}")
+        self.end_reason = f"end of {self.kind} ({len(self.files) - self.skipped} images, {self.skipped} skipped)"
+
+
+class ImageSource(FolderSource):
+    kind = "image"
+
+    def __init__(self, path, **kw):
+        super().__init__(Path(path).parent, files=[Path(path)], **kw)
+        self.name = str(path)
+
+
+class VideoSource(Source):
+    def __init__(self, path, **kw):
+        super().__init__(str(path), **kw)
+        import cv2
+
+        self.cap = cv2.VideoCapture(str(path))
+        if not self.cap.isOpened():
+            raise SourceError(f"{path}: cannot open as a video (unsupported codec or not a video file)")
+
+    def _frames(self):
+        n = 0
+        while True:
+            ok, bgr = self.cap.read()
+            if not ok or bgr is None:
+                break
+            n += 1
+            yield bgr_to_rgb(bgr), f"{Path(self.name).name} #{n - 1}"
+        self.end_reason = f"end of video ({n} frames)"
+
+    def close(self):
+        self.cap.release()
+
+
+class LiveSource(Source):
+    """A camera or stream, reopened with back-off when it stops delivering.
+
+    `opener()` returns a device with cv2.VideoCapture's read() -> (ok, frame) and release();
+    `to_rgb` converts what read() returns. Tests pass their own opener, back-off and sleep.
+    """
+
+    live = True
+    gave_up = False
+
+    def __init__(self, name: str, opener: Callable, to_rgb: Callable[[np.ndarray], np.ndarray],
+                 backoff=DEFAULT_BACKOFF, read_failures: int = READ_FAILURES_BEFORE_REOPEN, **kw):
+        super().__init__(name, **kw)
+        self.opener = opener
+        self.to_rgb = to_rgb
+        self.backoff = tuple(backoff)
+        self.read_failures = read_failures
+        self.reopens = 0
+        self.device = self._open()
+        if self.device is None:
+            raise SourceError(f"{name}: cannot open (not connected, busy, or no permission to the device)")
+
+    def _open(self):
+        try:
+            dev = self.opener()
+        except Exception as e:  # a driver error is as good as "not there"
+            self.warn(f"warning: {self.name}: open failed ({type(e).__name__}: {e})")
+            return None
+        if dev is None or (hasattr(dev, "isOpened") and not dev.isOpened()):
+            return None
+        return dev
+
+    def _release(self):
+        if self.device is not None:
+            try:
+                self.device.release()
+            except Exception:
+                pass
+            self.device = None
+
+    def _frames(self):
+        n = 0
+        attempt = 0  # reopens since the last frame: a device that opens but never delivers counts
+        while True:
+            if self.device is not None:
+                failures = 0
+                while failures < self.read_failures:
+                    try:
+                        ok, raw = self.device.read()
+                    except Exception:
+                        ok, raw = False, None
+                    if ok and raw is not None:
+                        failures = attempt = 0
+                        n += 1
+                        yield self.to_rgb(raw), f"{self.name} #{n - 1}"
+                    else:
+                        failures += 1
+                self._release()
+            if attempt >= len(self.backoff):
+                self.gave_up = True
+                waited = ", ".join(f"{d:g}" for d in self.backoff)
+                self.end_reason = (f"{self.name} stopped delivering frames; gave up after "
+                                   f"{len(self.backoff)} reopen attempts (waited {waited} s)")
+                return
+            delay = self.backoff[attempt]
+            attempt += 1
+            self.warn(f"warning: {self.name}: no frames; reopening in {delay:g} s "
+                      f"(attempt {attempt}/{len(self.backoff)})")
+            self.sleep(delay)
+            self.device = self._open()
+            if self.device is not None:
+                self.reopens += 1
+
+    def close(self):
+        self._release()
+
+
+def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
+    """What OpenCV delivers (BGR, or grey / BGRA from some USB cameras) -> RGB uint8."""
+    import cv2
+
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def _cv2_camera(spec, name, **kw) -> LiveSource:
+    import cv2
+
+    def opener():
+        return cv2.VideoCapture(spec)
+
+    return LiveSource(name, opener, bgr_to_rgb, **kw)
+
+
+class _Picamera2Device:
+    """Picamera2 behind the read()/release() of cv2.VideoCapture."""
+
+    def __init__(self, num: int):
+        try:
+            from picamera2 import Picamera2
+        except ImportError:
+            raise SourceError(
+                "picamera2 is not importable. On Raspberry Pi OS: `sudo apt install python3-picamera2` "
+                "and create the virtual environment with `python3 -m venv --system-site-packages`") from None
+        self.cam = Picamera2(num)
+        # "RGB888" in libcamera's naming is B, G, R in memory: the array is BGR.
+        self.cam.configure(self.cam.create_video_configuration(main={"format": "RGB888"}))
+        self.cam.start()
+
+    def read(self):
+        return True, self.cam.capture_array()
+
+    def release(self):
+        self.cam.stop()
+        self.cam.close()
+
+
+def _picamera2(num: int, **kw) -> LiveSource:
+    first = _Picamera2Device(num)  # raises SourceError with the install hint when absent
+    opened = [first]
+
+    def opener():
+        return opened.pop() if opened else _Picamera2Device(num)
+
+    return LiveSource(f"picamera2 {num}", opener, lambda bgr: np.ascontiguousarray(bgr[..., 2::-1]), **kw)
+
+
+def open_source(spec: str, fps: float | None = None, backoff=DEFAULT_BACKOFF,
+                sleep: Callable[[float], None] = time.sleep, warn: Callable[[str], None] = _stderr) -> Source:
+    """The source named by `spec` (see the module docstring); raises SourceError."""
+    kw = {"fps": fps, "sleep": sleep, "warn": warn}
+    spec = str(spec)
+    if spec.isdigit():
+        return _cv2_camera(int(spec), f"camera {spec}", backoff=backoff, **kw)
+    if spec == "picamera2" or spec.startswith("picamera2:"):
+        num = spec.partition(":")[2]
+        return _picamera2(int(num) if num.isdigit() else 0, backoff=backoff, **kw)
+    if "://" in spec or spec.startswith("/dev/"):
+        return _cv2_camera(spec, spec, backoff=backoff, **kw)
+    p = Path(spec)
+    if p.is_dir():
+        return FolderSource(p, **kw)
+    if p.is_file():
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            return ImageSource(p, **kw)
+        return VideoSource(p, **kw)
+    raise SourceError(f"{spec}: no such camera, file or folder "
+                      "(use a camera index such as 0, picamera2, a video file or a folder of images)")
+
+
+def has_display() -> bool:
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True

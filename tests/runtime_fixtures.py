@@ -1,0 +1,100 @@
+"""Tiny model bundles for the runtime tests, built once per test run.
+
+A 32x32 conv net is trained for a few seconds on the synthetic cells of conftest (each class a
+disc of its own colour), so that a working pipeline gets them right and a broken one (labels out
+of order, wrong normalisation, colour swapped) does not. Converted to float32 and full-int8 TFLite
+and written with edge_runtime.bundle.write_bundle. TensorFlow is imported here only.
+
+Test modules do `from runtime_fixtures import bundles  # noqa: F401`; the bundles are cached on
+disk under pytest's base temp so that two modules importing the fixture share one build.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_dataset, synthetic_cell  # noqa: F401  (re-exported for the test modules)
+from edge_bloodcls.edge_runtime.bundle import load_bundle, write_bundle
+from edge_bloodcls.edge_runtime.preprocess import load_rgb, normalise, resize
+from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
+
+SIZE = 32
+SPEC = InputSpec.named(SIZE)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _training_data(root: Path):
+    make_dataset(root, n_per_class=10, size=64, seed=123)
+    xs, ys = [], []
+    for i, lab in enumerate(LABELS):
+        for f in sorted((root / lab).glob("*.jpg")):
+            xs.append(normalise(resize(load_rgb(f), SPEC.size), SPEC))
+            ys.append(i)
+    return np.stack(xs).astype(np.float32), np.array(ys)
+
+
+def build_bundles(out: Path) -> dict[str, Path]:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+    import tf_keras as keras
+
+    tf.random.set_seed(0)
+    keras.utils.set_random_seed(0)
+    x, y = _training_data(out / "train_cells")
+    model = keras.Sequential([
+        keras.layers.Input((SIZE, SIZE, 3)),
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(len(LABELS), activation="softmax"),
+    ])
+    model.compile(keras.optimizers.Adam(0.03), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=60, batch_size=16, verbose=0, shuffle=True)
+    train_acc = float(model.evaluate(x, y, verbose=0)[1])
+
+    paths = {}
+    for quant in ("float32", "int8"):
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+        if quant == "int8":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            conv.inference_input_type = tf.int8
+            conv.inference_output_type = tf.int8
+        manifest = {"name": f"tiny_{quant}", "arch": "tiny", "labels": list(LABELS),
+                    "input": SPEC.to_json(), "output": {"dtype": "float32" if quant == "float32" else "int8"},
+                    "quantization": quant, "metrics": {"float": {"accuracy": train_acc}}}
+        b = write_bundle(conv.convert(), manifest, out / "bundles")
+        paths[quant] = b.tflite
+    (out / "done.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    """{"float32": Path, "int8": Path} of NAME.tflite with NAME.json beside."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tf_keras")
+    out = tmp_path_factory.getbasetemp() / "runtime_bundles"
+    done = out / "done.json"
+    if not done.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        build_bundles(out)
+    paths = {k: Path(v) for k, v in json.loads(done.read_text()).items()}
+    for p in paths.values():
+        load_bundle(p)
+    return paths
+
+
+def cli_env() -> dict:
+    """Environment for running the CLI in a subprocess from the source tree."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    return env
+
+
+PYTHON = sys.executable

@@ -1,0 +1,213 @@
+"""The capture loop and its SQLite log: cell and field mode, a killed process, SIGTERM, a camera
+that drops out."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from runtime_fixtures import bundles, cli_env, synthetic_cell  # noqa: F401
+from test_runtime_locate import synthetic_field
+from test_runtime_sources import FakeCamera
+from edge_bloodcls.edge_runtime.bundle import load_bundle
+from edge_bloodcls.edge_runtime.capture import STAGES, CaptureOptions, run_capture
+from edge_bloodcls.edge_runtime.classifier import Classifier
+from edge_bloodcls.edge_runtime.session import SessionLog, read_session
+from edge_bloodcls.edge_runtime.sources import LiveSource
+from edge_bloodcls.edge_runtime.spec import LABELS, WBC_LABELS
+
+
+def run(*args):
+    from edge_bloodcls.cli import main
+
+    return CliRunner().invoke(main, list(map(str, args)))
+
+
+def cell_folder(d: Path, labels: list[int], seed=0) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for k, i in enumerate(labels):
+        synthetic_cell(i, rng).save(d / f"{k:04d}.png")
+    return d
+
+
+def test_capture_cell_mode_logs_every_frame_and_differential(bundles, tmp_path):
+    labels = [6, 6, 6, 4, 4, 5, 7, 0]  # neutrophil x3, lymphocyte x2, monocyte, platelet, basophil
+    folder = cell_folder(tmp_path / "cells", labels)
+    db, summary_json = tmp_path / "log.sqlite", tmp_path / "summary.json"
+    r = run("capture", "--camera", folder, "--mode", "cell", "--model", bundles["float32"], "--db", db,
+            "--no-preview", "--summary-json", summary_json)
+    assert r.exit_code == 0, r.output
+    assert "end of folder (8 images, 0 skipped)" in r.stdout and "differential" in r.stdout
+
+    s = read_session(db)
+    assert s["frames"] == 8 and s["cells"] == 8 and s["mode"] == "cell"
+    assert s["end_reason"] == "end of folder (8 images, 0 skipped)" and s["ended"] is not None
+    assert s["model_sha256"] == load_bundle(bundles["float32"]).sha256
+    assert [f["frame_index"] for f in s["frames_list"]] == list(range(8))
+    assert [f["name"] for f in s["frames_list"]] == [f"{k:04d}.png" for k in range(8)]
+    for c in s["cells_list"]:
+        assert (c["x0"], c["y0"], c["x1"], c["y1"]) == (0, 0, 64, 64)
+        probs = json.loads(c["probs"])
+        assert set(probs) == set(LABELS) and abs(sum(probs.values()) - 1) < 1e-3
+        assert c["review"] == int(c["confidence"] < 0.8)
+        assert c["model_sha256"] == s["model_sha256"]
+    got = [c["label"] for c in s["cells_list"]]
+    assert sum(g == LABELS[i] for g, i in zip(got, labels)) >= 6
+
+    summ = json.loads(summary_json.read_text())
+    assert json.loads(s["summary"])["differential"] == summ["differential"]
+    counts = summ["differential"]["counts"]
+    assert summ["differential"]["wbc_total"] == sum(counts.get(k, 0) for k in WBC_LABELS)
+    assert counts.get("platelet", 0) + summ["differential"]["wbc_total"] + counts.get("erythroblast", 0) == 8
+    pct = summ["differential"]["percent"]
+    assert abs(sum(pct.values()) - 100) < 0.1
+    assert len(summ["review"]) == sum(c["review"] for c in s["cells_list"])
+    t = summ["timing_ms"]
+    assert t["frames"] == 8 and set(STAGES) <= set(t)
+    assert t["interpreter"]["median"] > 0 and t["decode"]["median"] > 0 and t["log"]["median"] > 0
+    assert t["frame_total"]["mean"] >= t["interpreter"]["mean"] + t["overhead"]["mean"] - 1e-6
+    assert 0 < t["overhead_share"] < 1
+    assert all("interpreter" in json.loads(f["timing"]) for f in s["frames_list"])
+
+
+def test_capture_field_mode_locates_crops_and_saves(bundles, tmp_path):
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for k in range(2):
+        Image.fromarray(synthetic_field(seed=k)[0]).save(folder / f"field{k}.png")
+    db, crops = tmp_path / "log.sqlite", tmp_path / "crops"
+    r = run("capture", "--camera", folder, "--mode", "field", "--model", bundles["int8"], "--db", db,
+            "--no-preview", "--save-crops", crops, "--review-threshold", "1.0")
+    assert r.exit_code == 0, r.output
+    s = read_session(db)
+    assert [f["n_cells"] for f in s["frames_list"]] == [4, 4]
+    assert len(s["cells_list"]) == 8
+    # threshold 1.0: every cell goes to review, and the summary lists them
+    assert all(c["review"] == 1 for c in s["cells_list"]) and "flagged for review: 8" in r.stdout
+    saved = sorted(crops.glob("*.jpg"))
+    assert len(saved) == 8 and {c["crop_path"] for c in s["cells_list"]} == {str(p) for p in saved}
+    assert Image.open(saved[0]).size[0] >= 390  # 3.9 red cells of 100 px: PBC's field of view
+    timing = json.loads(s["summary"])["timing_ms"]
+    assert timing["locate"]["median"] > 0 and timing["crop"]["median"] > 0
+
+
+def test_capture_max_frames_and_corrupt_frame_skipped(bundles, tmp_path):
+    folder = cell_folder(tmp_path / "cells", [1, 2, 3, 4, 5])
+    (folder / "0002.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    db = tmp_path / "log.sqlite"
+    r = run("capture", "--camera", folder, "--mode", "cell", "--model", bundles["float32"], "--db", db,
+            "--no-preview", "--max-frames", "3")
+    assert r.exit_code == 0, r.output
+    assert "0002.png" in r.stderr and "warning: skipped" in r.stderr
+    s = read_session(db)
+    assert [f["name"] for f in s["frames_list"]] == ["0000.png", "0001.png", "0003.png"]
+    assert s["end_reason"] == "reached --max-frames 3"
+
+
+def test_capture_camera_that_drops_ends_cleanly_with_reason(bundles, tmp_path):
+    cams = [FakeCamera(4)]
+    sleeps = []
+    src = LiveSource("camera 0", lambda: cams.pop() if cams else None,
+                     lambda bgr: np.asarray(synthetic_cell(4, np.random.default_rng(0))),
+                     backoff=(0.01, 0.02), sleep=sleeps.append, warn=lambda m: None)
+    clf = Classifier.load(bundles["float32"])
+    log = SessionLog(tmp_path / "log.sqlite", src.name, "cell", clf.describe(), 0.8)
+    messages = []
+    summary = run_capture(src, clf, log, CaptureOptions(mode="cell", echo=messages.append))
+    log.close()
+    assert summary["frames"] == 4 and sleeps == [0.01, 0.02]
+    assert "stopped delivering frames" in summary["end_reason"]
+    s = read_session(tmp_path / "log.sqlite")
+    assert s["frames"] == 4 and s["end_reason"] == summary["end_reason"]
+
+
+def test_capture_missing_source_and_model(bundles, tmp_path):
+    r = run("capture", "--camera", tmp_path / "nothing", "--model", bundles["float32"], "--db", tmp_path / "x.db")
+    assert r.exit_code == 2 and "no such camera, file or folder" in r.stderr
+    r = run("capture", "--camera", tmp_path, "--model", tmp_path / "none.tflite")
+    assert r.exit_code == 2 and "no such model bundle" in r.stderr
+
+
+def _start_capture(bundle, folder, db, fps):
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_bloodcls.cli", "capture", "--camera", str(folder), "--mode", "cell",
+         "--model", str(bundle), "--db", str(db), "--no-preview", "--fps", str(fps), "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+
+
+def _frames_logged(db) -> int:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def _wait_for_frames(proc, db, n, limit=60.0):
+    t = time.monotonic()
+    while time.monotonic() - t < limit:
+        if proc.poll() is not None:
+            raise AssertionError(f"capture ended early: {proc.communicate()}")
+        if _frames_logged(db) >= n:
+            return
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("capture did not log frames in time")
+
+
+def test_killed_capture_leaves_every_committed_frame(bundles, tmp_path):
+    folder = cell_folder(tmp_path / "cells", [i % 8 for i in range(400)])
+    db = tmp_path / "log.sqlite"
+    proc = _start_capture(bundles["float32"], folder, db, fps=40)
+    _wait_for_frames(proc, db, 5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+    s = read_session(db)
+    frames, cells = s["frames_list"], s["cells_list"]
+    n = len(frames)
+    assert 5 <= n < 400 and s["ended"] is None  # killed: no end was written
+    assert [f["frame_index"] for f in frames] == list(range(n))
+    assert [f["name"] for f in frames] == [f"{k:04d}.png" for k in range(n)]
+    # each frame was committed with its cell, never one without the other
+    assert len(cells) == n and [c["frame_index"] for c in cells] == list(range(n))
+    assert s["frames"] == n and s["cells"] == n
+    for c in cells:
+        assert c["label"] in LABELS and abs(sum(json.loads(c["probs"]).values()) - 1) < 1e-3
+
+
+def test_sigterm_ends_capture_with_summary(bundles, tmp_path):
+    folder = cell_folder(tmp_path / "cells", [i % 8 for i in range(200)])
+    db = tmp_path / "log.sqlite"
+    proc = _start_capture(bundles["float32"], folder, db, fps=20)
+    _wait_for_frames(proc, db, 3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "session ended: terminated (SIGTERM)" in out and "differential" in out
+    s = read_session(db)
+    assert s["end_reason"] == "terminated (SIGTERM)" and s["ended"] is not None
+    assert s["frames"] == len(s["frames_list"]) >= 3
+    assert json.loads(s["summary"])["frames"] == s["frames"]
+
+
+if os.name == "nt":  # signals as used above are POSIX
+    del test_killed_capture_leaves_every_committed_frame, test_sigterm_ends_capture_with_summary

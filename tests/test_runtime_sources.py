@@ -1,0 +1,169 @@
+"""Frame sources: folder replay, video file, a camera that drops out, picamera2 absent."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from runtime_fixtures import synthetic_cell
+from edge_bloodcls.edge_runtime import sources
+from edge_bloodcls.edge_runtime.sources import FolderSource, LiveSource, SourceError, open_source
+
+
+def test_folder_source_sorted_and_skips_corrupt_with_warning(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("b.png", "a.png", "d.jpg"):
+        synthetic_cell(1, rng).save(tmp_path / name)
+    (tmp_path / "c.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    (tmp_path / "notes.txt").write_text("not a frame")
+    warnings = []
+    src = open_source(str(tmp_path), warn=warnings.append)
+    assert isinstance(src, FolderSource)
+    frames = list(src)
+    assert [f.name for f in frames] == ["a.png", "b.png", "d.jpg"]
+    assert [f.index for f in frames] == [0, 1, 2]
+    assert all(f.rgb.shape == (64, 64, 3) and f.rgb.dtype == np.uint8 for f in frames)
+    assert len(warnings) == 1 and "c.jpg" in warnings[0] and "\n" not in warnings[0]
+    assert src.end_reason == "end of folder (3 images, 1 skipped)"
+
+
+def test_video_file_source(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    path = tmp_path / "slide.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (80, 60))
+    assert w.isOpened()
+    for i in range(7):
+        bgr = np.zeros((60, 80, 3), np.uint8)
+        bgr[..., 2] = 200  # red in OpenCV's BGR
+        bgr[:, : 10 * i + 5, 1] = 120
+        w.write(bgr)
+    w.release()
+    src = open_source(str(path))
+    frames = list(src)
+    assert len(frames) == 7 and src.end_reason == "end of video (7 frames)"
+    r, g, b = frames[0].rgb[30, 60].astype(int)
+    assert r > 150 and b < 60, "frames must come out RGB"
+    # the green band grows frame by frame: frames are in order
+    widths = [int((f.rgb[30, :, 1] > 60).sum()) for f in frames]
+    assert widths == sorted(widths) and widths[-1] > widths[0]
+
+
+def test_not_a_video_and_missing_source(tmp_path):
+    bad = tmp_path / "x.avi"
+    bad.write_bytes(b"nothing here")
+    with pytest.raises(SourceError, match="cannot open as a video"):
+        open_source(str(bad))
+    with pytest.raises(SourceError, match="no such camera, file or folder"):
+        open_source(str(tmp_path / "missing"))
+
+
+class FakeCamera:
+    """Delivers `frames` frames, then reads fail (a cable pulled out)."""
+
+    def __init__(self, frames: int):
+        self.left = frames
+        self.released = False
+
+    def isOpened(self):
+        return True
+
+    def read(self):
+        if self.left <= 0:
+            return False, None
+        self.left -= 1
+        return True, np.full((4, 4, 3), 7, np.uint8)
+
+    def release(self):
+        self.released = True
+
+
+def test_camera_that_stops_is_retried_with_backoff_then_ends_with_reason():
+    opened, sleeps, warnings = [], [], []
+
+    def opener():
+        # first open works and gives 3 frames; every reopen finds no camera
+        if opened:
+            opened.append(None)
+            return None
+        cam = FakeCamera(3)
+        opened.append(cam)
+        return cam
+
+    src = LiveSource("camera 9", opener, lambda a: a, backoff=(0.1, 0.2, 0.4), sleep=sleeps.append,
+                     warn=warnings.append)
+    frames = list(src)
+    assert len(frames) == 3
+    assert sleeps == [0.1, 0.2, 0.4]
+    assert len(opened) == 4 and opened[0].released
+    assert src.gave_up
+    assert src.end_reason == ("camera 9 stopped delivering frames; gave up after 3 reopen attempts "
+                              "(waited 0.1, 0.2, 0.4 s)")
+    assert len(warnings) == 3 and "attempt 3/3" in warnings[-1]
+
+
+def test_camera_reopened_resumes_and_backoff_restarts():
+    plan = [FakeCamera(2), None, FakeCamera(2), FakeCamera(0), FakeCamera(1)]
+    sleeps = []
+
+    src = LiveSource("cam", lambda: plan.pop(0) if plan else None, lambda a: a, backoff=(1, 2, 3),
+                     sleep=sleeps.append, warn=lambda m: None)
+    frames = list(src)
+    # 2 frames, fail: wait 1 (None), wait 2 (2 frames), fail: wait 1 (opens, 0 frames), wait 2 (1 frame),
+    # fail: 1, 2, 3 -> give up
+    assert len(frames) == 5
+    assert [f.index for f in frames] == list(range(5))
+    assert sleeps == [1, 2, 1, 2, 1, 2, 3]
+    assert src.reopens == 3 and src.gave_up
+
+
+def test_camera_that_opens_but_never_delivers_gives_up():
+    sleeps = []
+    src = LiveSource("cam", lambda: FakeCamera(0), lambda a: a, backoff=(0, 0), sleep=sleeps.append,
+                     warn=lambda m: None)
+    assert list(src) == [] and src.gave_up and len(sleeps) == 2
+
+
+def test_unopenable_camera_is_a_source_error():
+    with pytest.raises(SourceError, match="cannot open"):
+        LiveSource("camera 5", lambda: None, lambda a: a, backoff=(), warn=lambda m: None)
+
+
+def test_picamera2_absent_gives_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # import picamera2 -> ImportError
+    with pytest.raises(SourceError, match="system-site-packages"):
+        open_source("picamera2")
+
+
+def test_fps_paces_replay(tmp_path):
+    import time
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        synthetic_cell(i, rng).save(tmp_path / f"{i}.png")
+    sleeps = []
+    src = sources.open_source(str(tmp_path), fps=20, sleep=lambda s: (sleeps.append(s), time.sleep(s)))
+    t = time.monotonic()
+    frames = list(src)
+    assert len(frames) == 4 and 1 <= len(sleeps) <= 3  # never a wait before the first frame
+    assert time.monotonic() - t >= 3 / 20 - 0.01
+
+
+def test_bgr_to_rgb_handles_grey_and_bgra():
+    grey = np.full((4, 4), 50, np.uint8)
+    assert sources.bgr_to_rgb(grey).shape == (4, 4, 3)
+    bgra = np.zeros((4, 4, 4), np.uint8)
+    bgra[..., 0] = 255  # blue
+    assert sources.bgr_to_rgb(bgra)[0, 0].tolist() == [0, 0, 255]
+
+
+def test_absent_camera_index_is_a_source_error():
+    with pytest.raises(SourceError, match="camera 97: cannot open"):
+        open_source("97", warn=lambda m: None)
+
+
+def test_single_image_is_one_frame(tmp_path):
+    synthetic_cell(2, np.random.default_rng(0)).save(tmp_path / "one.png")
+    src = open_source(str(tmp_path / "one.png"))
+    frames = list(src)
+    assert len(frames) == 1 and frames[0].name == "one.png" and src.end_reason == "end of image (1 images, 0 skipped)"

@@ -1,0 +1,332 @@
+"""One export: trained Keras model -> (QAT) -> TFLite -> checks -> accuracy gate -> bundle (-> Edge TPU).
+
+Nothing is written to the output directory until the exported model has passed the gate
+(or --force says to write it anyway); a failed int8 gate leaves only the per-layer error
+report that says where the quantization went wrong.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..edge_runtime.bundle import Bundle, sha256_file, write_bundle
+from ..edge_runtime.spec import LABELS, InputSpec
+from . import calibrate, formats, gate
+
+
+class ExportError(ValueError):
+    """Bad options or inputs: nothing was converted (exit 2)."""
+
+
+class GateFailed(RuntimeError):
+    """The export does not meet its checks (exit 1); nothing but the error report was written."""
+
+    def __init__(self, problems: list[str], report: Path | None = None, result: dict | None = None):
+        self.problems, self.report, self.result = problems, report, result
+        super().__init__("; ".join(problems))
+
+
+class EdgeTPUUnavailable(RuntimeError):
+    """The CPU model was written but the Edge TPU compiler is missing (exit 3)."""
+
+
+@dataclass
+class Source:
+    model: object
+    path: Path
+    sha256: str
+    arch: str
+    spec: InputSpec
+    labels: list[str]
+    params: int
+    split_sha256: str | None
+    split_csv: str | None
+    config: dict = field(default_factory=dict)
+
+
+def load_source(path) -> Source:
+    """The .keras model and what its training recorded in config.json beside it."""
+    import tf_keras
+
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"{path}: no such model")
+    model = tf_keras.models.load_model(path, compile=False)
+    cfg_file = path.parent / "config.json"
+    config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    shape = tuple(int(s) for s in model.input_shape[1:3])
+    if "input" in config:
+        spec = InputSpec.from_json(config["input"])
+        if tuple(spec.size) != shape:
+            raise ExportError(f"{cfg_file}: input size {list(spec.size)} differs from the model's {list(shape)}")
+    else:
+        # Every model trained from scratch here uses [-1, 1] (edge_runtime.spec.NORMALISATIONS).
+        spec = InputSpec.named(shape, "symmetric")
+    labels = list(config.get("labels") or LABELS)
+    if model.output_shape[-1] != len(labels):
+        raise ExportError(f"{path}: {model.output_shape[-1]} outputs but {len(labels)} labels")
+    split = config.get("split") or {}
+    return Source(model, path, sha256_file(path),
+                  arch=config.get("arch") or config.get("train", {}).get("arch") or model.name,
+                  spec=spec, labels=labels, params=int(config.get("params") or model.count_params()),
+                  split_sha256=split.get("sha256"), split_csv=split.get("csv"), config=config)
+
+
+@dataclass
+class ExportOptions:
+    model: str
+    quantize: str
+    out: str
+    qat: bool = False
+    qat_epochs: int = 2
+    qat_lr: float = 1e-4
+    batch_size: int = 64
+    calibration: str | None = None
+    calibration_samples: int = calibrate.DEFAULT_SAMPLES
+    io: str | None = None
+    edgetpu: bool = False
+    per_tensor: bool = False
+    max_drop: float = 1.0
+    allow_float_ops: bool = False
+    force: bool = False
+    data_root: str | None = None
+    split: str | None = None
+    eval_samples: int | None = None
+    eval_test: bool = False
+    cache_dir: str | None = None
+    threads: int | None = None
+    name: str | None = None
+    seed: int = 0
+
+
+def default_name(src: Source, fmt: formats.Format, io: str) -> str:
+    h, w = src.spec.size
+    size = f"{h}" if h == w else f"{h}x{w}"
+    io_part = f"_{io}io" if fmt.integer_only and io != "int8" else ""
+    return f"{src.arch}_{size}_{fmt.suffix}{io_part}"
+
+
+def _eval_split(opts: ExportOptions, src: Source) -> Path:
+    """--split, else --calibration when it is a CSV, else the split the model was trained on."""
+    if opts.split:
+        if not Path(opts.split).is_file():
+            raise ExportError(f"{opts.split}: no such split CSV")
+        return Path(opts.split)
+    if opts.calibration and Path(opts.calibration).is_file():
+        return Path(opts.calibration)
+    if src.split_csv:
+        # Recorded relative to where training ran: try there, then beside the run directory.
+        p = Path(src.split_csv)
+        for q in (p, src.path.parent / p, src.path.parent.parent / p.name):
+            if q.is_file():
+                return q
+    raise ExportError("no split to evaluate on: pass --split (or --calibration) with the training split CSV")
+
+
+def _pixels(images: calibrate.ImageSet, spec: InputSpec, cache_dir, whole_split: bool) -> np.ndarray:
+    from ..train.pipeline import cached_pixels
+
+    # Same cache key as training (split hash, size, count), so a training cache is reused.
+    key = (images.split_sha256 or "dir")[:12]
+    return cached_pixels(images.paths, spec.size, cache_dir if whole_split else None, key)
+
+
+def _converter(model, spec: InputSpec, fixed_batch: bool):
+    import tensorflow as tf
+
+    if not fixed_batch:
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    # The Edge TPU compiler wants static shapes: a batch of one, as the runtime feeds it.
+    fn = tf.function(lambda x: model(x, training=False))
+    concrete = fn.get_concrete_function(tf.TensorSpec([1, *spec.size, 3], tf.float32))
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+
+
+def _evaluate(src: Source, tflite: Path, manifest: dict, images, pixels, threads) -> tuple[dict, dict]:
+    float_probs = gate.predict_keras(src.model, pixels, src.spec)
+    exp_probs, interp = gate.predict_tflite(tflite, manifest, pixels, threads)
+    return gate.compare(images.labels, float_probs, exp_probs, src.labels), interp
+
+
+def run(opts: ExportOptions, log=print) -> dict:
+    import tensorflow as tf
+
+    try:
+        fmt = formats.resolve(opts.quantize, opts.qat, opts.edgetpu, opts.per_tensor)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    io = opts.io or (formats.FORMATS["edgetpu"].io if opts.edgetpu else fmt.io)
+    if io != "float32" and not fmt.integer_only:
+        raise ExportError(f"--io {io}: {fmt.name} models take and give float32; integer I/O needs --quantize int8")
+    if opts.edgetpu and io == "float32":
+        raise ExportError("the Edge TPU needs integer input and output: --io uint8 or int8")
+    out = Path(opts.out)
+    src = load_source(opts.model)
+    spec = src.spec
+    name = opts.name or default_name(src, fmt, io)
+    log(f"{src.path}: {src.arch}, {src.params:,} parameters, input {list(spec.size)} {spec.color} "
+        f"mean {list(spec.mean)} std {list(spec.std)} -> {fmt.name} ({io} I/O) as {name}")
+
+    split_csv = _eval_split(opts, src)
+    try:
+        val = calibrate.sample(calibrate.from_split(split_csv, "val", opts.data_root), opts.eval_samples, opts.seed)
+    except (OSError, ValueError) as e:
+        raise ExportError(str(e)) from None
+    if src.split_sha256 and val.split_sha256 != src.split_sha256:
+        log(f"warning: {split_csv} (sha256 {val.split_sha256[:12]}) is not the split the model was trained on "
+            f"({src.split_sha256[:12]}); its val images may include training images")
+    val_pixels = _pixels(val, spec, opts.cache_dir, opts.eval_samples is None)
+
+    model, qat_rows, qat_info = src.model, None, None
+    if fmt.qat:
+        from ..train.pipeline import Augment
+        from . import qat
+
+        train_set = calibrate.from_split(split_csv, "train", opts.data_root)
+        train_pixels = _pixels(train_set, spec, opts.cache_dir, True)
+        aug = Augment(**src.config["augment"]) if src.config.get("augment") else Augment()
+        cw = qat.class_weight_from_config(src.config, train_set.labels, len(src.labels))
+        log(f"quantization-aware fine-tuning: {opts.qat_epochs} epochs on {len(train_set.labels)} training images, "
+            f"lr {opts.qat_lr:g} (cosine to 0), batch {opts.batch_size}")
+        tf.random.set_seed(opts.seed)
+        model = qat.quantize(src.model)
+        qat_rows = qat.fine_tune(model, (train_pixels, train_set.labels), (val_pixels, val.labels), spec,
+                                 opts.qat_epochs, opts.batch_size, opts.qat_lr, aug, cw, opts.seed, log)
+        qat_info = {"epochs": opts.qat_epochs, "lr": opts.qat_lr, "batch_size": opts.batch_size,
+                    "augment": aug.to_json(), "class_weights": bool(cw), "train_images": len(train_set.labels),
+                    "history": f"{name}.history.csv", "final": qat_rows[-1] if qat_rows else None}
+
+    samples, calib_info, problems = None, None, []
+    if fmt.calibration:
+        try:
+            cal_all = calibrate.image_set(opts.calibration or split_csv, "train", opts.data_root)
+        except (OSError, ValueError) as e:
+            raise ExportError(str(e)) from None
+        cal = calibrate.sample(cal_all, opts.calibration_samples, opts.seed)
+        samples = calibrate.load_samples(cal, spec)
+        counts = Counter(src.labels[i] for i in cal.labels)
+        calib_info = {"source": cal.source, "n": len(cal.paths), "seed": opts.seed, "split_sha256": cal.split_sha256,
+                      "per_class": {k: counts.get(k, 0) for k in src.labels},
+                      "range": [float(samples.min()), float(samples.max())]}
+        log(f"calibration: {len(cal.paths)} images from {cal.source}, stratified; input range "
+            f"[{samples.min():.3f}, {samples.max():.3f}]")
+        problem = calibrate.check_samples(samples, spec)
+        if problem:
+            problems.append(problem)
+
+    def make_converter():
+        rep = calibrate.representative(samples) if samples is not None else None
+        return formats.apply(_converter(model, spec, opts.edgetpu), fmt, io, rep, opts.allow_float_ops)
+
+    try:
+        tflite = make_converter().convert()
+    except Exception as e:  # ConverterError and friends carry the op that failed
+        hint = ("; ops without an int8 kernel can be left in float with --allow-float-ops"
+                if fmt.integer_only and not opts.allow_float_ops else "")
+        raise ExportError(f"conversion failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}{hint}") from e
+
+    details = gate.io_details(tflite)
+    fops = gate.float_ops(tflite) if fmt.integer_only else []
+    if fops:
+        listing = ", ".join(f"{o['op']}#{o['index']}" for o in fops)
+        if not opts.allow_float_ops:
+            raise GateFailed([f"{len(fops)} ops stayed float in the {fmt.name} export: {listing} "
+                              "(--allow-float-ops accepts them)"])
+        log(f"warning: {len(fops)} ops run in float: {listing}")
+    problem = calibrate.coverage_problem(details["input"]["quant"], details["input"]["dtype"], spec)
+    if problem:
+        problems.append(problem)
+
+    manifest = {
+        "name": name, "arch": src.arch, "labels": src.labels,
+        "input": {**spec.to_json(), "dtype": details["input"]["dtype"], "quant": details["input"]["quant"]},
+        "output": {"dtype": details["output"]["dtype"], "quant": details["output"]["quant"]},
+        "quantization": fmt.name, "params": src.params,
+        "split_sha256": src.split_sha256 or val.split_sha256,
+        "source_model": {"path": str(src.path), "sha256": src.sha256},
+        "converter": {"tensorflow": tf.__version__, **formats.options(fmt, io, opts.allow_float_ops)},
+        "calibration": calib_info, "qat": qat_info,
+        "float_ops": [f"{o['op']}#{o['index']}" for o in fops],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_tflite = Path(tmp) / f"{name}.tflite"
+        tmp_tflite.write_bytes(tflite)
+        metrics, interp = _evaluate(src, tmp_tflite, manifest, val, val_pixels, opts.threads)
+        metrics["eval_split"] = "val" if opts.eval_samples is None else f"val (stratified {len(val.labels)})"
+        if opts.eval_test:
+            test = calibrate.from_split(split_csv, "test", opts.data_root)
+            test_pixels = _pixels(test, spec, opts.cache_dir, True)
+            metrics["test"], _ = _evaluate(src, tmp_tflite, manifest, test, test_pixels, opts.threads)
+    log(f"val accuracy: float {metrics['float']['accuracy']:.4f}, {fmt.name} {metrics['exported']['accuracy']:.4f}, "
+        f"drop {metrics['drop']:.2f} points (max {opts.max_drop:g}); agreement {metrics['agreement']:.4f}, "
+        f"n={metrics['n']}")
+    if "test" in metrics:
+        t = metrics["test"]
+        log(f"test accuracy: float {t['float']['accuracy']:.4f}, {fmt.name} {t['exported']['accuracy']:.4f}, "
+            f"drop {t['drop']:.2f} points, n={t['n']}")
+    if metrics["drop"] > opts.max_drop:
+        problems.append(f"accuracy drop {metrics['drop']:.2f} points exceeds --max-drop {opts.max_drop:g}")
+
+    result = {"name": name, "format": fmt.name, "io": io, "metrics": metrics, "size_bytes": len(tflite),
+              "problems": problems}
+    report = None
+    if problems:
+        if fmt.calibration:
+            report = out / f"{name}.quant_debug.csv"
+            worst = gate.debug_report(make_converter, samples, report)
+            log(f"per-layer quantization error (rmse/scale; ~0.3 is rounding only), worst first -> {report}")
+            for w in worst:
+                log(f"  {w.rmse_over_scale:8.3f}  {w.op:<18} {w.tensor}")
+            result["report"] = str(report)
+        if not opts.force:
+            raise GateFailed(problems, report, result)
+        log("--force: writing the bundle despite: " + "; ".join(problems))
+
+    manifest["metrics"] = metrics
+    manifest["interpreter"] = interp
+    manifest["gate"] = {"max_drop": opts.max_drop, "passed": not problems, "problems": problems,
+                        "forced": bool(problems)}
+    bundle = write_bundle(tflite, manifest, out, name)
+    result["bundle"] = str(bundle.tflite)
+    log(f"wrote {bundle.tflite} ({len(tflite) / 1e6:.2f} MB) and {bundle.tflite.with_suffix('.json').name}")
+    if qat_rows:
+        _write_rows(out / f"{name}.history.csv", qat_rows)
+    if opts.edgetpu:
+        result["edgetpu"] = str(_compile_edgetpu(bundle, manifest, out, log).tflite)
+    return result
+
+
+def _write_rows(path: Path, rows: list[dict]):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _compile_edgetpu(bundle: Bundle, manifest: dict, out: Path, log) -> Bundle:
+    from . import edgetpu
+
+    try:
+        data, text, info = edgetpu.compile_model(bundle.tflite)
+    except edgetpu.CompilerMissing as e:
+        raise EdgeTPUUnavailable(f"{e}\nThe full-integer CPU model {bundle.tflite} is written and ready to compile: "
+                                 f"rerun this command where edgetpu_compiler is installed, or run "
+                                 f"`edgetpu_compiler -s -o {out} {bundle.tflite}` there") from None
+    name = f"{bundle.name}_edgetpu"
+    m = {**manifest, "name": name, "quantization": "edgetpu",
+         "edgetpu": {**info, "compiled_from": bundle.tflite.name, "compiled_from_sha256": bundle.sha256}}
+    m["metrics"] = {**manifest["metrics"],
+                    "note": f"measured on the CPU model {bundle.tflite.name}; the Edge TPU runs the same int8 graph"}
+    compiled = write_bundle(data, m, out, name)
+    (out / f"{name}.log").write_text(text)
+    log(f"edgetpu_compiler {info['compiler_version']}: {info['mapped_ops']} ops on the Edge TPU, "
+        f"{info['cpu_ops']} on the CPU, {info['subgraphs']} subgraph(s) -> {compiled.tflite}")
+    for o in info["ops"]:
+        log(f"  {o['op']:<24}{o['count']:>5}  {o['status']}")
+    return compiled

@@ -1,0 +1,168 @@
+"""Summarise the bundles exported from one model, and ship the best int8 with its float32 twin.
+
+    python -m edge_bloodcls.convert.summary runs/exports/mobilenetv2_96 \
+        --out benchmarks/results/convert_mobilenetv2_96 [--ship edge_runtime/models]
+
+Reads every NAME.json manifest in the directory (written by `edge-bloodcls convert`, with
+--eval-test for the test columns) and writes OUT.json and OUT.md. --ship picks the int8 bundle
+(post-training or QAT, int8 I/O, gate passed) with the best VALIDATION accuracy - the test
+split only reports - checks it against the float32 bundle (accuracy on the same images, size)
+and writes both to the models directory as ARCH_SIZE_int8 and ARCH_SIZE_float32.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..edge_runtime.bundle import BundleError, load_bundle, write_bundle
+
+ORDER = ["float32", "float16", "dynamic", "int8", "qat-int8", "edgetpu"]
+MAX_SHIP_DROP = 0.5  # points of accuracy the shipped int8 may lose against the float32 bundle
+MAX_SIZE_RATIO = 0.30  # of the float32 bundle's size
+
+
+def load_exports(directory) -> list:
+    bundles = []
+    for j in sorted(Path(directory).glob("*.json")):
+        try:
+            bundles.append(load_bundle(j))
+        except (BundleError, KeyError):
+            continue
+    return sorted(bundles, key=lambda b: (ORDER.index(b.quantization) if b.quantization in ORDER else 99, b.name))
+
+
+def _acc(m: dict | None, key: str):
+    return None if not m else m[key]["accuracy"]
+
+
+def row(b) -> dict:
+    m = b.manifest
+    met = m.get("metrics", {})
+    test = met.get("test")
+    per_channel = (m.get("converter") or {}).get("per_channel_weights")
+    return {"name": b.name, "quantization": b.quantization + (" per-tensor" if per_channel is False else ""),
+            "io": m["input"].get("dtype", "float32"),
+            "size_bytes": m["size_bytes"],
+            "val": {"n": met.get("n"), "float": _acc(met, "float"), "exported": _acc(met, "exported"),
+                    "drop": met.get("drop"), "agreement": met.get("agreement")},
+            "test": None if not test else {"n": test["n"], "float": _acc(test, "float"),
+                                           "exported": _acc(test, "exported"), "drop": test["drop"],
+                                           "agreement": test.get("agreement")},
+            "gate_passed": m.get("gate", {}).get("passed"),
+            "float_ops": len(m.get("float_ops") or []),
+            "calibration": (m.get("calibration") or {}).get("n"),
+            "qat_epochs": (m.get("qat") or {}).get("epochs"),
+            "tflite_sha256": m["tflite_sha256"]}
+
+
+def acceptance(int8, float32) -> dict:
+    """The shipped int8 against the float32 bundle: same images, exported accuracies."""
+    out = {"int8": int8.name, "float32": float32.name,
+           "size_ratio": round(int8.manifest["size_bytes"] / float32.manifest["size_bytes"], 4),
+           "max_drop": MAX_SHIP_DROP, "max_size_ratio": MAX_SIZE_RATIO}
+    for split, get in (("val", lambda m: m["metrics"]), ("test", lambda m: m["metrics"].get("test"))):
+        a, b = get(int8.manifest), get(float32.manifest)
+        if a and b:
+            out[f"{split}_drop_vs_float32"] = round((b["exported"]["accuracy"] - a["exported"]["accuracy"]) * 100, 3)
+    drops = [v for k, v in out.items() if k.endswith("_drop_vs_float32")]
+    out["passed"] = bool(drops) and max(drops) <= MAX_SHIP_DROP and out["size_ratio"] <= MAX_SIZE_RATIO
+    return out
+
+
+def pick_int8(bundles, float32=None):
+    """The int8 bundle to ship: int8 I/O, gate passed, within the size limit when one can be;
+    then the best validation accuracy, on a tie the post-training one (nothing to retrain)."""
+    cands = [b for b in bundles if b.quantization in ("int8", "qat-int8") and b.manifest["input"]["dtype"] == "int8"
+             and b.manifest.get("gate", {}).get("passed")]
+    if float32 is not None:
+        small = [b for b in cands if b.manifest["size_bytes"] <= MAX_SIZE_RATIO * float32.manifest["size_bytes"]]
+        cands = small or cands
+    return max(cands, key=lambda b: (b.manifest["metrics"]["exported"]["accuracy"], b.quantization == "int8"),
+               default=None)
+
+
+def _pct(x):
+    return "" if x is None else f"{x * 100:.2f}"
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"# Export formats: {summary['model']}", "",
+             f"Source `{summary['source']}` (sha256 `{summary['source_sha256'][:12]}`), split sha256 "
+             f"`{(summary['split_sha256'] or '')[:12]}`. Accuracy in %, float = the Keras model, exported = the "
+             "TFLite model run by the runtime's Classifier (batch of one); drop in points. "
+             "Produced by `python -m edge_bloodcls.convert.summary` (see docs/convert.md).", "",
+             "| bundle | format | I/O | size (MB) | val float | val exported | val drop | test float | test exported "
+             "| test drop | agreement (val) | gate |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in summary["rows"]:
+        t = r["test"] or {}
+        lines.append(f"| {r['name']} | {r['quantization']} | {r['io']} | {r['size_bytes'] / 1e6:.2f} | "
+                     f"{_pct(r['val']['float'])} | {_pct(r['val']['exported'])} | {r['val']['drop']:.2f} | "
+                     f"{_pct(t.get('float'))} | {_pct(t.get('exported'))} | "
+                     f"{'' if t.get('drop') is None else format(t['drop'], '.2f')} | "
+                     f"{_pct(r['val']['agreement'])} | {'pass' if r['gate_passed'] else 'FAIL'} |")
+    acc = summary.get("acceptance")
+    if acc:
+        lines += ["", f"Shipped: `{acc['int8']}` against `{acc['float32']}`: size ratio {acc['size_ratio']:.3f} "
+                  f"(max {acc['max_size_ratio']}), accuracy drop vs float32 bundle "
+                  + ", ".join(f"{k.split('_')[0]} {v:.2f} points" for k, v in acc.items() if k.endswith("_vs_float32"))
+                  + f" (max {acc['max_drop']}): **{'accepted' if acc['passed'] else 'NOT accepted'}**."]
+    return "\n".join(lines) + "\n"
+
+
+def summarise(directory) -> tuple[dict, list]:
+    bundles = load_exports(directory)
+    if not bundles:
+        raise SystemExit(f"{directory}: no bundles")
+    first = bundles[0].manifest
+    summary = {"model": f"{first['arch']}_{first['input']['size'][0]}",
+               "source": first.get("source_model", {}).get("path"),
+               "source_sha256": first.get("source_model", {}).get("sha256", ""),
+               "split_sha256": first.get("split_sha256"), "rows": [row(b) for b in bundles]}
+    return summary, bundles
+
+
+def ship(int8, float32, models_dir) -> list[Path]:
+    """Write both bundles under the default names; the model bytes (and their sha256) are unchanged."""
+    arch, size = int8.manifest["arch"], int8.manifest["input"]["size"][0]
+    out = []
+    for b, suffix in ((int8, "int8"), (float32, "float32")):
+        m = {k: v for k, v in b.manifest.items() if k not in ("schema", "tflite_sha256", "size_bytes", "toolkit")}
+        m["exported_as"] = b.name
+        out.append(write_bundle(b.tflite.read_bytes(), m, models_dir, f"{arch}_{size}_{suffix}").tflite)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("exports", help="directory of bundles from `edge-bloodcls convert`")
+    ap.add_argument("--out", required=True, help="path prefix: writes OUT.json and OUT.md")
+    ap.add_argument("--ship", metavar="MODELS_DIR", help="write the accepted int8 and its float32 bundle here")
+    a = ap.parse_args(argv)
+    summary, bundles = summarise(a.exports)
+    f32 = next((b for b in bundles if b.quantization == "float32"), None)
+    best = pick_int8(bundles, f32)
+    rc = 0
+    if best and f32:
+        summary["acceptance"] = acceptance(best, f32)
+        if a.ship:
+            if summary["acceptance"]["passed"]:
+                summary["shipped"] = [str(p) for p in ship(best, f32, a.ship)]
+            else:
+                print(f"not shipping {best.name}: {summary['acceptance']}", file=sys.stderr)
+                rc = 1
+    elif a.ship:
+        print("nothing to ship: need a float32 bundle and an int8 one that passed its gate", file=sys.stderr)
+        rc = 1
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(summary))
+    print(markdown(summary))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -53,26 +56,46 @@ def test_tiny_training_beats_chance(tmp_path):
         assert len(list(csv.DictReader(f))) == m["epochs_run"]
 
 
-def test_resume_continues_exactly(small_split, tmp_path):
+def test_killed_run_resumes_exactly(small_split, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     # Dropout masks come from a generator whose state is not checkpointed; without dropout,
     # everything else (weights, optimizer and BatchNorm state, data order, augmentation,
     # learning-rate schedule) must continue as if never interrupted.
-    assert _train(small_split, full, "--epochs", "3", "--dropout", "0").exit_code == 0
-    # A budget of ~0 minutes stops cleanly after the first epoch and says so.
-    r = _train(small_split, part, "--epochs", "3", "--dropout", "0", "--time-budget", "0.001")
-    assert r.exit_code == 0, r.output
-    assert "time budget" in r.output
+    common = ["--epochs", "4", "--dropout", "0"]
+    assert _train(small_split, full, *common).exit_code == 0
+    cmd = [sys.executable, "-m", "edge_bloodcls.cli", "train", "--arch", "mobilenetv2", "--split", str(small_split),
+           "--out", str(part), "--img-size", "32", "--batch-size", "8", "--width", "0.35", "--lr", "0.002", *common]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = part / "ckpt" / "state.json"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert 1 <= killed_at < 4, "the run must be killed part-way"
     r = CliRunner().invoke(main, ["train", "--resume", "--out", str(part)])
     assert r.exit_code == 0, r.output
     with open(full / "history.csv") as f:
         a = list(csv.DictReader(f))
     with open(part / "history.csv") as f:
         b = list(csv.DictReader(f))
-    assert len(a) == len(b) == 3
+    assert len(a) == len(b) == 4
     for ra, rb in zip(a, b):
         assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=2e-3, abs=2e-3)
         assert float(ra["lr"]) == pytest.approx(float(rb["lr"]), rel=1e-5)
+
+
+def test_time_budget_stops_cleanly_mid_epoch(small_split, tmp_path):
+    out = tmp_path / "run"
+    r = _train(small_split, out, "--epochs", "3", "--time-budget", "0.0001")
+    assert r.exit_code == 0, r.output
+    assert "time budget" in r.output and "--resume continues" in r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs_run"] == 1 and "time budget" in m["stop_reason"]
+    with open(out / "history.csv") as f:
+        [row] = list(csv.DictReader(f))
+    assert int(row["steps"]) < 12  # 96 training images / batch 8: the epoch was cut short
 
 
 def test_refuses_to_overwrite_and_offline_imagenet_is_clear(small_split, tmp_path, monkeypatch):

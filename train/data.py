@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..edge_runtime.bundle import sha256_file as file_sha256
 from ..edge_runtime.preprocess import ImageError, load_rgb
 from ..edge_runtime.spec import LABELS
 
@@ -159,14 +160,6 @@ def write_split(rows: list[dict], report: dict, out, root) -> str:
     meta = {"csv": out.name, "csv_sha256": digest, "root": str(Path(root).resolve()), **report}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return digest
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

@@ -256,13 +256,21 @@ def _epoch_end_class():
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t_epoch = time.time()
+            self.steps_done = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            # A budget shorter than one epoch (VGG on a CPU) ends the epoch early, recorded as such.
+            self.steps_done = batch + 1
+            if self.budget_s and time.time() - self.start > self.budget_s:
+                self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
             cfg, state = self.cfg, self.state
             self.epoch_times.append(time.time() - self.t_epoch)
             row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
                    "val_loss": float(logs["val_loss"]), "val_accuracy": float(logs["val_accuracy"]),
-                   "lr": _current_lr(self.model.optimizer), "seconds": round(self.epoch_times[-1], 1)}
+                   "lr": _current_lr(self.model.optimizer), "seconds": round(self.epoch_times[-1], 1),
+                   "steps": self.steps_done}
             _append_csv(self.history_file, row)
             self.log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
                      f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} ({row['seconds']:.0f}s)")
@@ -282,6 +290,10 @@ def _epoch_end_class():
             if state["wait"] >= cfg.patience:
                 self.stop_reason = f"early stopping: validation loss did not improve for {cfg.patience} epochs"
                 state["stopped"] = "early_stopping"
+            elif self.model.stop_training:
+                self.stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached during epoch {epoch + 1} after "
+                                    f"{self.steps_done} steps (history.csv 'steps'); --resume continues with the next epoch")
+                state["stopped"] = "time_budget"
             elif self.budget_s and epoch + 1 < cfg.epochs and time.time() - self.start + mean_epoch > self.budget_s:
                 self.stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached after epoch {epoch + 1} "
                                     f"(another epoch would take ~{mean_epoch / 60:.1f} min); --resume continues")

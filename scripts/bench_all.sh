@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The full benchmark: MobileNetV2 and the three baselines in every format, at 1 thread and at all
+# cores, on the test split, plus the 224 px reference the report's edge estimates scale from.
+# Resumable: each configuration is saved as it finishes and a rerun measures only what is missing,
+# so it can run in pieces (e.g. MobileNetV2 now, the baselines when their training is done).
+# Usage: scripts/bench_all.sh [OUT]   (default benchmarks/results)
+#   DATA=dir         data root of runs/split.csv (default ../shared/data/pbc256)
+#   MAX_IMAGES=n     accuracy on a stratified subset of the 1538 test images (default: all)
+#   RUNS=n WARMUP=n  timed / untimed inferences per configuration (default 200 / 20)
+#   MODELS=...       default "mobilenetv2 resnet50 vgg16 vgg19"; each ARCH is runs/ARCH_96
+#                    (an untrained build, latency and size only, while it has no model.keras)
+#   REDO_LATENCY=1   time again what bench.json holds, keeping its accuracy (e.g. once the
+#                    machine is idle: latency measured beside a training job is pessimistic)
+# Run it on an otherwise idle machine: latency under other load is recorded (load average per
+# configuration) but is not the model's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-benchmarks/results}
+DATA=${DATA:-../shared/data/pbc256}
+CLI=${CLI:-.venv/bin/edge-bloodcls}
+common=(--data runs/split.csv --data-root "$DATA" --runs "${RUNS:-200}" --warmup "${WARMUP:-20}" --out "$OUT" --no-report)
+[ -n "${MAX_IMAGES:-}" ] && common+=(--max-images "$MAX_IMAGES")
+[ -n "${REDO_LATENCY:-}" ] && common+=(--redo-latency)
+
+for m in ${MODELS:-mobilenetv2 resnet50 vgg16 vgg19}; do
+  if [ "$m" = mobilenetv2 ]; then
+    # The exports of scripts/export_all.sh (QAT included) are used when present.
+    $CLI bench --models "$m" --formats keras,float32,float16,dynamic,int8,qat-int8 "${common[@]}"
+  else
+    # QAT here would be a CPU training epoch of a large network per model: not for the baselines.
+    $CLI bench --models "$m" --formats keras,float32,float16,dynamic,int8 --qat-epochs 0 "${common[@]}"
+  fi
+done
+$CLI bench --models mobilenetv2@224 --formats float32,int8 "${common[@]}"
+$CLI bench-report "$OUT/bench.json"

@@ -6,7 +6,7 @@ DEMO_DIR ?= ../shared/data/bccd/JPEGImages
 DEMO_FRAMES ?= 40
 DEMO_DB ?= runs/demo/capture.db
 
-.PHONY: setup setup-edge demo test train-all pi-check clean
+.PHONY: setup setup-edge demo test train-all export bench pi-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,19 @@ test: setup
 # The real training runs (hours on a CPU; resumable): see README "Training".
 train-all: setup
 	CLI=$(BIN)/edge-bloodcls scripts/train_all.sh
+
+# Every export format of the trained MobileNetV2, the summary, and the shipped bundles.
+export: setup
+	CLI=$(BIN)/edge-bloodcls PY=$(BIN)/python scripts/export_all.sh runs/mobilenetv2_96
+
+# The full benchmark run behind benchmarks/results/REPORT.md (resumable; REDO_LATENCY=1 re-times).
+bench: setup
+	scripts/bench_all.sh
+
+# The edge install and the bundled model on arm64 Debian under qemu, compared with a native run
+# (minutes; needs root and the package registries). Log: benchmarks/results/pi_check_*.log.
+pi-check:
+	scripts/pi_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -6,6 +6,7 @@ pixels the Pi sees), kept in memory as uint8, and augmented with stateless ops s
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -57,7 +58,10 @@ def cached_pixels(paths, size, cache_dir=None, key: str = "", progress: bool = F
     """load_pixels, memoised on disk as .npy under cache_dir (keyed by the split hash and size)."""
     if cache_dir is None:
         return load_pixels(paths, size, progress=progress)
-    f = Path(cache_dir) / f"pixels-{key}-{size[0]}x{size[1]}-{len(paths)}.npy"
+    # The file list itself is part of the name: two parts of one split with the same image
+    # count must never share a cache file.
+    listing = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:12]
+    f = Path(cache_dir) / f"pixels-{key}-{size[0]}x{size[1]}-{len(paths)}-{listing}.npy"
     if f.exists():
         return np.load(f, mmap_mode="r")
     arr = load_pixels(paths, size, progress=progress)

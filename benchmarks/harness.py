@@ -30,6 +30,7 @@ import numpy as np
 from .. import __version__
 from ..edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
 from ..edge_runtime.metrics import classification_metrics
+from ..edge_runtime.spec import LABELS, InputSpec
 
 SCHEMA = 1
 FORMATS = ("keras", "float32", "float16", "dynamic", "int8", "qat-int8")
@@ -109,8 +110,8 @@ def _training_record(run: Path) -> dict | None:
         return None
     m = json.loads(f.read_text())
     test = m.get("test") or {}
-    return {k: m.get(k) for k in ("epochs_run", "epochs_planned", "best_epoch", "stop_reason", "train_seconds")} | {
-        "test_accuracy_keras_fit": test.get("accuracy")}
+    keys = ("epochs_run", "epochs_planned", "best_epoch", "stop_reason", "train_seconds")
+    return {**{k: m.get(k) for k in keys}, "test_accuracy_at_training": test.get("accuracy")}
 
 
 def resolve_model(spec: str, opts: BenchOptions) -> ModelSource:
@@ -145,8 +146,13 @@ def resolve_model(spec: str, opts: BenchOptions) -> ModelSource:
 def _bundle_source(path: Path, role: str = "model") -> ModelSource:
     b = load_bundle(path)
     size = int(b.manifest["input"]["size"][0])
-    return ModelSource(b.name, b.manifest.get("arch", "?"), size, "bundle", b.tflite.with_suffix(".json"), True,
-                       f"bundle {b.name}", None, (b.quantization,), role)
+    origin = b.manifest.get("exported_as") or b.name
+    # The shipped bundle is named like the int8 export it was copied from (often another one,
+    # e.g. the per-tensor int8): its key says which.
+    key = f"shipped:{origin}" if role == "shipped" else b.name
+    return ModelSource(key, b.manifest.get("arch", "?"), size, "bundle", b.tflite.with_suffix(".json"), True,
+                       f"bundle {b.name}" + (f" (exported as {origin})" if origin != b.name else ""),
+                       None, (b.quantization,), role)
 
 
 def _untrained(arch: str, size: int, key: str, note: str, role: str = "model", formats=None) -> ModelSource:
@@ -171,14 +177,9 @@ def untrained_build(src: ModelSource, opts: BenchOptions, calib_csv: Path, log) 
     os.replace(d / "tmp.keras", f)
     (d / "config.json").write_text(json.dumps({
         "train": {"arch": src.arch, "img_size": src.size, "weights": "none"}, "untrained": True,
-        "input": archs.input_spec(src.arch, src.size, "none").to_json(), "labels": list(_labels()),
+        "input": archs.input_spec(src.arch, src.size, "none").to_json(), "labels": list(LABELS),
         "params": int(model.count_params()), "split": {"csv": str(calib_csv)}}, indent=2))
     return f
-
-
-def _labels():
-    from ..edge_runtime.spec import LABELS
-    return LABELS
 
 
 # --- bundles ----------------------------------------------------------------------------
@@ -250,6 +251,14 @@ def _export(keras_path: Path, fmt: str, name: str, out_dir: Path, calib_csv: Pat
         cache_dir=str(Path(opts.cache_dir) / "pixels"), force=True, name=name, seed=opts.seed)
     res = run(eo, log=lambda s: log("  " + s))
     return Path(res["bundle"])
+
+
+def _rel(p) -> str:
+    """A path relative to the working directory when under it: results get committed."""
+    try:
+        return str(Path(p).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
 
 
 def _one_line(e: BaseException) -> str:
@@ -361,10 +370,10 @@ class TestImages:
         return self._pixels[size]
 
     def describe(self) -> dict:
-        counts = np.bincount(self.labels[self.indices], minlength=len(_labels())).tolist()
+        counts = np.bincount(self.labels[self.indices], minlength=len(LABELS)).tolist()
         return {"source": self.source, "n_total": int(len(self.labels)), "n": int(len(self.indices)),
                 "subset": len(self.indices) < len(self.labels), "key": self.key,
-                "split_sha256": self.split_sha256, "per_class": dict(zip(_labels(), counts))}
+                "split_sha256": self.split_sha256, "per_class": dict(zip(LABELS, counts))}
 
 
 def load_test_images(data: Path, data_root, max_images: int | None, seed: int) -> TestImages:
@@ -377,7 +386,9 @@ def load_test_images(data: Path, data_root, max_images: int | None, seed: int) -
         source = f"{data} (class folders)"
     else:
         images = calibrate.from_split(data, "test", data_root)
-        key = images.split_sha256[:12]
+        # The pixel cache is named by key, size and count only: a key of the split alone would
+        # read the val images' file in place of the test images' wherever both have one count.
+        key = images.split_sha256[:12] + "-test"
         source = f"{data}:test"
     n = None if not max_images else max_images
     idx = calibrate.stratified(images.labels, n, seed)
@@ -427,10 +438,16 @@ def derive(results: dict, baseline: str):
     by = {(c["model"], c["format"], c["threads"]): c for c in results["configs"]}
     acc = results["accuracy"]
     results["baseline"] = baseline
+    models = results["models"]
+    # A bundle measured on its own (the shipped one) compares with the float32 export of the
+    # run it came from.
+    run_of = {m["source_sha256"]: k for k, m in models.items() if m.get("kind") != "bundle" and m.get("source_sha256")}
     for c in results["configs"]:
         r = {}
         p50 = c["latency_ms"]["p50"]
-        f32 = by.get((c["model"], "float32", c["threads"]))
+        info = models.get(c["model"]) or {}
+        own = run_of.get(info.get("source_sha256"), c["model"]) if info.get("kind") == "bundle" else c["model"]
+        f32 = by.get((own, "float32", c["threads"]))
         if f32:
             r["speedup_vs_float32"] = f32["latency_ms"]["p50"] / p50
             r["size_vs_float32"] = c["size_bytes"] / f32["size_bytes"]
@@ -466,7 +483,6 @@ def run_child(spec: dict, timeout: float) -> dict:
 
 
 def _input_spec_json(size: int) -> dict:
-    from ..edge_runtime.spec import InputSpec
     return InputSpec.named(size, "symmetric").to_json()
 
 
@@ -559,7 +575,7 @@ def _run_bench(opts: BenchOptions, log) -> Path:
             sha = load_bundle(src.path).sha256
             twin = next((c for c in results["configs"]
                          if c.get("bundle_sha256") == sha and c["model"] != src.key), None)
-            results["shipped"] = {"name": src.key, "sha256": sha, "path": str(src.path),
+            results["shipped"] = {"name": src.key, "sha256": sha, "path": _rel(src.path),
                                   "same_as": {"model": twin["model"], "format": twin["format"]} if twin else None}
             if twin:
                 log(f"shipped bundle {src.key} is {twin['model']} {twin['format']} (same sha256): not measured twice")
@@ -612,8 +628,12 @@ def _model_info(src: ModelSource, files: dict, keras_path: Path | None) -> dict:
         params = load_bundle(tflites[0]).manifest.get("params")
     tfl = files.get("float32") or (tflites[0] if tflites else None)
     macs = graph_macs(tfl) if tfl else None
+    if keras_path:
+        source_sha = sha256_file(keras_path)
+    else:  # a bundle: the Keras model it was exported from, as its manifest records
+        source_sha = (load_bundle(src.path).manifest.get("source_model") or {}).get("sha256")
     return {"arch": src.arch, "size": src.size, "kind": src.kind, "role": src.role, "trained": src.trained,
-            "source": str(keras_path or src.path), "source_sha256": sha256_file(keras_path) if keras_path else None,
+            "source": _rel(keras_path or src.path), "source_sha256": source_sha,
             "note": src.note, "training": src.training, "params": params,
             "macs": macs["macs"] if macs else None, "macs_by_op": macs["by_op"] if macs else None,
             "macs_from": Path(tfl).name if tfl else None, "macs_method": MACS_METHOD if macs else None}
@@ -664,7 +684,7 @@ def _measure_format(results, src, fmt, path, model_info, opts, test, pixel_cache
         lat = res["latency_ms"]
         row = {"model": src.key, "format": fmt, "threads": th,
                "threads_n": res["interpreter"].get("threads") or _threads_n(th),
-               "arch": src.arch, "trained": src.trained, "role": src.role, "file": str(path), "bundle_sha256": sha,
+               "arch": src.arch, "trained": src.trained, "role": src.role, "file": _rel(path), "bundle_sha256": sha,
                "size_bytes": Path(path).stat().st_size, "params": model_info["params"], "macs": model_info["macs"],
                "quantization": manifest.get("quantization") if manifest else "keras",
                "io_dtype": manifest["input"].get("dtype", "float32") if manifest else "float32",

@@ -276,10 +276,13 @@ NVENV=$CACHE/native-venv
 step "$COMMON" "native-venv" "$NATIVE_PY" -m venv "$NVENV"
 mkdir -p "$WORK/src" "$WORK/dist"
 if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
+    # Tracked and untracked files that git does not ignore, less training runs and data.
     (cd "$REPO" && git ls-files -z -co --exclude-standard | while IFS= read -r -d '' f; do
-        [ -e "$f" ] && printf '%s\0' "$f"; done | tar --null -T - -cf -) | tar -xf - -C "$WORK/src"
+        case $f in runs/* | data/*) continue ;; esac
+        if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done | tar --null -T - -cf -) | tar -xf - -C "$WORK/src"
 else
-    tar -C "$REPO" --exclude=.venv --exclude=runs --exclude=build --exclude='*.egg-info' -cf - . | tar -xf - -C "$WORK/src"
+    tar -C "$REPO" --exclude=./.venv --exclude=./runs --exclude=./data --exclude=./build --exclude='*.egg-info' \
+        --exclude=./.git -cf - . | tar -xf - -C "$WORK/src"
 fi
 step "$COMMON" "build-wheel" "$NVENV/bin/pip" wheel --no-deps -w "$WORK/dist" "$WORK/src"
 WHEEL=$(ls "$WORK"/dist/edge_bloodcls-*.whl)
@@ -382,7 +385,14 @@ if [ -n "$FREEZE_PIN" ]; then
 else
     CONSTRAINT=()
 fi
+native_ok=0
 if step "$COMMON" "native-venv-edge" "$NVENV/bin/pip" install "$WHEEL[edge]" "${CONSTRAINT[@]}"; then
+    native_ok=1
+elif ((${#CONSTRAINT[@]})); then
+    note "$COMMON" "  (those versions do not all exist for the native Python $("$NVENV/bin/python" -V 2>&1 | cut -d' ' -f2); installing unpinned)"
+    if step "$COMMON" "native-venv-edge-unpinned" "$NVENV/bin/pip" install "$WHEEL[edge]"; then native_ok=1; fi
+fi
+if [ $native_ok = 1 ]; then
     "$NVENV/bin/pip" freeze --all >"$WORK/freeze-native.txt"
     grep -qiE '^(tensorflow|tf-|tf_)' "$WORK/freeze-native.txt" && note "$COMMON" "  TensorFlow arrived natively!" \
         || note "$COMMON" "  no TensorFlow in the native venv (pip freeze)"

@@ -1,6 +1,7 @@
 """The benchmark harness end to end on its --quick tiny model, and its arithmetic on its own."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -74,14 +75,18 @@ def test_quick_params_and_macs_match_the_network(quick):
 
 
 def test_quick_accuracy_on_the_same_test_images(quick):
-    _, r = quick
+    out, r = quick
     n = r["data"]["n"]
-    assert n == sum(r["data"]["per_class"].values()) > 0
+    with open(out / "quick_inputs" / "split.csv") as f:
+        test_rows = [row for row in csv.DictReader(f) if row["split"] == "test"]
+    assert r["data"]["per_class"] == {lab: sum(row["label"] == lab for row in test_rows) for lab in LABELS}
+    assert n == len(test_rows) > 0
     for fmt in FORMATS:
         a = r["accuracy"][f"tiny_32|{fmt}"]
         m = a["metrics"]
         assert a["n"] == m["n"] == n and a["threads"] == "all"
-        assert np.asarray(m["confusion_matrix"]).sum() == n
+        # rows of the confusion matrix are the test split's classes, image for image
+        assert np.asarray(m["confusion_matrix"]).sum(1).tolist() == list(r["data"]["per_class"].values())
         assert set(m["per_class"]) == set(LABELS)
         # the generated classes are easy: a working pipeline gets them, a broken one is at chance
         assert m["accuracy"] > 0.8, (fmt, m["accuracy"])
@@ -215,3 +220,24 @@ def test_a_second_writer_of_the_same_results_is_refused(tmp_path, monkeypatch):
     finally:
         release.set()
         first.join()
+
+
+def test_a_bundle_as_a_model_compares_with_the_run_it_came_from(quick, tmp_path):
+    out, r = quick
+    int8 = next(c for c in r["configs"] if c["format"] == "int8")
+    bundle = int8["file"].replace(".tflite", ".json")
+    _bench("--models", bundle, "--data", r["data"]["source"].rsplit(":", 1)[0], "--formats", "int8",
+           "--threads", "1", "--runs", "5", "--warmup", "1", "--no-shipped", "--baseline", "tiny_32",
+           "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-report")
+    again = json.loads((out / "bench.json").read_text())
+    key = "tiny_32_int8"
+    info = again["models"][key]
+    assert (info["kind"], info["source_sha256"]) == ("bundle", r["models"]["tiny_32"]["source_sha256"])
+    row = next(c for c in again["configs"] if c["model"] == key)
+    f32 = next(c for c in again["configs"] if c["model"] == "tiny_32" and c["format"] == "float32"
+               and c["threads"] == "1")
+    assert row["bundle_sha256"] == int8["bundle_sha256"]
+    assert row["ratios"]["size_vs_float32"] == pytest.approx(row["size_bytes"] / f32["size_bytes"])
+    # the same file on the same images (decoded afresh here, into another cache): the same predictions
+    assert again["accuracy"][f"{key}|int8"]["metrics"]["confusion_matrix"] == \
+        r["accuracy"]["tiny_32|int8"]["metrics"]["confusion_matrix"]

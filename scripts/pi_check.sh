@@ -183,7 +183,9 @@ cpuinfo_for() {  # QEMU_CPU -> file
         *) die "no Raspberry Pi /proc/cpuinfo for QEMU_CPU=$cpu (cortex-a53, cortex-a72, cortex-a76)" ;;
     esac
     : >"$f"
-    for ((i = 0; i < $(nproc --all); i++)); do
+    local n  # one entry per possible CPU, as /sys/devices/system/cpu/possible lists them
+    n=$(($(tr ',-' '\n\n' </sys/devices/system/cpu/possible | tail -n 1) + 1))
+    for ((i = 0; i < n; i++)); do
         printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: %s\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: %s\nCPU part\t: %s\nCPU revision\t: %s\n\n' \
             "$i" "$features" "$variant" "$part" "$rev" >>"$f"
     done
@@ -244,10 +246,12 @@ native_sh() { timeout "$STEP_TIMEOUT" env ${GUEST_ENV:-} bash -c "$*"; }
 ensure_tools
 GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "not a git checkout")
 GIT_DIRTY=$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | wc -l || echo 0)
+# What goes into the wheel: the runtime, the CLI, the bundled models, the packaging.
+PKG_DIRTY=$(git -C "$REPO" status --porcelain -- edge_runtime edge_bloodcls pyproject.toml 2>/dev/null | wc -l || echo 0)
 {
     echo "make pi-check: the edge runtime on arm64 Debian under qemu-user emulation vs natively"
     echo "started $STARTED; host $(uname -m) $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r), $(nproc) cores"
-    echo "repository $GIT_REV$([ "$GIT_DIRTY" != 0 ] && echo " + $GIT_DIRTY modified tracked file(s)")"
+    echo "repository $GIT_REV$([ "$GIT_DIRTY" != 0 ] && echo " + $GIT_DIRTY modified tracked file(s)"); edge_runtime/, edge_bloodcls/, pyproject.toml: $([ "$PKG_DIRTY" = 0 ] && echo "as committed" || echo "$PKG_DIRTY uncommitted change(s)")"
     echo "$(qemu-aarch64-static --version | head -n 1); $(debootstrap --version 2>/dev/null || dpkg-query -W -f='debootstrap ${Version}' debootstrap)"
     echo "binfmt qemu-aarch64: $(tr '\n' ' ' </proc/sys/fs/binfmt_misc/qemu-aarch64 | cut -c1-120)"
     echo "Emulated timings below are qemu-user on an x86-64 host: they are NOT Raspberry Pi timings."

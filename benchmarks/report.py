@@ -123,22 +123,30 @@ def _log_x(ax):
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def plot_accuracy_latency(r: dict, path: Path) -> bool:
+def _point(ax, c, x, y, k, colours, markers):
+    ax.scatter(x, y, color=colours[c["model"]], marker=markers.get(c["format"], "x"), s=60, zorder=3)
+    # Formats of one model often sit on top of each other: alternate the label side.
+    ax.annotate(f"{c['model']} {c['format']}", (x, y), fontsize=7, xytext=(5, 4 if k % 2 else -10),
+                textcoords="offset points")
+
+
+def _plot_setup(r: dict):
+    """What both scatter plots share: the thread count shown, the scored rows, colours, markers."""
     th = threads_for_plots(r)
     rows = [c for c in r["configs"] if c["threads"] == th and accuracy(r, c["model"], c["format"])]
+    plt = _plt() if rows else None
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(model_order(r))} if rows else {}
+    return th, rows, plt, colours, dict(zip(FORMAT_ORDER, "sodv^P*"))
+
+
+def plot_accuracy_latency(r: dict, path: Path) -> bool:
+    th, rows, plt, colours, markers = _plot_setup(r)
     if not rows:
         return False
-    plt = _plt()
-    models = model_order(r)
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
-    markers = dict(zip(FORMAT_ORDER, "sodv^P*"))
     pts = [(c["latency_ms"]["p50"], accuracy(r, c["model"], c["format"])["accuracy"] * 100) for c in rows]
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for k, (c, (x, y)) in enumerate(zip(rows, pts)):
-        ax.scatter(x, y, color=colours[c["model"]], marker=markers.get(c["format"], "x"), s=60, zorder=3)
-        # Formats of one model often sit on top of each other: alternate the label side.
-        ax.annotate(f"{c['model']} {c['format']}", (x, y), fontsize=7, xytext=(5, 4 if k % 2 else -10),
-                    textcoords="offset points")
+        _point(ax, c, x, y, k, colours, markers)
     front = pareto(pts)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1, zorder=2)
     ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], s=180, facecolors="none", edgecolors="k",
@@ -158,20 +166,13 @@ def plot_accuracy_latency(r: dict, path: Path) -> bool:
 
 
 def plot_size_accuracy(r: dict, path: Path) -> bool:
-    th = threads_for_plots(r)
-    rows = [c for c in r["configs"] if c["threads"] == th and accuracy(r, c["model"], c["format"])]
+    th, rows, plt, colours, markers = _plot_setup(r)
     if not rows:
         return False
-    plt = _plt()
-    models = model_order(r)
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
-    markers = dict(zip(FORMAT_ORDER, "sodv^P*"))
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for k, c in enumerate(rows):
         x, y = c["size_bytes"] / 1e6, accuracy(r, c["model"], c["format"])["accuracy"] * 100
-        ax.scatter(x, y, color=colours[c["model"]], marker=markers.get(c["format"], "x"), s=60, zorder=3)
-        ax.annotate(f"{c['model']} {c['format']}", (x, y), fontsize=7, xytext=(5, 4 if k % 2 else -10),
-                    textcoords="offset points")
+        _point(ax, c, x, y, k, colours, markers)
     _log_x(ax)
     ax.set_xlabel("model file size, MB (log scale)")
     ax.set_ylabel("test accuracy, %")

@@ -339,6 +339,7 @@ for rel in $RELEASES; do
         [ -z "$FREEZE_PIN" ] && FREEZE_PIN=$WORK/freeze-$rel-edge.txt
         for cpu in $QEMU_CPUS; do
             bind_cpuinfo "$root" "$cpu"
+            note "$part" "  QEMU_CPU=$cpu; /proc/cpuinfo inside: $(grep -m1 '^Model' "$WORK/cpuinfo-$cpu" | cut -d: -f2-) ($(grep -m1 '^CPU part' "$WORK/cpuinfo-$cpu" | cut -d: -f2 | tr -d ' \t'))"
             run_commands "$part" "$rel-$cpu" "$V" "$GUEST/inputs" "$GUEST/out/edge-$cpu" guest "$root" "$cpu" || ok=0
             unbind_cpuinfo "$root"
             rm -rf "$WORK/emu-$rel-edge-$cpu"

@@ -42,7 +42,7 @@ train-all: setup
 
 # Every export format of the trained MobileNetV2, the summary, and the shipped bundles.
 export: setup
-	CLI=$(BIN)/edge-bloodcls PY=$(BIN)/python scripts/export_all.sh runs/mobilenetv2_96
+	CLI=$(BIN)/edge-bloodcls PY=$(BIN)/python scripts/export_all.sh runs/mobilenetv2_160_ft
 
 # The full benchmark run behind benchmarks/results/REPORT.md (resumable; REDO_LATENCY=1 re-times).
 bench: setup

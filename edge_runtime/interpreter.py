@@ -33,7 +33,7 @@ def _module(allowed=None):
             errors.append(f"{name}: {type(e).__name__}: {e}".splitlines()[0])
     raise InterpreterUnavailable(
         "no TFLite interpreter could be imported (" + "; ".join(errors) + "). "
-        "Install one: `pip install ai-edge-litert` (64-bit Raspberry Pi OS, Python 3.9-3.13), "
+        "Install one: `pip install ai-edge-litert` (64-bit Raspberry Pi OS, Python 3.10-3.14), "
         "or `pip install tflite-runtime 'numpy<2'` (32-bit or Python <= 3.11)")
 
 
@@ -76,5 +76,13 @@ def make_interpreter(model_path, threads: int | None = None, device: str = "cpu"
         interp.allocate_tensors()
     except ValueError as e:
         raise InterpreterUnavailable(f"{model_path}: the interpreter cannot load this model ({e})") from None
+    except (SystemError, ImportError) as e:
+        # tflite_runtime 2.14 imports under NumPy 2 but fails here, when it first builds an array.
+        import numpy as np
+        first = (str(e).splitlines() or [""])[0]
+        raise InterpreterUnavailable(
+            f"{name} could not start ({type(e).__name__}: {first}) with NumPy {np.__version__}; "
+            + ("tflite-runtime needs `pip install 'numpy<2'`, or install ai-edge-litert instead"
+               if name == "tflite_runtime" else "reinstall it or try another interpreter package")) from None
     version = getattr(importlib.import_module(name.split(".")[0]), "__version__", "?")
     return interp, {"interpreter": name, "interpreter_version": version, "threads": threads, "device": used}

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Export one trained run in every format, gate each on the validation split, record the test
 # split too, summarise, and ship the best accepted int8 bundle with its float32 twin.
-# Usage: scripts/export_all.sh [RUN_DIR]   (default runs/mobilenetv2_96)
+# Usage: scripts/export_all.sh [RUN_DIR]   (default runs/mobilenetv2_160_ft, the final model)
 #   DATA=dir  data root of runs/split.csv (default ../shared/data/pbc256)
 #   SHIP=dir  where the accepted bundles go (default edge_runtime/models; SHIP= to skip)
+#   FORMATS="float32 int8 int8_pt"  a subset of: float32 float16 dynamic int8 int8_pt qat edgetpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=${1:-runs/mobilenetv2_96}
+RUN=${1:-runs/mobilenetv2_160_ft}
 NAME=$(basename "$RUN")
 DATA=${DATA:-../shared/data/pbc256}
 OUT=${OUT:-runs/exports/$NAME}
@@ -18,14 +19,17 @@ PY=${PY:-.venv/bin/python}
 # --force: a format that fails its gate is still written and shown (as FAIL) in the summary;
 # the summary never ships a bundle whose gate failed.
 common=(--calibration runs/split.csv --data-root "$DATA" --cache-dir .cache/pixels --eval-test --force --out "$OUT")
+want() { [[ " ${FORMATS:-float32 float16 dynamic int8 int8_pt qat edgetpu} " == *" $1 "* ]]; }
 for q in float32 float16 dynamic int8; do
-  $CLI convert "$RUN/model.keras" --quantize "$q" "${common[@]}"
+  if want $q; then $CLI convert "$RUN/model.keras" --quantize "$q" "${common[@]}"; fi
 done
-$CLI convert "$RUN/model.keras" --quantize int8 --per-tensor "${common[@]}"
-$CLI convert "$RUN/model.keras" --quantize int8 --qat --qat-epochs "${QAT_EPOCHS:-2}" "${common[@]}"
-if command -v edgetpu_compiler >/dev/null; then
-  $CLI convert "$RUN/model.keras" --quantize int8 --edgetpu "${common[@]}"
-else
-  echo "Edge TPU: skipped, edgetpu_compiler is not installed (docs/convert.md says how)"
+if want int8_pt; then $CLI convert "$RUN/model.keras" --quantize int8 --per-tensor "${common[@]}"; fi
+if want qat; then $CLI convert "$RUN/model.keras" --quantize int8 --qat --qat-epochs "${QAT_EPOCHS:-2}" "${common[@]}"; fi
+if want edgetpu; then
+  if command -v edgetpu_compiler >/dev/null; then
+    $CLI convert "$RUN/model.keras" --quantize int8 --edgetpu "${common[@]}"
+  else
+    echo "Edge TPU: skipped, edgetpu_compiler is not installed (docs/convert.md says how)"
+  fi
 fi
 $PY -m edge_bloodcls.convert.summary "$OUT" --out "benchmarks/results/convert_$NAME" ${SHIP:+--ship "$SHIP"}

@@ -46,7 +46,7 @@ MIRROR=${PI_MIRROR:-http://deb.debian.org/debian}
 MAX_FRAMES=${PI_MAX_FRAMES:-6}
 NATIVE_PY=${PI_NATIVE_PYTHON:-python3}
 STEP_TIMEOUT=${PI_STEP_TIMEOUT:-3600}
-DEFAULT_MODEL=mobilenetv2_96_int8
+DEFAULT_MODEL=$(sed -n 's/^DEFAULT_MODEL = "\(.*\)"/\1/p' "$REPO/edge_runtime/bundle.py")
 GUEST=/tmp/pi_check            # the work directory inside each root file system
 GUEST_VENV=/opt/edge-bloodcls   # virtual environments inside each root file system
 

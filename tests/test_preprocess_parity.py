@@ -48,6 +48,27 @@ def test_augmentation_keeps_range_and_is_reproducible():
     assert not np.allclose(allx[0], allx[5])  # epochs differ
 
 
+def test_geometric_preset_only_moves_pixels():
+    tf = pytest.importorskip("tensorflow")
+    from edge_bloodcls.train.pipeline import augment_preset, train_dataset
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    spec = InputSpec.named(16)
+    (x, y), = list(train_dataset(pixels, np.arange(8), spec, 8, augment_preset("geometric"), 3, 0, 1)[0])
+    moved = 0
+    for img, i in zip(x.numpy(), y.numpy()):
+        src = (pixels[i].astype(np.float32) - 127.5) / 127.5
+        # One of the 8 symmetries of the square, with the colours untouched.
+        variants = [np.rot90(f, k) for f in (src, src[:, ::-1]) for k in range(4)]
+        assert any(np.allclose(img, v, atol=1e-5) for v in variants)
+        moved += not np.allclose(img, src, atol=1e-5)
+    assert moved > 0
+    assert augment_preset(True) == augment_preset("full") and augment_preset(False) == augment_preset("none")
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment_preset("heavy")
+
+
 def test_resize_centre_crops_non_square():
     img = np.zeros((100, 200, 3), np.uint8)
     img[:, 50:150] = 255  # the centre square is all white

@@ -15,6 +15,7 @@ from PIL import Image
 
 from runtime_fixtures import bundles, make_dataset, synthetic_cell  # noqa: F401
 from edge_bloodcls.edge_runtime import commands
+from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL
 from edge_bloodcls.edge_runtime.spec import LABELS
 
 # name -> should it be classified (True) or fail with a reason containing the text
@@ -159,7 +160,7 @@ def test_missing_default_model_and_invalid_bundle_exit_2(bundles, tmp_path, monk
     monkeypatch.setattr("edge_bloodcls.edge_runtime.bundle.MODELS_DIR", tmp_path / "no_models")
     r = run("classify", img)
     assert r.exit_code == 2
-    assert r.stderr.count("\n") == 1 and "bundled default mobilenetv2_96_int8 is not installed" in r.stderr
+    assert r.stderr.count("\n") == 1 and f"bundled default {DEFAULT_MODEL} is not installed" in r.stderr
 
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -49,7 +49,9 @@ def test_tiny_training_beats_chance(tmp_path):
     assert len(m["test"]["confusion_matrix"]) == 8
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["split"]["sha256"] == m["split_sha256"]
-    assert cfg["train"]["bn_momentum"] == 0.9 and cfg["class_weights"] and cfg["augment"]["flips"]
+    # The defaults are the protocol of the final model: flips and quarter turns, unweighted loss.
+    assert cfg["train"]["bn_momentum"] == 0.9 and cfg["class_weights"] is None
+    assert cfg["augment"]["flips"] and cfg["augment"]["rot90"] and cfg["augment"]["hue"] == 0
     assert {"tensorflow", "tf_keras", "numpy"} <= set(cfg["versions"])
     assert (out / "model.keras").exists()
     with open(out / "history.csv") as f:
@@ -61,7 +63,8 @@ def test_killed_run_resumes_exactly(small_split, tmp_path):
     # Dropout masks come from a generator whose state is not checkpointed; without dropout,
     # everything else (weights, optimizer and BatchNorm state, data order, augmentation,
     # learning-rate schedule) must continue as if never interrupted.
-    common = ["--epochs", "4", "--dropout", "0"]
+    # Full augmentation and class weights: the most state a resume has to restore.
+    common = ["--epochs", "4", "--dropout", "0", "--augment", "full", "--balance", "class_weights"]
     assert _train(small_split, full, *common).exit_code == 0
     cmd = [sys.executable, "-m", "edge_bloodcls.cli", "train", "--arch", "mobilenetv2", "--split", str(small_split),
            "--out", str(part), "--img-size", "32", "--batch-size", "8", "--width", "0.35", "--lr", "0.002", *common]

@@ -71,15 +71,19 @@ def split_cmd(directory, out, ratios, seed):
 @click.option("--bn-momentum", default=0.9, show_default=True)
 @click.option("--dropout", default=0.2, show_default=True)
 @click.option("--patience", default=6, show_default=True, help="early stopping on validation loss")
-@click.option("--balance", type=click.Choice(["class_weights", "none"]), default="class_weights", show_default=True)
-@click.option("--no-augment", is_flag=True)
+@click.option("--balance", type=click.Choice(["class_weights", "none"]), default="none", show_default=True,
+              help="class_weights: 'balanced' loss weights n / (k * count), for strongly imbalanced data")
+@click.option("--augment", "augment", type=click.Choice(["full", "geometric", "none"]), default="geometric", show_default=True,
+              help="full: flips, quarter turns, zoom, colour jitter; geometric: flips and quarter turns only")
+@click.option("--no-augment", is_flag=True, help="same as --augment none")
+@click.option("--weight-decay", default=0.0, show_default=True, help="decoupled weight decay (AdamW) when > 0")
 @click.option("--time-budget", "time_budget", type=float, help="minutes; stop cleanly after the epoch that would overrun")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--data-root", type=click.Path(file_okay=False), help="where the split's paths live (default: as recorded)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="keep decoded pixels here between runs")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, width, bn_momentum, dropout,
-              patience, balance, no_augment, time_budget, seed, data_root, cache_dir, resume):
+              patience, balance, augment, no_augment, weight_decay, time_budget, seed, data_root, cache_dir, resume):
     """Train a classifier under the common protocol and evaluate it on the test split."""
     from .archs import WeightsUnavailable
     from .fit import TrainConfig, train
@@ -88,7 +92,7 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
         raise click.UsageError("--arch and --split are required (unless --resume)")
     cfg = TrainConfig(arch=arch or "", split=split_csv or "", out=out, img_size=img_size, epochs=epochs,
                       batch_size=batch_size, weights=weights, lr=lr, width=width, bn_momentum=bn_momentum,
-                      dropout=dropout, patience=patience, balance=balance, augment=not no_augment,
+                      dropout=dropout, patience=patience, balance=balance, augment="none" if no_augment else augment, weight_decay=weight_decay,
                       time_budget_min=time_budget, seed=seed, data_root=data_root, cache_dir=cache_dir)
     try:
         train(cfg, resume=resume, log=lambda m: click.echo(m, err=False))

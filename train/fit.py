@@ -25,7 +25,7 @@ from ..edge_runtime.metrics import classification_metrics, format_metrics
 from ..edge_runtime.spec import LABELS
 from . import archs
 from .data import read_split
-from .pipeline import Augment, NO_AUGMENT, cached_pixels, class_weights, eval_dataset, train_dataset
+from .pipeline import augment_preset, cached_pixels, class_weights, eval_dataset, train_dataset
 
 
 @dataclass
@@ -44,8 +44,8 @@ class TrainConfig:
     dropout: float = 0.2
     bn_momentum: float = 0.9
     width: float | None = None  # MobileNetV2 alpha
-    augment: bool = True
-    balance: str = "class_weights"  # or "none"
+    augment: str | bool = "geometric"  # a preset of pipeline.AUGMENT_PRESETS (bool in older configs)
+    balance: str = "none"  # or "class_weights"
     patience: int = 6
     time_budget_min: float | None = None
     seed: int = 0
@@ -168,7 +168,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     log(f"data: {', '.join(f'{k} {len(v[1])}' for k, v in data.items())} images at {cfg.img_size}px "
         f"({time.time() - t0:.0f}s)")
 
-    aug = Augment() if cfg.augment else NO_AUGMENT
+    aug = augment_preset(cfg.augment)
     weights_by_class = class_weights(data["train"][1], len(LABELS)) if cfg.balance == "class_weights" else None
     strategy, n_gpus = _strategy(log)
     batch = cfg.batch_size
@@ -198,7 +198,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         "train": asdict(cfg), "lr": lr, "input": spec.to_json(), "labels": list(LABELS),
         "augment": aug.to_json(), "class_weights": weights_by_class,
         "split": {"csv": str(cfg.split), "sha256": split.sha256, "root": str(split.root)},
-        "params": params, "gpus": n_gpus, "versions": _versions(), "optimizer": "Adam, warm-up + cosine decay",
+        "params": params, "gpus": n_gpus, "versions": _versions(), "optimizer": ("AdamW" if cfg.weight_decay else "Adam") + ", warm-up + cosine decay",
         "loss": "sparse categorical cross-entropy, class-weighted" if weights_by_class else "sparse categorical cross-entropy",
     }
     if not resume:

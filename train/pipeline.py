@@ -34,6 +34,19 @@ class Augment:
 
 
 NO_AUGMENT = Augment(False, False, 0.0, 0.0, 0.0, 0.0, 0.0)
+# Flips and quarter turns only: exact symmetries of a cell image, nothing resampled or recoloured.
+GEOMETRIC = Augment(True, True, 0.0, 0.0, 0.0, 0.0, 0.0)
+AUGMENT_PRESETS = {"full": Augment(), "geometric": GEOMETRIC, "none": NO_AUGMENT}
+
+
+def augment_preset(value) -> Augment:
+    """A preset name, or a bool as older run configs recorded it (True = full)."""
+    if isinstance(value, bool):
+        return Augment() if value else NO_AUGMENT
+    try:
+        return AUGMENT_PRESETS[value]
+    except KeyError:
+        raise ValueError(f"unknown augmentation {value!r}; known: {', '.join(AUGMENT_PRESETS)}") from None
 
 
 def load_pixels(paths, size: tuple[int, int], workers: int | None = None, progress: bool = False) -> np.ndarray:
@@ -167,5 +180,5 @@ def class_weights(labels, n_classes: int) -> dict[int, float]:
     return out
 
 
-__all__ = ["Augment", "NO_AUGMENT", "load_pixels", "cached_pixels", "train_dataset", "eval_dataset",
+__all__ = ["Augment", "NO_AUGMENT", "GEOMETRIC", "AUGMENT_PRESETS", "augment_preset", "load_pixels", "cached_pixels", "train_dataset", "eval_dataset",
            "class_weights", "normalise_tf", "ImageError"]

@@ -7,8 +7,10 @@
 #   DATA=dir         data root of runs/split.csv (default ../shared/data/pbc256)
 #   MAX_IMAGES=n     accuracy on a stratified subset of the 1538 test images (default: all)
 #   RUNS=n WARMUP=n  timed / untimed inferences per configuration (default 200 / 20)
-#   MODELS=...       default "mobilenetv2 resnet50 vgg16 vgg19"; each ARCH is runs/ARCH_96
-#                    (an untrained build, latency and size only, while it has no model.keras)
+#   MODELS=...       default "mobilenetv2 runs/mobilenetv2_160_ft resnet50 vgg16 vgg19"; each
+#                    ARCH is runs/ARCH_96 (an untrained build, latency and size only, while it
+#                    has no model.keras); a runs/... directory is that run
+#   REDO=1           measure again what bench.json holds (e.g. a baseline once it is trained)
 #   REDO_LATENCY=1   time again what bench.json holds, keeping its accuracy (e.g. once the
 #                    machine is idle: latency measured beside a training job is pessimistic)
 # Run it on an otherwise idle machine: latency under other load is recorded (load average per
@@ -21,14 +23,18 @@ CLI=${CLI:-.venv/bin/edge-bloodcls}
 common=(--data runs/split.csv --data-root "$DATA" --runs "${RUNS:-200}" --warmup "${WARMUP:-20}" --out "$OUT" --no-report)
 [ -n "${MAX_IMAGES:-}" ] && common+=(--max-images "$MAX_IMAGES")
 [ -n "${REDO_LATENCY:-}" ] && common+=(--redo-latency)
+[ -n "${REDO:-}" ] && common+=(--redo)
 
-for m in ${MODELS:-mobilenetv2 resnet50 vgg16 vgg19}; do
-  if [ "$m" = mobilenetv2 ]; then
+for m in ${MODELS:-mobilenetv2 runs/mobilenetv2_160_ft resnet50 vgg16 vgg19}; do
+  if [[ "$m" == runs/* ]]; then
+    # A later stage of MobileNetV2 (the shipped default's source): the float and int8 exports.
+    $CLI bench --models "$m" --formats keras,float32,int8 "${common[@]}"
+  elif [ "$m" = mobilenetv2 ]; then
     # The exports of scripts/export_all.sh (QAT included) are used when present.
     $CLI bench --models "$m" --formats keras,float32,float16,dynamic,int8,qat-int8 "${common[@]}"
   else
     # QAT here would be a CPU training epoch of a large network per model: not for the baselines.
-    $CLI bench --models "$m" --formats keras,float32,float16,dynamic,int8 --qat-epochs 0 "${common[@]}"
+    $CLI bench --models "$m" --formats keras,float32,float16,dynamic,int8 --qat-epochs 0 --no-shipped "${common[@]}"
   fi
 done
 $CLI bench --models mobilenetv2@224 --formats float32,int8 "${common[@]}"

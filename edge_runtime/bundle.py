@@ -17,8 +17,8 @@ from .spec import InputSpec
 
 SCHEMA = 1
 MODELS_DIR = Path(__file__).parent / "models"
-# The most accurate bundled model (test 98.57%); mobilenetv2_96_int8 is the faster one (94.54%),
-# at about a third of the compute per cell (README, Export).
+# The most accurate bundled model; mobilenetv2_96_int8 is the faster, less accurate one, at about
+# a third of the compute per cell (accuracies in each bundle's manifest and the README, Export).
 DEFAULT_MODEL = "mobilenetv2_160_int8"
 
 

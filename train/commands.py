@@ -92,7 +92,8 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
         raise click.UsageError("--arch and --split are required (unless --resume)")
     cfg = TrainConfig(arch=arch or "", split=split_csv or "", out=out, img_size=img_size, epochs=epochs,
                       batch_size=batch_size, weights=weights, lr=lr, width=width, bn_momentum=bn_momentum,
-                      dropout=dropout, patience=patience, balance=balance, augment="none" if no_augment else augment, weight_decay=weight_decay,
+                      dropout=dropout, patience=patience, balance=balance,
+                      augment="none" if no_augment else augment, weight_decay=weight_decay,
                       time_budget_min=time_budget, seed=seed, data_root=data_root, cache_dir=cache_dir)
     try:
         train(cfg, resume=resume, log=lambda m: click.echo(m, err=False))

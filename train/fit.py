@@ -198,7 +198,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         "train": asdict(cfg), "lr": lr, "input": spec.to_json(), "labels": list(LABELS),
         "augment": aug.to_json(), "class_weights": weights_by_class,
         "split": {"csv": str(cfg.split), "sha256": split.sha256, "root": str(split.root)},
-        "params": params, "gpus": n_gpus, "versions": _versions(), "optimizer": ("AdamW" if cfg.weight_decay else "Adam") + ", warm-up + cosine decay",
+        "params": params, "gpus": n_gpus, "versions": _versions(),
+        "optimizer": ("AdamW" if cfg.weight_decay else "Adam") + ", warm-up + cosine decay",
         "loss": "sparse categorical cross-entropy, class-weighted" if weights_by_class else "sparse categorical cross-entropy",
     }
     if not resume:

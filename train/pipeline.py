@@ -42,7 +42,7 @@ AUGMENT_PRESETS = {"full": Augment(), "geometric": GEOMETRIC, "none": NO_AUGMENT
 def augment_preset(value) -> Augment:
     """A preset name, or a bool as older run configs recorded it (True = full)."""
     if isinstance(value, bool):
-        return Augment() if value else NO_AUGMENT
+        value = "full" if value else "none"
     try:
         return AUGMENT_PRESETS[value]
     except KeyError:

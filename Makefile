@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= ../shared/data/bccd/JPEGImages
 DEMO_FRAMES ?= 40
 DEMO_DB ?= runs/demo/capture.db
+DEMO_REPORT ?= runs/demo/report.html
 
-.PHONY: setup setup-edge demo test train-all export bench pi-check clean
+.PHONY: setup setup-edge browser demo test train-all export bench pi-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +25,9 @@ demo: setup-edge
 	@if [ -d "$(DEMO_DIR)" ]; then \
 	  mkdir -p $(dir $(DEMO_DB)); \
 	  $(BIN)/edge-bloodcls capture --camera "$(DEMO_DIR)" --mode field --no-preview \
-	    --max-frames $(DEMO_FRAMES) --db $(DEMO_DB); \
+	    --max-frames $(DEMO_FRAMES) --db $(DEMO_DB) --sample demo && \
+	  $(BIN)/edge-bloodcls report $(DEMO_DB) --out $(DEMO_REPORT) && \
+	  echo "open $(DEMO_REPORT) in a browser; check and sign the flagged cells: $(BIN)/edge-bloodcls review $(DEMO_DB)"; \
 	else \
 	  echo "No demo images at $(DEMO_DIR)."; \
 	  echo "Point DEMO_DIR at a folder of microscope fields (make demo DEMO_DIR=../shared/data/bccd/JPEGImages),"; \
@@ -33,7 +36,18 @@ demo: setup-edge
 	  exit 1; \
 	fi
 
-test: setup
+# Headless Chromium and its driver for the browser tests of the report and review pages, from the
+# system's packages (Selenium is told both paths and downloads nothing). Idempotent: apt-get runs
+# only when one is missing; where none can be installed the browser tests skip and say why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: no apt-get here; install Chromium and chromedriver to run the browser tests"; exit 0; fi; \
+	SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver \
+	  >/dev/null) || echo "browser: could not install chromium chromium-driver; the browser tests will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 # The real training runs (hours on a CPU; resumable): see README "Training".

@@ -7,6 +7,8 @@ import click
 
 from .harness import BASELINE, DEFAULT_ARCHS, FORMATS, RESULTS_NAME
 
+from .trust import trust_report_cmd
+
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -91,4 +93,4 @@ def bench_report_cmd(results, out):
         click.echo(f"wrote {f}")
 
 
-COMMANDS = [bench_cmd, bench_report_cmd]
+COMMANDS = [bench_cmd, bench_report_cmd, trust_report_cmd]

@@ -380,10 +380,17 @@ def load_test_images(data: Path, data_root, max_images: int | None, seed: int) -
     from ..convert import calibrate
 
     if data.is_dir():
-        images = calibrate.from_directory(data)
+        # The same files as `edge-bloodcls evaluate DIR` (edge_runtime.images.list_class_images);
+        # those that are not images by their header are left out and counted in `source`.
+        try:
+            images = calibrate.from_directory(data)
+        except (OSError, ValueError) as e:
+            raise BenchError(str(e)) from None
         rel = "\n".join(str(Path(p).relative_to(data)) for p in images.paths)
-        key = "dir" + hashlib.sha256(rel.encode()).hexdigest()[:9]
-        source = f"{data} (class folders)"
+        key = "dir" + hashlib.sha256(rel.encode("utf-8", "surrogateescape")).hexdigest()[:9]
+        left_out = len(images.info.get("unreadable", []))
+        note = f"; {left_out} unreadable file(s) left out" if left_out else ""
+        source = f"{data} (class folders{note})"
     else:
         images = calibrate.from_split(data, "test", data_root)
         # The pixel cache is named by key, size and count only: a key of the split alone would

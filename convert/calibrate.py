@@ -8,16 +8,15 @@ range the runtime's pixels fall outside of; `input_coverage` measures exactly th
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..edge_runtime.preprocess import normalise, prepare
+from ..edge_runtime.images import list_class_images, printable
+from ..edge_runtime.preprocess import ImageError, normalise, prepare, probe
 from ..edge_runtime.spec import LABELS, InputSpec
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_SAMPLES = 300
 MIN_COVERAGE = 0.75  # of the spec's input range that the quantized input must represent
 
@@ -42,22 +41,33 @@ def from_split(csv_path, split: str = "train", data_root=None) -> ImageSet:
 
 
 def from_directory(root) -> ImageSet:
-    """root/<label>/*.jpg..., labels from LABELS (folders with other names are an error)."""
+    """root/<label>/..., labels from LABELS (folders with other names are an error).
+
+    The files are those `edge-bloodcls evaluate` reads (edge_runtime.images.list_class_images).
+    A folder that cannot be read is an error: the set would silently lack it. A file that is not
+    an image by its header (a stray ".DS_…jpg", an AppleDouble "._x.jpg") is left out and listed
+    in info["unreadable"]; evaluate reports the same files as failed.
+    """
     root = Path(root)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    unknown = [c for c in classes if c not in LABELS]
-    if unknown:
-        raise ValueError(f"{root}: folders {unknown} are not labels of the model ({', '.join(LABELS)})")
-    paths, labels = [], []
-    for c in classes:
-        for dirpath, _, files in os.walk(root / c):
-            for f in sorted(files):
-                if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith("."):
-                    paths.append(Path(dirpath) / f)
-                    labels.append(LABELS.index(c))
+    listing = list_class_images(root, LABELS)
+    if listing.errors:
+        shown = "; ".join(f"{printable(p)}: {reason}" for p, reason in listing.errors[:3])
+        more = f" (and {len(listing.errors) - 3} more)" if len(listing.errors) > 3 else ""
+        raise ValueError(f"{root}: cannot read {shown}{more}")
+    if listing.unknown:
+        raise ValueError(f"{root}: folders {listing.unknown} are not labels of the model ({', '.join(LABELS)})")
+    paths, labels, unreadable = [], [], []
+    for path, label in listing.items():
+        try:
+            probe(path)
+        except ImageError as e:
+            unreadable.append([str(path), e.reason])
+            continue
+        paths.append(path)
+        labels.append(LABELS.index(label))
     if not paths:
         raise ValueError(f"{root}: no images in class folders")
-    return ImageSet(paths, np.asarray(labels, np.int64), str(root))
+    return ImageSet(paths, np.asarray(labels, np.int64), str(root), info={"unreadable": unreadable})
 
 
 def image_set(source, split: str = "train", data_root=None) -> ImageSet:

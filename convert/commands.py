@@ -6,6 +6,7 @@ import sys
 import click
 
 from .calibrate import DEFAULT_SAMPLES
+from ..edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
 from .formats import IO_TYPES
 
 # Exit status: 1 the export failed its checks (nothing written but the error report);
@@ -42,10 +43,17 @@ EXIT_GATE, EXIT_USAGE, EXIT_NO_COMPILER = 1, 2, 3
 @click.option("--threads", type=int, help="interpreter threads for evaluation [default: all cores]")
 @click.option("--name", help="bundle name [default: ARCH_SIZE_FORMAT, e.g. mobilenetv2_96_int8]")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--no-trust", is_flag=True, help="skip the trust statistics (OOD score, temperature, review threshold)")
+@click.option("--trust-samples", default=0, show_default=True,
+              help="training cells (stratified) the OOD statistics are fitted on; 0 = all")
+@click.option("--false-alarm", type=click.FloatRange(0, 0.5, min_open=True), default=DEFAULT_FALSE_ALARM,
+              show_default=True, help="share of validation cells the OOD threshold may flag")
+@click.option("--review-target", type=click.FloatRange(0.5, 1.0), default=DEFAULT_REVIEW_TARGET, show_default=True,
+              help="accuracy of the cells that are not flagged for review, on validation")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="directory for NAME.tflite + NAME.json")
 def convert_cmd(model, quantize, qat, qat_epochs, qat_lr, batch_size, calibration, calibration_samples, io, edgetpu,
                 per_tensor, max_drop, allow_float_ops, force, data_root, split_csv, eval_samples, eval_test, cache_dir, threads,
-                name, seed, out):
+                name, seed, no_trust, trust_samples, false_alarm, review_target, out):
     """Export MODEL.keras to TFLite, check it against the float model on the validation split,
     and write a bundle (NAME.tflite + NAME.json) if the accuracy drop is within --max-drop."""
     from .export import EdgeTPUUnavailable, ExportError, ExportOptions, GateFailed, run
@@ -54,7 +62,8 @@ def convert_cmd(model, quantize, qat, qat_epochs, qat_lr, batch_size, calibratio
                          batch_size=batch_size, calibration=calibration, calibration_samples=calibration_samples,
                          io=io, edgetpu=edgetpu, per_tensor=per_tensor, max_drop=max_drop, allow_float_ops=allow_float_ops, force=force,
                          data_root=data_root, split=split_csv, eval_samples=eval_samples, eval_test=eval_test,
-                         cache_dir=cache_dir, threads=threads, name=name, seed=seed)
+                         cache_dir=cache_dir, threads=threads, name=name, seed=seed, trust=not no_trust,
+                         trust_samples=trust_samples or None, false_alarm=false_alarm, review_target=review_target)
     try:
         run(opts, log=click.echo)
     except ExportError as e:

@@ -17,7 +17,8 @@ import numpy as np
 
 from ..edge_runtime.bundle import Bundle, sha256_file, write_bundle
 from ..edge_runtime.spec import LABELS, InputSpec
-from . import calibrate, formats, gate
+from ..edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
+from . import calibrate, formats, gate, trust_fit
 
 
 class ExportError(ValueError):
@@ -103,6 +104,10 @@ class ExportOptions:
     threads: int | None = None
     name: str | None = None
     seed: int = 0
+    trust: bool = True
+    trust_samples: int | None = None  # all training cells
+    false_alarm: float = DEFAULT_FALSE_ALARM
+    review_target: float = DEFAULT_REVIEW_TARGET
 
 
 def default_name(src: Source, fmt: formats.Format, io: str) -> str:
@@ -137,21 +142,56 @@ def _pixels(images: calibrate.ImageSet, spec: InputSpec, cache_dir, whole_split:
     return cached_pixels(images.paths, spec.size, cache_dir if whole_split else None, key)
 
 
+def with_features(model):
+    """The model with a second output, its pooled features (the layer the training head names
+    "pool"), from the same graph: the runtime's out-of-distribution score needs them. Models
+    without that layer are exported with one output (no trust statistics)."""
+    import tf_keras
+
+    try:
+        pool = model.get_layer("pool")
+    except ValueError:
+        return model, False
+    return tf_keras.Model(model.inputs, [model.outputs[0], pool.output], name=model.name), True
+
+
 def _converter(model, spec: InputSpec, fixed_batch: bool):
     import tensorflow as tf
 
     if not fixed_batch:
         return tf.lite.TFLiteConverter.from_keras_model(model)
     # The Edge TPU compiler wants static shapes: a batch of one, as the runtime feeds it.
-    fn = tf.function(lambda x: model(x, training=False))
+    fn = tf.function(lambda x: model(x, training=False))  # a list for a two-output model
     concrete = fn.get_concrete_function(tf.TensorSpec([1, *spec.size, 3], tf.float32))
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
 
 
-def _evaluate(src: Source, tflite: Path, manifest: dict, images, pixels, threads) -> tuple[dict, dict]:
+def _evaluate(src: Source, tflite: Path, manifest: dict, images, pixels, threads) -> tuple[dict, dict, dict]:
+    """-> (gate metrics, interpreter info, the exported model's raw outputs for trust fitting)."""
     float_probs = gate.predict_keras(src.model, pixels, src.spec)
-    exp_probs, interp = gate.predict_tflite(tflite, manifest, pixels, threads)
-    return gate.compare(images.labels, float_probs, exp_probs, src.labels), interp
+    exp, interp = gate.predict_tflite(tflite, manifest, pixels, threads)
+    return gate.compare(images.labels, float_probs, exp["raw"], src.labels), interp, exp
+
+
+def _fit_trust(opts: ExportOptions, src: Source, split_csv, tflite: Path, manifest: dict, val, val_out: dict,
+               log) -> tuple[bytes, dict, object]:
+    """Trust statistics on training cells through the exported model (see trust_fit)."""
+    train = calibrate.sample(calibrate.from_split(split_csv, "train", opts.data_root), opts.trust_samples, opts.seed)
+    pixels = _pixels(train, src.spec, opts.cache_dir, opts.trust_samples is None)
+    out, _ = gate.predict_tflite(tflite, manifest, pixels, opts.threads)
+    stats, section = trust_fit.fit(out["features"], train.labels, val_out["raw"], val_out["features"], val.labels,
+                                   len(src.labels), opts.false_alarm, opts.review_target)
+    v = section["val"]
+    log(f"trust: OOD threshold {stats.threshold:.2f} ({opts.false_alarm:.0%} of val flagged), temperature "
+        f"{stats.temperature:.3g}, val ECE {v['ece']['raw']:.4f} -> {v['ece']['calibrated']:.4f}; review below "
+        f"confidence {stats.review_threshold:.3f}: val coverage {v['coverage']:.4f}, accepted accuracy "
+        f"{_fmt(v['accepted_accuracy'])} (target {opts.review_target})")
+    return trust_fit.to_bytes(stats), section, stats
+
+
+def _fmt(x) -> str:
+    # None when no cell is accepted at the review threshold (every cell goes to review).
+    return "-" if x is None else f"{x:.4f}"
 
 
 def run(opts: ExportOptions, log=print) -> dict:
@@ -220,9 +260,11 @@ def run(opts: ExportOptions, log=print) -> dict:
         if problem:
             problems.append(problem)
 
-    def make_converter():
+    export_model, has_features = with_features(model) if opts.trust else (model, False)
+
+    def make_converter(m=None):
         rep = calibrate.representative(samples) if samples is not None else None
-        return formats.apply(_converter(model, spec, opts.edgetpu), fmt, io, rep, opts.allow_float_ops)
+        return formats.apply(_converter(m or export_model, spec, opts.edgetpu), fmt, io, rep, opts.allow_float_ops)
 
     try:
         tflite = make_converter().convert()
@@ -231,7 +273,7 @@ def run(opts: ExportOptions, log=print) -> dict:
                 if fmt.integer_only and not opts.allow_float_ops else "")
         raise ExportError(f"conversion failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}{hint}") from e
 
-    details = gate.io_details(tflite)
+    details = gate.io_details(tflite, len(src.labels))
     fops = gate.float_ops(tflite) if fmt.integer_only else []
     if fops:
         listing = ", ".join(f"{o['op']}#{o['index']}" for o in fops)
@@ -247,6 +289,8 @@ def run(opts: ExportOptions, log=print) -> dict:
         "name": name, "arch": src.arch, "labels": src.labels,
         "input": {**spec.to_json(), "dtype": details["input"]["dtype"], "quant": details["input"]["quant"]},
         "output": {"dtype": details["output"]["dtype"], "quant": details["output"]["quant"]},
+        "features": ({"dtype": details["features"]["dtype"], "quant": details["features"]["quant"],
+                      "dim": details["features"]["shape"][-1], "layer": "pool"} if details["features"] else None),
         "quantization": fmt.name, "params": src.params,
         "split_sha256": src.split_sha256 or val.split_sha256,
         "source_model": {"path": str(src.path), "sha256": src.sha256},
@@ -257,12 +301,19 @@ def run(opts: ExportOptions, log=print) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_tflite = Path(tmp) / f"{name}.tflite"
         tmp_tflite.write_bytes(tflite)
-        metrics, interp = _evaluate(src, tmp_tflite, manifest, val, val_pixels, opts.threads)
+        metrics, interp, val_out = _evaluate(src, tmp_tflite, manifest, val, val_pixels, opts.threads)
         metrics["eval_split"] = "val" if opts.eval_samples is None else f"val (stratified {len(val.labels)})"
+        trust_bytes = stats = None
+        if has_features:
+            trust_bytes, manifest["trust"], stats = _fit_trust(opts, src, split_csv, tmp_tflite, manifest, val,
+                                                               val_out, log)
         if opts.eval_test:
             test = calibrate.from_split(split_csv, "test", opts.data_root)
             test_pixels = _pixels(test, spec, opts.cache_dir, True)
-            metrics["test"], _ = _evaluate(src, tmp_tflite, manifest, test, test_pixels, opts.threads)
+            metrics["test"], _, test_out = _evaluate(src, tmp_tflite, manifest, test, test_pixels, opts.threads)
+            if stats is not None:
+                manifest["trust"]["test"] = trust_fit.evaluate(stats, test_out["raw"], test_out["features"],
+                                                               test.labels)
     log(f"val accuracy: float {metrics['float']['accuracy']:.4f}, {fmt.name} {metrics['exported']['accuracy']:.4f}, "
         f"drop {metrics['drop']:.2f} points (max {opts.max_drop:g}); agreement {metrics['agreement']:.4f}, "
         f"n={metrics['n']}")
@@ -270,6 +321,10 @@ def run(opts: ExportOptions, log=print) -> dict:
         t = metrics["test"]
         log(f"test accuracy: float {t['float']['accuracy']:.4f}, {fmt.name} {t['exported']['accuracy']:.4f}, "
             f"drop {t['drop']:.2f} points, n={t['n']}")
+        tt = (manifest.get("trust") or {}).get("test")
+        if tt:
+            log(f"test trust: ECE {tt['ece']['raw']:.4f} -> {tt['ece']['calibrated']:.4f}, OOD flagged "
+                f"{tt['ood_flagged']:.4f}, coverage {tt['coverage']:.4f}, accepted accuracy {_fmt(tt['accepted_accuracy'])}")
     if metrics["drop"] > opts.max_drop:
         problems.append(f"accuracy drop {metrics['drop']:.2f} points exceeds --max-drop {opts.max_drop:g}")
 
@@ -279,7 +334,8 @@ def run(opts: ExportOptions, log=print) -> dict:
     if problems:
         if fmt.calibration:
             report = out / f"{name}.quant_debug.csv"
-            worst = gate.debug_report(make_converter, samples, report)
+            # The debugger wants a single-output model: the probabilities' graph is the same.
+            worst = gate.debug_report(lambda: make_converter(model), samples, report)
             log(f"per-layer quantization error (rmse/scale; ~0.3 is rounding only), worst first -> {report}")
             for w in worst:
                 log(f"  {w.rmse_over_scale:8.3f}  {w.op:<18} {w.tensor}")
@@ -292,7 +348,7 @@ def run(opts: ExportOptions, log=print) -> dict:
     manifest["interpreter"] = interp
     manifest["gate"] = {"max_drop": opts.max_drop, "passed": not problems, "problems": problems,
                         "forced": bool(problems)}
-    bundle = write_bundle(tflite, manifest, out, name)
+    bundle = write_bundle(tflite, manifest, out, name, trust_bytes)
     result["bundle"] = str(bundle.tflite)
     log(f"wrote {bundle.tflite} ({len(tflite) / 1e6:.2f} MB) and {bundle.tflite.with_suffix('.json').name}")
     if qat_rows:
@@ -323,7 +379,9 @@ def _compile_edgetpu(bundle: Bundle, manifest: dict, out: Path, log) -> Bundle:
          "edgetpu": {**info, "compiled_from": bundle.tflite.name, "compiled_from_sha256": bundle.sha256}}
     m["metrics"] = {**manifest["metrics"],
                     "note": f"measured on the CPU model {bundle.tflite.name}; the Edge TPU runs the same int8 graph"}
-    compiled = write_bundle(data, m, out, name)
+    # The compiled model runs the same int8 graph: its features, and so its statistics, are the same.
+    trust = bundle.trust_path.read_bytes() if bundle.trust_path else None
+    compiled = write_bundle(data, m, out, name, trust)
     (out / f"{name}.log").write_text(text)
     log(f"edgetpu_compiler {info['compiler_version']}: {info['mapped_ops']} ops on the Edge TPU, "
         f"{info['cpu_ops']} on the CPU, {info['subgraphs']} subgraph(s) -> {compiled.tflite}")

@@ -43,13 +43,18 @@ def _quant(detail) -> dict | None:
     return {"scale": float(scale), "zero_point": int(zero)}
 
 
-def io_details(tflite_bytes: bytes) -> dict:
-    """{"input": {"dtype", "quant", "shape"}, "output": {...}} of the first input and output."""
+def io_details(tflite_bytes: bytes, n_labels: int | None = None) -> dict:
+    """{"input": {"dtype", "quant", "shape"}, "output": {...}, "features": {...} or None}: the
+    probabilities are the output with one value per label (the converter does not promise an
+    order), the pooled features the other one."""
     it = _interpreter(tflite_bytes)
+    outs = it.get_output_details()
+    probs = next((d for d in outs if n_labels is None or d["shape"][-1] == n_labels), outs[0])
+    feats = next((d for d in outs if d is not probs), None)
     out = {}
-    for key, d in (("input", it.get_input_details()[0]), ("output", it.get_output_details()[0])):
-        out[key] = {"dtype": np.dtype(d["dtype"]).name, "quant": _quant(d),
-                    "shape": [int(s) for s in d["shape_signature"]]}
+    for key, d in (("input", it.get_input_details()[0]), ("output", probs), ("features", feats)):
+        out[key] = None if d is None else {"dtype": np.dtype(d["dtype"]).name, "quant": _quant(d),
+                                           "shape": [int(s) for s in d["shape_signature"]]}
     return out
 
 
@@ -92,10 +97,11 @@ def predict_keras(model, pixels: np.ndarray, spec: InputSpec, batch: int = 64) -
 
 
 def predict_tflite(tflite_path, manifest: dict, pixels: np.ndarray, threads: int | None = None):
-    """The runtime's Classifier on each image (batch of one, as on the Pi) -> (probs, interpreter info)."""
+    """The runtime's Classifier on each image (batch of one, as on the Pi) -> (Classifier.predict_many
+    output: raw probabilities and pooled features, interpreter info)."""
     clf = Classifier(Bundle(Path(tflite_path), manifest), threads=threads)
-    probs = np.stack([clf.predict(normalise(np.asarray(p), clf.spec))[0] for p in pixels])
-    return probs, dict(clf.info)
+    out = clf.predict_many(normalise(np.asarray(p), clf.spec) for p in pixels)
+    return out, dict(clf.info)
 
 
 def summary(m: dict) -> dict:

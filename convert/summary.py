@@ -54,7 +54,23 @@ def row(b) -> dict:
             "float_ops": len(m.get("float_ops") or []),
             "calibration": (m.get("calibration") or {}).get("n"),
             "qat_epochs": (m.get("qat") or {}).get("epochs"),
+            "trust": _trust_row(m.get("trust")),
             "tflite_sha256": m["tflite_sha256"]}
+
+
+def _trust_row(t: dict | None) -> dict | None:
+    """Calibration (ECE 15 bins, NLL) and the review/OOD operating point, on val and test."""
+    if not t:
+        return None
+    out = {"temperature": t["temperature"], "ood_threshold": t["ood_threshold"],
+           "review_threshold": t["review_threshold"]}
+    for split in ("val", "test"):
+        v = t.get(split)
+        if v:
+            out[split] = {"ece": v["ece"]["calibrated"], "ece_raw": v["ece"]["raw"], "nll": v["nll"]["calibrated"],
+                          "ood_flagged": v["ood_flagged"], "coverage": v["coverage"],
+                          "accepted_accuracy": v["accepted_accuracy"]}
+    return out
 
 
 def acceptance(int8, float32) -> dict:
@@ -103,6 +119,20 @@ def markdown(summary: dict) -> str:
                      f"{_pct(t.get('float'))} | {_pct(t.get('exported'))} | "
                      f"{'' if t.get('drop') is None else format(t['drop'], '.2f')} | "
                      f"{_pct(r['val']['agreement'])} | {'pass' if r['gate_passed'] else 'FAIL'} |")
+    trust = [r for r in summary["rows"] if r.get("trust")]
+    if trust:
+        lines += ["", "Trust statistics (edge_runtime/trust.py): ECE (15 bins, calibrated; raw in brackets) and NLL; "
+                  "OOD flagged = share of PBC cells over the OOD threshold; coverage = share of cells not "
+                  "flagged for review, and their accuracy.", "",
+                  "| bundle | T | val ECE | val NLL | test ECE | test NLL | test OOD flagged | review threshold "
+                  "| test coverage | test accepted acc. |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in trust:
+            t, v, te = r["trust"], r["trust"].get("val") or {}, r["trust"].get("test") or {}
+            lines.append(f"| {r['name']} | {t['temperature']:.3g} | {_pct(v.get('ece'))} ({_pct(v.get('ece_raw'))}) "
+                         f"| {v.get('nll', float('nan')):.4f} | {_pct(te.get('ece'))} ({_pct(te.get('ece_raw'))}) "
+                         f"| {te.get('nll', float('nan')):.4f} | {_pct(te.get('ood_flagged'))} "
+                         f"| {t['review_threshold']:.3f} | {_pct(te.get('coverage'))} "
+                         f"| {_pct(te.get('accepted_accuracy'))} |")
     acc = summary.get("acceptance")
     if acc:
         lines += ["", f"Shipped: `{acc['int8']}` against `{acc['float32']}`: size ratio {acc['size_ratio']:.3f} "
@@ -129,9 +159,11 @@ def ship(int8, float32, models_dir) -> list[Path]:
     arch, size = int8.manifest["arch"], int8.manifest["input"]["size"][0]
     out = []
     for b, suffix in ((int8, "int8"), (float32, "float32")):
-        m = {k: v for k, v in b.manifest.items() if k not in ("schema", "tflite_sha256", "size_bytes", "toolkit")}
+        m = {k: v for k, v in b.manifest.items()
+             if k not in ("schema", "tflite_sha256", "size_bytes", "toolkit", "manifest_sha256")}
         m["exported_as"] = b.name
-        out.append(write_bundle(b.tflite.read_bytes(), m, models_dir, f"{arch}_{size}_{suffix}").tflite)
+        trust = b.trust_path.read_bytes() if b.trust_path else None
+        out.append(write_bundle(b.tflite.read_bytes(), m, models_dir, f"{arch}_{size}_{suffix}", trust).tflite)
     return out
 
 

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .spec import InputSpec
+from .trust import TrustError, TrustStats
 
 SCHEMA = 1
 MODELS_DIR = Path(__file__).parent / "models"
 # The most accurate bundled model; mobilenetv2_96_int8 is the faster, less accurate one, at about
 # a third of the compute per cell (accuracies in each bundle's manifest and the README, Export).
 DEFAULT_MODEL = "mobilenetv2_160_int8"
+COLOR_ORDERS = ("RGB", "BGR")
 
 
 class BundleError(ValueError):
@@ -30,6 +36,7 @@ class BundleError(ValueError):
 class Bundle:
     tflite: Path
     manifest: dict
+    trust: TrustStats | None = None  # None: an older bundle, without OOD statistics or calibration
 
     @property
     def name(self) -> str:
@@ -51,6 +58,11 @@ class Bundle:
     def quantization(self) -> str:
         return self.manifest.get("quantization", "unknown")
 
+    @property
+    def trust_path(self) -> Path | None:
+        t = self.manifest.get("trust")
+        return self.tflite.parent / t["file"] if t else None
+
 
 def sha256_file(path) -> str:
     h = hashlib.sha256()
@@ -60,17 +72,77 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def manifest_sha256(manifest: dict) -> str:
+    """The hash of everything in the manifest but itself: labels, input spec, temperature and
+    thresholds decide the answer as much as the weights do, so they are covered too."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _paths(path) -> tuple[Path, Path]:
     p = Path(path)
-    if p.suffix in (".tflite", ".json"):
-        stem = p.with_suffix("")
-    else:
-        stem = p
-    if not stem.parent.exists() or (not stem.with_suffix(".json").exists() and not p.exists()):
-        # A bare name: look among the bundled models.
-        if p.parent == Path(".") and (MODELS_DIR / p.name).with_suffix(".json").exists():
-            stem = MODELS_DIR / stem.name
-    return stem.with_suffix(".tflite"), stem.with_suffix(".json")
+    # Strip only our own suffixes: `net.v2.tflite` is the bundle `net.v2`, not `net`.
+    stem = p.parent / p.name[: -len(p.suffix)] if p.suffix in (".tflite", ".json") else p
+    tflite, manifest = stem.parent / f"{stem.name}.tflite", stem.parent / f"{stem.name}.json"
+    if not manifest.exists() and not tflite.exists() and p.parent == Path(".") \
+            and (MODELS_DIR / f"{stem.name}.json").exists():
+        # A bare name: one of the bundled models.
+        return MODELS_DIR / f"{stem.name}.tflite", MODELS_DIR / f"{stem.name}.json"
+    return tflite, manifest
+
+
+def _check_manifest(m, where: Path) -> None:
+    """The manifest's own consistency; its agreement with the model is checked by the Classifier."""
+    if not isinstance(m, dict):
+        raise BundleError(f"{where}: the manifest is a JSON {type(m).__name__}, not an object")
+    if m.get("schema") != SCHEMA:
+        raise BundleError(f"{where}: manifest schema {m.get('schema')!r} is not supported "
+                          f"(this toolkit reads schema {SCHEMA})")
+    missing = [k for k in ("name", "labels", "input", "output", "tflite_sha256") if k not in m]
+    if missing:
+        raise BundleError(f"{where}: manifest lacks {', '.join(missing)}")
+    labels = m["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels) \
+            or len(set(labels)) != len(labels):
+        raise BundleError(f"{where}: manifest field 'labels' must be a list of distinct names, not {labels!r}")
+    inp = m["input"]
+    if not isinstance(inp, dict):
+        raise BundleError(f"{where}: manifest field 'input' must be an object")
+    size = inp.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise BundleError(f"{where}: manifest field 'input.size' must be [height, width], not {size!r}")
+    if inp.get("color", "RGB") not in COLOR_ORDERS:
+        raise BundleError(f"{where}: manifest field 'input.color' is {inp.get('color')!r}, not one of "
+                          f"{', '.join(COLOR_ORDERS)}")
+    for key in ("mean", "std"):
+        v = inp.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and math.isfinite(x)
+                                                             for x in v)):
+            raise BundleError(f"{where}: manifest field 'input.{key}' must be three numbers, not {v!r}")
+    if any(x == 0 for x in inp["std"]):
+        raise BundleError(f"{where}: manifest field 'input.std' has a zero: {inp['std']!r}")
+
+
+def _load_trust(m: dict, tflite: Path, where: Path, verify: bool) -> TrustStats | None:
+    t = m.get("trust")
+    if t is None:
+        return None
+    if not isinstance(t, dict) or not isinstance(t.get("file"), str) or "/" in t["file"]:
+        raise BundleError(f"{where}: manifest field 'trust' must name a statistics file beside the model")
+    path = tflite.parent / t["file"]
+    if not path.is_file():
+        raise BundleError(f"{where}: its trust statistics {t['file']} are missing")
+    if verify and sha256_file(path) != t.get("sha256"):
+        raise BundleError(f"{path}: sha256 does not match the manifest's (modified or corrupt file); "
+                          "refusing to load")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        return TrustStats.from_arrays(arrays, t, str(where), len(m["labels"]))
+    except TrustError as e:
+        raise BundleError(str(e)) from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise BundleError(f"{path}: unreadable trust statistics ({e})") from None
 
 
 def load_bundle(path=None, verify: bool = True) -> Bundle:
@@ -83,48 +155,54 @@ def load_bundle(path=None, verify: bool = True) -> Bundle:
         raise BundleError(f"{path if path is not None else manifest_path}: no such model bundle")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{manifest_path}: unreadable manifest ({e})") from None
-    if manifest.get("schema") != SCHEMA:
-        raise BundleError(f"{manifest_path}: manifest schema {manifest.get('schema')!r} is not supported "
-                          f"(this toolkit reads schema {SCHEMA})")
-    missing = [k for k in ("name", "labels", "input", "output", "tflite_sha256") if k not in manifest]
-    if missing:
-        raise BundleError(f"{manifest_path}: manifest lacks {', '.join(missing)}")
+    _check_manifest(manifest, manifest_path)
     if not tflite.exists():
         raise BundleError(f"{manifest_path}: its model file {tflite.name} is missing")
     if verify:
+        if "manifest_sha256" in manifest and manifest_sha256(manifest) != manifest["manifest_sha256"]:
+            raise BundleError(f"{manifest_path}: the manifest was edited after export (its manifest_sha256 "
+                              "does not match its content); refusing to load")
         actual = sha256_file(tflite)
         if actual != manifest["tflite_sha256"]:
             raise BundleError(f"{tflite}: sha256 {actual[:12]}… does not match the manifest's "
                               f"{manifest['tflite_sha256'][:12]}… (modified or corrupt file); refusing to load")
-    return Bundle(tflite, manifest)
+    return Bundle(tflite, manifest, _load_trust(manifest, tflite, manifest_path, verify))
 
 
-def write_bundle(tflite_bytes: bytes, manifest: dict, out_dir, name: str | None = None) -> Bundle:
-    """Write NAME.tflite and NAME.json; the manifest gets schema, name, sha256 and time."""
+def _write_atomic(path: Path, data: bytes) -> None:
+    # A killed export or adapt leaves the old file or none, never half of one.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_bundle(tflite_bytes: bytes, manifest: dict, out_dir, name: str | None = None,
+                 trust_bytes: bytes | None = None) -> Bundle:
+    """Write NAME.tflite, NAME.trust.npz (when given) and NAME.json; the manifest gets schema,
+    name, hashes and time. The manifest goes last: a bundle is complete once it exists."""
     from .. import __version__
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or manifest["name"]
-    m = {"schema": SCHEMA, **manifest, "name": name,
+    if "/" in name or name.startswith("."):
+        raise BundleError(f"{name!r}: a bundle name cannot hold '/' or start with '.'")
+    m = {"schema": SCHEMA, **{k: v for k, v in manifest.items() if k != "manifest_sha256"}, "name": name,
          "tflite_sha256": hashlib.sha256(tflite_bytes).hexdigest(),
          "size_bytes": len(tflite_bytes), "toolkit": __version__,
          "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if trust_bytes is not None:
+        if not isinstance(m.get("trust"), dict):
+            raise BundleError(f"{name}: trust statistics given without their manifest section")
+        m["trust"] = {**m["trust"], "file": f"{name}.trust.npz",
+                      "sha256": hashlib.sha256(trust_bytes).hexdigest(), "size_bytes": len(trust_bytes)}
+        _write_atomic(out_dir / f"{name}.trust.npz", trust_bytes)
+    else:
+        m.pop("trust", None)
+    m["manifest_sha256"] = manifest_sha256(m)
     tflite = out_dir / f"{name}.tflite"
-    tmp = tflite.with_suffix(".tflite.tmp")
-    tmp.write_bytes(tflite_bytes)
-    os.replace(tmp, tflite)
-    (out_dir / f"{name}.json").write_text(json.dumps(m, indent=2) + "\n")
-    return Bundle(tflite, m)
-
-
-def bundled_models() -> list[Bundle]:
-    out = []
-    for j in sorted(MODELS_DIR.glob("*.json")):
-        try:
-            out.append(load_bundle(j))
-        except BundleError:
-            continue
-    return out
+    _write_atomic(tflite, tflite_bytes)
+    _write_atomic(out_dir / f"{name}.json", (json.dumps(m, indent=2) + "\n").encode())
+    return load_bundle(tflite)

@@ -1,5 +1,9 @@
-"""The capture loop: source -> (whole frame | locate -> crops) -> classifier -> log -> preview,
-with a running white-cell differential and, at the end, a summary.
+"""The capture loop: source -> (whole frame | locate -> crops) -> classifier -> track -> count once
+-> log -> preview, with a running white-cell differential and, at the end, a summary.
+
+Field mode counts each cell once (track.py): a cell is counted when its track ends, with the
+label of its mean probabilities; --count N stops at exactly N white cells. Cell mode counts every
+frame (each frame is one centred cell; there is nothing to follow from frame to frame).
 
 Each frame's time is split into the stages outside the interpreter (decode, locate, crop,
 preprocess, tensor I/O, log, preview) and the interpreter's invoke: on a Pi the stages around the
@@ -8,9 +12,10 @@ model can cost as much as the model, and this shows which.
 from __future__ import annotations
 
 import signal
+import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,41 +24,18 @@ import numpy as np
 from .classifier import Classifier
 from .locate import LocateParams, background, crop, default_rbc_px, locate
 from .preprocess import prepare
-from .session import CellRecord, SessionLog
+from .session import SessionLog
 from .sources import Source, has_display
 from .spec import WBC_LABELS
+from .track import Differential  # noqa: F401  (was defined here; importers keep working)
+from .track import MIN_OBSERVATIONS, CellCounter, Observation, Track, Tracker, single_track
 
 STAGES = ("decode", "locate", "crop", "preprocess", "tensor_io", "interpreter", "log", "preview", "other")
+DEFAULT_COUNT = 100  # white cells: the usual manual differential (200 for a closer look)
 
 
 class Stop(Exception):
     """Raised in the loop by SIGTERM, so that it ends like Ctrl-C."""
-
-
-@dataclass
-class Differential:
-    counts: Counter = field(default_factory=Counter)
-
-    def add(self, label: str) -> None:
-        self.counts[label] += 1
-
-    @property
-    def wbc(self) -> int:
-        return sum(self.counts[k] for k in WBC_LABELS)
-
-    def percentages(self) -> dict[str, float]:
-        n = self.wbc
-        return {k: 100.0 * self.counts[k] / n if n else 0.0 for k in WBC_LABELS}
-
-    def line(self) -> str:
-        pct = self.percentages()
-        parts = [f"{k[:4]} {pct[k]:4.1f}%({self.counts[k]})" for k in WBC_LABELS]
-        extra = [f"{k} {self.counts[k]}" for k in sorted(self.counts) if k not in WBC_LABELS]
-        return f"WBC {self.wbc}: " + " ".join(parts) + (" | " + " ".join(extra) if extra else "")
-
-    def to_json(self) -> dict:
-        return {"counts": dict(self.counts), "wbc_total": self.wbc,
-                "percent": {k: round(v, 2) for k, v in self.percentages().items()}}
 
 
 @dataclass
@@ -62,70 +44,73 @@ class CaptureOptions:
     rbc_px: float | None = None
     locate_params: LocateParams = LocateParams()
     max_frames: int | None = None
+    count: int | None = None  # stop after this many counted white cells
+    min_observations: int = MIN_OBSERVATIONS
     save_crops: Path | None = None
     preview: bool = False
+    live: object = None  # a preview.LiveView, or None
     top_k: int = 3
     echo: Callable[[str], None] = print
     status_every_s: float = 1.0
 
 
-class _Preview:
-    """cv2 window; turns itself off (with one message) where OpenCV has no GUI, e.g. -headless."""
+class _Signals:
+    """SIGTERM and Ctrl-C end the loop at once, except inside a critical section (a frame being
+    logged and counted), where they are held until the section ends: the summary and the log then
+    always agree on what was done (a signal between the commit and the frame counter once gave a
+    summary of 3 frames for a log of 4)."""
 
-    def __init__(self, echo):
-        self.echo = echo
-        self.on = True
+    def __init__(self):
+        self.depth = 0
+        self.pending: type | None = None
+        self.closing = False
+        self.old: dict = {}
 
-    def show(self, rgb, cells: list[CellRecord], diff: Differential) -> bool:
-        """Draw; False when the user asked to quit (q or Esc)."""
-        if not self.on:
-            return True
-        import cv2
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.old[sig] = signal.signal(sig, self._handle)
 
-        img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        for c in cells:
-            colour = (0, 165, 255) if c.review else (0, 200, 0)
-            x0, y0, x1, y1 = c.box
-            cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), colour, 2)
-            cv2.putText(img, f"{c.label} {c.confidence:.2f}", (x0 + 3, max(14, y0 + 16)),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
-        cv2.putText(img, diff.line()[:110], (5, img.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (20, 20, 20), 1, cv2.LINE_AA)
+    def restore(self):
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum, frame):
+        exc = Stop if signum == signal.SIGTERM else KeyboardInterrupt
+        if self.depth or self.closing:
+            self.pending = self.pending or exc
+            return
+        raise exc()
+
+    @contextmanager
+    def critical(self):
+        self.depth += 1
         try:
-            cv2.imshow("edge-bloodcls", img)
-            key = cv2.waitKey(1) & 0xFF
-        except cv2.error as e:
-            self.on = False
-            self.echo(f"preview off: OpenCV cannot open a window ({str(e).strip().splitlines()[-1][:100]})")
-            return True
-        return key not in (ord("q"), 27)
-
-    def close(self):
-        if self.on:
-            try:
-                import cv2
-
-                cv2.destroyAllWindows()
-            except Exception:
-                pass
-
-
-def _sigterm(signum, frame):
-    raise Stop()
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and self.pending and not self.closing:
+            exc, self.pending = self.pending, None
+            raise exc()
 
 
 def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: CaptureOptions) -> dict:
-    """Run until the source ends, max_frames, q in the preview, Ctrl-C or SIGTERM; return the summary."""
+    """Run until the source ends, max_frames, --count white cells, q in the preview, Ctrl-C or
+    SIGTERM; return the summary."""
+    from .preview import Box, Window, annotate
+
     echo = opts.echo
-    diff = Differential()
+    counter = CellCounter(clf, opts, log)
+    tracker = Tracker(clf.labels, min_observations=opts.min_observations) if opts.mode == "field" else None
     timings: list[dict] = []
-    review: list[dict] = []
-    preview = _Preview(echo) if opts.preview and has_display() else None
+    window = Window(echo) if opts.preview and has_display() else None
     if opts.save_crops:
         Path(opts.save_crops).mkdir(parents=True, exist_ok=True)
-    old = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
+    sig = _Signals()
+    sig.install()
     end_reason = ""
-    n_frames = 0
+    n_frames = detections = 0
+    last_index = -1
     last_status = 0.0
     started = time.perf_counter()
     try:
@@ -145,8 +130,8 @@ def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: C
                 t["crop"] = _ms(t0)
             else:
                 regions = [((0, 0, rgb.shape[1], rgb.shape[0]), rgb)]
-            cells = []
-            for k, (box, patch) in enumerate(regions):
+            obs = []
+            for box, patch in regions:
                 t0 = time.perf_counter()
                 x = prepare(patch, clf.spec)
                 t["preprocess"] += _ms(t0)
@@ -154,37 +139,48 @@ def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: C
                 pred = clf.classify_input(x, opts.top_k)
                 t["interpreter"] += pred.latency_ms
                 t["tensor_io"] += _ms(t0) - pred.latency_ms
-                crop_path = None
-                if opts.save_crops:
-                    t0 = time.perf_counter()
-                    session = log.id if log else 0
-                    crop_path = str(Path(opts.save_crops) / f"s{session}_f{frame.index:06d}_c{k}_{pred.label}.jpg")
-                    _save_jpeg(patch, crop_path)
-                    t["log"] += _ms(t0)
-                cells.append(CellRecord(box, pred.label, pred.confidence, pred.review, pred.probs, crop_path))
-                diff.add(pred.label)
-                if pred.review:
-                    review.append({"frame": frame.index, "name": frame.name, "box": list(box),
-                                   "label": pred.label, "confidence": round(pred.confidence, 4),
-                                   "crop": crop_path})
-            t0 = time.perf_counter()
-            if log is not None:
-                log.log_frame(frame.index, frame.timestamp, frame.name, rgb.shape, cells,
-                              {k: round(v, 3) for k, v in t.items() if v})
-            t["log"] += _ms(t0)
-            n_frames += 1
-            if preview is not None:
+                probs = np.array([pred.probs[k] for k in clf.labels], np.float64)
+                obs.append(Observation(frame.index, tuple(box), probs, pred, patch, frame.timestamp))
+            with sig.critical():
                 t0 = time.perf_counter()
-                keep = preview.show(rgb, cells, diff)
+                ended = tracker.update(frame.index, rgb, obs) if tracker else [single_track(o, clf.labels) for o in obs]
+                records = counter.take(ended)
+                if log is not None:
+                    counter.note_ids(records, log.log_frame(frame.index, frame.timestamp, frame.name, rgb.shape,
+                                                            len(obs), records,
+                                                            {k: round(v, 3) for k, v in t.items() if v}))
+                t["log"] += _ms(t0)
+                n_frames += 1
+                detections += len(obs)
+                last_index = frame.index
+                timings.append(t)  # with the frame: the same dict gets the preview time below
+                if counter.full:
+                    end_reason = f"reached --count {opts.count} white cells"
+            if window is not None or (opts.live is not None and opts.live.due()):
+                t0 = time.perf_counter()
+                status = _status(counter, tracker, opts)
+                if tracker:
+                    boxes = [Box(tr.box, *_mean_label(tr, clf), note="pending")
+                             for tr in tracker.active if tr.missed == 0]
+                else:
+                    boxes = [Box(r.box, r.label, r.confidence, r.review, r.ood) for r in records]
+                g = counter.gate
+                banner = (f"UNVALIDATED: {g.n_ood} of {g.n_cells} white cells out of distribution"
+                          if g.tripped else "")
+                img = annotate(rgb, boxes, status, banner)
+                action = window.show(img) if window is not None else None
+                if opts.live is not None:
+                    opts.live.publish(img, " | ".join(status))
                 t["preview"] = _ms(t0)
-                if not keep:
-                    end_reason = "stopped from the preview window"
+                if action == "quit":
+                    end_reason = end_reason or "stopped from the preview window"
+                elif action == "field" and tracker:
+                    tracker.force_new_field = True
             now = time.perf_counter()
             if now - last_status >= opts.status_every_s:
-                echo(f"frame {frame.index}: {len(cells)} cell(s) | {diff.line()}")
+                echo(f"frame {frame.index}: {len(obs)} located | " + " | ".join(_status(counter, tracker, opts)))
                 last_status = now
             t["other"] = max(0.0, _ms(t_frame) - sum(t[k] for k in STAGES if k not in ("decode", "other")))
-            timings.append(t)
             if end_reason:
                 break
             if opts.max_frames and n_frames >= opts.max_frames:
@@ -196,21 +192,48 @@ def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: C
         end_reason = "interrupted (Ctrl-C)"
     except Stop:
         end_reason = "terminated (SIGTERM)"
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+    except BaseException:  # a bug or a full disk: still free the camera and the signal handlers
+        sig.restore()
         source.close()
-        if preview is not None:
-            preview.close()
-    summary = {
-        "end_reason": end_reason, "frames": n_frames, "cells": sum(diff.counts.values()),
-        "wall_s": round(time.perf_counter() - started, 3),
-        "differential": diff.to_json(), "review": review,
-        "timing_ms": timing_summary(timings), "model": clf.describe(), "mode": opts.mode,
-    }
-    if log is not None:
-        log.finish(end_reason, summary)
+        if window is not None:
+            window.close()
+        raise
+    sig.closing = True  # from here a signal only waits: the counts and the log must be finished
+    try:
+        source.close()
+        if window is not None:
+            window.close()
+        if tracker and not counter.full:
+            records = counter.take(tracker.flush(last_index))
+            if log is not None:
+                counter.note_ids(records, log.log_cells(records))
+        summary = {
+            "end_reason": end_reason, "frames": n_frames, "cells": sum(counter.diff.counts.values()),
+            "detections": detections, "wall_s": round(time.perf_counter() - started, 3),
+            "counting": "tracked" if tracker else "per-frame", "count_target": opts.count,
+            "fields": tracker.fields if tracker else None, "tracks_dropped": tracker.dropped if tracker else 0,
+            "differential": counter.diff.to_json(), "review": counter.review, "ood_cells": counter.ood,
+            "trust": counter.gate.to_json(), "timing_ms": timing_summary(timings), "model": clf.describe(),
+            "mode": opts.mode,
+        }
+        if log is not None:
+            log.finish(end_reason, summary)
+    finally:
+        sig.restore()
     return summary
+
+
+def _mean_label(tr: Track, clf: Classifier) -> tuple:
+    v = tr.verdict(clf.labels, clf.review_threshold)
+    return v["label"], v["confidence"], v["review"], v["ood"]
+
+
+def _status(counter: CellCounter, tracker: Tracker | None, opts: CaptureOptions) -> list[str]:
+    target = f"/{opts.count}" if opts.count else ""
+    head = f"counted WBC {counter.diff.wbc}{target}, flagged {len(counter.review)}"
+    if tracker:
+        head += f", in this field {sum(t.missed == 0 for t in tracker.active)} (counted when the field changes)"
+    return [head, counter.diff.line()]
 
 
 def timing_summary(timings: list[dict]) -> dict:
@@ -234,8 +257,21 @@ def timing_summary(timings: list[dict]) -> dict:
 def format_summary(s: dict) -> str:
     d = s["differential"]
     lines = [f"session ended: {s['end_reason']}",
-             f"frames {s['frames']}, cells {s['cells']}, white cells {d['wbc_total']} in {s['wall_s']:.1f} s",
-             "differential (% of white cells):"]
+             f"frames {s['frames']}, cells {s['cells']}, white cells {d['wbc_total']} in {s['wall_s']:.1f} s"]
+    if s.get("counting") == "tracked":
+        lines.append(f"each cell counted once: {s['cells']} cells from {s['detections']} detections in "
+                     f"{s['fields']} field(s); {s['tracks_dropped']} seen in a single frame of a held field "
+                     "not counted")
+    if s.get("count_target"):
+        done = "reached" if d["wbc_total"] >= s["count_target"] else "NOT reached"
+        lines.append(f"count target {s['count_target']} white cells: {done}")
+    trust = s.get("trust") or {}
+    if trust.get("tripped"):
+        lines.append(f"UNVALIDATED differential: {trust['ood_cells']} of {trust['cells']} white cells out of "
+                     f"distribution (the trust gate tripped at white cell {trust['tripped_at_cell']})")
+        lines.append("  " + trust.get("message", "").removeprefix("WARNING: "))
+    lines.append(f"out of distribution: {s.get('ood_cells', 0)} of {s['cells']} cells")
+    lines.append("differential (% of white cells):")
     for k in WBC_LABELS:
         lines.append(f"  {k:<12}{d['counts'].get(k, 0):>6}{d['percent'][k]:>7.1f}%")
     for k in sorted(set(d["counts"]) - set(WBC_LABELS)):
@@ -249,26 +285,33 @@ def format_summary(s: dict) -> str:
                      "outside the interpreter)")
     rv = s["review"]
     lines.append(f"flagged for review: {len(rv)}")
-    for r in rv[:20]:
-        lines.append(f"  frame {r['frame']} {r['name']} box {r['box']}: {r['label']} {r['confidence']:.2f}"
-                     + (f" {r['crop']}" if r["crop"] else ""))
-    if len(rv) > 20:
-        lines.append(f"  … and {len(rv) - 20} more (cells table, review = 1)")
+    for r in rv[:10]:
+        lines.append(f"  cell {r.get('cell_id', '-')} (frame {r['frame']}): {r['label']} {r['confidence']:.2f}"
+                     + (f" - {r['reason']}" if r.get("reason") else "") + (f" {r['crop']}" if r["crop"] else ""))
+    if len(rv) > 10:
+        lines.append(f"  … and {len(rv) - 10} more")
+    if s.get("db"):
+        lines.append(f"check and sign: edge-bloodcls review {s['db']}; report: edge-bloodcls report {s['db']} "
+                     "--out report.html")
     return "\n".join(lines)
 
 
-def _save_jpeg(rgb: np.ndarray, path: str) -> None:
-    from PIL import Image
+def runtime_versions(clf: Classifier) -> dict:
+    """What a signed report must name: the software and the exact model that produced it."""
+    import platform
 
-    Image.fromarray(rgb).save(path, quality=92)
+    from edge_bloodcls import __version__
+
+    v = {"edge_bloodcls": __version__, "python": platform.python_version(), "numpy": np.__version__,
+         "bundle": str(clf.bundle.tflite), "quantization": clf.bundle.quantization}
+    try:
+        import cv2
+
+        v["opencv"] = cv2.__version__
+    except ImportError:
+        pass
+    return v
 
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-

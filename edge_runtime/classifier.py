@@ -2,6 +2,10 @@
 
     clf = Classifier.load()                       # the bundled default int8 model
     result = clf.classify("cell.jpg")             # -> Prediction(label, confidence, probs, ...)
+
+The model gives probabilities and its pooled features; with the bundle's trust statistics the
+probabilities are calibrated (temperature), the features give an out-of-distribution score, and
+`review` says a human should look (low confidence, or unlike the training cells), with the reason.
 """
 from __future__ import annotations
 
@@ -10,11 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, BundleError, load_bundle
 from .interpreter import make_interpreter
 from .preprocess import prepare
+from .trust import review_reason
 
-DEFAULT_REVIEW_THRESHOLD = 0.80  # below this a result is flagged for a human to look at
+# Below this confidence a result is flagged for a human to look at, for bundles that do not carry
+# a threshold chosen on validation (older ones); newer bundles carry their own (trust section).
+DEFAULT_REVIEW_THRESHOLD = 0.80
 
 
 @dataclass
@@ -23,23 +30,60 @@ class Prediction:
     confidence: float
     probs: dict[str, float]
     latency_ms: float  # interpreter invoke only
-    review: bool
+    review: bool  # a human should look: low calibrated confidence, or out of distribution
     top: list[tuple[str, float]] = field(default_factory=list)
+    ood_score: float | None = None  # distance to the training cells; None: the bundle has no trust statistics
+    ood: bool = False  # ood_score above the bundle's threshold: unlike anything the model was trained on
+    review_reason: str = ""  # why review is set, e.g. "low confidence 0.62 < 0.91; out of distribution"
 
 
 class Classifier:
     def __init__(self, bundle: Bundle, threads: int | None = None, device: str = "cpu",
-                 review_threshold: float = DEFAULT_REVIEW_THRESHOLD):
+                 review_threshold: float | None = None):
         self.bundle = bundle
         self.labels = bundle.labels
         self.spec = bundle.spec
-        self.review_threshold = review_threshold
+        self.trust = bundle.trust
         self.interpreter, self.info = make_interpreter(bundle.tflite, threads, device)
         self._in = self.interpreter.get_input_details()[0]
-        self._out = self.interpreter.get_output_details()[0]
+        self._out, self._feat = self._outputs(self.interpreter.get_output_details())
+        self._check_model()
+        # The bundle's threshold was chosen on validation for a target accepted accuracy; an
+        # explicit one (--review-threshold) overrides it.
+        if review_threshold is None:
+            review_threshold = (self.trust.review_threshold if self.trust and self.trust.review_threshold is not None
+                                else DEFAULT_REVIEW_THRESHOLD)
+        self.review_threshold = review_threshold
         # Quantized tensors: real = scale * (q - zero_point).
         self._in_q = self._in["quantization"] if self._in["dtype"] != np.float32 else None
-        self._out_q = self._out["quantization"] if self._out["dtype"] != np.float32 else None
+
+    def _outputs(self, details):
+        """(probabilities, pooled features or None): told apart by width, not by order, which the
+        converter does not promise."""
+        probs = [d for d in details if d["shape"][-1] == len(self.labels)]
+        if not probs:
+            raise BundleError(f"{self.bundle.tflite}: no model output has {len(self.labels)} values, one per "
+                              f"label in the manifest (outputs: {[list(map(int, d['shape'])) for d in details]})")
+        rest = [d for d in details if d is not probs[0] and len(d["shape"]) == 2]
+        return probs[0], (rest[0] if rest else None)
+
+    def _check_model(self):
+        """The manifest must describe this model: otherwise answers would be silently wrong."""
+        where = self.bundle.tflite.with_suffix(".json")
+        shape = [int(v) for v in self._in["shape"]]
+        if shape[1:3] != list(self.spec.size) or shape[-1] != 3:
+            raise BundleError(f"{where}: manifest field 'input.size' {list(self.spec.size)} does not match the "
+                              f"model's input {shape}")
+        dtype = (self.bundle.manifest.get("input") or {}).get("dtype")
+        if dtype and dtype != np.dtype(self._in["dtype"]).name:
+            raise BundleError(f"{where}: manifest field 'input.dtype' {dtype} does not match the model's "
+                              f"{np.dtype(self._in['dtype']).name}")
+        if self.trust is not None:
+            if self._feat is None:
+                raise BundleError(f"{where}: manifest has trust statistics but the model has no feature output")
+            if int(self._feat["shape"][-1]) != self.trust.feature_dim:
+                raise BundleError(f"{where}: trust field 'mean' has {self.trust.feature_dim} features but the "
+                                  f"model's feature output has {int(self._feat['shape'][-1])}")
 
     @classmethod
     def load(cls, model=None, **kw) -> "Classifier":
@@ -56,17 +100,43 @@ class Classifier:
         info = np.iinfo(self._in["dtype"])
         return np.clip(np.round(x / scale + zero), info.min, info.max).astype(self._in["dtype"])
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, float]:
-        """One float32 model input (H, W, 3) -> (probabilities, invoke milliseconds)."""
+    def _read(self, detail) -> np.ndarray:
+        out = self.interpreter.get_tensor(detail["index"])[0]
+        if detail["dtype"] != np.float32:
+            scale, zero = detail["quantization"]
+            out = (out.astype(np.float32) - zero) * scale
+        return out.astype(np.float32)
+
+    def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """One float32 model input (H, W, 3) -> (raw probabilities, pooled features or None,
+        invoke milliseconds)."""
         self.interpreter.set_tensor(self._in["index"], self.quantize_input(x[None]))
         t = time.perf_counter()
         self.interpreter.invoke()
         ms = (time.perf_counter() - t) * 1000
-        out = self.interpreter.get_tensor(self._out["index"])[0]
-        if self._out_q is not None:
-            scale, zero = self._out_q
-            out = (out.astype(np.float32) - zero) * scale
-        return out.astype(np.float32), ms
+        return self._read(self._out), (self._read(self._feat) if self._feat is not None else None), ms
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """One float32 model input (H, W, 3) -> (the model's own probabilities, invoke milliseconds)."""
+        probs, _, ms = self.infer(x)
+        return probs, ms
+
+    def predict_many(self, xs) -> dict:
+        """Float32 model inputs, one at a time as on the Pi -> {"probs": calibrated (N, C),
+        "raw": model probabilities, "features": (N, D) or None, "ood_score": (N,) or None, "ms": (N,)}."""
+        raw, feats, ms = [], [], []
+        for x in xs:
+            p, f, t = self.infer(x)
+            raw.append(p)
+            feats.append(f)
+            ms.append(t)
+        raw = np.stack(raw) if raw else np.zeros((0, len(self.labels)), np.float32)
+        features = np.stack(feats) if feats and feats[0] is not None else None
+        out = {"raw": raw, "probs": raw, "features": features, "ood_score": None, "ms": np.asarray(ms)}
+        if self.trust is not None:
+            out["probs"] = self.trust.calibrate(raw)
+            out["ood_score"] = self.trust.scores(features) if len(raw) else np.zeros(0)
+        return out
 
     def classify(self, source, name=None, top_k: int = 3) -> Prediction:
         """A file path, bytes or RGB uint8 array -> Prediction. Raises ImageError on bad input."""
@@ -75,12 +145,19 @@ class Classifier:
     def classify_input(self, x: np.ndarray, top_k: int = 3) -> Prediction:
         """An already prepared model input (see preprocess.prepare) -> Prediction; lets the capture
         loop time preprocessing apart from the interpreter."""
-        probs, ms = self.predict(x)
+        probs, feats, ms = self.infer(x)
+        score, ood = None, False
+        if self.trust is not None:
+            probs = self.trust.calibrate(probs)
+            score = self.trust.score(feats)
+            ood = score > self.trust.threshold
         i = int(np.argmax(probs))
         order = np.argsort(-probs)[:top_k]
         conf = float(probs[i])
+        reason = review_reason(conf, self.review_threshold, ood, score,
+                               self.trust.threshold if self.trust else None)
         return Prediction(
             label=self.labels[i], confidence=conf,
             probs={lab: float(p) for lab, p in zip(self.labels, probs)}, latency_ms=ms,
-            review=conf < self.review_threshold,
-            top=[(self.labels[j], float(probs[j])) for j in order])
+            review=bool(reason), top=[(self.labels[j], float(probs[j])) for j in order],
+            ood_score=score, ood=ood, review_reason=reason)

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import csv
-import glob
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -15,8 +13,11 @@ from .bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle
 from .classifier import DEFAULT_REVIEW_THRESHOLD, Classifier
 from .interpreter import InterpreterUnavailable
 from .locate_eval import locate_eval_command
+from .images import expand_inputs, list_class_images, printable
 from .preprocess import ImageError
-from .sources import IMAGE_SUFFIXES
+from .report import report_command
+from .review import review_command
+from .trust import GATE_ADVICE, trust_summary
 
 # Exit codes: 1 some inputs failed (the others were processed); 2 nothing could start
 # (no or invalid model, no interpreter, source cannot be opened, bad usage).
@@ -29,8 +30,8 @@ def _fail(msg: str, code: int = EXIT_CANNOT_START):
     sys.exit(code)
 
 
-def load_classifier(model, threads=None, device="cpu", review_threshold=DEFAULT_REVIEW_THRESHOLD) -> Classifier:
-    """The classifier, or a one-line error and exit 2."""
+def load_classifier(model, threads=None, device="cpu", review_threshold=None) -> Classifier:
+    """The classifier, or a one-line error and exit 2. review_threshold None: the bundle's own."""
     try:
         bundle = load_bundle(model)
     except BundleError as e:
@@ -39,9 +40,15 @@ def load_classifier(model, threads=None, device="cpu", review_threshold=DEFAULT_
                   "pass --model PATH/NAME.tflite (a bundle written by `edge-bloodcls convert`)")
         _fail(str(e))
     try:
-        return Classifier(bundle, threads=threads, device=device, review_threshold=review_threshold)
-    except InterpreterUnavailable as e:
+        clf = Classifier(bundle, threads=threads, device=device, review_threshold=review_threshold)
+    except (InterpreterUnavailable, BundleError) as e:
         _fail(str(e))
+    if clf.trust is None:
+        # Said once, at load: results still come, but nothing tells a foreign cell from a PBC one.
+        click.echo(f"note: {bundle.name} has no trust statistics (an older bundle): no out-of-distribution "
+                   f"check, uncalibrated confidence, review below {clf.review_threshold:.2f}. Re-export it with "
+                   "`edge-bloodcls convert` to add them.", err=True)
+    return clf
 
 
 def model_options(f):
@@ -55,8 +62,10 @@ def model_options(f):
 
 
 def review_option(f):
-    return click.option("--review-threshold", type=click.FloatRange(0, 1), default=DEFAULT_REVIEW_THRESHOLD,
-                        show_default=True, help="Results below this confidence are flagged for review.")(f)
+    return click.option("--review-threshold", type=click.FloatRange(0, 1), default=None,
+                        help="Results below this (calibrated) confidence are flagged for review [default: the "
+                             "bundle's, chosen on validation for 99.5% accuracy of the accepted cells; "
+                             f"{DEFAULT_REVIEW_THRESHOLD} for bundles without one].")(f)
 
 
 class _Echo:
@@ -64,50 +73,6 @@ class _Echo:
 
     def write(self, s):
         click.echo(s, nl=False)
-
-
-def _is_image_name(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_SUFFIXES
-
-
-def _folder_images(d: Path) -> list[Path]:
-    # Hidden files are included: an unreadable ".DS_…jpg" must be reported, not silently skipped.
-    return sorted(p for p in d.rglob("*") if p.is_file() and _is_image_name(p))
-
-
-def expand_inputs(paths) -> list[tuple[str, str | None]]:
-    """Files, folders (recursive, image suffixes) and globs -> [(path, error or None)], in order."""
-    out, seen = [], set()
-
-    def add(p, err=None):
-        key = str(p)
-        if err is not None or key not in seen:
-            seen.add(key)
-            out.append((key, err))
-
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            files = _folder_images(p)
-            if not files:
-                add(raw, "folder holds no images")
-            for f in files:
-                add(f)
-        elif p.exists() or p.is_symlink():
-            add(p)
-        elif glob.has_magic(raw):
-            matches = sorted(glob.glob(raw, recursive=True))
-            if not matches:
-                add(raw, "no file matches this pattern")
-            for m in matches:
-                if os.path.isdir(m):
-                    for f in _folder_images(Path(m)):
-                        add(f)
-                else:
-                    add(m)
-        else:
-            add(raw, "no such file or folder")
-    return out
 
 
 @click.command()
@@ -130,11 +95,11 @@ def classify(paths, model, threads, device, fmt, top_k, review_threshold, verbos
     writer = None
     if fmt == "csv":
         writer = csv.writer(_Echo(), lineterminator="\n")
-        writer.writerow(["path", "label", "confidence", "review", "latency_ms", "interpreter", "error"]
-                        + [f"p_{lab}" for lab in clf.labels])
+        writer.writerow(["path", "label", "confidence", "review", "latency_ms", "interpreter", "error",
+                         "ood_score", "ood", "review_reason"] + [f"p_{lab}" for lab in clf.labels])
     elif fmt == "table":
         click.echo(f"{'label':<13}{'conf':>6}  {'review':<7}{'ms':>7}  {'top-k':<40} path")
-    failed, latencies = 0, []
+    failed, latencies, n_ood, n_review = 0, [], 0, 0
     for path, err in expand_inputs(paths):
         pred = None
         if err is None:
@@ -142,34 +107,47 @@ def classify(paths, model, threads, device, fmt, top_k, review_threshold, verbos
                 pred = clf.classify(path, top_k=top_k)
             except ImageError as e:
                 err = e.reason
-            except Exception as e:  # an unforeseen decoder failure must not stop a batch
+            except Exception as e:  # decoders raise only ImageError; nothing else may stop a batch either
                 err = f"{type(e).__name__}: {e}".splitlines()[0]
         if pred is None:
             failed += 1
-            click.echo(f"error: {path}: {err}", err=True)
+            # printable(): a non-UTF-8 file name must not stop the output (JSON escapes it itself).
+            click.echo(f"error: {printable(path)}: {err}", err=True)
             if fmt == "jsonl":
                 click.echo(json.dumps({"path": path, "error": err}))
             elif fmt == "csv":
-                writer.writerow([path, "", "", "", "", desc["interpreter"], err] + [""] * len(clf.labels))
+                writer.writerow([printable(path), "", "", "", "", desc["interpreter"], err, "", "", ""]
+                                + [""] * len(clf.labels))
             continue
         latencies.append(pred.latency_ms)
+        n_ood += pred.ood
+        n_review += pred.review
         if fmt == "jsonl":
             click.echo(json.dumps({
                 "path": path, "label": pred.label, "confidence": round(pred.confidence, 6),
                 "probs": {k: round(v, 6) for k, v in pred.probs.items()},
                 "top": [[k, round(v, 6)] for k, v in pred.top],
                 "latency_ms": round(pred.latency_ms, 3), "review": pred.review,
+                "ood_score": None if pred.ood_score is None else round(pred.ood_score, 4), "ood": pred.ood,
+                "review_reason": pred.review_reason,
                 "interpreter": desc["interpreter"], "device": desc["device"], "model": desc["model"]}))
         elif fmt == "csv":
-            writer.writerow([path, pred.label, f"{pred.confidence:.6f}", int(pred.review), f"{pred.latency_ms:.3f}",
-                             desc["interpreter"], ""] + [f"{pred.probs[lab]:.6f}" for lab in clf.labels])
+            writer.writerow([printable(path), pred.label, f"{pred.confidence:.6f}", int(pred.review),
+                             f"{pred.latency_ms:.3f}",
+                             desc["interpreter"], "", "" if pred.ood_score is None else f"{pred.ood_score:.4f}",
+                             int(pred.ood), pred.review_reason] + [f"{pred.probs[lab]:.6f}" for lab in clf.labels])
         else:
             top = ", ".join(f"{k} {v:.2f}" for k, v in pred.top)
-            click.echo(f"{pred.label:<13}{pred.confidence:>6.3f}  {'REVIEW' if pred.review else '':<7}"
-                       f"{pred.latency_ms:>7.2f}  {top:<40} {path}")
-    if verbose or failed:
+            flag = "OOD" if pred.ood else "REVIEW" if pred.review else ""
+            click.echo(f"{pred.label:<13}{pred.confidence:>6.3f}  {flag:<7}"
+                       f"{pred.latency_ms:>7.2f}  {top:<40} {printable(path)}")
+    if verbose or failed or n_ood:
         med = f", median invoke {np.median(latencies):.2f} ms" if latencies else ""
-        click.echo(f"{len(latencies)} classified, {failed} failed{med}", err=True)
+        trust = (f", {n_ood} out of distribution, {n_review} flagged for review" if clf.trust is not None
+                 else f", {n_review} flagged for review (no OOD check)")
+        click.echo(f"{len(latencies)} classified, {failed} failed{trust}{med}", err=True)
+        if latencies and n_ood > len(latencies) / 3:
+            click.echo(f"warning: {n_ood} of {len(latencies)} cells are out of distribution; {GATE_ADVICE}", err=True)
     sys.exit(EXIT_INPUT_FAILED if failed else 0)
 
 
@@ -180,32 +158,39 @@ def classify(paths, model, threads, device, fmt, top_k, review_threshold, verbos
 def evaluate(directory, model, threads, device, json_path):
     """Accuracy of a model on a folder with one sub-folder per class (named as the model's labels).
 
-    Unreadable images are listed and left out of the metrics; they do not stop the run.
+    Unreadable images are listed and left out of the metrics; they do not stop the run. Folders
+    that cannot be read are listed too, and make the exit status 1.
     """
     from .metrics import classification_metrics, format_metrics
 
     clf = load_classifier(model, threads, device)
     index = {lab: i for i, lab in enumerate(clf.labels)}
     y_true, y_pred, failed, latencies = [], [], [], []
-    unknown = []
-    for d in sorted(p for p in directory.iterdir() if p.is_dir()):
-        if d.name not in index:
-            unknown.append(d.name)
+    probs, ood, review = [], [], []
+    # The same walk as calibration and the benchmark (images.list_class_images).
+    classes = list_class_images(directory, index)
+    unknown = classes.unknown
+    not_read = [{"path": p, "error": reason} for p, reason in classes.errors]
+    for row in not_read:
+        click.echo(f"error: {printable(row['path'])}: {row['error']}", err=True)
+    for f, label in classes.items():
+        try:
+            pred = clf.classify(f, top_k=1)
+        except ImageError as e:
+            failed.append({"path": str(f), "error": e.reason})
+            click.echo(f"error: {printable(f)}: {e.reason}", err=True)
             continue
-        for f in _folder_images(d):
-            try:
-                pred = clf.classify(f, top_k=1)
-            except ImageError as e:
-                failed.append({"path": str(f), "error": e.reason})
-                click.echo(f"error: {f}: {e.reason}", err=True)
-                continue
-            y_true.append(index[d.name])
-            y_pred.append(index[pred.label])
-            latencies.append(pred.latency_ms)
+        y_true.append(index[label])
+        y_pred.append(index[pred.label])
+        latencies.append(pred.latency_ms)
+        probs.append([pred.probs[lab] for lab in clf.labels])
+        ood.append(pred.ood)
+        review.append(pred.review)
     if unknown:
         click.echo(f"warning: ignored folders that are not labels of this model: {', '.join(unknown)}", err=True)
     if not y_true:
-        _fail(f"{directory}: no readable images in sub-folders named {', '.join(clf.labels)}", EXIT_INPUT_FAILED)
+        _fail(f"{printable(directory)}: no readable images in sub-folders named {', '.join(clf.labels)}",
+              EXIT_INPUT_FAILED)
     m = classification_metrics(y_true, y_pred, clf.labels)
     desc = clf.describe()
     click.echo(f"model {desc['model']} ({desc['quantization']}) on {desc['interpreter']} {desc['device']}")
@@ -213,15 +198,23 @@ def evaluate(directory, model, threads, device, json_path):
     click.echo("confusion matrix (rows true, columns predicted; " + " ".join(lab[:4] for lab in clf.labels) + ")")
     for lab, row in zip(clf.labels, m["confusion_matrix"]):
         click.echo(f"  {lab[:12]:<12}" + "".join(f"{v:>6}" for v in row))
+    trust = trust_summary(np.asarray(probs), np.asarray(y_true), np.asarray(ood), np.asarray(review),
+                          clf.trust is not None, clf.review_threshold)
+    click.echo(trust["line"])
     if failed:
         click.echo(f"{len(failed)} unreadable image(s) left out", err=True)
+    if not_read:
+        click.echo(f"{len(not_read)} folder(s) or file(s) could not be read: the metrics are of the rest", err=True)
     if json_path:
         report = {"data": str(directory), **desc, "n_images": len(y_true) + len(failed), "n_failed": len(failed),
-                  "failed": failed, "ignored_folders": unknown,
+                  "failed": failed, "not_read": not_read, "ignored_folders": unknown,
                   "latency_ms": {"median": float(np.median(latencies)), "p95": float(np.percentile(latencies, 95))},
-                  "metrics": m}
+                  "metrics": m, "trust": {k: v for k, v in trust.items() if k != "line"}}
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=1) + "\n")
+    # Any image that could not be used is a failure of the run (exit 1), though the metrics of the rest
+    # are written: the report says which images are missing from them.
+    sys.exit(EXIT_INPUT_FAILED if not_read or failed else 0)
 
 
 def _accuracy(manifest: dict):
@@ -233,12 +226,27 @@ def _accuracy(manifest: dict):
     return None
 
 
+def _site(manifest: dict) -> str | None:
+    """One line about a bundle `edge-bloodcls adapt` made for a site (None for other bundles)."""
+    site = manifest.get("site")
+    if not isinstance(site, dict):
+        return None
+    on = site.get("adapted_on") or {}
+    kf = site.get("kfold") or {}
+    test = (site.get("pbc_test") or {}).get("accuracy_float")
+    return (f"site-adapted on {sum((on.get('counts') or {}).values())} cells of {on.get('source', '?')}"
+            + (f", {kf['k']}-fold {kf['accuracy']:.1%}" if kf.get("accuracy") is not None else "")
+            + (f", PBC test {test:.1%}" if isinstance(test, (int, float)) else ""))
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON list instead of a table.")
-def models(as_json):
+@click.option("--dir", "folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="List the bundles in this folder (e.g. the OUTDIR of `adapt`) instead of the bundled ones.")
+def models(as_json, folder):
     """Models bundled with the runtime (and any that fail their checks, with the reason)."""
     rows = []
-    for j in sorted(MODELS_DIR.glob("*.json")):
+    for j in sorted((folder or MODELS_DIR).glob("*.json")):
         try:
             b = load_bundle(j)
         except BundleError as e:
@@ -246,7 +254,7 @@ def models(as_json):
             continue
         rows.append({"name": b.name, "path": str(b.tflite), "quantization": b.quantization,
                      "input_size": list(b.spec.size), "sha256": b.sha256, "accuracy": _accuracy(b.manifest),
-                     "default": b.name == DEFAULT_MODEL})
+                     "default": b.name == DEFAULT_MODEL and folder is None, "site": _site(b.manifest)})
     if as_json:
         click.echo(json.dumps(rows, indent=1))
     elif rows:
@@ -259,7 +267,11 @@ def models(as_json):
             size = "x".join(map(str, r["input_size"]))
             click.echo(f"{r['name'] + (' *' if r['default'] else ''):<28}{r['quantization']:<10}{size:<9}{acc:>9}  "
                        f"{r['sha256'][:12]:<14}{r['path']}")
-    if not any("error" not in r for r in rows):
+            if r["site"]:
+                click.echo(f"  {r['site']}")
+    if folder is not None and not any("error" not in r for r in rows):
+        click.echo(f"no usable bundle in {folder}", err=True)
+    elif not any("error" not in r for r in rows):
         click.echo(f"no usable bundled model in {MODELS_DIR}: the default {DEFAULT_MODEL} has not been exported "
                    "yet. Export one with `edge-bloodcls convert` or pass --model PATH/NAME.tflite.", err=True)
 
@@ -270,47 +282,81 @@ def models(as_json):
 @model_options
 @click.option("--mode", type=click.Choice(["cell", "field"]), default="field", show_default=True,
               help="cell: each frame is one centred cell; field: find the white cells in a field of view.")
+@click.option("--count", "count", type=click.IntRange(0), default=None,
+              help="Stop after N white cells, each counted once [default: 100 in field mode, no limit in cell "
+                   "mode; 0: no limit]. 200 for a closer differential.")
+@click.option("--sample", default=None, help="Sample (specimen) ID, printed on the report.")
+@click.option("--operator", default=None, help="Who ran the capture, printed on the report.")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path("bloodcls_sessions.sqlite"),
               show_default=True, help="SQLite session log (WAL; one commit per frame).")
 @click.option("--max-frames", type=click.IntRange(1), default=None)
 @click.option("--fps", type=click.FloatRange(0, min_open=True), default=None, help="Frames per second at most.")
+@click.option("--width", type=click.IntRange(16), default=None, help="Camera frame width to ask for.")
+@click.option("--height", type=click.IntRange(16), default=None, help="Camera frame height to ask for.")
 @click.option("--save-crops", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Save every classified crop as JPEG here (its path goes into the log).")
+              help="Save the crop of every counted cell as JPEG here (its path goes into the log).")
 @click.option("--no-preview", is_flag=True, help="No preview window even where a display exists.")
+@click.option("--live-port", type=click.IntRange(0, 65535), default=None,
+              help="Also show the preview as a web page on this port (works with headless OpenCV).")
+@click.option("--live-host", default="127.0.0.1", show_default=True, help="Address of the live web page.")
 @click.option("--rbc-px", type=click.FloatRange(1), default=None,
               help="Red-cell diameter in frame pixels: the scale for locating and cropping "
                    "(default 0.21 x short side).")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the end-of-session summary (differential, review list, timing) here.")
 @review_option
-def capture(camera, model, threads, device, mode, db, max_frames, fps, save_crops, no_preview, rbc_px,
-            summary_json, review_threshold):
-    """Classify what the microscope camera sees, log it, and keep a running differential.
+def capture(camera, model, threads, device, mode, count, sample, operator, db, max_frames, fps, width, height,
+            save_crops, no_preview, live_port, live_host, rbc_px, summary_json, review_threshold):
+    """Classify what the microscope camera sees, count each white cell once, log it, and keep a
+    running differential.
 
-    Ends at the end of a recorded source, after --max-frames, on q in the preview, on Ctrl-C or
-    SIGTERM, or when a camera stops delivering frames and reopening it fails.
+    Ends at the end of a recorded source, after --max-frames, at --count white cells, on q, Esc
+    or closing the preview, on Ctrl-C or SIGTERM, or when a camera stops delivering frames and
+    reopening it fails. Then: `edge-bloodcls review DB` and `edge-bloodcls report DB`.
     """
-    from .capture import CaptureOptions, format_summary, run_capture
-    from .session import SessionLog
+    from .capture import DEFAULT_COUNT, CaptureOptions, format_summary, run_capture, runtime_versions
+    from .session import SessionFileError, SessionLog
     from .sources import SourceError, open_source
 
+    if (width is None) != (height is None):
+        _fail("--width and --height go together")
+    if count is None:
+        count = DEFAULT_COUNT if mode == "field" else 0
     clf = load_classifier(model, threads, device, review_threshold)
     try:
-        source = open_source(camera, fps=fps)
+        source = open_source(camera, fps=fps, size=(width, height) if width else None)
     except SourceError as e:
         _fail(str(e))
     desc = clf.describe()
+    try:
+        log = SessionLog(db, source.name, mode, desc, clf.review_threshold, sample=sample, operator=operator,
+                         count_target=count or None, counting="tracked" if mode == "field" else "per-frame",
+                         versions=runtime_versions(clf))
+    except (SessionFileError, OSError) as e:
+        source.close()
+        _fail(str(e) if isinstance(e, SessionFileError) else f"{db}: cannot write the session log ({e.strerror})")
+    live = None
+    if live_port is not None:
+        from .preview import LiveView
+
+        try:
+            live = LiveView(live_host, live_port)
+        except OSError as e:
+            source.close()
+            log.close()
+            _fail(f"--live-port {live_port}: cannot listen on {live_host} ({e.strerror})")
     click.echo(f"capture from {source.name} ({mode} mode) with {desc['model']} on {desc['interpreter']} "
-               f"{desc['device']}, {desc['threads']} thread(s); log {db}", err=True)
-    log = SessionLog(db, source.name, mode, desc, review_threshold)
+               f"{desc['device']}, {desc['threads']} thread(s); log {db}, session {log.id}"
+               + (f"; live view {live.url}" if live else ""), err=True)
     try:
         summary = run_capture(source, clf, log, CaptureOptions(
-            mode=mode, rbc_px=rbc_px, max_frames=max_frames, save_crops=save_crops, preview=not no_preview,
-            echo=lambda m: click.echo(m, err=True)))
+            mode=mode, rbc_px=rbc_px, max_frames=max_frames, count=count or None, save_crops=save_crops,
+            preview=not no_preview, live=live, echo=lambda m: click.echo(m, err=True)))
     finally:
         log.close()
-    summary["session_id"] = log.id
-    summary["db"] = str(db)
+        if live is not None:
+            live.close()
+    summary.update(session_id=log.id, db=str(db), sample=sample, operator=operator)
     click.echo(format_summary(summary))
     if summary_json:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
@@ -318,4 +364,4 @@ def capture(camera, model, threads, device, mode, db, max_frames, fps, save_crop
     sys.exit(EXIT_INPUT_FAILED if getattr(source, "gave_up", False) else 0)
 
 
-COMMANDS = [classify, evaluate, models, capture, locate_eval_command]
+COMMANDS = [classify, evaluate, models, capture, locate_eval_command, report_command, review_command]

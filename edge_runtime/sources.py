@@ -8,12 +8,15 @@
     single image      "field.jpg"       one frame
 
 A live source (camera, stream) that stops delivering frames is reopened after a back-off; when
-every retry fails the iterator ends and `end_reason` says why. Recorded sources end at their end.
+every retry fails the iterator ends and `end_reason` says why. A read that hangs (a USB camera
+wedged in the driver, a stalled stream) counts as a failed read after READ_TIMEOUT_S: reads run
+in a helper thread so the loop never waits on a dead device. Recorded sources end at their end.
 """
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +24,16 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .images import IMAGE_SUFFIXES
 from .preprocess import ImageError, load_rgb
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # Seconds before each reopen of a live source that stopped; a USB camera re-enumerates within a
 # few seconds of a loose cable being pushed back.
 DEFAULT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 # Consecutive failed reads before a reopen: a single dropped frame is common on a busy USB bus.
 READ_FAILURES_BEFORE_REOPEN = 3
+# A camera delivers a frame every 33-100 ms; a read that takes this long is a hung device.
+READ_TIMEOUT_S = 5.0
 
 
 class SourceError(RuntimeError):
@@ -157,13 +162,17 @@ class LiveSource(Source):
     gave_up = False
 
     def __init__(self, name: str, opener: Callable, to_rgb: Callable[[np.ndarray], np.ndarray],
-                 backoff=DEFAULT_BACKOFF, read_failures: int = READ_FAILURES_BEFORE_REOPEN, **kw):
+                 backoff=DEFAULT_BACKOFF, read_failures: int = READ_FAILURES_BEFORE_REOPEN,
+                 read_timeout: float | None = READ_TIMEOUT_S, **kw):
         super().__init__(name, **kw)
         self.opener = opener
         self.to_rgb = to_rgb
         self.backoff = tuple(backoff)
         self.read_failures = read_failures
+        self.read_timeout = read_timeout
         self.reopens = 0
+        self.timeouts = 0
+        self.reader: _Reader | None = None
         self.device = self._open()
         if self.device is None:
             raise SourceError(f"{name}: cannot open (not connected, busy, or no permission to the device)")
@@ -178,13 +187,24 @@ class LiveSource(Source):
             return None
         return dev
 
-    def _release(self):
+    def _release(self, hung: bool = False):
+        if self.reader is not None:
+            self.reader.stop()
+            self.reader = None
         if self.device is not None:
-            try:
-                self.device.release()
-            except Exception:
-                pass
-            self.device = None
+            dev, self.device = self.device, None
+            if hung:
+                # the stuck read holds the driver: release from a helper thread, never wait on it
+                threading.Thread(target=_quiet_release, args=(dev,), daemon=True).start()
+            else:
+                _quiet_release(dev)
+
+    def _read(self):
+        if self.read_timeout is None:
+            return self.device.read()
+        if self.reader is None:
+            self.reader = _Reader(self.device)
+        return self.reader.read(self.read_timeout)
 
     def _frames(self):
         n = 0
@@ -192,9 +212,15 @@ class LiveSource(Source):
         while True:
             if self.device is not None:
                 failures = 0
+                hung = False
                 while failures < self.read_failures:
                     try:
-                        ok, raw = self.device.read()
+                        ok, raw = self._read()
+                    except _ReadTimeout:
+                        self.timeouts += 1
+                        self.warn(f"warning: {self.name}: no frame for {self.read_timeout:g} s (read hung)")
+                        hung = True
+                        break  # a hung device will not answer a second read either
                     except Exception:
                         ok, raw = False, None
                     if ok and raw is not None:
@@ -203,7 +229,7 @@ class LiveSource(Source):
                         yield self.to_rgb(raw), f"{self.name} #{n - 1}"
                     else:
                         failures += 1
-                self._release()
+                self._release(hung)
             if attempt >= len(self.backoff):
                 self.gave_up = True
                 waited = ", ".join(f"{d:g}" for d in self.backoff)
@@ -223,6 +249,54 @@ class LiveSource(Source):
         self._release()
 
 
+class _ReadTimeout(Exception):
+    pass
+
+
+def _quiet_release(dev) -> None:
+    try:
+        dev.release()
+    except Exception:
+        pass
+
+
+class _Reader:
+    """device.read() in a daemon thread, so that a read that never returns can be abandoned (a
+    daemon thread does not keep the process from exiting)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.want = threading.Semaphore(0)
+        self.done = threading.Semaphore(0)
+        self.result = None
+        self.stopped = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def stop(self):
+        self.stopped = True
+        self.want.release()
+
+    def _run(self):
+        while True:
+            self.want.acquire()
+            if self.stopped:
+                return
+            try:
+                self.result = self.device.read()
+            except Exception as e:
+                self.result = e
+            self.done.release()
+
+    def read(self, timeout: float):
+        self.want.release()
+        if not self.done.acquire(timeout=timeout):
+            raise _ReadTimeout()
+        r, self.result = self.result, None
+        if isinstance(r, Exception):
+            raise r
+        return r
+
+
 def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
     """What OpenCV delivers (BGR, or grey / BGRA from some USB cameras) -> RGB uint8."""
     import cv2
@@ -234,60 +308,26 @@ def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
-def _cv2_camera(spec, name, **kw) -> LiveSource:
-    import cv2
-
-    def opener():
-        return cv2.VideoCapture(spec)
-
-    return LiveSource(name, opener, bgr_to_rgb, **kw)
-
-
-class _Picamera2Device:
-    """Picamera2 behind the read()/release() of cv2.VideoCapture."""
-
-    def __init__(self, num: int):
-        try:
-            from picamera2 import Picamera2
-        except ImportError:
-            raise SourceError(
-                "picamera2 is not importable. On Raspberry Pi OS: `sudo apt install python3-picamera2` "
-                "and create the virtual environment with `python3 -m venv --system-site-packages`") from None
-        self.cam = Picamera2(num)
-        # "RGB888" in libcamera's naming is B, G, R in memory: the array is BGR.
-        self.cam.configure(self.cam.create_video_configuration(main={"format": "RGB888"}))
-        self.cam.start()
-
-    def read(self):
-        return True, self.cam.capture_array()
-
-    def release(self):
-        self.cam.stop()
-        self.cam.close()
-
-
-def _picamera2(num: int, **kw) -> LiveSource:
-    first = _Picamera2Device(num)  # raises SourceError with the install hint when absent
-    opened = [first]
-
-    def opener():
-        return opened.pop() if opened else _Picamera2Device(num)
-
-    return LiveSource(f"picamera2 {num}", opener, lambda bgr: np.ascontiguousarray(bgr[..., 2::-1]), **kw)
-
-
 def open_source(spec: str, fps: float | None = None, backoff=DEFAULT_BACKOFF,
-                sleep: Callable[[float], None] = time.sleep, warn: Callable[[str], None] = _stderr) -> Source:
-    """The source named by `spec` (see the module docstring); raises SourceError."""
+                sleep: Callable[[float], None] = time.sleep, warn: Callable[[str], None] = _stderr,
+                size: tuple[int, int] | None = None, read_timeout: float | None = READ_TIMEOUT_S) -> Source:
+    """The source named by `spec` (see the module docstring); raises SourceError. `size`
+    (width, height) is asked of cameras; recorded sources keep their own."""
+    from .cameras import cv2_camera, picamera2
+
     kw = {"fps": fps, "sleep": sleep, "warn": warn}
+    live = {"backoff": backoff, "read_timeout": read_timeout, "size": size}
     spec = str(spec)
-    if spec.isdigit():
-        return _cv2_camera(int(spec), f"camera {spec}", backoff=backoff, **kw)
+    # ASCII digits only: str.isdigit() accepts '²', which int() refuses.
+    if spec.isascii() and spec.isdigit():
+        return cv2_camera(int(spec), f"camera {spec}", **live, **kw)
     if spec == "picamera2" or spec.startswith("picamera2:"):
         num = spec.partition(":")[2]
-        return _picamera2(int(num) if num.isdigit() else 0, backoff=backoff, **kw)
+        if num and not (num.isascii() and num.isdigit()):
+            raise SourceError(f"{spec}: expected picamera2 or picamera2:N with N a camera number")
+        return picamera2(int(num) if num else 0, **live, **kw)
     if "://" in spec or spec.startswith("/dev/"):
-        return _cv2_camera(spec, spec, backoff=backoff, **kw)
+        return cv2_camera(spec, spec, **live, **kw)
     p = Path(spec)
     if p.is_dir():
         return FolderSource(p, **kw)

@@ -259,7 +259,7 @@ def compare_side(r: Report, native: Path, emu: Path, name: str, step: float, tol
         r("  FAIL: no output")
     else:
         by_e = {x["path"]: x for x in ec}
-        rows, worst = [], 0.0
+        rows, worst, worst_ood = [], 0.0, 0.0
         for x in nc:
             y = by_e.pop(x["path"], None)
             if "error" in x or y is None or "error" in y:
@@ -268,6 +268,15 @@ def compare_side(r: Report, native: Path, emu: Path, name: str, step: float, tol
                 continue
             dp = _max_dp(x["probs"], y["probs"])
             worst = max(worst, dp)
+            # The trust outputs (edge_runtime/trust.py) must agree too: the same cells flagged as out
+            # of distribution and for review; the OOD score differs at most by float rounding.
+            if x.get("ood_score") is not None or y.get("ood_score") is not None:
+                dood = abs((x.get("ood_score") or 0.0) - (y.get("ood_score") or 0.0))
+                worst_ood = max(worst_ood, dood)
+                if x.get("ood") != y.get("ood") or x.get("review") != y.get("review"):
+                    r.fail(f"{prefix} classify {x['path']}: ood/review {x.get('ood')}/{x.get('review')} vs "
+                           f"{y.get('ood')}/{y.get('review')} (scores {x.get('ood_score')} vs {y.get('ood_score')})",
+                           "result")
             ok = x["label"] == y["label"] and dp <= tol
             if not ok:
                 r.fail(f"{prefix} classify {x['path']}: {x['label']} {x['confidence']} vs {y['label']} "
@@ -279,7 +288,8 @@ def compare_side(r: Report, native: Path, emu: Path, name: str, step: float, tol
         for line in _table(rows, ["path", "native", name, "conf native", f"conf {name}", "max |dp| over 8", ""]):
             r("  " + line)
         r(f"  {len(nc)} images; labels identical: {sum(1 for x in rows if x[1] == x[2])}/{len(rows)}; "
-          f"max |dp| {worst:.6f} (tolerance {tol:.6f})")
+          f"max |dp| {worst:.6f} (tolerance {tol:.6f}); OOD and review flags identical, max |d ood_score| "
+          f"{worst_ood:.6f}")
 
     # evaluate
     ne, ee = _load(native, "evaluate.json"), _load(emu, "evaluate.json")

@@ -33,8 +33,10 @@ def _tiny_model():
     h = tf_keras.layers.Conv2D(16, 3, strides=2, use_bias=False)(inp)
     h = tf_keras.layers.BatchNormalization()(h)
     h = tf_keras.layers.ReLU()(h)
-    h = tf_keras.layers.Concatenate()([tf_keras.layers.GlobalAveragePooling2D()(h),
-                                       tf_keras.layers.GlobalMaxPooling2D()(h)])
+    # Named "pool" as the training head names its pooled features: convert exports them as a
+    # second output and fits the trust statistics on them.
+    h = tf_keras.layers.Concatenate(name="pool")([tf_keras.layers.GlobalAveragePooling2D()(h),
+                                                  tf_keras.layers.GlobalMaxPooling2D()(h)])
     out = tf_keras.layers.Dense(len(LABELS), activation="softmax", name="probs")(h)
     return tf_keras.Model(inp, out, name="tiny")
 

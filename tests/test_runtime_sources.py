@@ -167,3 +167,135 @@ def test_single_image_is_one_frame(tmp_path):
     src = open_source(str(tmp_path / "one.png"))
     frames = list(src)
     assert len(frames) == 1 and frames[0].name == "one.png" and src.end_reason == "end of image (1 images, 0 skipped)"
+
+
+class FakePicamera2:
+    """What `from picamera2 import Picamera2` gives on a Pi, with the failures seen in the field."""
+
+    instances: list = []
+    fail_open: Exception | None = None
+    fail_configure: Exception | None = None
+
+    def __init__(self, num=0):
+        if FakePicamera2.fail_open:
+            raise FakePicamera2.fail_open
+        self.num, self.closed, self.started, self.config = num, False, False, None
+        FakePicamera2.instances.append(self)
+
+    def create_video_configuration(self, main):
+        return {"main": main}
+
+    def configure(self, config):
+        if FakePicamera2.fail_configure:
+            raise FakePicamera2.fail_configure
+        self.config = config
+
+    def start(self):
+        self.started = True
+
+    def capture_array(self):
+        bgr = np.zeros((6, 8, 3), np.uint8)
+        bgr[..., 0] = 200  # blue, in libcamera's "RGB888" (B, G, R in memory)
+        return bgr
+
+    def stop(self):
+        self.started = False
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def picamera2(monkeypatch):
+    import types
+
+    FakePicamera2.instances, FakePicamera2.fail_open, FakePicamera2.fail_configure = [], None, None
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    return FakePicamera2
+
+
+def test_picamera2_frames_size_and_close(picamera2):
+    src = open_source("picamera2:1", size=(1280, 720), read_timeout=None)
+    cam = picamera2.instances[0]
+    assert cam.num == 1 and cam.config == {"main": {"format": "RGB888", "size": (1280, 720)}} and cam.started
+    frame = next(iter(src))
+    assert frame.rgb[0, 0].tolist() == [0, 0, 200]  # BGR from the camera -> RGB
+    src.close()
+    assert cam.closed and not cam.started
+
+
+@pytest.mark.parametrize("error, words", [
+    (IndexError("list index out of range"), "picamera2 0: cannot open (IndexError: list index out of range"),
+    (RuntimeError("Failed to acquire camera: Device or resource busy"), "Device or resource busy"),
+])
+def test_picamera2_absent_or_busy_is_one_line_exit_2(picamera2, error, words, tmp_path):
+    from click.testing import CliRunner
+
+    from edge_bloodcls.cli import main
+
+    picamera2.fail_open = error
+    with pytest.raises(SourceError, match="cannot open"):
+        open_source("picamera2")
+    # a model that does not exist would stop first: use the source check alone through the CLI
+    r = CliRunner().invoke(main, ["capture", "--camera", "picamera2", "--db", str(tmp_path / "x.db"),
+                                  "--no-preview"])
+    if "no --model given" in r.stderr or "no such model" in r.stderr:
+        pytest.skip("no bundled model to get as far as the camera")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: picamera2 0: cannot open") and words in last
+
+
+def test_picamera2_that_fails_to_configure_is_closed(picamera2):
+    picamera2.fail_configure = ValueError("unsupported size 99999x1")
+    with pytest.raises(SourceError, match="cannot configure or start .*unsupported size"):
+        open_source("picamera2", size=(99999, 1))
+    assert len(picamera2.instances) == 1 and picamera2.instances[0].closed
+
+
+class HungCamera(FakeCamera):
+    """Delivers `frames` frames, then read() blocks until released (a wedged USB camera)."""
+
+    def __init__(self, frames):
+        super().__init__(frames)
+        import threading
+
+        self.unblock = threading.Event()
+
+    def read(self):
+        if self.left <= 0:
+            self.unblock.wait(30)
+            return False, None
+        return super().read()
+
+    def release(self):
+        self.released = True
+        self.unblock.set()
+
+
+def test_hung_read_times_out_and_reopens_with_backoff():
+    import time
+
+    cams = [HungCamera(2), FakeCamera(3)]
+    first = cams[0]
+    sleeps, warnings = [], []
+    src = LiveSource("cam", lambda: cams.pop(0) if cams else None, lambda a: a, backoff=(0.5, 1), read_timeout=0.3,
+                     sleep=sleeps.append, warn=warnings.append)
+    t = time.monotonic()
+    frames = list(src)
+    assert len(frames) == 5 and src.timeouts == 1 and src.reopens == 1
+    assert time.monotonic() - t < 5  # the hang cost the read timeout, not forever
+    assert sleeps[0] == 0.5 and "read hung" in warnings[0]
+    for _ in range(50):  # the hung device is released from a helper thread
+        if first.released:
+            break
+        time.sleep(0.02)
+    assert first.released
+
+
+@pytest.mark.parametrize("spec", ["²", "picamera2:²", "٣x"])
+def test_non_ascii_digits_are_not_camera_numbers(spec, tmp_path, monkeypatch):
+    # str.isdigit() accepts '²', which int() refuses: that was a ValueError traceback.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError):
+        open_source(spec, warn=lambda m: None)

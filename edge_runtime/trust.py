@@ -1,0 +1,218 @@
+"""Trust: calibrated confidence, an out-of-distribution (OOD) score per cell, and a session gate.
+
+The statistics are fitted at convert time (convert/trust_fit.py) on training-split cells, through
+this runtime, on the exported model's own pooled-feature output, and travel in the bundle
+(NAME.trust.npz, its sha256 in the manifest). Nothing here imports TensorFlow.
+
+Per cell:
+    z     = (features - mean) @ W          # PCA to <= 128 dims and whitening by the shared
+                                           # within-class covariance (shrunk), folded into W
+    score = min_c || z - centre_c ||       # class-conditional Mahalanobis distance, tied covariance
+    ood   = score > threshold              # threshold set on validation for a stated false-alarm rate
+Per session: SessionGate keeps the share of OOD cells among the last N white cells.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+# The session gate: past this share of OOD cells among the last WINDOW white cells (and once at
+# least MIN_CELLS have been seen) the differential is marked unvalidated for the session.
+GATE_WINDOW = 50
+GATE_SHARE = 1 / 3
+GATE_MIN_CELLS = 10
+
+GATE_ADVICE = ("these cells do not look like the cells the model was trained on (another microscope, "
+               "camera, stain or magnification?): the differential is UNVALIDATED. Review every cell, "
+               "or adapt the model to this microscope (`edge-bloodcls adapt`, README: Using it on your "
+               "microscope)")
+
+
+class SessionGate:
+    """Rolling share of OOD cells; trips (and stays tripped for the session) past a threshold."""
+
+    def __init__(self, window: int = GATE_WINDOW, share: float = GATE_SHARE, min_cells: int = GATE_MIN_CELLS):
+        self.window, self.share_limit, self.min_cells = window, share, min_cells
+        self.recent: deque[bool] = deque(maxlen=window)
+        self.n_cells = 0
+        self.n_ood = 0
+        self.tripped = False
+        self.tripped_at: int | None = None  # cell count when it tripped
+
+    def add(self, ood: bool) -> bool:
+        """Record one white cell; True exactly when this cell trips the gate."""
+        self.recent.append(bool(ood))
+        self.n_cells += 1
+        self.n_ood += bool(ood)
+        if not self.tripped and len(self.recent) >= self.min_cells and self.share > self.share_limit:
+            self.tripped, self.tripped_at = True, self.n_cells
+            return True
+        return False
+
+    @property
+    def share(self) -> float:
+        return sum(self.recent) / len(self.recent) if self.recent else 0.0
+
+    def message(self) -> str:
+        return (f"WARNING: {self.n_ood} of {self.n_cells} white cells are out of distribution "
+                f"({100 * self.share:.0f}% of the last {len(self.recent)}); {GATE_ADVICE}")
+
+    def to_json(self) -> dict:
+        return {"tripped": self.tripped, "tripped_at_cell": self.tripped_at, "cells": self.n_cells,
+                "ood_cells": self.n_ood, "recent_share": round(self.share, 4), "window": self.window,
+                "share_limit": round(self.share_limit, 4),
+                "message": self.message() if self.tripped else ""}
+
+
+# --- per-cell statistics, as stored in a bundle -------------------------------------------------
+
+TRUST_FORMAT = 1
+DEFAULT_REVIEW_TARGET = 0.995  # accepted (not flagged) cells should be at least this accurate
+DEFAULT_FALSE_ALARM = 0.02  # share of in-distribution validation cells the OOD gate may flag
+_EPS = 1e-6
+
+
+class TrustError(ValueError):
+    """Trust statistics that must not be used; str() names the bundle and the field."""
+
+
+@dataclass
+class TrustStats:
+    """What the runtime needs to judge a cell; arrays from NAME.trust.npz, scalars from the manifest."""
+
+    mean: np.ndarray  # (D,) feature mean of the training cells
+    proj: np.ndarray  # (D, K) PCA + whitening: z = (f - mean) @ proj
+    centres: np.ndarray  # (C, K) class means in z space
+    threshold: float  # score above this: out of distribution
+    temperature: float = 1.0  # calibrated p = softmax(log p / T)
+    review_threshold: float | None = None  # calibrated confidence below this: review
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    def score(self, features: np.ndarray) -> float:
+        """Mahalanobis distance (tied covariance) to the nearest class centre."""
+        z = (features.astype(np.float32) - self.mean) @ self.proj
+        return float(np.sqrt(np.min(np.sum((self.centres - z) ** 2, axis=1))))
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """Batch version of score(): (N, D) -> (N,)."""
+        z = (features.astype(np.float32) - self.mean) @ self.proj
+        d2 = (z * z).sum(1)[:, None] - 2 * z @ self.centres.T + (self.centres ** 2).sum(1)[None, :]
+        return np.sqrt(np.maximum(d2.min(1), 0.0))
+
+    def calibrate(self, probs: np.ndarray) -> np.ndarray:
+        return apply_temperature(probs, self.temperature)
+
+    def arrays(self) -> dict:
+        # float16 projection: half the size (a 2048-d ResNet50 stays under 1 MB); the error it
+        # adds to a distance is ~1e-3 relative, far below the gap between PBC and foreign cells.
+        return {"format": np.array(TRUST_FORMAT), "mean": self.mean.astype(np.float32),
+                "proj": self.proj.astype(np.float16), "centres": self.centres.astype(np.float32)}
+
+    @classmethod
+    def from_arrays(cls, arrays, trust: dict, where: str, n_classes: int) -> "TrustStats":
+        """Check every field against the others and the model; TrustError names the field."""
+        try:
+            mean = np.asarray(arrays["mean"], np.float32)
+            proj = np.asarray(arrays["proj"], np.float32)
+            centres = np.asarray(arrays["centres"], np.float32)
+        except KeyError as e:
+            raise TrustError(f"{where}: trust statistics lack {e.args[0]!r}") from None
+        if mean.ndim != 1 or proj.ndim != 2 or proj.shape[0] != mean.shape[0]:
+            raise TrustError(f"{where}: trust field 'proj' has shape {list(proj.shape)}, "
+                             f"not (feature size {mean.shape[0]}, K)")
+        if centres.shape != (n_classes, proj.shape[1]):
+            raise TrustError(f"{where}: trust field 'centres' has shape {list(centres.shape)}, "
+                             f"not ({n_classes} labels, {proj.shape[1]})")
+        if not all(np.isfinite(a).all() for a in (mean, proj, centres)):
+            raise TrustError(f"{where}: trust statistics hold NaN or infinite values")
+        threshold = _number(trust, "ood_threshold", where, lo=0.0)
+        temperature = _number(trust, "temperature", where, lo=0.0, default=1.0, open_lo=True)
+        review = trust.get("review_threshold")
+        if review is not None:
+            review = _number(trust, "review_threshold", where, lo=0.0, hi=1.0)
+        return cls(mean, proj, centres, threshold, temperature, review)
+
+
+def _number(d: dict, key: str, where: str, lo=None, hi=None, default=None, open_lo=False) -> float:
+    v = d.get(key, default)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+    if ok and lo is not None:
+        ok = v > lo if open_lo else v >= lo
+    if ok and hi is not None:
+        ok = v <= hi
+    if not ok:
+        rng = f"{'(' if open_lo else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
+        raise TrustError(f"{where}: trust field {key!r} is {v!r}, not a number in {rng}")
+    return float(v)
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): the model's probabilities rescaled by a temperature fitted on validation.
+    An int8 output rounds small probabilities to 0, hence the floor before the log."""
+    if temperature == 1.0:
+        return probs
+    logits = np.log(np.maximum(probs, _EPS)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+# --- calibration metrics, shared by convert, evaluate and the bench -------------------------------
+
+def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error: |accuracy - confidence| over equal-width confidence bins."""
+    conf = probs.max(1)
+    correct = probs.argmax(1) == np.asarray(y)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(total)
+
+
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    p = probs[np.arange(len(y)), np.asarray(y)]
+    return float(-np.mean(np.log(np.maximum(p, _EPS))))
+
+
+def review_flags(conf: np.ndarray, ood: np.ndarray, review_threshold: float) -> np.ndarray:
+    return (conf < review_threshold) | ood
+
+
+def review_reason(conf: float, review_threshold: float, ood: bool, score: float | None,
+                  threshold: float | None) -> str:
+    reasons = []
+    if conf < review_threshold:
+        reasons.append(f"low confidence {conf:.3f} < {review_threshold:.3f}")
+    if ood:
+        reasons.append(f"out of distribution (score {score:.1f} > {threshold:.1f}): unlike the training cells")
+    return "; ".join(reasons)
+
+
+def trust_summary(probs: np.ndarray, y: np.ndarray, ood: np.ndarray, review: np.ndarray, has_trust: bool,
+                  review_threshold: float) -> dict:
+    """What `evaluate` reports on a labelled folder: calibration, OOD share, review coverage."""
+    correct = probs.argmax(1) == y
+    accepted = ~review
+    out = {"ece": ece(probs, y), "nll": nll(probs, y), "has_trust_statistics": has_trust,
+           "ood": int(ood.sum()), "review": int(review.sum()), "review_threshold": review_threshold,
+           "coverage": float(accepted.mean()),
+           "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
+           "errors_flagged": int((~correct & review).sum()), "errors": int((~correct).sum())}
+    acc = "-" if out["accepted_accuracy"] is None else f"{100 * out['accepted_accuracy']:.2f}%"
+    ood_part = f"out of distribution {out['ood']} of {len(y)}" if has_trust else "no OOD check (older bundle)"
+    out["line"] = (f"calibration: ECE {100 * out['ece']:.2f}% (15 bins), NLL {out['nll']:.4f}; {ood_part}; "
+                   f"flagged for review {out['review']} (threshold {review_threshold:.3f}), accepted "
+                   f"{100 * out['coverage']:.1f}% at {acc} accuracy; {out['errors_flagged']} of "
+                   f"{out['errors']} errors flagged")
+    if has_trust and len(y) and out["ood"] > len(y) / 3:
+        out["line"] += f"\nwarning: {GATE_ADVICE}"
+    return out

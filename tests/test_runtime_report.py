@@ -1,0 +1,292 @@
+"""The session store, the report and the review server's decisions, without a browser or a model:
+schema versions and migration, Wilson intervals, the static report, bad files, two review servers
+on one log, a review server killed right after a decision."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import synthetic_cell
+from edge_bloodcls.edge_runtime import review
+from edge_bloodcls.edge_runtime.report import load, render, tally, wilson
+from edge_bloodcls.edge_runtime.session import SCHEMA_V0, SCHEMA_VERSION, CellRecord, SessionLog, connect
+from edge_bloodcls.edge_runtime.spec import LABELS
+
+REPO = Path(__file__).resolve().parents[1]
+# (label, confidence, flagged, out of distribution)
+CELLS = ([("neutrophil", 0.95, False, False)] * 5 + [("lymphocyte", 0.92, False, False)] * 3
+         + [("monocyte", 0.55, True, False), ("eosinophil", 0.61, True, True), ("platelet", 0.70, True, False)])
+
+
+def _jpeg(i: int) -> bytes:
+    buf = io.BytesIO()
+    synthetic_cell(i % 8, np.random.default_rng(i), size=96).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def make_session(path, cells=CELLS, unvalidated=False, sample="S-42") -> int:
+    """A finished session as capture writes it: one frame per cell, crops in the rows."""
+    model = {"model": "tiny_int8", "model_sha256": "ab" * 32, "interpreter": "ai_edge_litert", "device": "cpu",
+             "threads": 1}
+    log = SessionLog(path, "fields/", "field", model, 0.8, sample=sample, operator="ann", count_target=len(cells),
+                     versions={"edge_bloodcls": "0.1.0", "bundle": "tiny_int8.tflite"})
+    for k, (label, conf, flagged, ood) in enumerate(cells):
+        probs = {lab: (conf if lab == label else (1 - conf) / 7) for lab in LABELS}
+        rec = CellRecord((10, 10, 90, 90), label, conf, flagged, probs, crop_jpeg=_jpeg(k), observations=3,
+                         ood=ood, ood_score=40.0 if ood else 5.0,
+                         review_reason=("out of distribution" if ood else "low confidence") if flagged else "")
+        log.log_frame(k, time.time(), f"f{k}.png", (100, 100), 1, [rec])
+    gate = {"tripped": unvalidated, "message": "WARNING: 9 of 10 white cells are out of distribution" if unvalidated
+            else "", "cells": len(cells)}
+    if unvalidated:
+        log.set_trust(gate)
+    log.finish("end of folder", {"trust": gate})
+    log.close()
+    return log.id
+
+
+def run_cli(*args):
+    from edge_bloodcls.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson(5, 10)
+    assert abs(lo - 0.2366) < 1e-3 and abs(hi - 0.7634) < 1e-3
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and abs(hi - 0.2775) < 1e-3
+    lo, hi = wilson(100, 100)
+    assert abs(lo - 0.9630) < 1e-3 and hi == 1.0
+    assert wilson(0, 0) == (0.0, 0.0)
+
+
+def test_new_log_has_current_schema_with_foreign_keys(tmp_path):
+    db = tmp_path / "s.db"
+    make_session(db)
+    con = connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert con.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(sqlite3.IntegrityError):  # a review of a cell that does not exist
+        con.execute("INSERT INTO reviews (session_id, cell_id, action, label, at) VALUES (1, 999, 'confirm', 'ig', 0)")
+    row = con.execute("SELECT sample, operator, counting, versions FROM sessions").fetchone()
+    assert row[:3] == ("S-42", "ann", "tracked") and json.loads(row[3])["bundle"] == "tiny_int8.tflite"
+    crop, obs = con.execute("SELECT crop, observations FROM cells WHERE id = 1").fetchone()
+    assert crop[:2] == b"\xff\xd8" and obs == 3
+    con.close()
+
+
+def test_report_shows_differential_intervals_gallery_and_banner(tmp_path):
+    db = tmp_path / "s.db"
+    make_session(db, unvalidated=True)
+    out, csv_path = tmp_path / "r" / "report.html", tmp_path / "cells.csv"
+    r = run_cli("report", db, "--out", out, "--csv", csv_path)
+    assert r.exit_code == 0, r.output
+    assert f"report: {out}" in r.stdout and "UNVALIDATED" in r.stdout
+    page = out.read_text()
+    assert "id='trust-warning'" in page and "UNVALIDATED differential" in page
+    # 10 white cells (the platelet is not in the differential): neutrophil 5 = 50.0%, Wilson 23.7-76.3%
+    assert "<tr data-label='neutrophil'><td>neutrophil</td><td>5</td><td>50.0%</td>" in page
+    assert "23.7-76.3%" in page and "<th id='wbc-machine'>10</th>" in page
+    assert page.count("data:image/jpeg;base64,") == 3  # the three flagged cells, inline
+    assert "S-42" in page and "ab" * 32 in page and "tiny_int8.tflite" in page
+    assert "src='http" not in page  # self-contained
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == len(CELLS) and rows[0]["final_label"] == "neutrophil" and rows[9]["ood"] == "1"
+    assert abs(sum(float(rows[0][f"p_{k}"]) for k in LABELS) - 1) < 1e-3
+
+
+def test_report_of_empty_session_says_empty(tmp_path):
+    db = tmp_path / "s.db"
+    make_session(db, cells=[])
+    r = run_cli("report", db, "--out", tmp_path / "r.html")
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "r.html").read_text()
+    assert "id='empty'" in page and "Empty session" in page and "No cell was flagged" in page
+
+
+@pytest.mark.parametrize("content", [b"just some text\n", b"\x89PNG\r\n\x1a\n" + bytes(200), b""])
+def test_report_and_review_of_a_file_that_is_not_a_log_is_one_line_exit_2(tmp_path, content):
+    bad = tmp_path / "notes.db"
+    bad.write_bytes(content)
+    for cmd in (["report", bad, "--out", tmp_path / "r.html"], ["review", bad, "--port", "0"]):
+        r = run_cli(*cmd)
+        assert r.exit_code == 2, r.output
+        assert r.stderr.startswith(f"error: {bad}: not a session log") and r.stderr.count("\n") == 1
+        assert "Traceback" not in r.output
+    assert bad.read_bytes() == content  # left as it was
+    r = run_cli("report", tmp_path / "missing.db")
+    assert r.exit_code == 2 and r.stderr == f"error: {tmp_path / 'missing.db'}: no such file\n"
+    assert not (tmp_path / "missing.db").exists()
+    good = tmp_path / "s.db"
+    make_session(good)
+    r = run_cli("report", good, "--session", "9", "--out", tmp_path / "r.html")
+    assert r.exit_code == 2 and "no session 9 (sessions: 1)" in r.stderr
+
+
+def test_version_0_log_is_migrated_not_rejected(tmp_path):
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript(SCHEMA_V0)  # what the first release wrote: one cells row per cell per frame
+    con.execute("INSERT INTO sessions (id, started, ended, source, mode, model, model_sha256, frames, cells, "
+                "end_reason) VALUES (1, 1.0, 2.0, 'fields/', 'field', 'm', 'cd', 2, 2, 'end of folder')")
+    for f in range(2):
+        con.execute("INSERT INTO frames (session_id, frame_index, timestamp, n_cells) VALUES (1, ?, 1.5, 1)", (f,))
+        con.execute("INSERT INTO cells (session_id, frame_id, frame_index, timestamp, x0, y0, x1, y1, label, "
+                    "confidence, review, model_sha256, probs) VALUES (1, ?, ?, 1.5, 0, 0, 9, 9, 'monocyte', 0.5, 1, "
+                    "'cd', ?)", (f + 1, f, json.dumps({k: 0.5 if k == "monocyte" else 0.0 for k in LABELS})))
+    con.commit()
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 0
+    con.close()
+
+    r = run_cli("report", db, "--out", tmp_path / "r.html")
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "r.html").read_text()
+    assert "id='legacy'" in page and "<tr data-label='monocyte'><td>monocyte</td><td>2</td>" in page
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    n = con.execute("SELECT COUNT(*) FROM cells WHERE observations = 1 AND reviewed_label IS NULL").fetchone()[0]
+    assert n == 2
+    con.close()
+    # and it can be reviewed and appended to like a new log
+    review.decide(db, 1, 1, "lymphocyte", "bo")
+    assert tally(load(db)["cells_list"])["final"]["lymphocyte"] == 1
+    make_session(db)
+    assert [s for s in load(db)["session_ids"]] == [1, 2]
+
+
+def test_decide_undo_and_sign_off(tmp_path):
+    db = tmp_path / "s.db"
+    sid = make_session(db)
+    flagged = [c["id"] for c in load(db)["cells_list"] if c["review"]]
+    assert len(flagged) == 3
+    review.decide(db, sid, flagged[0], "monocyte", "ann")  # confirm
+    review.decide(db, sid, flagged[1], "neutrophil", "ann")  # eosinophil -> neutrophil
+    with pytest.raises(review.ReviewError, match="1 flagged cell"):
+        review.sign_off(db, sid, "ann")
+    review.decide(db, sid, flagged[2], "lymphocyte", "bo")
+    review.decide(db, sid, flagged[2], "monocyte", "bo")
+    assert review.undo(db, sid) == {"cell": flagged[2], "reviewed_label": "lymphocyte"}
+    t = tally(load(db)["cells_list"])
+    assert t["final"]["neutrophil"] == 6 and t["final"]["eosinophil"] == 0 and t["final"]["lymphocyte"] == 4
+    assert t["wbc_final"] == 11 and t["wbc_machine"] == 10 and t["flagged_reviewed"] == 3
+    signed = review.sign_off(db, sid, "ann")
+    assert signed["signed_by"] == "ann"
+    with pytest.raises(review.ReviewError, match="signed off"):
+        review.decide(db, sid, flagged[0], "basophil", "ann")
+    page = render(load(db))
+    assert "Signed off by ann" in page and "<td class='final'>6</td>" in page
+    con = sqlite3.connect(db)
+    actions = con.execute("SELECT action, label, undone_at IS NOT NULL FROM reviews ORDER BY id").fetchall()
+    assert actions == [("confirm", "monocyte", 0), ("reclassify", "neutrophil", 0), ("reclassify", "lymphocyte", 0),
+                       ("reclassify", "monocyte", 1)]
+
+
+def _post(url, body):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_two_review_servers_on_one_log_do_not_corrupt_it(tmp_path):
+    db = tmp_path / "s.db"
+    cells = [("neutrophil", 0.5, True, False)] * 40
+    sid = make_session(db, cells=cells)
+    servers = [review.make_server(db, sid, port=0) for _ in range(2)]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    urls = [f"http://127.0.0.1:{s.server_address[1]}/api/decide" for s in servers]
+    errors = []
+
+    def work(k):
+        try:
+            for cell in range(1 + k, 41, 4):  # four writers, each cell decided twice via both servers
+                for url in urls:
+                    _post(url, {"cell": cell, "label": LABELS[cell % 8], "reviewer": f"r{k}"})
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+    assert errors == []
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT COUNT(*) FROM reviews").fetchone()[0] == 80
+    got = dict(con.execute("SELECT id, reviewed_label FROM cells"))
+    assert got == {c: LABELS[c % 8] for c in range(1, 41)}
+    con.close()
+
+
+def test_review_server_killed_right_after_a_decision_keeps_it(tmp_path):
+    db = tmp_path / "s.db"
+    make_session(db)
+    env = dict(__import__("os").environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "edge_bloodcls.cli", "review", str(db), "--port", "0",
+                             "--reviewer", "ann"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("review http://127.0.0.1:"), line + proc.stderr.read()
+        url = line.split()[1]
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert b"reclassify" in r.read()
+        saved = _post(url + "api/decide", {"cell": 10, "label": "basophil", "reviewer": "ann"})
+        assert saved["reviewed_label"] == "basophil"
+        proc.send_signal(signal.SIGKILL)  # at once: no clean shutdown, nothing flushed later
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT reviewed_label, reviewer FROM cells WHERE id = 10").fetchone() == ("basophil", "ann")
+    con.close()
+
+
+def test_review_api_rejects_bad_requests(tmp_path):
+    db = tmp_path / "s.db"
+    sid = make_session(db)
+    server = review.make_server(db, sid, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        for body, code in [({"cell": 1, "label": "banana", "reviewer": "a"}, 400),
+                           ({"cell": 1, "label": "ig", "reviewer": ""}, 400),
+                           ({"cell": 999, "label": "ig", "reviewer": "a"}, 404)]:
+            with pytest.raises(urllib.error.HTTPError) as e:
+                _post(base + "api/decide", body)
+            assert e.value.code == code
+        # a cross-site form post (no JSON content type) is refused
+        req = urllib.request.Request(base + "api/decide", b"cell=1&label=ig", {"Content-Type": "text/plain"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 415
+        state = json.loads(urllib.request.urlopen(base + "api/state", timeout=10).read())
+        assert [c["id"] for c in state["cells"]] == [9, 10, 11] and state["tally"]["wbc_machine"] == 10
+        state = json.loads(urllib.request.urlopen(base + "api/state?all=1", timeout=10).read())
+        assert len(state["cells"]) == len(CELLS)
+        assert urllib.request.urlopen(base + "crop/9", timeout=10).read()[:2] == b"\xff\xd8"
+    finally:
+        server.shutdown()
+        server.server_close()

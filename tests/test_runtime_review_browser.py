@@ -1,0 +1,169 @@
+"""The report and the review page in a real browser: headless Chromium from the system packages
+(Debian: chromium, chromium-driver; `make browser` installs them), driven by Selenium, which is
+given both paths so that it never downloads a browser or a driver.
+
+EDGE_BLOODCLS_SCREENSHOTS=DIR saves report.png and review.png there."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from test_runtime_report import REPO, make_session, run_cli
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
+SHOTS = os.environ.get("EDGE_BLOODCLS_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip(f"no headless Chromium ({CHROMIUM}, {CHROMEDRIVER}): install the Debian packages chromium "
+                    "and chromium-driver (`make browser`)")
+    pytest.importorskip("selenium", reason="selenium is in the dev extra: pip install -e '.[dev]'")
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never fetch anything
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1100,800"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait(driver, cond, timeout=20):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(cond)
+
+
+def _text(driver, css):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def test_report_shows_differential_gallery_and_warning(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    db = tmp_path / "s.db"
+    make_session(db, unvalidated=True)
+    out = tmp_path / "report.html"
+    assert run_cli("report", db, "--out", out).exit_code == 0
+    browser.get(out.as_uri())
+    banner = browser.find_element(By.ID, "trust-warning")
+    assert banner.is_displayed() and banner.text.startswith("UNVALIDATED differential")
+    assert banner.value_of_css_property("background-color") == "rgba(198, 40, 40, 1)"
+    assert _text(browser, "tr[data-label=neutrophil]").split()[:4] == ["neutrophil", "5", "50.0%", "23.7-76.3%"]
+    assert _text(browser, "#wbc-machine") == "10"
+    imgs = browser.find_elements(By.CSS_SELECTOR, "#gallery img")
+    assert len(imgs) == 3
+    # every inline crop decodes (a broken data URI has naturalWidth 0)
+    assert all(browser.execute_script("return arguments[0].naturalWidth", im) == 96 for im in imgs)
+    if SHOTS:
+        browser.save_screenshot(str(Path(SHOTS) / "report.png"))
+
+
+def test_review_page_keys_reclassify_undo_and_survive_kill_9(browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    db = tmp_path / "s.db"
+    make_session(db)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "edge_bloodcls.cli", "review", str(db), "--port", "0",
+                             "--reviewer", "ann"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("review http://127.0.0.1:"), line + proc.stderr.read()
+        browser.get(line.split()[1])
+        _wait(browser, lambda d: d.find_element(By.ID, "cell-id").get_attribute("data-cell") == "9")
+        assert "analyser: monocyte" in _text(browser, "#info")
+
+        def press(key, status):
+            ActionChains(browser).send_keys(key).perform()
+            _wait(browser, lambda d: d.find_element(By.ID, "status").text == status)
+
+        browser.find_element(By.ID, "crop").click()  # focus on the page, not in the name field
+        press(Keys.ENTER, "saved: cell 9 confirmed monocyte")
+        assert browser.find_element(By.ID, "cell-id").get_attribute("data-cell") == "10"  # moved on
+        press("u", "undone: cell 9")
+        assert _db(db, 9) == (None, None)
+        press("2", "saved: cell 9 monocyte → eosinophil")
+        assert _text(browser, "#progress").startswith("1/3 flagged reviewed")
+        if SHOTS:
+            browser.save_screenshot(str(Path(SHOTS) / "review.png"))
+        proc.send_signal(signal.SIGKILL)  # right after the page said saved
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert _db(db, 9) == ("eosinophil", "ann")
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    out = tmp_path / "report.html"
+    assert run_cli("report", db, "--out", out).exit_code == 0
+    browser.get(out.as_uri())
+    # analyser: monocyte 1, eosinophil 1; after review: monocyte 0, eosinophil 2
+    assert _text(browser, "tr[data-label=monocyte]").split()[:2] == ["monocyte", "1"]
+    assert _text(browser, "tr[data-label=monocyte] td.final") == "0"
+    assert _text(browser, "tr[data-label=eosinophil] td.final") == "2"
+    assert "→ eosinophil (ann)" in _text(browser, "#gallery")
+
+
+def test_review_page_refuses_sign_off_with_cells_left(browser, tmp_path):
+    import threading
+
+    from selenium.webdriver.common.by import By
+
+    from edge_bloodcls.edge_runtime import review
+
+    db = tmp_path / "s.db"
+    sid = make_session(db)
+    server = review.make_server(db, sid, port=0, reviewer="ann")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        _wait(browser, lambda d: d.find_element(By.ID, "cell-id"))
+        browser.find_element(By.ID, "signoff").click()
+        _wait(browser, lambda d: d.find_element(By.ID, "status").text == "3 flagged cell(s) not reviewed yet")
+        assert _db_signed(db) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _db(db, cell_id):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT reviewed_label, reviewer FROM cells WHERE id = ?", (cell_id,)).fetchone()
+    finally:
+        con.close()
+
+
+def _db_signed(db):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT signed_by FROM sessions").fetchone()[0]
+    finally:
+        con.close()

@@ -1,0 +1,215 @@
+"""Count each cell once: field-change detection, tracks, and the acceptance test of issue 11 (a
+video of K fields held F frames each counts what the K fields give as single frames; --count N
+stops at exactly N white cells), on synthetic fields always and on BCCD fields when present."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+
+from runtime_fixtures import bundles  # noqa: F401
+from test_runtime_locate import BG, CYTO, NUC, RBC
+from edge_bloodcls.edge_runtime.classifier import Prediction
+from edge_bloodcls.edge_runtime.locate import locate
+from edge_bloodcls.edge_runtime.session import read_session
+from edge_bloodcls.edge_runtime.spec import LABELS, WBC_LABELS
+from edge_bloodcls.edge_runtime.track import FieldDetector, Observation, Tracker
+
+cv2 = pytest.importorskip("cv2")
+
+
+def random_field(seed: int, n_wbc: int = 3, noise_seed: int | None = None, size=(640, 480)) -> np.ndarray:
+    """A field with n_wbc white cells far enough apart that locate() finds each, and red cells."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    im = Image.new("RGB", size, BG)
+    d = ImageDraw.Draw(im)
+    placed: list[tuple[float, float, float]] = []
+
+    def free(cx, cy, r, gap):
+        return r < cx < w - r and r < cy < h - r and all(np.hypot(cx - x, cy - y) > r + q + gap for x, y, q in placed)
+
+    for _ in range(10000):
+        if len(placed) == n_wbc:
+            break
+        r, cx, cy = rng.uniform(50, 65), rng.uniform(0, w), rng.uniform(0, h)
+        if free(cx, cy, r, 90):
+            placed.append((cx, cy, r))
+    assert len(placed) == n_wbc, "no room for the white cells in this field size"
+    wbc = list(placed)
+    for _ in range(300):
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        if free(cx, cy, 48, 10):
+            placed.append((cx, cy, 48))
+            d.ellipse([cx - 48, cy - 48, cx + 48, cy + 48], fill=RBC)
+    for cx, cy, r in wbc:
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=CYTO)
+        d.ellipse([cx - 0.78 * r, cy - 0.78 * r, cx + 0.78 * r, cy + 0.78 * r], fill=NUC)
+    noise = np.random.default_rng(seed + 1000 if noise_seed is None else noise_seed).normal(0, 4, (h, w, 3))
+    return np.clip(np.asarray(im, np.float32) + noise, 0, 255).astype(np.uint8)
+
+
+def write_video(path: Path, fields: list[np.ndarray], hold: int, noisy: bool = False) -> Path:
+    h, w = fields[0].shape[:2]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+    assert vw.isOpened()
+    for k, f in enumerate(fields):
+        for j in range(hold):
+            frame = f
+            if noisy and j:  # camera noise: no two frames of a held field are the same
+                n = np.random.default_rng(100 * k + j).normal(0, 3, f.shape)
+                frame = np.clip(f + n, 0, 255).astype(np.uint8)
+            vw.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    vw.release()
+    return path
+
+
+def run(*args):
+    from edge_bloodcls.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _wbc_in_db(s) -> int:
+    return sum(c["label"] in WBC_LABELS for c in s["cells_list"])
+
+
+# --- field detection and tracks, no model -----------------------------------------------------
+
+def test_field_detector_same_field_shift_and_new_field():
+    a = random_field(1)
+    fd = FieldDetector()
+    assert fd.update(a) == (False, (0.0, 0.0))  # the first frame starts a field
+    same, _ = fd.update(random_field(1, noise_seed=5))  # same field, other camera noise
+    assert same
+    # the stage moves the content 40 px right and 24 px down
+    moved = np.full_like(a, 220)
+    moved[24:, 40:] = a[:-24, :-40]
+    same, (dx, dy) = fd.update(moved)
+    assert same and abs(dx - 40) < 3 and abs(dy - 24) < 3
+    for k in range(2, 8):  # unrelated fields, including ones whose discs line up by chance
+        assert fd.update(random_field(k))[0] is False
+
+
+def _obs(frame, box, label, conf=0.9, ood=False):
+    probs = np.full(len(LABELS), (1 - conf) / (len(LABELS) - 1))
+    probs[LABELS.index(label)] = conf
+    pred = Prediction(label, conf, dict(zip(LABELS, probs)), 1.0, conf < 0.8, ood=ood,
+                      review_reason="low confidence" if conf < 0.8 else "")
+    return Observation(frame, box, probs, pred, np.zeros((4, 4, 3), np.uint8))
+
+
+def test_tracker_counts_once_with_mean_probabilities_and_drops_flicker():
+    f0, f1 = random_field(1), random_field(2)
+    tr = Tracker(LABELS)
+    ended = []
+    box = (100, 100, 200, 200)
+    # a cell held 4 frames: monocyte 0.9, 0.9, then two frames that lean lymphocyte
+    ended += tr.update(0, f0, [_obs(0, box, "monocyte")])
+    ended += tr.update(1, f0, [_obs(1, (102, 101, 202, 201), "monocyte"), _obs(1, (400, 300, 480, 380), "ig")])
+    ended += tr.update(2, f0, [_obs(2, box, "lymphocyte", 0.6)])
+    ended += tr.update(3, f0, [_obs(3, box, "lymphocyte", 0.6)])
+    assert ended == []  # nothing is counted while the field is held
+    ended += tr.update(4, f1, [_obs(4, box, "neutrophil")])  # new field: the held cells end
+    assert [t.observations for t in ended] == [4]  # the ig seen once in a held field: flicker, dropped
+    assert tr.dropped == 1
+    v = ended[0].verdict(LABELS, 0.8)
+    assert v["label"] == "monocyte" and abs(v["confidence"] - (0.9 + 0.9 + 2 * 0.4 / 7) / 4) < 1e-6
+    assert v["review"] and "frames disagree: lymphocyte, monocyte" in v["review_reason"]
+    last = tr.flush(4)  # a field seen in one frame (a still image) counts its cells
+    assert [(t.observations, t.verdict(LABELS, 0.8)["label"]) for t in last] == [(1, "neutrophil")]
+
+
+def test_tracker_follows_cells_across_a_pan():
+    a = random_field(3)
+    tr = Tracker(LABELS)
+    tr.update(0, a, [_obs(0, (300, 200, 400, 300), "eosinophil")])
+    for k in range(1, 4):  # the stage moves 30 px left per frame: the cell moves with it
+        moved = np.full_like(a, 220)
+        moved[:, : 640 - 30 * k] = a[:, 30 * k:]
+        assert tr.update(k, moved, [_obs(k, (300 - 30 * k, 200, 400 - 30 * k, 300), "eosinophil")]) == []
+    assert [t.observations for t in tr.flush(3)] == [4]
+
+
+# --- acceptance: capture, with the tiny test model ----------------------------------------------
+
+def test_video_of_held_fields_counts_each_cell_once(bundles, tmp_path):
+    fields = [random_field(s) for s in (11, 12, 13, 14)]
+    located = [len(locate(f)) for f in fields]
+    assert located == [3, 3, 3, 3]
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for k, f in enumerate(fields):
+        Image.fromarray(f).save(stills / f"{k}.png")
+    video = write_video(tmp_path / "held.avi", fields, hold=8, noisy=True)
+    summaries = {}
+    for name, src in (("stills", stills), ("video", video)):
+        out = tmp_path / f"{name}.json"
+        r = run("capture", "--camera", src, "--mode", "field", "--model", bundles["int8"], "--db",
+                tmp_path / f"{name}.db", "--no-preview", "--summary-json", out)
+        assert r.exit_code == 0, r.output
+        summaries[name] = json.loads(out.read_text())
+    st, vd = summaries["stills"], summaries["video"]
+    assert st["cells"] == sum(located) == vd["cells"] == 12
+    assert vd["frames"] == 32 and vd["detections"] == 32 * 3 and vd["fields"] == 4
+    assert vd["differential"]["wbc_total"] == st["differential"]["wbc_total"]
+    s = read_session(tmp_path / "video.db")
+    assert len(s["cells_list"]) == 12 and {c["observations"] for c in s["cells_list"]} == {8}
+    assert len(s["frames_list"]) == 32 and sum(f["n_cells"] for f in s["frames_list"]) == 96
+    assert s["counting"] == "tracked" and s["count_target"] == 100
+    assert f"each cell counted once: 12 cells from 96 detections in 4 field(s)" in r.stdout
+
+
+def test_count_stops_at_exactly_n_white_cells(bundles, tmp_path):
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for k in range(48):  # 144 cells in distinct fields, more than enough white cells for 100
+        Image.fromarray(random_field(100 + k)).save(folder / f"{k:03d}.png")
+    for n in (100, 7):
+        db = tmp_path / f"c{n}.db"
+        r = run("capture", "--camera", folder, "--mode", "field", "--model", bundles["int8"], "--db", db,
+                "--no-preview", "--count", n)
+        assert r.exit_code == 0, r.output
+        s = read_session(db)
+        assert s["end_reason"] == f"reached --count {n} white cells" and _wbc_in_db(s) == n
+        assert json.loads(s["summary"])["differential"]["wbc_total"] == n
+        assert f"count target {n} white cells: reached" in r.stdout
+
+
+BCCD_FIELDS = ("BloodImage_00000.jpg", "BloodImage_00010.jpg", "BloodImage_00020.jpg", "BloodImage_00030.jpg")
+
+
+def test_bccd_fields_held_in_a_video_count_once(bundles, bccd_dir, tmp_path):
+    from edge_bloodcls.edge_runtime.preprocess import load_rgb
+
+    paths = [bccd_dir / "JPEGImages" / n for n in BCCD_FIELDS]
+    if not all(p.exists() for p in paths):
+        pytest.skip("BCCD fields missing")
+    video = write_video(tmp_path / "bccd.avi", [load_rgb(p) for p in paths], hold=10)
+    # the reference: the same (decoded) frames, each field once, as single frames
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    singles = tmp_path / "singles"
+    singles.mkdir()
+    for k in range(len(paths)):
+        Image.fromarray(frames[10 * k]).save(singles / f"{k}.png")
+    expected = sum(len(locate(frames[10 * k])) for k in range(len(paths)))
+    assert expected >= len(paths)
+    out = {}
+    for name, src in (("video", video), ("singles", singles)):
+        r = run("capture", "--camera", src, "--mode", "field", "--model", bundles["int8"], "--db",
+                tmp_path / f"{name}.db", "--no-preview")
+        assert r.exit_code == 0, r.output
+        out[name] = read_session(tmp_path / f"{name}.db")
+    assert len(out["video"]["cells_list"]) == len(out["singles"]["cells_list"]) == expected
+    assert _wbc_in_db(out["video"]) == _wbc_in_db(out["singles"])
+    assert len(out["video"]["frames_list"]) == 10 * len(paths)

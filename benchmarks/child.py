@@ -70,7 +70,8 @@ def run_tflite(spec: dict) -> dict:
     if spec.get("pixels"):
         from ..edge_runtime.preprocess import normalise
 
-        res = clf.predict_many(normalise(np.asarray(p), clf.spec) for p in _pixels(spec))
+        pixels = _pixels(spec)
+        res = clf.predict_many(_progress(spec, len(pixels), (normalise(np.asarray(p), clf.spec) for p in pixels)))
         out["predictions"] = res["probs"].argmax(1).tolist()
         # Calibrated confidence, for ECE in the bench (edge_runtime.trust.ece).
         out["confidences"] = [round(float(c), 6) for c in res["probs"].max(1)]
@@ -78,7 +79,9 @@ def run_tflite(spec: dict) -> dict:
 
 
 def run_keras(spec: dict) -> dict:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from ..tfenv import configure
+
+    configure()  # this process did not start through the CLI
     t0 = time.perf_counter()
     import tensorflow as tf
     import tf_keras
@@ -109,6 +112,18 @@ def run_keras(spec: dict) -> dict:
 
         out["predictions"] = predict_keras(model, _pixels(spec), ispec).argmax(1).tolist()
     return out
+
+
+def _progress(spec: dict, total: int, items):
+    """The accuracy pass counted on the terminal the bench was started from: the parent passes
+    its stderr as progress_fd when that is a terminal (this process's own stderr is a pipe the
+    parent reads for errors)."""
+    fd = spec.get("progress_fd")
+    if fd is None:
+        return items
+    from ..edge_runtime.progress import Progress
+
+    return Progress(total, spec.get("progress_label", "accuracy"), os.fdopen(fd, "w", closefd=False)).iterate(items)
 
 
 def _pixels(spec: dict) -> np.ndarray:

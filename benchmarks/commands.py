@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from .harness import BASELINE, DEFAULT_ARCHS, FORMATS, RESULTS_NAME
+from .options import BASELINE, DEFAULT_ARCHS, FORMATS, RESULTS_NAME
 
 from .trust import trust_report_cmd
 

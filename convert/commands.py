@@ -7,7 +7,7 @@ import click
 
 from .calibrate import DEFAULT_SAMPLES
 from ..edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
-from .formats import IO_TYPES
+from .formats import IO_TYPES, QUANTIZE_CHOICES
 
 # Exit status: 1 the export failed its checks (nothing written but the error report);
 # 2 bad options or inputs; 3 the CPU model was written but edgetpu_compiler is missing.
@@ -16,7 +16,7 @@ EXIT_GATE, EXIT_USAGE, EXIT_NO_COMPILER = 1, 2, 3
 
 @click.command("convert")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.option("--quantize", required=True, type=click.Choice(["float32", "float16", "dynamic", "int8"]),
+@click.option("--quantize", required=True, type=click.Choice(QUANTIZE_CHOICES),
               help="export format (convert/formats.py has the table)")
 @click.option("--qat", is_flag=True, help="quantization-aware fine-tuning before the int8 export")
 @click.option("--qat-epochs", default=2, show_default=True)
@@ -80,4 +80,6 @@ def convert_cmd(model, quantize, qat, qat_epochs, qat_lr, batch_size, calibratio
         sys.exit(EXIT_NO_COMPILER)
 
 
-COMMANDS = [convert_cmd]
+from .summary import summary_cmd  # noqa: E402 - beside the command whose output it summarises
+
+COMMANDS = [convert_cmd, summary_cmd]

@@ -49,6 +49,25 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 )}
 
 
+# Views of the table; everything that lists formats (the CLI, the export summary, the
+# benchmark and its report) takes them from here, so a new row reaches all of them.
+ORDER: tuple[str, ...] = tuple(FORMATS)
+# `convert --quantize`: the post-training rows; qat-int8 and edgetpu are reached by --qat and
+# --edgetpu on top of int8.
+QUANTIZE_CHOICES: tuple[str, ...] = tuple(n for n, f in FORMATS.items() if not f.qat and f.compiler is None)
+# What the benchmark can run on a CPU: every row but those that need a compiler and its chip.
+CPU_FORMATS: tuple[str, ...] = tuple(n for n, f in FORMATS.items() if f.compiler is None)
+
+
+def arithmetic(name: str) -> str | None:
+    """The arithmetic a CPU runs a format in: float32 (float16 weights are dequantized at
+    load), int8 (full integer), None for dynamic range (a mix per kernel)."""
+    f = FORMATS[name]
+    if f.integer_only:
+        return "int8"
+    return "float32" if not f.optimize or f.float16 else None
+
+
 def resolve(quantize: str, qat: bool = False, edgetpu: bool = False, per_tensor: bool = False) -> Format:
     """CLI choices -> the row that describes the conversion (edgetpu only adds the compile step)."""
     if qat and quantize != "int8":

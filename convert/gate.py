@@ -74,6 +74,17 @@ def ops(tflite_bytes: bytes) -> list[dict]:
     return res
 
 
+def op_shapes(tflite_bytes: bytes) -> list[dict]:
+    """Every op with the shapes of its tensors, in execution order ({"op", "inputs",
+    "outputs"}; an absent optional input, such as a convolution without bias, is None):
+    what counting the arithmetic of a graph needs (benchmarks' MACs)."""
+    it = _interpreter(tflite_bytes)
+    shape = {d["index"]: [int(s) for s in d["shape"]] for d in it.get_tensor_details()}
+    return [{"op": op["op_name"], "inputs": [shape[i] if i >= 0 else None for i in op["inputs"]],
+             "outputs": [shape[i] for i in op["outputs"]]}
+            for op in it._get_ops_details()]  # noqa: SLF001 - the interpreter's only op listing
+
+
 def float_ops(tflite_bytes: bytes) -> list[dict]:
     """Ops computing in floating point. The QUANTIZE of a float model input and the DEQUANTIZE
     of a float model output (--io float32) are conversions at the edge, not float arithmetic."""

@@ -1,26 +1,32 @@
 """Summarise the bundles exported from one model, and ship the best int8 with its float32 twin.
 
-    python -m edge_bloodcls.convert.summary runs/exports/mobilenetv2_96 \
+    edge-bloodcls convert-summary runs/exports/mobilenetv2_96 \
         --out benchmarks/results/convert_mobilenetv2_96 [--ship edge_runtime/models]
 
-Reads every NAME.json manifest in the directory (written by `edge-bloodcls convert`, with
---eval-test for the test columns) and writes OUT.json and OUT.md. --ship picks the int8 bundle
-(post-training or QAT, int8 I/O, gate passed) with the best VALIDATION accuracy - the test
-split only reports - checks it against the float32 bundle (accuracy on the same images, size)
-and writes both to the models directory as ARCH_SIZE_int8 and ARCH_SIZE_float32.
+(`python -m edge_bloodcls.convert.summary` takes the same arguments.) Reads every NAME.json
+manifest in the directory (written by `edge-bloodcls convert`, with --eval-test for the test
+columns) and writes OUT.json and OUT.md. --ship picks the int8 bundle (post-training or QAT,
+int8 I/O, gate passed) with the best VALIDATION accuracy - the test split only reports - checks
+it against the float32 bundle (accuracy on the same images, size) and writes both to the models
+directory as ARCH_SIZE_int8 and ARCH_SIZE_float32.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from ..edge_runtime.bundle import BundleError, load_bundle, write_bundle
+import click
 
-ORDER = ["float32", "float16", "dynamic", "int8", "qat-int8", "edgetpu"]
+from ..edge_runtime.bundle import BundleError, load_bundle, write_bundle
+from .formats import ORDER
+
 MAX_SHIP_DROP = 0.5  # points of accuracy the shipped int8 may lose against the float32 bundle
 MAX_SIZE_RATIO = 0.30  # of the float32 bundle's size
+
+
+class SummaryError(ValueError):
+    pass
 
 
 def load_exports(directory) -> list:
@@ -108,7 +114,7 @@ def markdown(summary: dict) -> str:
              f"Source `{summary['source']}` (sha256 `{summary['source_sha256'][:12]}`), split sha256 "
              f"`{(summary['split_sha256'] or '')[:12]}`. Accuracy in %, float = the Keras model, exported = the "
              "TFLite model run by the runtime's Classifier (batch of one); drop in points. "
-             "Produced by `python -m edge_bloodcls.convert.summary` (see docs/convert.md).", "",
+             "Produced by `edge-bloodcls convert-summary` (see docs/convert.md).", "",
              "| bundle | format | I/O | size (MB) | val float | val exported | val drop | test float | test exported "
              "| test drop | agreement (val) | gate |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -145,7 +151,7 @@ def markdown(summary: dict) -> str:
 def summarise(directory) -> tuple[dict, list]:
     bundles = load_exports(directory)
     if not bundles:
-        raise SystemExit(f"{directory}: no bundles")
+        raise SummaryError(f"{directory}: no bundles (NAME.json beside NAME.tflite) to summarise")
     first = bundles[0].manifest
     summary = {"model": f"{first['arch']}_{first['input']['size'][0]}",
                "source": first.get("source_model", {}).get("path"),
@@ -167,33 +173,58 @@ def ship(int8, float32, models_dir) -> list[Path]:
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("exports", help="directory of bundles from `edge-bloodcls convert`")
-    ap.add_argument("--out", required=True, help="path prefix: writes OUT.json and OUT.md")
-    ap.add_argument("--ship", metavar="MODELS_DIR", help="write the accepted int8 and its float32 bundle here")
-    a = ap.parse_args(argv)
-    summary, bundles = summarise(a.exports)
+def run(exports, out, ship_dir=None) -> int:
+    """Write OUT.json and OUT.md (and ship when asked); 1 when shipping was asked and refused."""
+    summary, bundles = summarise(exports)
     f32 = next((b for b in bundles if b.quantization == "float32"), None)
     best = pick_int8(bundles, f32)
     rc = 0
     if best and f32:
         summary["acceptance"] = acceptance(best, f32)
-        if a.ship:
+        if ship_dir:
             if summary["acceptance"]["passed"]:
-                summary["shipped"] = [str(p) for p in ship(best, f32, a.ship)]
+                summary["shipped"] = [str(p) for p in ship(best, f32, ship_dir)]
             else:
-                print(f"not shipping {best.name}: {summary['acceptance']}", file=sys.stderr)
+                click.echo(f"not shipping {best.name}: {summary['acceptance']}", err=True)
                 rc = 1
-    elif a.ship:
-        print("nothing to ship: need a float32 bundle and an int8 one that passed its gate", file=sys.stderr)
+    elif ship_dir:
+        click.echo("nothing to ship: need a float32 bundle and an int8 one that passed its gate", err=True)
         rc = 1
-    out = Path(a.out)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(summary))
-    print(markdown(summary))
+    click.echo(markdown(summary))
     return rc
+
+
+@click.command("convert-summary")
+@click.argument("exports", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="path prefix: writes OUT.json and OUT.md")
+@click.option("--ship", "ship_dir", metavar="MODELS_DIR", type=click.Path(file_okay=False),
+              help="write the accepted int8 and its float32 bundle here")
+def summary_cmd(exports, out, ship_dir):
+    """Table of the bundles `convert` wrote to EXPORTS (one model, every format); with --ship,
+    the best accepted int8 bundle and its float32 twin go to MODELS_DIR. Exit 1 when --ship was
+    asked and nothing could be shipped."""
+    try:
+        rc = run(exports, out, ship_dir)
+    except SummaryError as e:
+        click.echo(f"error: {e}", err=True)
+        rc = 2
+    click.get_current_context().exit(rc)
+
+
+def main(argv=None) -> int:
+    """`python -m edge_bloodcls.convert.summary ARGS`: the subcommand under its old name."""
+    try:
+        return summary_cmd.main(args=argv, prog_name="python -m edge_bloodcls.convert.summary",
+                                standalone_mode=False) or 0
+    except click.ClickException as e:  # bad usage: click's own one-line message
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        return 1
 
 
 if __name__ == "__main__":

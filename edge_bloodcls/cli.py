@@ -1,5 +1,12 @@
 """The `edge-bloodcls` command. Each part of the toolkit contributes its own commands; they are
-imported when the group is built, and the TensorFlow-heavy ones import TensorFlow only when run."""
+imported when the group is built, and the TensorFlow-heavy ones import TensorFlow only when run.
+
+Every command module is part of every install (the package ships them all), so each is imported
+plainly: a failure to import one is a bug to see, not an optional part to skip. Optional
+dependencies (TensorFlow, matplotlib, tqdm: the [train] extra) are imported inside the commands
+that need them, so the edge install (numpy, Pillow, click, the interpreter) lists and runs every
+runtime command; tests/test_cli_edge_install.py checks that with those packages blocked.
+"""
 from __future__ import annotations
 
 import importlib
@@ -8,12 +15,11 @@ import os
 import click
 
 from . import __version__
+from .edge_runtime.interpreter import VERBOSE_ENV
+from .tfenv import configure
 
-# TensorFlow must take the Keras 2 API (tf_keras) that tensorflow-model-optimization needs.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+configure()  # before any command can import TensorFlow
 
-# module -> its command objects; a module that is absent (a slim install) adds nothing.
 COMMAND_MODULES = (
     "edge_bloodcls.train.commands",
     "edge_bloodcls.convert.commands",
@@ -24,18 +30,23 @@ COMMAND_MODULES = (
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-bloodcls")
-def main():
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also the libraries' own notices on stderr (the TFLite runtime's INFO lines, OpenCV's WARN lines).")
+def main(verbose):
     """Blood-cell classification from training to the microscope."""
+    # Set before a command imports OpenCV or builds an interpreter (both happen inside commands).
+    # An OPENCV_LOG_LEVEL the user set is kept either way.
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "INFO")
+    else:
+        # OpenCV's "[ WARN:0@...] ... can't open camera by index" lines repeat what the
+        # commands report themselves in one line (sources.SourceError).
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as e:
-        if e.name == _name:
-            continue
-        raise
-    for _cmd in _mod.COMMANDS:
+    for _cmd in importlib.import_module(_name).COMMANDS:
         main.add_command(_cmd)
 
 

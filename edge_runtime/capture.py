@@ -21,10 +21,12 @@ from typing import Callable
 
 import numpy as np
 
+from .capture_stats import TimingStats
 from .classifier import Classifier
+from .images import printable
 from .locate import LocateParams, background, crop, default_rbc_px, locate
 from .preprocess import prepare
-from .session import SessionLog
+from .session import SessionFileError, SessionLog
 from .sources import Source, has_display
 from .spec import WBC_LABELS
 from .track import Differential  # noqa: F401  (was defined here; importers keep working)
@@ -102,13 +104,16 @@ def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: C
     echo = opts.echo
     counter = CellCounter(clf, opts, log)
     tracker = Tracker(clf.labels, min_observations=opts.min_observations) if opts.mode == "field" else None
-    timings: list[dict] = []
+    timings = TimingStats(STAGES)  # constant memory: a session may run for a whole shift
+    unrecorded = None  # a logged frame whose timing is not yet in `timings`
     window = Window(echo) if opts.preview and has_display() else None
     if opts.save_crops:
         Path(opts.save_crops).mkdir(parents=True, exist_ok=True)
     sig = _Signals()
     sig.install()
     end_reason = ""
+    log_error = ""  # the log (or the crop folder) could not be written: the session ends with it
+    not_logged = 0  # cells counted at the frame whose write failed
     n_frames = detections = 0
     last_index = -1
     last_status = 0.0
@@ -144,16 +149,24 @@ def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: C
             with sig.critical():
                 t0 = time.perf_counter()
                 ended = tracker.update(frame.index, rgb, obs) if tracker else [single_track(o, clf.labels) for o in obs]
-                records = counter.take(ended)
-                if log is not None:
-                    counter.note_ids(records, log.log_frame(frame.index, frame.timestamp, frame.name, rgb.shape,
-                                                            len(obs), records,
-                                                            {k: round(v, 3) for k, v in t.items() if v}))
+                records = []
+                try:
+                    records = counter.take(ended)
+                    if log is not None:
+                        counter.note_ids(records, log.log_frame(frame.index, frame.timestamp, frame.name, rgb.shape,
+                                                                len(obs), records,
+                                                                {k: round(v, 3) for k, v in t.items() if v}))
+                except (SessionFileError, OSError) as e:
+                    # a full disk, a lock never released, a log made read-only: stop counting what
+                    # cannot be recorded, and end the session with the reason (the frame rolled back)
+                    log_error, not_logged = _one_line(e, opts), len(records)
+                    end_reason = f"stopped: {log_error}"
+                    break
                 t["log"] += _ms(t0)
                 n_frames += 1
                 detections += len(obs)
                 last_index = frame.index
-                timings.append(t)  # with the frame: the same dict gets the preview time below
+                unrecorded = t  # recorded after the preview time below, or at the end if a signal cuts in
                 if counter.full:
                     end_reason = f"reached --count {opts.count} white cells"
             if window is not None or (opts.live is not None and opts.live.due()):
@@ -181,6 +194,8 @@ def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: C
                 echo(f"frame {frame.index}: {len(obs)} located | " + " | ".join(_status(counter, tracker, opts)))
                 last_status = now
             t["other"] = max(0.0, _ms(t_frame) - sum(t[k] for k in STAGES if k not in ("decode", "other")))
+            timings.add(t)
+            unrecorded = None
             if end_reason:
                 break
             if opts.max_frames and n_frames >= opts.max_frames:
@@ -199,28 +214,67 @@ def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: C
             window.close()
         raise
     sig.closing = True  # from here a signal only waits: the counts and the log must be finished
+    if unrecorded is not None:  # the summary's frame count and timing frames agree
+        timings.add(unrecorded)
     try:
         source.close()
         if window is not None:
             window.close()
-        if tracker and not counter.full:
-            records = counter.take(tracker.flush(last_index))
-            if log is not None:
-                counter.note_ids(records, log.log_cells(records))
+        if tracker and not counter.full and not log_error:
+            try:
+                records = counter.take(tracker.flush(last_index))
+                if log is not None:
+                    counter.note_ids(records, log.log_cells(records))
+            except (SessionFileError, OSError) as e:
+                log_error, not_logged = _one_line(e, opts), len(records)
+                end_reason = f"{end_reason}; then {log_error}"
         summary = {
             "end_reason": end_reason, "frames": n_frames, "cells": sum(counter.diff.counts.values()),
             "detections": detections, "wall_s": round(time.perf_counter() - started, 3),
             "counting": "tracked" if tracker else "per-frame", "count_target": opts.count,
             "fields": tracker.fields if tracker else None, "tracks_dropped": tracker.dropped if tracker else 0,
-            "differential": counter.diff.to_json(), "review": counter.review, "ood_cells": counter.ood,
-            "trust": counter.gate.to_json(), "timing_ms": timing_summary(timings), "model": clf.describe(),
-            "mode": opts.mode,
+            "differential": counter.diff.to_json(), "review": counter.review, "review_total": counter.n_review,
+            "ood_cells": counter.ood,
+            "trust": counter.gate.to_json(), "timing_ms": timings.summary(), "model": clf.describe(),
+            "mode": opts.mode, "source_failed": bool(getattr(source, "failed", False)),
         }
+        if log_error:
+            summary.update(log_error=log_error, cells_not_logged=not_logged)
         if log is not None:
-            log.finish(end_reason, summary)
+            try:
+                # after a failed write: one attempt, not the retry budget again; an end time is
+                # what a report needs to tell a stopped session from one still running
+                log.finish(end_reason, summary, retry=not log_error)
+            except SessionFileError as e:
+                summary["log_error"] = log_error or str(e)
+                summary["log_unfinished"] = str(e)
     finally:
         sig.restore()
     return summary
+
+
+def crop_folder_problem(folder) -> str | None:
+    """Why crops cannot be saved in `folder` (created if missing), or None. Checked before the
+    session starts: finding out at the first counted cell would end the session there."""
+    import tempfile
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".edge-bloodcls-write-test-"):
+            pass
+    except OSError as e:
+        return f"cannot save crops here ({e.strerror or e})"
+    return None
+
+
+def _one_line(e: Exception, opts: CaptureOptions) -> str:
+    if isinstance(e, SessionFileError):
+        return str(e)
+    where = getattr(e, "filename", None) or opts.save_crops
+    return f"{printable(where)}: cannot save a crop ({getattr(e, 'strerror', None) or e})"
 
 
 def _mean_label(tr: Track, clf: Classifier) -> tuple:
@@ -230,34 +284,22 @@ def _mean_label(tr: Track, clf: Classifier) -> tuple:
 
 def _status(counter: CellCounter, tracker: Tracker | None, opts: CaptureOptions) -> list[str]:
     target = f"/{opts.count}" if opts.count else ""
-    head = f"counted WBC {counter.diff.wbc}{target}, flagged {len(counter.review)}"
+    head = f"counted WBC {counter.diff.wbc}{target}, flagged {counter.n_review}"
     if tracker:
         head += f", in this field {sum(t.missed == 0 for t in tracker.active)} (counted when the field changes)"
     return [head, counter.diff.line()]
 
 
-def timing_summary(timings: list[dict]) -> dict:
-    """Median and mean per stage over frames, and the share of a frame outside the interpreter."""
-    if not timings:
-        return {}
-    out = {}
-    for k in STAGES:
-        v = np.array([t[k] for t in timings])
-        out[k] = {"median": round(float(np.median(v)), 3), "mean": round(float(v.mean()), 3)}
-    total = np.array([sum(t.values()) for t in timings])
-    interp = np.array([t["interpreter"] for t in timings])
-    out["frame_total"] = {"median": round(float(np.median(total)), 3), "mean": round(float(total.mean()), 3)}
-    out["overhead"] = {"median": round(float(np.median(total - interp)), 3),
-                       "mean": round(float((total - interp).mean()), 3)}
-    out["overhead_share"] = round(float((total - interp).sum() / total.sum()), 4) if total.sum() else 0.0
-    out["frames"] = len(timings)
-    return out
-
-
 def format_summary(s: dict) -> str:
     d = s["differential"]
-    lines = [f"session ended: {s['end_reason']}",
-             f"frames {s['frames']}, cells {s['cells']}, white cells {d['wbc_total']} in {s['wall_s']:.1f} s"]
+    lines = [f"session ended: {s['end_reason']}"]
+    if s.get("log_error"):
+        lines.append(f"SESSION LOG INCOMPLETE: {s['log_error']}; frames after the failure are not in the log"
+                     + (f", nor {s['cells_not_logged']} cell(s) counted at the frame that failed (in the totals "
+                        "below)" if s.get("cells_not_logged") else ""))
+    if s.get("log_unfinished"):
+        lines.append(f"the session could not be closed in the log (no end time): {s['log_unfinished']}")
+    lines.append(f"frames {s['frames']}, cells {s['cells']}, white cells {d['wbc_total']} in {s['wall_s']:.1f} s")
     if s.get("counting") == "tracked":
         lines.append(f"each cell counted once: {s['cells']} cells from {s['detections']} detections in "
                      f"{s['fields']} field(s); {s['tracks_dropped']} seen in a single frame of a held field "
@@ -284,12 +326,14 @@ def format_summary(s: dict) -> str:
                      f"{tm['overhead']['median']:.2f} ms ({100 * tm['overhead_share']:.0f}% of frame time "
                      "outside the interpreter)")
     rv = s["review"]
-    lines.append(f"flagged for review: {len(rv)}")
+    n_flagged = s.get("review_total", len(rv))
+    lines.append(f"flagged for review: {n_flagged}")
     for r in rv[:10]:
         lines.append(f"  cell {r.get('cell_id', '-')} (frame {r['frame']}): {r['label']} {r['confidence']:.2f}"
-                     + (f" - {r['reason']}" if r.get("reason") else "") + (f" {r['crop']}" if r["crop"] else ""))
-    if len(rv) > 10:
-        lines.append(f"  … and {len(rv) - 10} more")
+                     + (f" - {r['reason']}" if r.get("reason") else "")
+                     + (f" {printable(r['crop'])}" if r["crop"] else ""))
+    if n_flagged > 10:
+        lines.append(f"  … and {n_flagged - 10} more")
     if s.get("db"):
         lines.append(f"check and sign: edge-bloodcls review {s['db']}; report: edge-bloodcls report {s['db']} "
                      "--out report.html")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import numpy as np
 
 from .bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle
 from .classifier import DEFAULT_REVIEW_THRESHOLD, Classifier
-from .interpreter import InterpreterUnavailable
+from .interpreter import VERBOSE_ENV, InterpreterUnavailable
 from .locate_eval import locate_eval_command
 from .images import expand_inputs, list_class_images, printable
 from .preprocess import ImageError
+from .progress import Progress
 from .report import report_command
 from .review import review_command
 from .trust import GATE_ADVICE, trust_summary
@@ -88,6 +90,8 @@ def classify(paths, model, threads, device, fmt, top_k, review_threshold, verbos
     A bad input (unreadable, corrupt, not an image, too small or too large) is reported on stderr
     and skipped; the exit status is 1 when any input failed.
     """
+    if verbose:  # the interpreter's own INFO lines too (interpreter.VERBOSE_ENV)
+        os.environ[VERBOSE_ENV] = "1"
     clf = load_classifier(model, threads, device, review_threshold)
     desc = clf.describe()
     if verbose:
@@ -100,7 +104,10 @@ def classify(paths, model, threads, device, fmt, top_k, review_threshold, verbos
     elif fmt == "table":
         click.echo(f"{'label':<13}{'conf':>6}  {'review':<7}{'ms':>7}  {'top-k':<40} path")
     failed, latencies, n_ood, n_review = 0, [], 0, 0
-    for path, err in expand_inputs(paths):
+    inputs = list(expand_inputs(paths))
+    # Rows on a terminal are their own progress; a count on stderr helps when they go to a file.
+    progress = Progress(0 if sys.stdout.isatty() else len(inputs), "classify")
+    for path, err in progress.iterate(inputs):
         pred = None
         if err is None:
             try:
@@ -111,6 +118,7 @@ def classify(paths, model, threads, device, fmt, top_k, review_threshold, verbos
                 err = f"{type(e).__name__}: {e}".splitlines()[0]
         if pred is None:
             failed += 1
+            progress.close()  # the error gets a line of its own; the count comes back after it
             # printable(): a non-UTF-8 file name must not stop the output (JSON escapes it itself).
             click.echo(f"error: {printable(path)}: {err}", err=True)
             if fmt == "jsonl":
@@ -166,18 +174,21 @@ def evaluate(directory, model, threads, device, json_path):
     clf = load_classifier(model, threads, device)
     index = {lab: i for i, lab in enumerate(clf.labels)}
     y_true, y_pred, failed, latencies = [], [], [], []
-    probs, ood, review = [], [], []
+    probs, ood, review, per_image = [], [], [], []
     # The same walk as calibration and the benchmark (images.list_class_images).
     classes = list_class_images(directory, index)
     unknown = classes.unknown
     not_read = [{"path": p, "error": reason} for p, reason in classes.errors]
     for row in not_read:
         click.echo(f"error: {printable(row['path'])}: {row['error']}", err=True)
-    for f, label in classes.items():
+    items = list(classes.items())
+    progress = Progress(len(items), "evaluate")
+    for f, label in progress.iterate(items):
         try:
             pred = clf.classify(f, top_k=1)
         except ImageError as e:
             failed.append({"path": str(f), "error": e.reason})
+            progress.close()  # the error gets a line of its own; the count comes back after it
             click.echo(f"error: {printable(f)}: {e.reason}", err=True)
             continue
         y_true.append(index[label])
@@ -186,6 +197,8 @@ def evaluate(directory, model, threads, device, json_path):
         probs.append([pred.probs[lab] for lab in clf.labels])
         ood.append(pred.ood)
         review.append(pred.review)
+        per_image.append({"path": str(f), "true": label, "predicted": pred.label,
+                          "confidence": round(pred.confidence, 6), "ood": pred.ood, "review": pred.review})
     if unknown:
         click.echo(f"warning: ignored folders that are not labels of this model: {', '.join(unknown)}", err=True)
     if not y_true:
@@ -209,7 +222,8 @@ def evaluate(directory, model, threads, device, json_path):
         report = {"data": str(directory), **desc, "n_images": len(y_true) + len(failed), "n_failed": len(failed),
                   "failed": failed, "not_read": not_read, "ignored_folders": unknown,
                   "latency_ms": {"median": float(np.median(latencies)), "p95": float(np.percentile(latencies, 95))},
-                  "metrics": m, "trust": {k: v for k, v in trust.items() if k != "line"}}
+                  "metrics": m, "trust": {k: v for k, v in trust.items() if k != "line"},
+                  "predictions": per_image}
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=1) + "\n")
     # Any image that could not be used is a failure of the run (exit 1), though the metrics of the rest
@@ -314,12 +328,15 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
     or closing the preview, on Ctrl-C or SIGTERM, or when a camera stops delivering frames and
     reopening it fails. Then: `edge-bloodcls review DB` and `edge-bloodcls report DB`.
     """
-    from .capture import DEFAULT_COUNT, CaptureOptions, format_summary, run_capture, runtime_versions
+    from .capture import (DEFAULT_COUNT, CaptureOptions, crop_folder_problem, format_summary, run_capture,
+                          runtime_versions)
     from .session import SessionFileError, SessionLog
     from .sources import SourceError, open_source
 
     if (width is None) != (height is None):
         _fail("--width and --height go together")
+    if save_crops is not None and (problem := crop_folder_problem(save_crops)):
+        _fail(f"{printable(save_crops)}: {problem}")  # before the session: not at its first counted cell
     if count is None:
         count = DEFAULT_COUNT if mode == "field" else 0
     clf = load_classifier(model, threads, device, review_threshold)
@@ -334,7 +351,8 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
                          versions=runtime_versions(clf))
     except (SessionFileError, OSError) as e:
         source.close()
-        _fail(str(e) if isinstance(e, SessionFileError) else f"{db}: cannot write the session log ({e.strerror})")
+        _fail(str(e) if isinstance(e, SessionFileError) else
+              f"{printable(db)}: cannot write the session log ({e.strerror})")
     live = None
     if live_port is not None:
         from .preview import LiveView
@@ -346,7 +364,7 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
             log.close()
             _fail(f"--live-port {live_port}: cannot listen on {live_host} ({e.strerror})")
     click.echo(f"capture from {source.name} ({mode} mode) with {desc['model']} on {desc['interpreter']} "
-               f"{desc['device']}, {desc['threads']} thread(s); log {db}, session {log.id}"
+               f"{desc['device']}, {desc['threads']} thread(s); log {printable(db)}, session {log.id}"
                + (f"; live view {live.url}" if live else ""), err=True)
     try:
         summary = run_capture(source, clf, log, CaptureOptions(
@@ -356,12 +374,17 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
         log.close()
         if live is not None:
             live.close()
-    summary.update(session_id=log.id, db=str(db), sample=sample, operator=operator)
+    summary.update(session_id=log.id, db=printable(db), sample=sample, operator=operator)
     click.echo(format_summary(summary))
     if summary_json:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary_json.write_text(json.dumps(summary, indent=1) + "\n")
-    sys.exit(EXIT_INPUT_FAILED if getattr(source, "gave_up", False) else 0)
+    if summary.get("log_error"):
+        # the session ran, but its log stops short: one line, and not the exit of a complete session
+        click.echo(f"error: {summary['log_error']}", err=True)
+    # 1: the log failed, a camera gave up, a video ended short or was damaged, no image was read
+    failed = summary.get("log_error") or getattr(source, "failed", False) or getattr(source, "gave_up", False)
+    sys.exit(EXIT_INPUT_FAILED if failed else 0)
 
 
 COMMANDS = [classify, evaluate, models, capture, locate_eval_command, report_command, review_command]

@@ -2,8 +2,12 @@
 tensorflow.lite (imported only when neither package is installed). Edge TPU via its delegate."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib
 import os
+import sys
+import tempfile
 
 # (name reported, module, how to install)
 BACKENDS = (
@@ -14,8 +18,47 @@ BACKENDS = (
 EDGETPU_LIB = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
 
+# Set (to anything but "" or "0") by `--verbose`: the interpreter's INFO lines reach stderr.
+VERBOSE_ENV = "EDGE_BLOODCLS_VERBOSE"
+
+
 class InterpreterUnavailable(RuntimeError):
     pass
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def _without_info_lines():
+    """Keep the TFLite C++ runtime's INFO lines ("INFO: Created TensorFlow Lite XNNPACK delegate
+    for CPU.") off stderr. The runtime prints them from C++ straight to file descriptor 2 and
+    neither ai_edge_litert nor tflite_runtime offers a log level (TF_CPP_MIN_LOG_LEVEL does not
+    reach it), so fd 2 goes to a file for the duration and everything else in it (warnings,
+    errors) is written back to stderr afterwards."""
+    if verbose():
+        yield
+        return
+    capture = tempfile.TemporaryFile()
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no fd 2 (a closed or replaced stderr): nothing to filter
+        capture.close()
+        yield
+        return
+    os.dup2(capture.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        capture.seek(0)
+        kept = [line for line in capture.read().splitlines(keepends=True) if not line.startswith(b"INFO: ")]
+        capture.close()
+        if kept:
+            os.write(2, b"".join(kept))
 
 
 def _module(allowed=None):
@@ -49,6 +92,9 @@ def _edgetpu_delegate(mod):
     if load_delegate is None:
         raise InterpreterUnavailable("this interpreter package cannot load delegates; install ai-edge-litert or tflite-runtime")
     try:
+        # Loaded here first: a library load_delegate cannot open leaves it a half-built
+        # Delegate whose __del__ then prints "Exception ignored in Delegate.__del__".
+        ctypes.CDLL(lib)
         return load_delegate(lib)
     except (ValueError, OSError, RuntimeError) as e:
         raise InterpreterUnavailable(
@@ -71,9 +117,10 @@ def make_interpreter(model_path, threads: int | None = None, device: str = "cpu"
             if device == "edgetpu":
                 raise
     try:
-        interp = mod.Interpreter(model_path=str(model_path), num_threads=threads,
-                                 experimental_delegates=delegates or None)
-        interp.allocate_tensors()
+        with _without_info_lines():
+            interp = mod.Interpreter(model_path=str(model_path), num_threads=threads,
+                                     experimental_delegates=delegates or None)
+            interp.allocate_tensors()
     except ValueError as e:
         raise InterpreterUnavailable(f"{model_path}: the interpreter cannot load this model ({e})") from None
     except (SystemError, ImportError) as e:

@@ -22,6 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .dbfaults import (LOCK_RETRY_BACKOFF, SessionFileError, _check_writable, _locked, _p, busy_timeout_s,  # noqa: F401
+                       db_reason, lock_wait_s, text)
+
 SCHEMA_VERSION = 1
 
 SCHEMA_V0 = """
@@ -100,19 +103,27 @@ MIGRATIONS = [
 ]
 
 
-class SessionFileError(Exception):
-    """A file that cannot be used as a session log; str() is one line."""
-
-
 @contextmanager
-def transaction(con: sqlite3.Connection):
+def transaction(con: sqlite3.Connection, retry: bool = True):
     """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front, so that two writers queue on the
-    busy timeout instead of failing half-way with 'database is locked'."""
-    con.execute("BEGIN IMMEDIATE")
+    busy timeout instead of failing half-way with 'database is locked'. A lock still held after
+    the busy timeout is asked for again after LOCK_RETRY_BACKOFF; then the error goes up."""
+    delays = list(LOCK_RETRY_BACKOFF) if retry else []
+    while True:
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            break
+        except sqlite3.OperationalError as e:
+            if not _locked(e) or not delays:
+                raise
+            time.sleep(delays.pop(0) * busy_timeout_s())
     try:
         yield con
     except BaseException:
-        con.execute("ROLLBACK")
+        try:
+            con.execute("ROLLBACK")
+        except sqlite3.Error:  # the failed statement may have ended the transaction already
+            pass
         raise
     con.execute("COMMIT")
 
@@ -129,13 +140,21 @@ def connect(path, create: bool = True) -> sqlite3.Connection:
         if head and head != b"SQLite format 3\x00":
             raise SessionFileError(f"{path}: not a session log (not an SQLite database)")
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _check_writable(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SessionFileError(f"{_p(path)}: cannot create its folder ({e.strerror})") from None
     # isolation_level=None: transactions are explicit (see transaction()); timeout is the busy
     # timeout a writer waits for another's lock.
-    con = sqlite3.connect(str(path), timeout=15, isolation_level=None, check_same_thread=False)
+    busy = busy_timeout_s()
+    try:
+        con = sqlite3.connect(str(path), timeout=busy, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise SessionFileError(f"{_p(path)}: {db_reason(e)}") from None
     try:
         con.execute("PRAGMA foreign_keys=ON")
-        con.execute("PRAGMA busy_timeout=15000")
+        con.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
         if not create:
             names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if "sessions" not in names:
@@ -147,7 +166,10 @@ def connect(path, create: bool = True) -> sqlite3.Connection:
         migrate(con)
     except sqlite3.DatabaseError as e:
         con.close()
-        raise SessionFileError(f"{path}: not a usable session log ({e})") from None
+        reason = db_reason(e)
+        if reason.startswith("SQLite error"):
+            reason = f"not a usable session log ({e})"
+        raise SessionFileError(f"{_p(path)}: {reason}") from None
     except BaseException:
         con.close()
         raise
@@ -200,20 +222,27 @@ class CellRecord:
 
 
 class SessionLog:
+    """Every write raises SessionFileError (one line) when SQLite fails: capture then ends the
+    session with that reason instead of a traceback."""
+
     def __init__(self, path, source: str, mode: str, model: dict, review_threshold: float, *,
                  sample: str | None = None, operator: str | None = None, count_target: int | None = None,
                  counting: str = "tracked", versions: dict | None = None):
         self.path = Path(path)
         self.con = connect(self.path)
         self.model_sha256 = model.get("model_sha256", "")
-        with transaction(self.con):
-            cur = self.con.execute(
-                "INSERT INTO sessions (started, source, mode, model, model_sha256, interpreter, device, threads, "
-                "review_threshold, sample, operator, count_target, counting, versions) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), source, mode, model.get("model"), self.model_sha256, model.get("interpreter"),
-                 model.get("device"), model.get("threads"), review_threshold, sample, operator, count_target,
-                 counting, json.dumps(versions or {})))
+        try:
+            with self._writing(), transaction(self.con):
+                cur = self.con.execute(
+                    "INSERT INTO sessions (started, source, mode, model, model_sha256, interpreter, device, threads, "
+                    "review_threshold, sample, operator, count_target, counting, versions) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (time.time(), text(source), mode, text(model.get("model")), self.model_sha256,
+                     model.get("interpreter"), model.get("device"), model.get("threads"), review_threshold,
+                     text(sample), text(operator), count_target, counting, json.dumps(versions or {})))
+        except BaseException:
+            self.con.close()
+            raise
         self.id = cur.lastrowid
         self.frames = 0
         self.cells = 0
@@ -222,11 +251,11 @@ class SessionLog:
                   cells: list[CellRecord], timing: dict | None = None) -> list[int]:
         """The frame and the cells counted at it, in one transaction, committed before returning;
         returns the cells' ids."""
-        with transaction(self.con):
+        with self._writing(), transaction(self.con):
             self.con.execute(
                 "INSERT INTO frames (session_id, frame_index, timestamp, name, width, height, n_cells, timing) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (self.id, frame_index, timestamp, name, int(shape[1]), int(shape[0]), n_detections,
+                (self.id, frame_index, timestamp, text(name), int(shape[1]), int(shape[0]), n_detections,
                  json.dumps(timing) if timing else None))
             ids = self._insert_cells(cells, frame_index, timestamp)
             self.con.execute("UPDATE sessions SET frames = frames + 1 WHERE id = ?", (self.id,))
@@ -238,7 +267,7 @@ class SessionLog:
         """Cells counted with no new frame (the tracks still open when the session ends)."""
         if not cells:
             return []
-        with transaction(self.con):
+        with self._writing(), transaction(self.con):
             ids = self._insert_cells(cells, None, time.time())
         self.cells += len(cells)
         return ids
@@ -255,8 +284,8 @@ class SessionLog:
                 "ood, review_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (self.id, row[0], fi, c.timestamp or timestamp, *map(int, c.box), c.label, float(c.confidence),
                  int(c.review), self.model_sha256, json.dumps({k: round(float(v), 6) for k, v in c.probs.items()}),
-                 c.crop_path, c.crop_jpeg, c.observations, c.first_frame if c.first_frame is not None else fi,
-                 c.last_frame if c.last_frame is not None else fi, c.ood_score, int(c.ood), c.review_reason))
+                 text(c.crop_path), c.crop_jpeg, c.observations, c.first_frame if c.first_frame is not None else fi,
+                 c.last_frame if c.last_frame is not None else fi, c.ood_score, int(c.ood), text(c.review_reason)))
             ids.append(cur.lastrowid)
         if cells:
             self.con.execute("UPDATE sessions SET cells = cells + ? WHERE id = ?", (len(cells), self.id))
@@ -264,20 +293,31 @@ class SessionLog:
 
     def set_trust(self, gate: dict) -> None:
         """The trust gate's state, written when it trips so that a killed session still shows it."""
-        with transaction(self.con):
+        with self._writing(), transaction(self.con):
             self.con.execute("UPDATE sessions SET unvalidated = ?, trust = ? WHERE id = ?",
                              (int(bool(gate.get("tripped"))), json.dumps(gate), self.id))
 
-    def finish(self, end_reason: str, summary: dict) -> None:
+    def finish(self, end_reason: str, summary: dict, retry: bool = True) -> None:
+        """retry=False after a failed write: one busy timeout, not the whole retry budget again."""
         trust = summary.get("trust") or {}
-        with transaction(self.con):
+        with self._writing(), transaction(self.con, retry=retry):
             self.con.execute("UPDATE sessions SET ended = ?, end_reason = ?, summary = ?, unvalidated = ?, "
                              "trust = ? WHERE id = ?",
-                             (time.time(), end_reason, json.dumps(summary), int(bool(trust.get("tripped"))),
+                             (time.time(), text(end_reason), json.dumps(summary), int(bool(trust.get("tripped"))),
                               json.dumps(trust) if trust else None, self.id))
 
+    @contextmanager
+    def _writing(self):
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise SessionFileError(f"{_p(self.path)}: {db_reason(e)}") from None
+
     def close(self) -> None:
-        self.con.close()
+        try:
+            self.con.close()
+        except sqlite3.Error:  # closing a log that failed: nothing more to save
+            pass
 
 
 def read_session(path, session_id: int | None = None) -> dict:

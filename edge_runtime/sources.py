@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .images import IMAGE_SUFFIXES
+from .images import IMAGE_SUFFIXES, list_images, printable
 from .preprocess import ImageError, load_rgb
 
 # Seconds before each reopen of a live source that stopped; a USB camera re-enumerates within a
@@ -34,8 +34,6 @@ DEFAULT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 READ_FAILURES_BEFORE_REOPEN = 3
 # A camera delivers a frame every 33-100 ms; a read that takes this long is a hung device.
 READ_TIMEOUT_S = 5.0
-
-
 class SourceError(RuntimeError):
     """A source that cannot be opened at all; str() is a one-line reason."""
 
@@ -54,9 +52,11 @@ def _stderr(msg: str) -> None:
 
 
 class Source:
-    """Iterate for frames; afterwards `end_reason` says why it ended."""
+    """Iterate for frames; afterwards `end_reason` says why it ended, and `failed` whether it
+    ended short of what it should have delivered (capture exits 1 then)."""
 
     live = False
+    failed = False
 
     def __init__(self, name: str, fps: float | None = None, sleep: Callable[[float], None] = time.sleep,
                  warn: Callable[[str], None] = _stderr):
@@ -102,22 +102,39 @@ class FolderSource(Source):
     kind = "folder"
 
     def __init__(self, folder, files=None, **kw):
-        super().__init__(str(folder), **kw)
+        super().__init__(printable(folder), **kw)
         self.folder = Path(folder)
-        self.files = files or sorted(p for p in self.folder.rglob("*")
-                                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        # The one listing of images (images.list_images): the same files as classify and evaluate,
+        # and what could not be listed (an unreadable subfolder, a broken link, a pipe) is named,
+        # never a traceback or a silent gap in the replay.
+        listing = list_images(self.folder) if files is None else None
+        self.files = files if files is not None else listing.files
+        self.not_listed = listing.errors if listing else []
         if not self.files:
-            raise SourceError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            if self.not_listed:
+                path, reason = self.not_listed[0]
+                more = f" and {len(self.not_listed) - 1} more" if len(self.not_listed) > 1 else ""
+                raise SourceError(f"{printable(path)}: {reason}{more}; no image could be listed in {self.name}")
+            raise SourceError(f"{self.name}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
         self.skipped = 0
 
     def _frames(self):
+        for path, reason in self.not_listed:
+            self.skipped += 1
+            self.warn(f"warning: skipped {printable(path)}: {reason}")
         for p in self.files:
             try:
-                yield load_rgb(p), str(p.relative_to(self.folder))
+                # printable: a non-UTF-8 file name (legal on Linux) must not break the log or the output
+                yield load_rgb(p), printable(p.relative_to(self.folder))
             except ImageError as e:
                 self.skipped += 1
                 self.warn(f"warning: skipped {e}")
-        self.end_reason = f"end of {self.kind} ({len(self.files) - self.skipped} images, {self.skipped} skipped)"
+        total = len(self.files) + len(self.not_listed)
+        if self.skipped >= total:
+            self.failed = True  # not one frame: a session of nothing is no result
+            self.end_reason = f"no image of the {self.kind} could be read ({self.skipped} skipped)"
+        else:
+            self.end_reason = f"end of {self.kind} ({total - self.skipped} images, {self.skipped} skipped)"
 
 
 class ImageSource(FolderSource):
@@ -125,30 +142,7 @@ class ImageSource(FolderSource):
 
     def __init__(self, path, **kw):
         super().__init__(Path(path).parent, files=[Path(path)], **kw)
-        self.name = str(path)
-
-
-class VideoSource(Source):
-    def __init__(self, path, **kw):
-        super().__init__(str(path), **kw)
-        import cv2
-
-        self.cap = cv2.VideoCapture(str(path))
-        if not self.cap.isOpened():
-            raise SourceError(f"{path}: cannot open as a video (unsupported codec or not a video file)")
-
-    def _frames(self):
-        n = 0
-        while True:
-            ok, bgr = self.cap.read()
-            if not ok or bgr is None:
-                break
-            n += 1
-            yield bgr_to_rgb(bgr), f"{Path(self.name).name} #{n - 1}"
-        self.end_reason = f"end of video ({n} frames)"
-
-    def close(self):
-        self.cap.release()
+        self.name = printable(path)
 
 
 class LiveSource(Source):
@@ -231,7 +225,7 @@ class LiveSource(Source):
                         failures += 1
                 self._release(hung)
             if attempt >= len(self.backoff):
-                self.gave_up = True
+                self.gave_up = self.failed = True
                 waited = ", ".join(f"{d:g}" for d in self.backoff)
                 self.end_reason = (f"{self.name} stopped delivering frames; gave up after "
                                    f"{len(self.backoff)} reopen attempts (waited {waited} s)")
@@ -334,6 +328,8 @@ def open_source(spec: str, fps: float | None = None, backoff=DEFAULT_BACKOFF,
     if p.is_file():
         if p.suffix.lower() in IMAGE_SUFFIXES:
             return ImageSource(p, **kw)
+        from .video import VideoSource
+
         return VideoSource(p, **kw)
     raise SourceError(f"{spec}: no such camera, file or folder "
                       "(use a camera index such as 0, picamera2, a video file or a folder of images)")

@@ -41,6 +41,9 @@ MIN_IOU = 0.30
 MAX_CENTRE_SHIFT = 0.5  # of the box side
 MAX_MISSED = 2
 MIN_OBSERVATIONS = 2
+# Flagged cells listed in the summary: the log holds them all (`edge-bloodcls review`); a shift at
+# the microscope must not grow the process by one dict per flagged cell.
+REVIEW_KEEP = 1000
 CROP_STORE_PX = 360  # crops in the log at most PBC's own image size: enough to judge a cell
 
 
@@ -68,7 +71,9 @@ class Track:
     best: Observation | None = None
     n_review: int = 0
     n_ood: int = 0
-    ood_scores: list = field(default_factory=list)
+    # running sum, not a list: a field held for hours adds one score per frame
+    ood_score_sum: float = 0.0
+    n_ood_scores: int = 0
     reasons: list = field(default_factory=list)
     labels_seen: set = field(default_factory=set)
     end_frame: int | None = None  # last frame of the session in which the track was open
@@ -90,7 +95,8 @@ class Track:
         self.n_review += bool(p.review)
         self.n_ood += bool(getattr(p, "ood", False))
         if getattr(p, "ood_score", None) is not None:
-            self.ood_scores.append(float(p.ood_score))
+            self.ood_score_sum += float(p.ood_score)
+            self.n_ood_scores += 1
         reason = getattr(p, "review_reason", "")
         if reason and reason not in self.reasons:
             self.reasons.append(reason)
@@ -130,7 +136,7 @@ class Track:
             reasons.append("frames disagree: " + ", ".join(sorted(self.labels_seen)))
         return {"label": labels[i], "confidence": conf, "probs": dict(zip(labels, map(float, mean))),
                 "review": review, "review_reason": "; ".join(reasons), "ood": ood,
-                "ood_score": float(np.mean(self.ood_scores)) if self.ood_scores else None}
+                "ood_score": self.ood_score_sum / self.n_ood_scores if self.n_ood_scores else None}
 
 
 def _grey_small(rgb: np.ndarray) -> np.ndarray:
@@ -318,7 +324,8 @@ class CellCounter:
         self.clf, self.opts, self.log = clf, opts, log
         self.diff = Differential()
         self.gate = SessionGate()
-        self.review: list[dict] = []
+        self.review: list[dict] = []  # the first REVIEW_KEEP flagged cells
+        self.n_review = 0
         self.ood = 0
         self.full = False
 
@@ -348,7 +355,9 @@ class CellCounter:
                 rec.extra["review"] = {"frame": best.frame_index, "box": list(rec.box), "label": v["label"],
                                        "confidence": round(v["confidence"], 4), "reason": v["review_reason"],
                                        "observations": t.observations, "crop": crop_path}
-                self.review.append(rec.extra["review"])
+                self.n_review += 1
+                if len(self.review) < REVIEW_KEEP:
+                    self.review.append(rec.extra["review"])
             if self.opts.count and self.diff.wbc >= self.opts.count:
                 self.full = True
         return out

@@ -13,7 +13,6 @@ DATA=${DATA:-../shared/data/pbc256}
 OUT=${OUT:-runs/exports/$NAME}
 SHIP=${SHIP-edge_runtime/models}
 CLI=${CLI:-.venv/bin/edge-bloodcls}
-PY=${PY:-.venv/bin/python}
 [ -f "$RUN/model.keras" ] || { echo "$RUN/model.keras: not trained yet" >&2; exit 2; }
 
 # --force: a format that fails its gate is still written and shown (as FAIL) in the summary;
@@ -32,4 +31,4 @@ if want edgetpu; then
     echo "Edge TPU: skipped, edgetpu_compiler is not installed (docs/convert.md says how)"
   fi
 fi
-$PY -m edge_bloodcls.convert.summary "$OUT" --out "benchmarks/results/convert_$NAME" ${SHIP:+--ship "$SHIP"}
+$CLI convert-summary "$OUT" --out "benchmarks/results/convert_$NAME" ${SHIP:+--ship "$SHIP"}

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from edge_bloodcls.tfenv import configure
+
+# Tests import TensorFlow directly (fixtures build models, test_train imports tf_keras), not
+# only through the CLI that sets its environment: set it before any of them can.
+configure()
 
 from edge_bloodcls.edge_runtime.spec import LABELS  # noqa: E402
 

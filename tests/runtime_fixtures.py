@@ -22,6 +22,7 @@ from conftest import make_dataset, synthetic_cell  # noqa: F401  (re-exported fo
 from edge_bloodcls.edge_runtime.bundle import load_bundle, write_bundle
 from edge_bloodcls.edge_runtime.preprocess import load_rgb, normalise, resize
 from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
+from edge_bloodcls.tfenv import configure
 
 SIZE = 32
 SPEC = InputSpec.named(SIZE)
@@ -39,7 +40,7 @@ def _training_data(root: Path):
 
 
 def build_bundles(out: Path) -> dict[str, Path]:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    configure()  # conftest has, unless this module is used on its own
     import tensorflow as tf
     import tf_keras as keras
 

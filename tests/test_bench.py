@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from edge_bloodcls.benchmarks import harness, report
 from edge_bloodcls.benchmarks.child import percentiles
+from edge_bloodcls.benchmarks.results import ConfigRow, Results
 from edge_bloodcls.edge_runtime.spec import LABELS
 
 FORMATS = ["keras", "float32", "float16", "dynamic", "int8", "qat-int8"]
@@ -161,23 +162,24 @@ def _config(model, fmt, th, p50, size):
 
 
 def test_derive_ratios_against_float32_and_baseline():
-    r = harness.new_results()
-    r["configs"] = [_config("mobilenetv2_96", "float32", "1", 8.0, 9_000_000),
+    r = Results()
+    r.configs = [_config("mobilenetv2_96", "float32", "1", 8.0, 9_000_000),
                     _config("mobilenetv2_96", "int8", "1", 2.0, 2_700_000),
                     _config("vgg16_96", "float32", "1", 80.0, 59_000_000),
                     _config("vgg16_96", "int8", "1", 20.0, 15_000_000),
                     _config("vgg16_96", "int8", "all", 11.0, 15_000_000)]
-    r["accuracy"] = {"mobilenetv2_96|int8": {"metrics": {"accuracy": 0.95}},
-                     "vgg16_96|int8": {"metrics": {"accuracy": 0.90}},
-                     "vgg16_96|float32": {"metrics": None, "note": "not trained"}}
-    harness.derive(r, "mobilenetv2_96")
-    v = r["configs"][3]["ratios"]
+    r.set_accuracy("mobilenetv2_96", "int8", {"metrics": {"accuracy": 0.95}})
+    r.set_accuracy("vgg16_96", "int8", {"metrics": {"accuracy": 0.90}})
+    r.set_accuracy("vgg16_96", "float32", {"metrics": None, "note": "not trained"})
+    r.derive("mobilenetv2_96")
+    v = r.configs[3]["ratios"]
     assert v["speedup_vs_float32"] == 4.0 and v["size_vs_float32"] == pytest.approx(15 / 59)
     assert v["speedup_vs_baseline_int8"] == 0.1 and v["size_vs_baseline_int8"] == pytest.approx(15 / 2.7)
     assert v["accuracy_points_vs_baseline_int8"] == -5.0
-    assert "accuracy_points_vs_baseline_int8" not in r["configs"][2]["ratios"]
+    assert "accuracy_points_vs_baseline_int8" not in r.configs[2]["ratios"]
     # no float32 and no baseline at 'all' threads: no ratio rather than a wrong one
-    assert r["configs"][4]["ratios"] == {}
+    assert r.configs[4]["ratios"] == {}
+    assert r.metrics("vgg16_96", "float32") is None and r.metrics("vgg16_96", "int8") == {"accuracy": 0.90}
 
 
 def test_resolve_model_untrained_run_and_names(tmp_path):
@@ -241,3 +243,18 @@ def test_a_bundle_as_a_model_compares_with_the_run_it_came_from(quick, tmp_path)
     # the same file on the same images (decoded afresh here, into another cache): the same predictions
     assert again["accuracy"][f"{key}|int8"]["metrics"]["confusion_matrix"] == \
         r["accuracy"]["tiny_32|int8"]["metrics"]["confusion_matrix"]
+
+
+def test_results_file_round_trip_and_rows_keyed_by_their_fields(quick, tmp_path):
+    out, _ = quick
+    r = json.loads((out / "bench.json").read_text())  # as the tests before this one left it
+    res = Results.load(out / "bench.json")
+    # every configuration in the file has exactly ConfigRow's fields: one definition of its keys
+    for c in r["configs"]:
+        assert list(c) == [f for f in ConfigRow.__dataclass_fields__]
+        assert res.config(c["model"], c["format"], c["threads"]) == c
+    assert res.to_json() == r
+    bad = tmp_path / "bench.json"
+    bad.write_text(json.dumps({**r, "schema": 99}))
+    with pytest.raises(harness.BenchError, match="schema 99"):
+        Results.load(bad)

@@ -1,4 +1,7 @@
-"""One registry of architectures: name -> builder, input size, normalisation, defaults.
+"""One registry of architectures: name -> builder, normalisation, defaults, options.
+
+The registry is the only list of architectures: `train --arch`, the benchmark's default models
+and its report's row order all read it, in registration order (the shipped network first).
 
 Every model is a Keras application backbone (tf_keras, so tfmot QAT works on it) with the
 paper's head: global average pooling, dropout, dense softmax over the labels.
@@ -15,18 +18,17 @@ from ..edge_runtime.spec import LABELS, InputSpec
 class Arch:
     name: str
     backbone: Callable  # (input_shape, weights, **kw) -> tf_keras.Model without top
-    default_size: int
     imagenet_normalisation: str  # what the ImageNet weights expect
     lr: float  # default learning rate (VGG has no BatchNorm and needs a smaller one from scratch)
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # the keyword options it takes, with their defaults
 
 
 REGISTRY: dict[str, Arch] = {}
 
 
-def register(name: str, default_size: int, imagenet_normalisation: str, lr: float, **options):
+def register(name: str, imagenet_normalisation: str, lr: float, **options):
     def deco(fn):
-        REGISTRY[name] = Arch(name, fn, default_size, imagenet_normalisation, lr, options)
+        REGISTRY[name] = Arch(name, fn, imagenet_normalisation, lr, options)
         return fn
     return deco
 
@@ -36,22 +38,22 @@ def _apps():
     return tf_keras.applications
 
 
-@register("mobilenetv2", 224, "symmetric", 1e-3, width=1.0)
+@register("mobilenetv2", "symmetric", 1e-3, width=1.0)
 def _mobilenetv2(input_shape, weights, width=1.0):
     return _apps().MobileNetV2(input_shape=input_shape, alpha=width, include_top=False, weights=weights)
 
 
-@register("resnet50", 224, "caffe", 1e-3)
+@register("resnet50", "caffe", 1e-3)
 def _resnet50(input_shape, weights):
     return _apps().ResNet50(input_shape=input_shape, include_top=False, weights=weights)
 
 
-@register("vgg16", 224, "caffe", 1e-4)
+@register("vgg16", "caffe", 1e-4)
 def _vgg16(input_shape, weights):
     return _apps().VGG16(input_shape=input_shape, include_top=False, weights=weights)
 
 
-@register("vgg19", 224, "caffe", 1e-4)
+@register("vgg19", "caffe", 1e-4)
 def _vgg19(input_shape, weights):
     return _apps().VGG19(input_shape=input_shape, include_top=False, weights=weights)
 
@@ -61,6 +63,25 @@ def get(name: str) -> Arch:
         return REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+def names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+# CLI spelling of each option an architecture may take (train --width -> width).
+OPTION_FLAGS = {"width": "--width"}
+
+
+def check_options(arch: str, **options):
+    """Refuse an option the architecture does not take (e.g. --width on resnet50) instead of
+    dropping it: a run that silently ignores a setting is recorded as if it had used it."""
+    a = get(arch)
+    bad = [k for k, v in options.items() if v is not None and k not in a.options]
+    if bad:
+        flags = ", ".join(OPTION_FLAGS.get(k, k) for k in bad)
+        takes = ", ".join(OPTION_FLAGS.get(k, k) for k in a.options) or "none"
+        raise ValueError(f"{flags}: not an option of {arch} (its options: {takes})")
 
 
 def input_spec(arch: str, size: int, weights: str) -> InputSpec:
@@ -78,8 +99,9 @@ def build(arch: str, size: int, weights: str = "none", dropout: float = 0.2,
     """Backbone + head. weights: 'imagenet', 'none' or a path to a .keras/.h5 model or weights."""
     import tf_keras
 
+    check_options(arch, **options)
     a = get(arch)
-    kw = {**a.options, **{k: v for k, v in options.items() if k in a.options and v is not None}}
+    kw = {**a.options, **{k: v for k, v in options.items() if v is not None}}
     load_path = None
     if weights in (None, "none"):
         w = None

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from . import archs
+
 
 @click.group("data")
 def data_group():
@@ -59,7 +61,7 @@ def split_cmd(directory, out, ratios, seed):
 
 
 @click.command("train")
-@click.option("--arch", type=click.Choice(["mobilenetv2", "resnet50", "vgg16", "vgg19"]), help="architecture (from the registry)")
+@click.option("--arch", type=click.Choice(archs.names()), help="architecture (from the registry)")
 @click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False), help="split CSV from `data split`")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory")
 @click.option("--img-size", default=96, show_default=True)
@@ -85,11 +87,17 @@ def split_cmd(directory, out, ratios, seed):
 def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, width, bn_momentum, dropout,
               patience, balance, augment, no_augment, weight_decay, time_budget, seed, data_root, cache_dir, resume):
     """Train a classifier under the common protocol and evaluate it on the test split."""
+    if not resume and not (arch and split_csv):
+        raise click.UsageError("--arch and --split are required (unless --resume)")
+    if arch:
+        try:  # before any data is read: an option the network does not take is a usage error
+            archs.check_options(arch, width=width)
+        except ValueError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
     from .archs import WeightsUnavailable
     from .fit import TrainConfig, train
 
-    if not resume and not (arch and split_csv):
-        raise click.UsageError("--arch and --split are required (unless --resume)")
     cfg = TrainConfig(arch=arch or "", split=split_csv or "", out=out, img_size=img_size, epochs=epochs,
                       batch_size=batch_size, weights=weights, lr=lr, width=width, bn_momentum=bn_momentum,
                       dropout=dropout, patience=patience, balance=balance,
@@ -102,4 +110,6 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
         sys.exit(2)
 
 
-COMMANDS = [data_group, train_cmd]
+from .adapt import adapt_cmd  # noqa: E402 - beside the commands it joins
+
+COMMANDS = [data_group, train_cmd, adapt_cmd]

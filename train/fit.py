@@ -15,12 +15,13 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..tfenv import configure
 from ..edge_runtime.metrics import classification_metrics, format_metrics
 from ..edge_runtime.spec import LABELS
 from . import archs
@@ -40,7 +41,6 @@ class TrainConfig:
     lr: float | None = None  # None: the architecture's default
     warmup_epochs: float = 1.0
     weight_decay: float = 0.0
-    label_smoothing: float = 0.0
     dropout: float = 0.2
     bn_momentum: float = 0.9
     width: float | None = None  # MobileNetV2 alpha
@@ -52,7 +52,22 @@ class TrainConfig:
     data_root: str | None = None
     cache_dir: str | None = None
     max_train: int | None = None  # for smoke tests only
-    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> tuple["TrainConfig", list[str]]:
+        """A config.json "train" record -> (config, the keys dropped). Rule: a key that is not a
+        field any more is dropped, and so is an option the architecture never used. Fields are
+        removed only when nothing reads them (e.g. label_smoothing and extra, never used by the
+        loop), so dropping one cannot change what a resumed run does; a field a run depends on
+        is kept, with a default for older files."""
+        known = {f.name for f in fields(cls)}
+        cfg, dropped = cls(**{k: v for k, v in saved.items() if k in known}), sorted(set(saved) - known)
+        if cfg.width is not None and cfg.arch in archs.REGISTRY and "width" not in archs.get(cfg.arch).options:
+            # Recorded by a version that took --width for any network and ignored it where it
+            # does not apply; archs.build now refuses it, so the resumed run drops it as that one did.
+            cfg.width = None
+            dropped.append("width")
+        return cfg, dropped
 
 
 def _versions() -> dict:
@@ -128,7 +143,7 @@ def _current_lr(opt) -> float:
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    configure()  # the CLI has done it; a caller from Python may not have
     import tensorflow as tf
     import tf_keras
 
@@ -142,13 +157,15 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         # The budget belongs to this session, not the first one; the data may have moved.
         saved["time_budget_min"] = cfg.time_budget_min
         saved.update({k: v for k, v in (("data_root", cfg.data_root), ("cache_dir", cfg.cache_dir)) if v is not None})
-        cfg = TrainConfig(**saved)
-        log(f"resuming {cfg.arch} in {out} from its saved configuration")
+        cfg, dropped = TrainConfig.from_saved(saved)
+        log(f"resuming {cfg.arch} in {out} from its saved configuration"
+            + (f" (ignoring settings no longer used: {', '.join(dropped)})" if dropped else ""))
     elif state_file.exists():
         raise FileExistsError(f"{out}: holds a checkpoint already; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(exist_ok=True)
 
+    archs.check_options(cfg.arch, width=cfg.width)
     arch = archs.get(cfg.arch)
     lr = cfg.lr if cfg.lr is not None else arch.lr
     spec = archs.input_spec(cfg.arch, cfg.img_size, cfg.weights)

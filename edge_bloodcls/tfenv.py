@@ -1,0 +1,14 @@
+"""TensorFlow's environment, in one place. It must be set before TensorFlow is first imported
+in a process: the CLI sets it when it starts, and a process that imports TensorFlow without
+the CLI (the benchmark's measuring child, a test) calls configure() first."""
+from __future__ import annotations
+
+import os
+
+
+def configure():
+    # TensorFlow must take the Keras 2 API (tf_keras) that tensorflow-model-optimization needs:
+    # with Keras 3, tfmot's QAT wrappers and the saved models' layers do not match.
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    # TensorFlow's C++ start-up INFO/WARNING lines (oneDNN, CPU features) say nothing a user acts on.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,229 @@
+"""`edge-bloodcls adapt` on a tiny model: a colour-shifted synthetic "site" is learned, the bundle
+carries its site section and runs in the runtime, bad inputs are refused or skipped, and a run
+stopped part-way leaves no bundle behind."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+tf = pytest.importorskip("tensorflow")
+tf_keras = pytest.importorskip("tf_keras")
+
+from edge_bloodcls.cli import main  # noqa: E402
+from edge_bloodcls.edge_runtime.bundle import load_bundle, sha256_file  # noqa: E402
+from edge_bloodcls.edge_runtime.classifier import Classifier  # noqa: E402
+from edge_bloodcls.edge_runtime.preprocess import normalise, resize  # noqa: E402
+from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec  # noqa: E402
+from edge_bloodcls.train.adapt_data import AdaptInputError, load_labelled  # noqa: E402
+from edge_bloodcls.train.data import make_split, read_split, scan, write_split  # noqa: E402
+from edge_bloodcls.train.pipeline import load_pixels  # noqa: E402
+
+from conftest import make_dataset, synthetic_cell  # noqa: E402
+
+SIZE = 32
+SITE_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+FAST = ["--steps", "100", "--lr", "3e-3", "--folds", "2", "--copies", "4", "--cut", "stem_relu"]
+
+
+def _tiny_model():
+    """The training head of archs.build (nested backbone, pool, dropout, probs) on a two-conv
+    backbone, so adapt's cut, AdaBN and export paths run in seconds."""
+    inp = tf_keras.Input((SIZE, SIZE, 3))
+    h = tf_keras.layers.Conv2D(8, 3, strides=2, name="stem")(inp)
+    h = tf_keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(h)
+    h = tf_keras.layers.ReLU(name="stem_relu")(h)
+    h = tf_keras.layers.Conv2D(16, 3, name="conv")(h)
+    h = tf_keras.layers.BatchNormalization(momentum=0.9, name="conv_bn")(h)
+    h = tf_keras.layers.ReLU(name="out_relu")(h)
+    backbone = tf_keras.Model(inp, h, name="backbone")
+    x = tf_keras.Input((SIZE, SIZE, 3), name="image")
+    f = tf_keras.layers.GlobalAveragePooling2D(name="pool")(backbone(x))
+    f = tf_keras.layers.Dropout(0.1, name="dropout")(f)
+    return tf_keras.Model(x, tf_keras.layers.Dense(len(LABELS), activation="softmax", name="probs")(f), name="tiny")
+
+
+def _shift(im):
+    """The new microscope: another stain and camera, here a strong colour cast."""
+    a = np.asarray(im).astype(np.float32)
+    return np.clip(a[..., [2, 0, 1]] * [0.8, 1.1, 1.0] + [30, 0, -20], 0, 255).astype(np.uint8)
+
+
+def _site(root, per_class, seed, one_basophil=False):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label in SITE_CLASSES + (("basophil",) if one_basophil else ()):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for j in range(1 if label == "basophil" else per_class):
+            Image.fromarray(_shift(synthetic_cell(LABELS.index(label), rng, 64))).save(root / label / f"c{j}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    d = tmp_path_factory.mktemp("adapt")
+    cells = make_dataset(d / "pbc", n_per_class=16, size=64)
+    rows, report = make_split(scan(cells), (0.5, 0.25, 0.25), seed=0)
+    digest = write_split(rows, report, d / "split.csv", cells)
+    spec = InputSpec.named(SIZE)
+    paths, y = read_split(d / "split.csv").items("train")
+    tf_keras.utils.set_random_seed(0)
+    model = _tiny_model()
+    model.compile(tf_keras.optimizers.Adam(5e-3), "sparse_categorical_crossentropy")
+    model.fit(normalise(load_pixels(paths, spec.size), spec), y, epochs=40, batch_size=16, verbose=0)
+    run = d / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"arch": "tiny", "input": spec.to_json(), "labels": list(LABELS),
+                                                 "split": {"csv": str(d / "split.csv"), "sha256": digest}}))
+    return d
+
+
+def _adapt(base, labelled, out, *extra):
+    return CliRunner().invoke(main, ["adapt", "--labelled", str(labelled), "--model", str(base / "run" / "model.keras"),
+                                     "--split", str(base / "split.csv"), "--out", str(out), *FAST, *extra])
+
+
+def _accuracy(clf, root):
+    right = n = 0
+    for label in SITE_CLASSES:
+        for f in sorted((root / label).glob("*.png")):
+            right += clf.classify(str(f)).label == label
+            n += 1
+    return right / n
+
+
+@pytest.fixture(scope="module")
+def adapted(base, tmp_path_factory):
+    d = tmp_path_factory.mktemp("site")
+    labelled = _site(d / "labelled", 6, seed=1, one_basophil=True)
+    (labelled / "neutrophil" / "broken.jpg").write_bytes(b"not an image")
+    unlabelled = _site(d / "unlabelled", 4, seed=3)
+    res = _adapt(base, labelled, d / "out", "--unlabelled", str(unlabelled))
+    return d, labelled, res
+
+
+def test_site_learned_and_bundle_complete(base, adapted):
+    d, labelled, res = adapted
+    lines = res.output.strip().splitlines()
+    # One unreadable file: skipped with one line, counted, exit 1; the bundle is still written.
+    assert res.exit_code == 1, res.output
+    assert sum(line.startswith("skipped ") and "broken.jpg" in line for line in lines) == 1
+    assert "1 unreadable input(s) skipped" in res.output
+    assert "2-fold estimate:" in res.output
+    bundle = load_bundle(lines[-1])
+    site = bundle.manifest["site"]
+    # The class with one image is adapted on like the others.
+    assert site["adapted_on"]["counts"] == {"basophil": 1, "eosinophil": 6, "lymphocyte": 6, "monocyte": 6,
+                                            "neutrophil": 6}
+    for f in site["adapted_on"]["files"]:
+        assert f["sha256"] == sha256_file(f["name"])
+    assert site["kfold"]["k"] == 2 and 0 <= site["kfold"]["accuracy"] <= 1
+    assert site["base_model"]["sha256"] == sha256_file(base / "run" / "model.keras")
+    assert 0 <= site["pbc_test"]["accuracy_float"] <= 1
+    assert bundle.quantization.startswith("int8") and bundle.trust is not None
+    # The review threshold is the site's: refitted with the local cells' out-of-fold probabilities.
+    fit = bundle.manifest["trust"]["site_fit"]
+    assert bundle.manifest["trust"]["review_threshold"] == fit["review_threshold"] <= 1.0
+    assert fit["by_set"]["local_out_of_fold"]["n"] == 25 and "convert_fit" in fit
+    assert {"ood_local_unlabelled", "ood_foreign_synthetic"} <= set(site["checks"])
+
+    held_out = _site(d / "held_out", 8, seed=2)
+    adapted_acc = _accuracy(Classifier(bundle), held_out)
+    assert adapted_acc >= 0.6, adapted_acc  # chance is 1/8 over the model's labels, 1/4 over these
+
+    listing = CliRunner().invoke(main, ["models", "--dir", str(d / "out")])
+    assert listing.exit_code == 0 and bundle.name in listing.output and "site-adapted on 25 cells" in listing.output
+
+
+def test_labels_not_in_model_refused(base, tmp_path):
+    labelled = _site(tmp_path / "labelled", 2, seed=1)
+    (labelled / "macrophage").mkdir()
+    res = _adapt(base, labelled, tmp_path / "out")
+    assert res.exit_code == 2
+    assert "error:" in res.output and "macrophage" in res.output and "not labels of the model" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_folder_is_a_clear_error(base, tmp_path):
+    (tmp_path / "labelled").mkdir()
+    res = _adapt(base, tmp_path / "labelled", tmp_path / "out")
+    assert res.exit_code == 2 and "error:" in res.output and "no class folders" in res.output
+    (tmp_path / "labelled" / "neutrophil").mkdir()
+    res = _adapt(base, tmp_path / "labelled", tmp_path / "out")
+    assert res.exit_code == 2 and "no readable labelled cells" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_stopped_adapt_leaves_no_bundle(base, tmp_path, monkeypatch):
+    """Stopped after convert has staged a complete bundle but before it is moved into OUTDIR."""
+    import edge_bloodcls.edge_runtime.classifier as classifier
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    labelled = _site(tmp_path / "labelled", 3, seed=1)
+    out = tmp_path / "out"
+    monkeypatch.setattr(classifier.Classifier, "__init__", killed)
+    res = _adapt(base, labelled, out, "--folds", "0")
+    assert res.exit_code != 0
+    assert list(out.rglob("*")) == []  # nothing: no manifest, no model, no staging folder
+    # A stale staging folder (SIGKILL gives no chance to clean up) is never listed as a bundle.
+    (out / ".adapt-x" / "bundle").mkdir(parents=True)
+    (out / ".adapt-x" / "bundle" / "m.json").write_text("{}")
+    listing = CliRunner().invoke(main, ["models", "--dir", str(out)])
+    assert "no usable bundle" in listing.output
+
+
+def test_session_log_reviewed_cells(tmp_path):
+    """A capture log: reviewed cells with a crop are read; unreviewed ones are not."""
+    import io
+
+    from PIL import Image
+
+    db = tmp_path / "s.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE cells (id INTEGER PRIMARY KEY, label TEXT, reviewed_label TEXT, crop BLOB)")
+    rng = np.random.default_rng(0)
+    for i, (lab, rev) in enumerate([("ig", "neutrophil"), ("monocyte", None), ("lymphocyte", "lymphocyte")]):
+        buf = io.BytesIO()
+        synthetic_cell(LABELS.index(lab), rng).save(buf, "JPEG")
+        con.execute("INSERT INTO cells VALUES (?, ?, ?, ?)", (i + 1, lab, rev, buf.getvalue()))
+    con.execute("INSERT INTO cells VALUES (9, 'ig', 'neutrophil', NULL)")
+    con.commit()
+    con.close()
+    lines = []
+    cells = load_labelled(db, list(LABELS), lines.append)
+    assert [LABELS[c] for c in cells.labels] == ["neutrophil", "lymphocyte"]
+    assert lines == [f"skipped {db}#cell9: no crop stored (capture ran without crops)"]
+    assert resize(cells.images[0], (8, 8)).shape == (8, 8, 3)
+    with pytest.raises(AdaptInputError, match="not SQLite"):
+        (tmp_path / "x.db").write_bytes(b"junk" * 10)
+        load_labelled(tmp_path / "x.db", list(LABELS))
+
+
+def test_reframe_tight_matches_capture_framing():
+    from edge_bloodcls.train.adapt_data import reframe_tight
+
+    cell = np.zeros((50, 40, 3), np.uint8)
+    cell[0] = cell[-1] = cell[:, 0] = cell[:, -1] = (200, 180, 190)
+    out = reframe_tight(cell, rbc_px=30)
+    assert out.shape == (117, 117, 3)  # 3.9 red cells: wider than 1.4 x the box (70)
+    assert tuple(out[0, 0]) == (200, 180, 190)
+
+
+def test_paste_puts_the_cell_in_a_local_neighbourhood():
+    from edge_bloodcls.train.adapt_data import paste
+
+    cell = np.full((50, 40, 3), 90, np.uint8)
+    bg = np.full((140, 140, 3), 220, np.uint8)
+    out = paste(cell, 30, [(bg, 30)], np.random.default_rng(0))
+    assert out.shape == (117, 117, 3)  # capture's side, as reframe_tight
+    assert tuple(out[58, 58]) == (90, 90, 90) and tuple(out[0, 0]) == (220, 220, 220)
+    # Only backgrounds whose own cell the box covers are used; a larger one is the fallback.
+    out = paste(cell, 30, [(bg, 80), (bg // 2, 30)], np.random.default_rng(0))
+    assert tuple(out[0, 0]) == (110, 110, 110)

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .locate import LocateParams, locate
+from .locate import LocateParams, iou, locate
 from .preprocess import ImageError, load_rgb
 
 IOU_MIN = 0.3
@@ -35,14 +35,6 @@ def read_voc(xml_path, cls: str = "WBC") -> list[tuple[int, int, int, int]]:
         b = obj.find("bndbox")
         out.append(tuple(int(float(b.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")))
     return out
-
-
-def iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def match(pred, truth, iou_min: float = IOU_MIN) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .locate import iou
 from .session import CellRecord
 from .spec import WBC_LABELS
 from .trust import SessionGate
@@ -194,14 +195,6 @@ def _overlap_ncc(prev: np.ndarray, cur: np.ndarray, dx: float, dy: float) -> flo
     a = a - cv2.GaussianBlur(a, (0, 0), 6)
     b = b - cv2.GaussianBlur(b, (0, 0), 6)
     return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-6))
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _centre_close(a, b) -> float:

@@ -53,9 +53,9 @@ def _timed(call, x, warmup: int, runs: int) -> tuple[list[float], list[float]]:
 
 
 def run_tflite(spec: dict) -> dict:
-    from ..edge_runtime.bundle import load_bundle
-    from ..edge_runtime.classifier import Classifier
-    from ..edge_runtime.preprocess import prepare
+    from edge_bloodcls.edge_runtime.bundle import load_bundle
+    from edge_bloodcls.edge_runtime.classifier import Classifier
+    from edge_bloodcls.edge_runtime.preprocess import prepare
 
     t0 = time.perf_counter()
     bundle = load_bundle(spec["path"])  # sha256 verified, as the runtime does
@@ -68,7 +68,7 @@ def run_tflite(spec: dict) -> dict:
     out = {"load_s": load_s, "latency_ms": percentiles(wall), "invoke_ms": percentiles(invoke),
            "peak_rss_mb": peak_rss_mb(), "interpreter": clf.describe()}
     if spec.get("pixels"):
-        from ..edge_runtime.preprocess import normalise
+        from edge_bloodcls.edge_runtime.preprocess import normalise
 
         pixels = _pixels(spec)
         res = clf.predict_many(_progress(spec, len(pixels), (normalise(np.asarray(p), clf.spec) for p in pixels)))
@@ -79,7 +79,7 @@ def run_tflite(spec: dict) -> dict:
 
 
 def run_keras(spec: dict) -> dict:
-    from ..tfenv import configure
+    from edge_bloodcls.tfenv import configure
 
     configure()  # this process did not start through the CLI
     t0 = time.perf_counter()
@@ -92,8 +92,8 @@ def run_keras(spec: dict) -> dict:
         # Fixed before TensorFlow creates its thread pools, i.e. before the first op runs.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from ..edge_runtime.preprocess import prepare
-    from ..edge_runtime.spec import InputSpec
+    from edge_bloodcls.edge_runtime.preprocess import prepare
+    from edge_bloodcls.edge_runtime.spec import InputSpec
 
     t0 = time.perf_counter()
     model = tf_keras.models.load_model(spec["path"], compile=False)
@@ -108,7 +108,7 @@ def run_keras(spec: dict) -> dict:
            "interpreter": {"interpreter": "tf_keras", "interpreter_version": tf_keras.__version__,
                            "tensorflow": tf.__version__, "threads": threads or os.cpu_count(), "device": "cpu"}}
     if spec.get("pixels"):
-        from ..convert.gate import predict_keras
+        from edge_bloodcls.convert.gate import predict_keras
 
         out["predictions"] = predict_keras(model, _pixels(spec), ispec).argmax(1).tolist()
     return out
@@ -121,7 +121,7 @@ def _progress(spec: dict, total: int, items):
     fd = spec.get("progress_fd")
     if fd is None:
         return items
-    from ..edge_runtime.progress import Progress
+    from edge_bloodcls.edge_runtime.progress import Progress
 
     return Progress(total, spec.get("progress_label", "accuracy"), os.fdopen(fd, "w", closefd=False)).iterate(items)
 

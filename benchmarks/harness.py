@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
-from ..edge_runtime.metrics import classification_metrics
-from ..edge_runtime.spec import InputSpec
+from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
+from edge_bloodcls.edge_runtime.metrics import classification_metrics
+from edge_bloodcls.edge_runtime.spec import InputSpec
 from .machine import machine_info
 from .models import MACS_METHOD, ModelSource, bundles_for, graph_macs, resolve_model
 from .options import (BASELINE, DEFAULT_ARCHS, FORMATS, REFERENCE, RESULTS_NAME, BenchError, BenchOptions, one_line,

@@ -6,7 +6,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from .. import __version__
+from edge_bloodcls import __version__
 from .options import one_line
 
 CPU_FLAGS_OF_INTEREST = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16",
@@ -44,7 +44,7 @@ def machine_info() -> dict:
         except metadata.PackageNotFoundError:
             pass
     try:
-        from ..edge_runtime.interpreter import backend_name
+        from edge_bloodcls.edge_runtime.interpreter import backend_name
         backend = backend_name()
     except Exception as e:  # recorded, not fatal: the children report what they used
         backend = f"unavailable ({one_line(e)})"

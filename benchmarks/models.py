@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
-from ..edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
+from edge_bloodcls.edge_runtime.spec import LABELS
 from .options import UNTRAINED_CALIBRATION, UNTRAINED_EVAL, BenchOptions, one_line
 
 MACS_METHOD = ("counted on the float32 TFLite graph: CONV_2D and TRANSPOSE_CONV output elements x kernel "
@@ -104,7 +104,7 @@ def untrained_build(src: ModelSource, opts: BenchOptions, calib_csv: Path, log) 
         return f
     import tf_keras
 
-    from ..train import archs
+    from edge_bloodcls.train import archs
 
     log(f"{src.key}: building an untrained {src.arch} at {src.size} px")
     tf_keras.utils.set_random_seed(opts.seed)
@@ -126,7 +126,7 @@ def bundles_for(src: ModelSource, formats: list[str], opts: BenchOptions, calib_
     that could not be exported, and the Keras model they come from (None for a bundle)."""
     if src.kind == "bundle":
         return {src.formats[0]: src.path.with_suffix(".tflite")}, [], None
-    from ..convert.formats import FORMATS as TABLE
+    from edge_bloodcls.convert.formats import FORMATS as TABLE
 
     keras_path = src.path if src.kind == "run" else untrained_build(src, opts, calib_csv, log)
     sha = sha256_file(keras_path)
@@ -174,7 +174,7 @@ def bundles_for(src: ModelSource, formats: list[str], opts: BenchOptions, calib_
 
 def _export(keras_path: Path, fmt: str, name: str, out_dir: Path, calib_csv: Path, opts: BenchOptions,
             untrained: bool, log) -> Path:
-    from ..convert.export import ExportOptions, run
+    from edge_bloodcls.convert.export import ExportOptions, run
 
     log(f"exporting {name} from {keras_path} (convert.export)")
     eo = ExportOptions(
@@ -192,7 +192,7 @@ def _export(keras_path: Path, fmt: str, name: str, out_dir: Path, calib_csv: Pat
 
 def graph_macs(tflite_path) -> dict:
     """Multiply-accumulates of one inference, from the TFLite graph's op list and tensor shapes."""
-    from ..convert.gate import op_shapes  # no default delegate: every op is listed as itself
+    from edge_bloodcls.convert.gate import op_shapes  # no default delegate: every op is listed as itself
 
     by_op: dict[str, int] = {}
     for op in op_shapes(Path(tflite_path).read_bytes()):

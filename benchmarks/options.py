@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..convert.formats import CPU_FORMATS
-from ..train.archs import names as arch_names
+from edge_bloodcls.convert.formats import CPU_FORMATS
+from edge_bloodcls.train.archs import names as arch_names
 
 # "keras" (the float model itself, the reference) and every export format a CPU runs.
 FORMATS = ("keras", *CPU_FORMATS)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..edge_runtime.preprocess import normalise
-from ..edge_runtime.spec import LABELS, InputSpec
+from edge_bloodcls.edge_runtime.preprocess import normalise
+from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
 
 SIZE = 32
 QUICK_ARCH = "tiny"
@@ -69,8 +69,8 @@ def make_quick_run(base: Path, seed: int = 0, epochs: int = 40) -> tuple[Path, P
         return run, split_csv
     import tf_keras
 
-    from ..train.data import make_split, read_split, scan, write_split
-    from ..train.pipeline import load_pixels
+    from edge_bloodcls.train.data import make_split, read_split, scan, write_split
+    from edge_bloodcls.train.pipeline import load_pixels
 
     cells = synthetic_cells(base / "cells", seed=seed)
     # Unequal val and test sizes: the pixel cache names files by split hash, size and count.

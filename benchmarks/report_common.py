@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..convert.formats import ORDER
-from ..train.archs import names as arch_names
+from edge_bloodcls.convert.formats import ORDER
+from edge_bloodcls.train.archs import names as arch_names
 from .results import Results
 
 FORMAT_ORDER = ["keras", *ORDER]

@@ -3,7 +3,7 @@ scaling published measurements of MobileNet v2 to the measured models; and the r
 section that says how."""
 from __future__ import annotations
 
-from ..convert.formats import CPU_FORMATS, arithmetic
+from edge_bloodcls.convert.formats import CPU_FORMATS, arithmetic
 from .report_common import FORMAT_ORDER, _ms, model_order, threads_for_plots
 from .results import Results
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.spec import LABELS
 from .options import BenchError
 
 
@@ -25,7 +25,7 @@ class TestImages:
         """The test images decoded and resized by the runtime's functions, as a uint8 .npy file
         (training's cache of the same split is reused)."""
         if size not in self._pixels:
-            from ..train.pipeline import cached_pixels
+            from edge_bloodcls.train.pipeline import cached_pixels
 
             arr = cached_pixels(self.paths, (size, size), cache_dir, self.key)
             if getattr(arr, "filename", None) is None:  # just written: read back as a memmap
@@ -41,7 +41,7 @@ class TestImages:
 
 
 def load_test_images(data: Path, data_root, max_images: int | None, seed: int) -> TestImages:
-    from ..convert import calibrate
+    from edge_bloodcls.convert import calibrate
 
     if data.is_dir():
         # The same files as `edge-bloodcls evaluate DIR` (edge_runtime.images.list_class_images);

@@ -22,19 +22,19 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, load_bundle
-from ..edge_runtime.classifier import Classifier
-from ..edge_runtime.locate import Detection, crop, default_rbc_px
-from ..edge_runtime.locate_eval import read_voc
-from ..edge_runtime.preprocess import ImageError, load_rgb, prepare
-from ..edge_runtime.trust import ece, nll
-from ..convert.trust_fit import coverage_curve
+from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, load_bundle
+from edge_bloodcls.edge_runtime.classifier import Classifier
+from edge_bloodcls.edge_runtime.locate import Detection, crop, default_rbc_px
+from edge_bloodcls.edge_runtime.locate_eval import read_voc
+from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, prepare
+from edge_bloodcls.edge_runtime.trust import ece, nll
+from edge_bloodcls.convert.trust_fit import coverage_curve
 
 SHIPPED = (DEFAULT_MODEL, "mobilenetv2_96_int8", "mobilenetv2_160_float32", "mobilenetv2_96_float32")
 
 
 def pbc_test(split_csv: Path, data_root: Path | None):
-    from ..train.data import read_split
+    from edge_bloodcls.train.data import read_split
 
     s = read_split(split_csv, data_root)
     paths, y = s.items("test")
@@ -221,8 +221,8 @@ def trust_report_cmd(models, split_csv, data_root, bccd, site, out):
     """Calibration, review coverage and out-of-distribution detection of bundles (the trust report)."""
     import sys
 
-    from ..edge_runtime.interpreter import backend_name
-    from ..edge_runtime.spec import LABELS
+    from edge_bloodcls.edge_runtime.interpreter import backend_name
+    from edge_bloodcls.edge_runtime.spec import LABELS
 
     test = pbc_test(split_csv, data_root)
     cells = bccd_field_cells(bccd) if (bccd / "Annotations").is_dir() else []

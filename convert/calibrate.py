@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..edge_runtime.images import list_class_images, printable
-from ..edge_runtime.preprocess import ImageError, normalise, prepare, probe
-from ..edge_runtime.spec import LABELS, InputSpec
+from edge_bloodcls.edge_runtime.images import list_class_images, printable
+from edge_bloodcls.edge_runtime.preprocess import ImageError, normalise, prepare, probe
+from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
 
 DEFAULT_SAMPLES = 300
 MIN_COVERAGE = 0.75  # of the spec's input range that the quantized input must represent
@@ -31,7 +31,7 @@ class ImageSet:
 
 
 def from_split(csv_path, split: str = "train", data_root=None) -> ImageSet:
-    from ..train.data import read_split
+    from edge_bloodcls.train.data import read_split
 
     s = read_split(csv_path, data_root)
     paths, labels = s.items(split)

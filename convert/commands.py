@@ -6,7 +6,7 @@ import sys
 import click
 
 from .calibrate import DEFAULT_SAMPLES
-from ..edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
+from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
 from .formats import IO_TYPES, QUANTIZE_CHOICES
 
 # Exit status: 1 the export failed its checks (nothing written but the error report);

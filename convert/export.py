@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..edge_runtime.bundle import Bundle, sha256_file, write_bundle
-from ..edge_runtime.spec import LABELS, InputSpec
-from ..edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
+from edge_bloodcls.edge_runtime.bundle import Bundle, sha256_file, write_bundle
+from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
+from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
 from . import calibrate, formats, gate, trust_fit
 
 
@@ -135,7 +135,7 @@ def _eval_split(opts: ExportOptions, src: Source) -> Path:
 
 
 def _pixels(images: calibrate.ImageSet, spec: InputSpec, cache_dir, whole_split: bool) -> np.ndarray:
-    from ..train.pipeline import cached_pixels
+    from edge_bloodcls.train.pipeline import cached_pixels
 
     # Same cache key as training (split hash, size, count), so a training cache is reused.
     key = (images.split_sha256 or "dir")[:12]
@@ -225,7 +225,7 @@ def run(opts: ExportOptions, log=print) -> dict:
 
     model, qat_rows, qat_info = src.model, None, None
     if fmt.qat:
-        from ..train.pipeline import Augment
+        from edge_bloodcls.train.pipeline import Augment
         from . import qat
 
         train_set = calibrate.from_split(split_csv, "train", opts.data_root)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..edge_runtime.bundle import Bundle
-from ..edge_runtime.classifier import Classifier
-from ..edge_runtime.metrics import classification_metrics
-from ..edge_runtime.preprocess import normalise
-from ..edge_runtime.spec import InputSpec
+from edge_bloodcls.edge_runtime.bundle import Bundle
+from edge_bloodcls.edge_runtime.classifier import Classifier
+from edge_bloodcls.edge_runtime.metrics import classification_metrics
+from edge_bloodcls.edge_runtime.preprocess import normalise
+from edge_bloodcls.edge_runtime.spec import InputSpec
 
 FLOAT_DTYPES = ("float32", "float16", "float64")
 

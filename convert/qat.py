@@ -89,7 +89,7 @@ def fine_tune(qmodel, train: tuple, val: tuple, spec, epochs: int = 2, batch_siz
     weights); train/val are (uint8 pixels, labels). Returns one history row an epoch."""
     import tf_keras
 
-    from ..train.pipeline import Augment, eval_dataset, train_dataset
+    from edge_bloodcls.train.pipeline import Augment, eval_dataset, train_dataset
 
     pixels, labels = train
     batch_size = max(1, min(batch_size, len(labels)))
@@ -127,6 +127,6 @@ def class_weight_from_config(config: dict, labels: np.ndarray, n_classes: int) -
     recorded = config.get("class_weights")
     if recorded:
         return {int(k): float(v) for k, v in recorded.items()}
-    from ..train.pipeline import class_weights
+    from edge_bloodcls.train.pipeline import class_weights
 
     return class_weights(labels, n_classes)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from ..edge_runtime.bundle import BundleError, load_bundle, write_bundle
+from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle, write_bundle
 from .formats import ORDER
 
 MAX_SHIP_DROP = 0.5  # points of accuracy the shipped int8 may lose against the float32 bundle

@@ -15,7 +15,7 @@ import io
 
 import numpy as np
 
-from ..edge_runtime.trust import (DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET, TrustStats, apply_temperature,
+from edge_bloodcls.edge_runtime.trust import (DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET, TrustStats, apply_temperature,
                                   ece, nll)
 
 # 256 PCA dimensions: on held-out BCCD fields the OOD AUROC rose with the dimensions (32 < 64 < 128

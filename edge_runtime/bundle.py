@@ -182,7 +182,7 @@ def write_bundle(tflite_bytes: bytes, manifest: dict, out_dir, name: str | None 
                  trust_bytes: bytes | None = None) -> Bundle:
     """Write NAME.tflite, NAME.trust.npz (when given) and NAME.json; the manifest gets schema,
     name, hashes and time. The manifest goes last: a bundle is complete once it exists."""
-    from .. import __version__
+    from edge_bloodcls import __version__
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

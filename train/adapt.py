@@ -24,8 +24,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..edge_runtime.bundle import BundleError, load_bundle, sha256_file, write_bundle
-from ..edge_runtime.images import printable
+from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle, sha256_file, write_bundle
+from edge_bloodcls.edge_runtime.images import printable
 from .adapt_data import (DEFAULT_BASE, AdaptInputError, framing_of, load_labelled, load_unlabelled, paste, pbc_split,
                          reframe_tight, resolve_base)
 
@@ -57,10 +57,10 @@ class AdaptOptions:
 
 
 def adapt(opts: AdaptOptions, log=print) -> dict:
-    from ..tfenv import configure
+    from edge_bloodcls.tfenv import configure
 
     configure()  # before TensorFlow is first imported (adapt may run without the CLI)
-    from ..convert import calibrate, export
+    from edge_bloodcls.convert import calibrate, export
     from . import adapt_core as core
 
     t0 = time.time()
@@ -110,7 +110,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     except (OSError, ValueError) as e:
         raise AdaptInputError(str(e)) from None
     pbc = calibrate.sample(pbc_all, cfg.pbc_cells, cfg.seed) if cfg.local_share < 1 else None
-    from ..edge_runtime.preprocess import ImageError, load_rgb
+    from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb
     try:
         pbc_px = core.to_model_size([load_rgb(p) for p in pbc.paths], spec.size) if pbc else local[:0]
     except ImageError as e:
@@ -214,9 +214,9 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, site,
     it to OUTDIR with the site section (manifest last)."""
     from PIL import Image
 
-    from ..convert import export
-    from ..edge_runtime.classifier import Classifier
-    from ..edge_runtime.preprocess import normalise
+    from edge_bloodcls.convert import export
+    from edge_bloodcls.edge_runtime.classifier import Classifier
+    from edge_bloodcls.edge_runtime.preprocess import normalise
     from . import adapt_core as core
 
     out.mkdir(parents=True, exist_ok=True)
@@ -292,7 +292,7 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, site,
                 checks[f"ood_{what}"] = float((o["ood_score"] > thr).mean())
         manifest = dict(staged.manifest)
         if oof is not None:
-            from ..edge_runtime.preprocess import load_rgb
+            from edge_bloodcls.edge_runtime.preprocess import load_rgb
 
             v = clf.predict_many([normalise(p, src.spec) for p in core.to_model_size(
                 [load_rgb(p) for p in pbc_val.paths], src.spec.size)])

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from ..edge_runtime.preprocess import resize
+from edge_bloodcls.edge_runtime.preprocess import resize
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def split(model, cut: str):
 
 
 def normalise(pixels: np.ndarray, spec) -> np.ndarray:
-    from ..edge_runtime.preprocess import normalise as norm
+    from edge_bloodcls.edge_runtime.preprocess import normalise as norm
 
     return norm(pixels, spec)
 
@@ -317,8 +317,8 @@ def site_operating_point(pbc_raw, pbc_y, pbc_ood, local_raw, local_y, local_ood,
     never saw that cell: honest, if a little pessimistic) beside PBC val through the int8 bundle.
     The same rule as convert's (trust_fit.review_operating_point: lowest threshold whose accepted,
     in-distribution cells reach `target` at the one-sided 90% Wilson bound)."""
-    from ..convert import trust_fit
-    from ..edge_runtime.trust import apply_temperature, ece
+    from edge_bloodcls.convert import trust_fit
+    from edge_bloodcls.edge_runtime.trust import apply_temperature, ece
 
     raw = np.concatenate([pbc_raw, local_raw])
     y = np.concatenate([pbc_y, local_y])

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..edge_runtime.bundle import BundleError, load_bundle
-from ..edge_runtime.images import list_class_images, list_images, printable
-from ..edge_runtime.locate import CROP_PER_CELL, CROP_PER_RBC, Detection, crop, default_rbc_px, locate
-from ..edge_runtime.preprocess import ImageError, load_rgb
+from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle
+from edge_bloodcls.edge_runtime.images import list_class_images, list_images, printable
+from edge_bloodcls.edge_runtime.locate import CROP_PER_CELL, CROP_PER_RBC, Detection, crop, default_rbc_px, locate
+from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb
 
 
 class AdaptInputError(ValueError):

@@ -83,9 +83,14 @@ def split_cmd(directory, out, ratios, seed):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--data-root", type=click.Path(file_okay=False), help="where the split's paths live (default: as recorded)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="keep decoded pixels here between runs")
+@click.option("--teacher", type=click.Path(exists=True, dir_okay=False),
+              help="distil from the soft targets in this .npz (from `edge-bloodcls teacher`)")
+@click.option("--distill-temperature", default=2.0, show_default=True, help="softmax temperature of the soft targets")
+@click.option("--distill-weight", default=0.7, show_default=True, help="weight of the soft-target loss (the rest: hard labels)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, width, bn_momentum, dropout,
-              patience, balance, augment, no_augment, weight_decay, time_budget, seed, data_root, cache_dir, resume):
+              patience, balance, augment, no_augment, weight_decay, time_budget, seed, data_root, cache_dir,
+              teacher, distill_temperature, distill_weight, resume):
     """Train a classifier under the common protocol and evaluate it on the test split."""
     if not resume and not (arch and split_csv):
         raise click.UsageError("--arch and --split are required (unless --resume)")
@@ -102,7 +107,8 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
                       batch_size=batch_size, weights=weights, lr=lr, width=width, bn_momentum=bn_momentum,
                       dropout=dropout, patience=patience, balance=balance,
                       augment="none" if no_augment else augment, weight_decay=weight_decay,
-                      time_budget_min=time_budget, seed=seed, data_root=data_root, cache_dir=cache_dir)
+                      time_budget_min=time_budget, seed=seed, data_root=data_root, cache_dir=cache_dir,
+                      teacher=teacher, distill_temperature=distill_temperature, distill_weight=distill_weight)
     try:
         train(cfg, resume=resume, log=lambda m: click.echo(m, err=False))
     except (WeightsUnavailable, FileNotFoundError, FileExistsError, ValueError) as e:
@@ -110,6 +116,26 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
         sys.exit(2)
 
 
+@click.command("teacher")
+@click.option("--model", "models", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
+              help="a trained .keras model; repeat for an ensemble")
+@click.option("--split", "split_csv", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="NAME: writes NAME.npz and NAME.json")
+@click.option("--tta/--no-tta", default=True, show_default=True, help="average over the 8 flips and quarter turns")
+@click.option("--data-root", type=click.Path(file_okay=False))
+@click.option("--cache-dir", type=click.Path(file_okay=False))
+def teacher_cmd(models, split_csv, out, tta, data_root, cache_dir):
+    """Soft targets for `train --teacher`: models averaged over views, scored on val and test."""
+    from .teacher import build_teacher
+
+    try:
+        build_teacher(list(models), split_csv, out, tta=tta, data_root=data_root, cache_dir=cache_dir,
+                      log=click.echo)
+    except (FileNotFoundError, ValueError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
 from .adapt import adapt_cmd  # noqa: E402 - beside the commands it joins
 
-COMMANDS = [data_group, train_cmd, adapt_cmd]
+COMMANDS = [data_group, train_cmd, teacher_cmd, adapt_cmd]

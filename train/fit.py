@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..tfenv import configure
-from ..edge_runtime.metrics import classification_metrics, format_metrics
-from ..edge_runtime.spec import LABELS
+from edge_bloodcls import __version__
+from edge_bloodcls.tfenv import configure
+from edge_bloodcls.edge_runtime.metrics import classification_metrics, format_metrics
+from edge_bloodcls.edge_runtime.spec import LABELS
 from . import archs
 from .data import read_split
+from .distill import distill_objects, distill_targets
 from .pipeline import augment_preset, cached_pixels, class_weights, eval_dataset, train_dataset
+from .teacher import load_teacher
 
 
 @dataclass
@@ -52,6 +54,9 @@ class TrainConfig:
     data_root: str | None = None
     cache_dir: str | None = None
     max_train: int | None = None  # for smoke tests only
+    teacher: str | None = None  # soft targets from `edge-bloodcls teacher` (distillation)
+    distill_temperature: float = 2.0
+    distill_weight: float = 0.7  # weight of the soft-target term; 1 - it on the hard labels
 
     @classmethod
     def from_saved(cls, saved: dict) -> tuple["TrainConfig", list[str]]:
@@ -186,7 +191,22 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         f"({time.time() - t0:.0f}s)")
 
     aug = augment_preset(cfg.augment)
+    if cfg.teacher and cfg.balance == "class_weights":
+        raise ValueError("--teacher and --balance class_weights do not combine (the soft targets carry the balance)")
     weights_by_class = class_weights(data["train"][1], len(LABELS)) if cfg.balance == "class_weights" else None
+    # What the loss sees: the label, or with a teacher the label and the teacher's logits.
+    targets = {name: y for name, (_, y) in data.items()}
+    if cfg.teacher:
+        if aug.zoom or aug.brightness or aug.contrast or aug.saturation or aug.hue:
+            raise ValueError("--teacher needs --augment geometric or none: its stored soft targets are "
+                             "invariant to flips and quarter turns only")
+        soft = load_teacher(cfg.teacher, split.sha256)
+        if cfg.max_train:
+            soft["train"] = soft["train"][: cfg.max_train]
+        for name in ("train", "val"):
+            if len(soft[name]) != len(targets[name]):
+                raise ValueError(f"{cfg.teacher}: {len(soft[name])} {name} targets for {len(targets[name])} images")
+            targets[name] = distill_targets(targets[name], soft[name])
     strategy, n_gpus = _strategy(log)
     batch = cfg.batch_size
     steps = len(data["train"][1]) // batch
@@ -197,6 +217,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     with strategy.scope():
         if resume:
             warmup_cosine_class()
+            distill_objects()
             model = tf_keras.models.load_model(ckpt_dir / "last.keras", compile=True)
             state = json.loads(state_file.read_text())
             _truncate_history(out / "history.csv", state["epoch"])
@@ -206,9 +227,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             sched = warmup_cosine_class()(lr, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
             opt = (tf_keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay) if cfg.weight_decay
                    else tf_keras.optimizers.Adam(sched))
-            model.compile(optimizer=opt,
-                          loss=tf_keras.losses.SparseCategoricalCrossentropy(),
-                          metrics=["accuracy"])
+            if cfg.teacher:
+                loss_cls, acc = distill_objects()
+                model.compile(optimizer=opt, loss=loss_cls(cfg.distill_temperature, cfg.distill_weight),
+                              metrics=[tf_keras.metrics.MeanMetricWrapper(acc, name="accuracy")])
+            else:
+                model.compile(optimizer=opt, loss=tf_keras.losses.SparseCategoricalCrossentropy(),
+                              metrics=["accuracy"])
     params = int(model.count_params())
 
     config = {
@@ -217,7 +242,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         "split": {"csv": str(cfg.split), "sha256": split.sha256, "root": str(split.root)},
         "params": params, "gpus": n_gpus, "versions": _versions(),
         "optimizer": ("AdamW" if cfg.weight_decay else "Adam") + ", warm-up + cosine decay",
-        "loss": "sparse categorical cross-entropy, class-weighted" if weights_by_class else "sparse categorical cross-entropy",
+        "loss": (f"distillation from {cfg.teacher}: {cfg.distill_weight:g} x T^2 KL at T={cfg.distill_temperature:g} "
+                 f"+ {1 - cfg.distill_weight:g} x cross-entropy" if cfg.teacher
+                 else "sparse categorical cross-entropy, class-weighted" if weights_by_class
+                 else "sparse categorical cross-entropy"),
     }
     if not resume:
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -225,12 +253,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         f"{steps} steps/epoch, epochs {state['epoch']}..{cfg.epochs}")
 
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
-    x_val = eval_dataset(*data["val"], spec, batch)
+    x_val = eval_dataset(data["val"][0], targets["val"], spec, batch)
     history_file = out / "history.csv"
     stop_reason = "completed all epochs"
 
     if state["epoch"] < cfg.epochs and state.get("stopped") != "early_stopping":
-        ds, _ = train_dataset(*data["train"], spec, batch, aug, cfg.seed, state["epoch"], cfg.epochs)
+        ds, _ = train_dataset(data["train"][0], targets["train"], spec, batch, aug, cfg.seed, state["epoch"], cfg.epochs)
         loop = _EpochEnd(cfg, state, ckpt_dir, history_file, budget_s, log)
         # One fit call over a stream of all remaining epochs: Keras keeps one iterator across
         # epochs, so every batch is the one an uninterrupted run would draw.
@@ -244,7 +272,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     best.save(out / "model.keras")  # loaded without compile: no optimizer state
     probs = best.predict(eval_dataset(*data["test"], spec, batch), verbose=0)
     metrics = classification_metrics(data["test"][1], probs.argmax(1))
-    val_probs = best.predict(x_val, verbose=0)
+    val_probs = best.predict(eval_dataset(*data["val"], spec, batch), verbose=0)
     metrics_val = classification_metrics(data["val"][1], val_probs.argmax(1))
     result = {
         "arch": cfg.arch, "img_size": cfg.img_size, "params": params, "split_sha256": split.sha256,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..edge_runtime.preprocess import ImageError, load_rgb, resize
-from ..edge_runtime.spec import InputSpec
+from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, resize
+from edge_bloodcls.edge_runtime.spec import InputSpec
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def train_dataset(pixels: np.ndarray, labels: np.ndarray, spec: InputSpec, batch
     n = len(labels)
     steps = n // batch_size
     h, w = pixels.shape[1:3]
-    labels = np.asarray(labels, np.int32)
+    labels = _as_targets(labels)
 
     def epoch_indices(e):
         perm = tf.argsort(tf.random.stateless_uniform([n], tf.stack([tf.cast(seed, tf.int64), e])))
@@ -141,9 +141,9 @@ def train_dataset(pixels: np.ndarray, labels: np.ndarray, spec: InputSpec, batch
         return pixels[i], labels[i]
 
     def load(e, i):
-        img, y = tf.numpy_function(fetch, [i], (tf.uint8, tf.int32), stateful=False)
+        img, y = tf.numpy_function(fetch, [i], (tf.uint8, tf.as_dtype(labels.dtype)), stateful=False)
         img.set_shape((h, w, 3))
-        y.set_shape(())
+        y.set_shape(labels.shape[1:])
         img = tf.cast(img, tf.float32) / 255.0
         img = _augment(img, aug, tf.stack([tf.cast(seed, tf.int64) * 100003 + e, tf.cast(i, tf.int64)]))
         return normalise_tf(img * 255.0, spec), y
@@ -158,15 +158,21 @@ def eval_dataset(pixels: np.ndarray, labels, spec: InputSpec, batch_size: int):
     import tensorflow as tf
 
     h, w = pixels.shape[1:3]
-    labels = np.asarray(labels, np.int32)
+    labels = _as_targets(labels)
 
     def gen():
         for start in range(0, len(labels), batch_size):
             yield np.asarray(pixels[start:start + batch_size]), labels[start:start + batch_size]
 
     ds = tf.data.Dataset.from_generator(gen, output_signature=(
-        tf.TensorSpec((None, h, w, 3), tf.uint8), tf.TensorSpec((None,), tf.int32)))
+        tf.TensorSpec((None, h, w, 3), tf.uint8), tf.TensorSpec((None,) + labels.shape[1:], tf.as_dtype(labels.dtype))))
     return ds.map(lambda x, y: (normalise_tf(tf.cast(x, tf.float32), spec), y)).prefetch(2)
+
+
+def _as_targets(labels) -> np.ndarray:
+    """Integer labels (N,), or float rows (N, 1 + classes) of label and teacher logits."""
+    labels = np.asarray(labels)
+    return labels.astype(np.float32) if labels.ndim == 2 else labels.astype(np.int32)
 
 
 def class_weights(labels, n_classes: int) -> dict[int, float]:

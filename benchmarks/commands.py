@@ -83,13 +83,18 @@ def bench_cmd(models, formats, threads, data, data_root, calibration, runs, warm
 @click.argument("results", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False),
               help="directory for REPORT.md and plots [default: beside RESULTS]")
-def bench_report_cmd(results, out):
+@click.option("--pareto", is_flag=True, help="also PARETO.md and pareto.png: int8 accuracy against speed, "
+                                              "with speed-ups against MobileNetV2-1.0 @224 in the same run")
+def bench_report_cmd(results, out, pareto):
     """Markdown report and PNG plots from a bench results JSON."""
     from pathlib import Path
 
     from .report import write_report
+    from .report_pareto import write_pareto
 
-    for f in write_report(Path(results), Path(out) if out else Path(results).parent):
+    folder = Path(out) if out else Path(results).parent
+    written = write_report(Path(results), folder) + (write_pareto(Path(results), folder) if pareto else [])
+    for f in written:
         click.echo(f"wrote {f}")
 
 

@@ -41,6 +41,25 @@ def _arch_size(name: str) -> tuple[str, int | None]:
     return (m.group(1), int(m.group(2))) if m else (name, None)
 
 
+PLATEAU_POINTS = 0.3  # a run has converged when its last 5 epochs gained less than this (issue 14)
+
+
+def converged(stop_reason: str | None, val_accuracy: list[float]) -> tuple[bool, str]:
+    """Whether validation stopped improving, and why: early stopping, or under PLATEAU_POINTS
+    gained by the best of the last 5 epochs over the best before them."""
+    reason = str(stop_reason or "")
+    if reason.startswith("early stopping"):
+        return True, "early-stopped"
+    if "time budget" in reason:
+        return False, "stopped by its time budget"
+    if len(val_accuracy) < 6:
+        return False, f"only {len(val_accuracy)} epochs"
+    gain = (max(val_accuracy[-5:]) - max(val_accuracy[:-5])) * 100
+    return (gain < PLATEAU_POINTS,
+            f"{'plateau' if gain < PLATEAU_POINTS else 'still improving'}: +{max(gain, 0):.2f} points of "
+            "validation accuracy in its last 5 epochs")
+
+
 def _training_record(run: Path) -> dict | None:
     f = run / "metrics.json"
     if not f.exists():
@@ -48,7 +67,15 @@ def _training_record(run: Path) -> dict | None:
     m = json.loads(f.read_text())
     test = m.get("test") or {}
     keys = ("epochs_run", "epochs_planned", "best_epoch", "stop_reason", "train_seconds")
-    return {**{k: m.get(k) for k in keys}, "test_accuracy_at_training": test.get("accuracy")}
+    val_acc = []
+    if (run / "history.csv").exists():
+        import csv
+
+        with open(run / "history.csv") as h:
+            val_acc = [float(row["val_accuracy"]) for row in csv.DictReader(h)]
+    done, why = converged(m.get("stop_reason"), val_acc)
+    return {**{k: m.get(k) for k in keys}, "test_accuracy_at_training": test.get("accuracy"),
+            "converged": done, "convergence": why}
 
 
 def resolve_model(spec: str, opts: BenchOptions) -> ModelSource:

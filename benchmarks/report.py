@@ -73,7 +73,9 @@ def _paper_row(r: Results, arch: str, key: str, p: dict, prf: str) -> str:
     if not info["trained"]:
         train = "not trained yet: an untrained build, measured for speed and size"
     else:
-        train = (f"{t.get('epochs_run')} epochs, {t.get('stop_reason')}" if t else "") or info.get("note") or ""
+        train = (f"{t.get('epochs_run')} epochs in {(t.get('train_seconds') or 0) / 3600:.1f} h on this CPU; "
+                 f"{'converged' if t.get('converged') else 'NOT converged'} ({t.get('convergence') or t.get('stop_reason')})"
+                 if t else "") or info.get("note") or ""
     return (f"| {PAPER_NAMES[arch]} (`{key}`, {info['size']} px) | {p['accuracy'] * 100:.2f} | {prf} | "
             + " | ".join(ours) + f" | {train} |")
 
@@ -186,7 +188,7 @@ def markdown(r: Results, plots: dict) -> str:
               "(VGG, ResNet50) get short time budgets (scripts/train_all.sh): where trained, they stop after few "
               "epochs and are not a fair reading of those architectures. The paper's column called precision is, by "
               "its definition, specificity (TN / (TN + FP)); ours is precision as scikit-learn defines it "
-              "(TP / (TP + FP)). The paper quotes P/R/F1 here only for MobileNetV2.", "",
+              "(TP / (TP + FP)).", "",
               "## Every model and format", "",
               f"Size and accuracy (baseline for the ratios: `{base}` int8):", "", *_size_table(r, models), "",
               "Speed and memory. Latency: one image (batch 1) through `Classifier.predict` — input quantization, "

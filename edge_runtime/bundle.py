@@ -21,7 +21,8 @@ from .spec import InputSpec
 from .trust import TrustError, TrustStats
 
 SCHEMA = 1
-MODELS_DIR = Path(__file__).parent / "models"
+# resolve(): under a strict editable install __file__ is a link; name the real folder.
+MODELS_DIR = Path(__file__).resolve().parent / "models"
 # The most accurate bundled model; mobilenetv2_96_int8 is the faster, less accurate one, at about
 # a third of the compute per cell (accuracies in each bundle's manifest and the README, Export).
 DEFAULT_MODEL = "mobilenetv2_160_int8"

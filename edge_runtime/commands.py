@@ -231,13 +231,18 @@ def evaluate(directory, model, threads, device, json_path):
     sys.exit(EXIT_INPUT_FAILED if not_read or failed else 0)
 
 
-def _accuracy(manifest: dict):
+def _accuracy(manifest: dict) -> dict[str, float]:
+    """The exported model's accuracy by split, as `convert` measured it: {"val": .., "test": ..}.
+    A manifest that does not say which split its figure is from gets it under "unstated"."""
     metrics = manifest.get("metrics") or {}
-    for key in ("exported", "float"):
-        acc = (metrics.get(key) or {}).get("accuracy")
-        if acc is not None:
-            return acc
-    return None
+    out = {}
+    for split, m in ((metrics.get("eval_split") or "unstated", metrics), ("test", metrics.get("test") or {})):
+        for key in ("exported", "float"):
+            acc = (m.get(key) or {}).get("accuracy")
+            if isinstance(acc, (int, float)):
+                out[split] = float(acc)
+                break
+    return out
 
 
 def _site(manifest: dict) -> str | None:
@@ -272,15 +277,16 @@ def models(as_json, folder):
     if as_json:
         click.echo(json.dumps(rows, indent=1))
     elif rows:
-        click.echo(f"{'name':<28}{'quant':<10}{'input':<9}{'accuracy':>9}  {'sha256':<14}path")
+        click.echo("accuracy of each exported model on our PBC split as `convert` measured it; * the default")
+        click.echo(f"{'name':<28}{'quant':<10}{'input':<9}{'val acc':>8}{'test acc':>9}  {'sha256':<14}path")
         for r in rows:
             if "error" in r:
                 click.echo(f"{r['name']:<28}INVALID: {r['error']}")
                 continue
-            acc = f"{r['accuracy']:.4f}" if isinstance(r["accuracy"], (int, float)) else "-"
+            acc = {k: f"{v:.2%}" for k, v in r["accuracy"].items()}
             size = "x".join(map(str, r["input_size"]))
-            click.echo(f"{r['name'] + (' *' if r['default'] else ''):<28}{r['quantization']:<10}{size:<9}{acc:>9}  "
-                       f"{r['sha256'][:12]:<14}{r['path']}")
+            click.echo(f"{r['name'] + (' *' if r['default'] else ''):<28}{r['quantization']:<10}{size:<9}"
+                       f"{acc.get('val', '-'):>8}{acc.get('test', '-'):>9}  {r['sha256'][:12]:<14}{r['path']}")
             if r["site"]:
                 click.echo(f"  {r['site']}")
     if folder is not None and not any("error" not in r for r in rows):

@@ -39,3 +39,18 @@ for m in ${MODELS:-mobilenetv2 runs/mobilenetv2_160_ft resnet50 vgg16 vgg19}; do
 done
 $CLI bench --models mobilenetv2@224 --formats float32,int8 "${common[@]}"
 $CLI bench-report "$OUT/bench.json"
+
+# The speed search (issue 13): the float32 and int8 exports of every candidate and the
+# MobileNetV2-1.0 @224 reference, at 1 thread, in ONE fresh run (--redo) so that the speed-ups
+# compare timings taken minutes apart under the same load. Run it on an idle machine.
+# PARETO=0 skips it; CANDIDATES overrides the list.
+if [ "${PARETO:-1}" != 0 ]; then
+  P=$OUT/pareto
+  models=${CANDIDATES:-runs/student_a035_96,runs/student_a050_96,runs/mobilenetv2_96,runs/ablation_96_geometric_unweighted,runs/mobilenetv2_128_ft,runs/mobilenetv2_160_ft,runs/student_a100_160}
+  keep=$(for m in ${models//,/ }; do [ -f "$m/model.keras" ] && printf '%s,' "$m"; done)
+  # The shipped int8 bundles themselves, as the runtime loads them (per-tensor where shipped so).
+  keep+=$(ls edge_runtime/models/*_int8.json | tr '\n' ',')
+  $CLI bench --models "${keep}mobilenetv2@224" --formats float32,int8 --threads 1 --no-shipped --redo \
+    --data runs/split.csv --data-root "$DATA" --runs "${RUNS:-200}" --warmup "${WARMUP:-20}" --out "$P" --no-report
+  $CLI bench-report "$P/bench.json" --pareto
+fi

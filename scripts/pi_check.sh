@@ -14,7 +14,8 @@
 #  4. The bundled default model (or PI_MODEL) on the same inputs on both sides: classify (jsonl),
 #     evaluate (JSON) on a class-folder set, capture --mode field --no-preview --max-frames N on a
 #     folder of fields, the SQLite log read back.
-#  5. scripts/pi_compare.py: identical labels and boxes, probabilities within one output
+#  5. The runtime tests (pytest -k runtime, PI_TESTS=0 to skip) inside, on the installed wheel.
+#  6. scripts/pi_compare.py: identical labels and boxes, probabilities within one output
 #     quantization step, versions of both sides. Log: benchmarks/results/pi_check_<release>.log.
 #
 # Needs root (debootstrap, chroot, mounts), the network (Debian mirror, PyPI) and a few GB in
@@ -247,11 +248,11 @@ ensure_tools
 GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "not a git checkout")
 GIT_DIRTY=$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | wc -l || echo 0)
 # What goes into the wheel: the runtime, the CLI, the bundled models, the packaging.
-PKG_DIRTY=$(git -C "$REPO" status --porcelain -- edge_runtime edge_bloodcls pyproject.toml 2>/dev/null | wc -l || echo 0)
+PKG_DIRTY=$(git -C "$REPO" status --porcelain -- edge_runtime app pyproject.toml 2>/dev/null | wc -l || echo 0)
 {
     echo "make pi-check: the edge runtime on arm64 Debian under qemu-user emulation vs natively"
     echo "started $STARTED; host $(uname -m) $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r), $(nproc) cores"
-    echo "repository $GIT_REV$([ "$GIT_DIRTY" != 0 ] && echo " + $GIT_DIRTY modified tracked file(s)"); edge_runtime/, edge_bloodcls/, pyproject.toml: $([ "$PKG_DIRTY" = 0 ] && echo "as committed" || echo "$PKG_DIRTY uncommitted change(s)")"
+    echo "repository $GIT_REV$([ "$GIT_DIRTY" != 0 ] && echo " + $GIT_DIRTY modified tracked file(s)"); edge_runtime/, app/, pyproject.toml: $([ "$PKG_DIRTY" = 0 ] && echo "as committed" || echo "$PKG_DIRTY uncommitted change(s)")"
     echo "$(qemu-aarch64-static --version | head -n 1); $(debootstrap --version 2>/dev/null || dpkg-query -W -f='debootstrap ${Version}' debootstrap)"
     echo "binfmt qemu-aarch64: $(tr '\n' ' ' </proc/sys/fs/binfmt_misc/qemu-aarch64 | cut -c1-120)"
     echo "Emulated timings below are qemu-user on an x86-64 host: they are NOT Raspberry Pi timings."
@@ -337,6 +338,20 @@ for rel in $RELEASES; do
             note "$part" "    no TensorFlow in the venv (pip freeze)"
         fi
         [ -z "$FREEZE_PIN" ] && FREEZE_PIN=$WORK/freeze-$rel-edge.txt
+        # The runtime tests (`pytest -k runtime`: no TensorFlow; the committed tiny bundles, the
+        # shipped bundles as the wheel installed them, the demo images) on the first emulated core.
+        if [ "${PI_TESTS:-1}" != 0 ]; then
+            tcpu=${QEMU_CPUS%% *}
+            rm -rf "$root$GUEST/tests" "$root$GUEST/demo"
+            cp -r "$REPO/tests" "$root$GUEST/tests"
+            cp -r "$REPO/demo" "$root$GUEST/demo"
+            find "$root$GUEST/tests" -name __pycache__ -prune -exec rm -rf {} +
+            bind_cpuinfo "$root" "$tcpu"
+            step "$part" "$rel-$tcpu-runtime-tests" guest "$root" "$tcpu" \
+                "$V/bin/pip install -q pytest && cd $GUEST && $V/bin/python -m pytest tests -k runtime -q -p no:cacheprovider" || ok=0
+            unbind_cpuinfo "$root"
+            grep -E '[0-9]+ passed' "$WORK/steps/$rel-$tcpu-runtime-tests.out" | tail -n 1 | sed 's/^/    /' | tee -a "$part" || true
+        fi
         for cpu in $QEMU_CPUS; do
             bind_cpuinfo "$root" "$cpu"
             note "$part" "  QEMU_CPU=$cpu; /proc/cpuinfo inside: $(grep -m1 '^Model' "$WORK/cpuinfo-$cpu" | cut -d: -f2-) ($(grep -m1 '^CPU part' "$WORK/cpuinfo-$cpu" | cut -d: -f2 | tr -d ' \t'))"

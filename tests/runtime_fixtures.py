@@ -1,12 +1,14 @@
-"""Tiny model bundles for the runtime tests, built once per test run.
+"""Tiny model bundles for the runtime tests, committed under tests/fixtures/bundles.
 
-A 32x32 conv net is trained for a few seconds on the synthetic cells of conftest (each class a
+The runtime tests load them without TensorFlow, so that they run where the runtime runs (the
+edge install, the Pi's root file system in `make pi-check`). `python tests/runtime_fixtures.py`
+rebuilds them (needs the train extra). A 32x32 conv net is trained for a few seconds on the synthetic cells of conftest (each class a
 disc of its own colour), so that a working pipeline gets them right and a broken one (labels out
 of order, wrong normalisation, colour swapped) does not. Converted to float32 and full-int8 TFLite
 and written with edge_runtime.bundle.write_bundle. TensorFlow is imported here only.
 
-Test modules do `from runtime_fixtures import bundles  # noqa: F401`; the bundles are cached on
-disk under pytest's base temp so that two modules importing the fixture share one build.
+Test modules do `from runtime_fixtures import bundles  # noqa: F401`; the fixture copies the
+committed bundles to pytest's base temp, so that a test may write beside them.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from edge_bloodcls.tfenv import configure
 SIZE = 32
 SPEC = InputSpec.named(SIZE)
 REPO = Path(__file__).resolve().parents[1]
+COMMITTED = Path(__file__).resolve().parent / "fixtures" / "bundles"
 
 
 def _training_data(root: Path):
@@ -77,15 +80,13 @@ def build_bundles(out: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory) -> dict[str, Path]:
-    """{"float32": Path, "int8": Path} of NAME.tflite with NAME.json beside."""
-    pytest.importorskip("tensorflow")
-    pytest.importorskip("tf_keras")
+    """{"float32": Path, "int8": Path} of NAME.tflite with NAME.json beside (no TensorFlow)."""
+    import shutil
+
     out = tmp_path_factory.getbasetemp() / "runtime_bundles"
-    done = out / "done.json"
-    if not done.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        build_bundles(out)
-    paths = {k: Path(v) for k, v in json.loads(done.read_text()).items()}
+    if not out.exists():
+        shutil.copytree(COMMITTED, out)
+    paths = {q: out / f"tiny_{q}.tflite" for q in ("float32", "int8")}
     for p in paths.values():
         load_bundle(p)
     return paths
@@ -99,3 +100,16 @@ def cli_env() -> dict:
 
 
 PYTHON = sys.executable
+
+
+if __name__ == "__main__":  # rebuild the committed bundles (after a change to the bundle format)
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        built = build_bundles(Path(tmp))
+        COMMITTED.mkdir(parents=True, exist_ok=True)
+        for p in built.values():
+            for f in (p, p.with_suffix(".json")):
+                shutil.copy(f, COMMITTED / f.name)
+                print(COMMITTED / f.name)

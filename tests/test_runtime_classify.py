@@ -210,7 +210,7 @@ def test_models_lists_bundles_and_says_when_none(bundles, tmp_path, monkeypatch)
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     good = rows["tiny_int8"]
     assert good["quantization"] == "int8" and good["input_size"] == [32, 32]
-    assert len(good["sha256"]) == 64 and good["accuracy"] > 0.5
+    assert len(good["sha256"]) == 64 and good["accuracy"]["unstated"] > 0.5
     assert "schema" in rows["stale"]["error"]
     r = run("models")
-    assert "tiny_int8" in r.stdout and "INVALID" in r.stdout
+    assert "tiny_int8" in r.stdout and "INVALID" in r.stdout and "val acc" in r.stdout

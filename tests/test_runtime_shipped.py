@@ -1,0 +1,52 @@
+"""The shipped bundles themselves, through the runtime alone (no TensorFlow needed).
+
+Run with the edge install (`pip install -e .[edge,dev]`, `pytest -k runtime`) and inside the
+arm64 root file system of `make pi-check`: what a Pi loads is what is tested here.
+"""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, load_bundle
+from edge_bloodcls.edge_runtime.classifier import Classifier
+from edge_bloodcls.edge_runtime.images import list_images
+
+from runtime_fixtures import PYTHON
+
+DEMO = Path(__file__).resolve().parents[1] / "demo"
+SHIPPED = sorted(p.stem for p in MODELS_DIR.glob("*.tflite"))
+
+
+def test_runtime_default_bundle_is_shipped_with_its_trust_statistics():
+    assert DEFAULT_MODEL in SHIPPED
+    b = load_bundle()  # verifies the model and statistics hashes against the manifest
+    assert b.name == DEFAULT_MODEL and b.trust is not None
+    assert b.quantization == "int8"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_runtime_shipped_bundle_classifies_the_demo_cells(name):
+    """One PBC cell per class (demo/cells, from the training distribution): every shipped model
+    gets them right and calls none of them out of distribution."""
+    clf = Classifier(load_bundle(MODELS_DIR / name), threads=1)
+    cells = list_images(DEMO / "cells").files
+    assert len(cells) == 8
+    for path in cells:
+        p = clf.classify(path)
+        assert p.label == path.parent.name, (name, path, p.top)
+        assert p.ood_score is not None and not p.ood, (name, path, p.ood_score)
+
+
+def test_runtime_default_bundle_flags_another_labs_fields(tmp_path):
+    """The demo fields come from another microscope: the gate must mark the differential
+    UNVALIDATED rather than report it as if it could be trusted."""
+    db = tmp_path / "capture.db"
+    r = subprocess.run([PYTHON, "-m", "edge_bloodcls.cli", "capture", "--camera", str(DEMO / "fields"),
+                        "--mode", "field", "--no-preview", "--db", str(db)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "UNVALIDATED differential" in r.stdout
+    assert "Traceback" not in r.stderr and "INFO:" not in r.stderr

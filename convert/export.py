@@ -114,7 +114,11 @@ def default_name(src: Source, fmt: formats.Format, io: str) -> str:
     h, w = src.spec.size
     size = f"{h}" if h == w else f"{h}x{w}"
     io_part = f"_{io}io" if fmt.integer_only and io != "int8" else ""
-    return f"{src.arch}_{size}_{fmt.suffix}{io_part}"
+    # A MobileNetV2 narrower than 1.0 says so (mobilenetv2_a035_96_int8): two widths at one input
+    # size must not share a bundle name.
+    width = (src.config.get("train") or {}).get("width")
+    arch = f"{src.arch}_a{round(width * 100):03d}" if width not in (None, 1.0) else src.arch
+    return f"{arch}_{size}_{fmt.suffix}{io_part}"
 
 
 def _eval_split(opts: ExportOptions, src: Source) -> Path:

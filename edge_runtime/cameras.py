@@ -14,7 +14,7 @@ from .sources import LiveSource, SourceError, _stderr, bgr_to_rgb
 def cv2_camera(spec, name, size=None, **kw) -> LiveSource:
     import cv2
 
-    warned = []
+    warned: list[tuple[int, int]] = []
 
     def opener():
         cap = cv2.VideoCapture(spec)
@@ -50,7 +50,8 @@ class _Picamera2Device:
             raise SourceError(f"picamera2 {num}: cannot open ({_one_line(e)}; is the camera connected, "
                               "enabled and not used by another program?)") from None
         try:
-            main = {"format": "RGB888"}  # libcamera's "RGB888" is B, G, R in memory: the array is BGR
+            # libcamera's "RGB888" is B, G, R in memory: the array is BGR
+            main: dict[str, object] = {"format": "RGB888"}
             if size:
                 main["size"] = tuple(size)
             self.cam.configure(self.cam.create_video_configuration(main=main))

@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from .sources import Source, has_display
 from .spec import WBC_LABELS
 from .track import Differential  # noqa: F401  (was defined here; importers keep working)
 from .track import MIN_OBSERVATIONS, CellCounter, Observation, Track, Tracker, single_track
+
+if TYPE_CHECKING:
+    from .preview import LiveView
 
 STAGES = ("decode", "locate", "crop", "preprocess", "tensor_io", "interpreter", "log", "preview", "other")
 DEFAULT_COUNT = 100  # white cells: the usual manual differential (200 for a closer look)
@@ -50,7 +53,7 @@ class CaptureOptions:
     min_observations: int = MIN_OBSERVATIONS
     save_crops: Path | None = None
     preview: bool = False
-    live: object = None  # a preview.LiveView, or None
+    live: LiveView | None = None
     top_k: int = 3
     echo: Callable[[str], None] = print
     status_every_s: float = 1.0
@@ -62,7 +65,7 @@ class _Signals:
     always agree on what was done (a signal between the commit and the frame counter once gave a
     summary of 3 frames for a log of 4)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.depth = 0
         self.pending: type | None = None
         self.closing = False
@@ -136,7 +139,7 @@ def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: C
             else:
                 regions = [((0, 0, rgb.shape[1], rgb.shape[0]), rgb)]
             obs = []
-            for box, patch in regions:
+            for (x0, y0, x1, y1), patch in regions:
                 t0 = time.perf_counter()
                 x = prepare(patch, clf.spec)
                 t["preprocess"] += _ms(t0)
@@ -145,7 +148,7 @@ def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: C
                 t["interpreter"] += pred.latency_ms
                 t["tensor_io"] += _ms(t0) - pred.latency_ms
                 probs = np.array([pred.probs[k] for k in clf.labels], np.float64)
-                obs.append(Observation(frame.index, tuple(box), probs, pred, patch, frame.timestamp))
+                obs.append(Observation(frame.index, (x0, y0, x1, y1), probs, pred, patch, frame.timestamp))
             with sig.critical():
                 t0 = time.perf_counter()
                 ended = tracker.update(frame.index, rgb, obs) if tracker else [single_track(o, clf.labels) for o in obs]
@@ -277,7 +280,7 @@ def _one_line(e: Exception, opts: CaptureOptions) -> str:
     return f"{printable(where)}: cannot save a crop ({getattr(e, 'strerror', None) or e})"
 
 
-def _mean_label(tr: Track, clf: Classifier) -> tuple:
+def _mean_label(tr: Track, clf: Classifier) -> tuple[str, float, bool, bool]:
     v = tr.verdict(clf.labels, clf.review_threshold)
     return v["label"], v["confidence"], v["review"], v["ood"]
 

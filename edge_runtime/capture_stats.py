@@ -9,6 +9,7 @@ draws from a seeded generator, so the same session gives the same summary.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ class TimingStats:
         if not self.n:
             return {}
         kept = self.rows[:min(self.n, self.capacity)]
-        out = {}
+        out: dict[str, Any] = {}
         for i, k in enumerate(self.stages):
             out[k] = {"median": round(float(np.median(kept[:, i])), 3), "mean": round(float(self.sums[i] / self.n), 3)}
         total = kept.sum(axis=1)

@@ -124,18 +124,25 @@ class Classifier:
     def predict_many(self, xs) -> dict:
         """Float32 model inputs, one at a time as on the Pi -> {"probs": calibrated (N, C),
         "raw": model probabilities, "features": (N, D) or None, "ood_score": (N,) or None, "ms": (N,)}."""
-        raw, feats, ms = [], [], []
+        raws: list[np.ndarray] = []
+        feats: list[np.ndarray] = []  # empty when the model has no feature output
+        ms: list[float] = []
         for x in xs:
             p, f, t = self.infer(x)
-            raw.append(p)
-            feats.append(f)
+            raws.append(p)
+            if f is not None:
+                feats.append(f)
             ms.append(t)
-        raw = np.stack(raw) if raw else np.zeros((0, len(self.labels)), np.float32)
-        features = np.stack(feats) if feats and feats[0] is not None else None
+        raw = np.stack(raws) if raws else np.zeros((0, len(self.labels)), np.float32)
+        features = np.stack(feats) if feats else None
         out = {"raw": raw, "probs": raw, "features": features, "ood_score": None, "ms": np.asarray(ms)}
         if self.trust is not None:
             out["probs"] = self.trust.calibrate(raw)
-            out["ood_score"] = self.trust.scores(features) if len(raw) else np.zeros(0)
+            if len(raw):
+                assert features is not None  # trust statistics imply a feature output (_check_model)
+                out["ood_score"] = self.trust.scores(features)
+            else:
+                out["ood_score"] = np.zeros(0)
         return out
 
     def classify(self, source, name=None, top_k: int = 3) -> Prediction:
@@ -149,6 +156,7 @@ class Classifier:
         score, ood = None, False
         if self.trust is not None:
             probs = self.trust.calibrate(probs)
+            assert feats is not None  # trust statistics imply a feature output (_check_model)
             score = self.trust.score(feats)
             ood = score > self.trust.threshold
         i = int(np.argmax(probs))

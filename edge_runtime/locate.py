@@ -91,12 +91,12 @@ def locate(rgb: np.ndarray, rbc_px: float | None = None, params: LocateParams = 
         small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     r = rbc_px * s  # red-cell diameter in working pixels
 
-    b = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2LAB)[..., 2].astype(np.float32)
+    b: np.ndarray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2LAB)[..., 2].astype(np.float32)
     b = cv2.GaussianBlur(b, (0, 0), max(0.5, r / 40))
     # The median is background and red cells in any field that is not packed with white cells,
     # so the threshold follows stain batches and white balance instead of being absolute.
     drop = float(np.median(b)) - b
-    mask = (drop > params.b_drop).astype(np.uint8)
+    mask: np.ndarray = (drop > params.b_drop).astype(np.uint8)
 
     k = _disc(max(1, round(r * 0.06)))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, k)

@@ -33,7 +33,10 @@ def read_voc(xml_path, cls: str = "WBC") -> list[tuple[int, int, int, int]]:
         if obj.findtext("name", "").strip() != cls:
             continue
         b = obj.find("bndbox")
-        out.append(tuple(int(float(b.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")))
+        if b is None:
+            raise ValueError(f"{xml_path}: a {cls} object without a bndbox")
+        x0, y0, x1, y1 = (int(float(b.findtext(k, ""))) for k in ("xmin", "ymin", "xmax", "ymax"))
+        out.append((x0, y0, x1, y1))
     return out
 
 

@@ -9,14 +9,14 @@ scikit-learn is imported when metrics are asked for, so classify/capture run wit
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .spec import LABELS
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
+def classification_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                            labels: Sequence[str] = LABELS) -> dict:
     from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
                                  precision_recall_fscore_support)
@@ -32,7 +32,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         warnings.filterwarnings("ignore", message="A single label was found")
         balanced = float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
-    out = {
+    out: dict[str, Any] = {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": balanced,

@@ -130,16 +130,22 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     is known, so the result is that of converting the whole image at once)."""
     if im.mode == "RGB":
         return im
-    hi = None
+    hi: float | None = None
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        hi = 65535.0 if im.getextrema()[1] > 255 else 255.0
+        hi = 65535.0 if _band_max(im) > 255 else 255.0
     elif im.mode == "F":
-        top = im.getextrema()[1]
+        top = _band_max(im)
         hi = 1.0 if top <= 1.0 else top
     out = Image.new("RGB", im.size)
     for top, bottom in _bands(im):
         out.paste(_band_to_rgb(im.crop((0, top, im.size[0], bottom)), hi), (0, top))
     return out
+
+
+def _band_max(im: Image.Image) -> float:
+    top = im.getextrema()[1]
+    assert not isinstance(top, tuple)  # a single-band image: (min, max), not a pair per band
+    return top
 
 
 def _check_size(size: tuple[int, int], name) -> None:
@@ -240,7 +246,10 @@ def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     square = rgb[top:top + side, left:left + side]
     if square.shape[:2] == tuple(size):
         return np.ascontiguousarray(square)
-    im = Image.fromarray(np.ascontiguousarray(square), "RGB").resize((size[1], size[0]), Image.BILINEAR)
+    # Image.BILINEAR, not Image.Resampling (Pillow >= 9.1 only): Pillow sets the module constant
+    # at run time, where its annotations cannot see it
+    im = Image.fromarray(np.ascontiguousarray(square), "RGB").resize(
+        (size[1], size[0]), Image.BILINEAR)  # type: ignore[attr-defined]
     return np.asarray(im, dtype=np.uint8)
 
 
@@ -262,5 +271,6 @@ def prepare(source, spec: InputSpec, name=None) -> np.ndarray:
         return normalise(resize(source, spec.size), spec)
     square = _square(decode(source, name))
     if square.size != (spec.size[1], spec.size[0]):
-        square = square.resize((spec.size[1], spec.size[0]), Image.BILINEAR)
+        # Image.BILINEAR: see resize
+        square = square.resize((spec.size[1], spec.size[0]), Image.BILINEAR)  # type: ignore[attr-defined]
     return normalise(np.asarray(square, dtype=np.uint8), spec)

@@ -94,7 +94,7 @@ def _ts(t) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
-def _pct(k, n) -> str:
+def _pct(k, n) -> tuple[str, str]:
     if not n:
         return "-", "-"
     lo, hi = wilson(k, n)

@@ -286,6 +286,7 @@ class SessionLog:
                  int(c.review), self.model_sha256, json.dumps({k: round(float(v), 6) for k, v in c.probs.items()}),
                  text(c.crop_path), c.crop_jpeg, c.observations, c.first_frame if c.first_frame is not None else fi,
                  c.last_frame if c.last_frame is not None else fi, c.ood_score, int(c.ood), text(c.review_reason)))
+            assert cur.lastrowid is not None  # set by every INSERT
             ids.append(cur.lastrowid)
         if cells:
             self.con.execute("UPDATE sessions SET cells = cells + ? WHERE id = ?", (len(cells), self.id))

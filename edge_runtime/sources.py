@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class Source:
         self.sleep = sleep
         self.warn = warn
         self.end_reason = ""
-        self._next_t = None
+        self._next_t: float | None = None
 
     def _pace(self) -> None:
         # Replays (folder, video) run as fast as the machine allows unless --fps asks otherwise;
@@ -309,7 +309,7 @@ def open_source(spec: str, fps: float | None = None, backoff=DEFAULT_BACKOFF,
     (width, height) is asked of cameras; recorded sources keep their own."""
     from .cameras import cv2_camera, picamera2
 
-    kw = {"fps": fps, "sleep": sleep, "warn": warn}
+    kw: dict[str, Any] = {"fps": fps, "sleep": sleep, "warn": warn}
     live = {"backoff": backoff, "read_timeout": read_timeout, "size": size}
     spec = str(spec)
     # ASCII digits only: str.isdigit() accepts '²', which int() refuses.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TypedDict
 
 LABELS: tuple[str, ...] = (
     "basophil", "eosinophil", "erythroblast", "ig",
@@ -12,10 +13,17 @@ LABELS: tuple[str, ...] = (
 # reported, but a differential is a percentage of leukocytes).
 WBC_LABELS: tuple[str, ...] = ("basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil")
 
+
+class Normalisation(TypedDict):
+    color: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
 # Normalisations by name: model_input = (rgb_or_bgr_pixel - mean) / std, pixels in 0..255.
 #   "symmetric": [-1, 1], MobileNetV2's own and our choice for every model trained from scratch.
 #   "caffe": BGR, ImageNet mean subtracted, unscaled: what VGG/ResNet50 ImageNet weights expect.
-NORMALISATIONS = {
+NORMALISATIONS: dict[str, Normalisation] = {
     "symmetric": {"color": "RGB", "mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5)},
     "caffe": {"color": "BGR", "mean": (103.939, 116.779, 123.68), "std": (1.0, 1.0, 1.0)},
 }
@@ -34,8 +42,9 @@ class InputSpec:
     def named(cls, size: int | tuple[int, int], normalisation: str = "symmetric") -> "InputSpec":
         if isinstance(size, int):
             size = (size, size)
+        h, w = size
         norm = NORMALISATIONS[normalisation]
-        return cls(size=tuple(size), color=norm["color"], mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+        return cls(size=(h, w), color=norm["color"], mean=norm["mean"], std=norm["std"])
 
     def to_json(self) -> dict:
         d = asdict(self)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from .locate import iou
 from .session import CellRecord
 from .spec import WBC_LABELS
 from .trust import SessionGate
+
+if TYPE_CHECKING:
+    from .classifier import Prediction
 
 MIN_RESPONSE = 0.30
 MIN_NCC = 0.80
@@ -54,7 +58,7 @@ class Observation:
     frame_index: int
     box: tuple[int, int, int, int]
     probs: np.ndarray  # in label order
-    pred: object  # classifier.Prediction
+    pred: Prediction
     crop: np.ndarray | None = None  # RGB crop (kept only for the track's best observation)
     timestamp: float = 0.0
 
@@ -89,14 +93,15 @@ class Track:
         self._note(obs, label)
 
     def _note(self, obs: Observation, label: str) -> None:
-        self.box = tuple(float(v) for v in obs.box)
+        self.box = _float_box(obs.box)
         self.last_frame = obs.frame_index
         self.missed = 0
         p = obs.pred
         self.n_review += bool(p.review)
         self.n_ood += bool(getattr(p, "ood", False))
-        if getattr(p, "ood_score", None) is not None:
-            self.ood_score_sum += float(p.ood_score)
+        ood_score = getattr(p, "ood_score", None)
+        if ood_score is not None:
+            self.ood_score_sum += float(ood_score)
             self.n_ood_scores += 1
         reason = getattr(p, "review_reason", "")
         if reason and reason not in self.reasons:
@@ -156,7 +161,7 @@ class FieldDetector:
         self.min_response = min_response
         self.min_ncc = min_ncc
         self.prev: np.ndarray | None = None
-        self.window = None
+        self.window: np.ndarray | None = None
         self.last_response = 0.0
         self.last_ncc = 0.0
 
@@ -258,7 +263,7 @@ class Tracker:
         self.active = still
         for oi, o in enumerate(observations):
             if oi not in used_o:
-                t = Track(self.next_id, self.field, o.frame_index, tuple(map(float, o.box)),
+                t = Track(self.next_id, self.field, o.frame_index, _float_box(o.box),
                           np.asarray(o.probs, np.float64), last_frame=o.frame_index)
                 t._note(o, self.labels[int(np.argmax(o.probs))])
                 self.next_id += 1
@@ -312,7 +317,7 @@ class Differential:
 class CellCounter:
     """Counted cells -> differential, trust gate, review list, log records; stops at --count."""
 
-    def __init__(self, clf, opts, log):
+    def __init__(self, clf, opts, log) -> None:
         # clf: labels and review_threshold; opts: count, save_crops, echo; log: SessionLog or None
         self.clf, self.opts, self.log = clf, opts, log
         self.diff = Differential()
@@ -329,12 +334,14 @@ class CellCounter:
                 break
             v = t.verdict(self.clf.labels, self.clf.review_threshold)
             best = t.best
+            assert best is not None  # set by the track's first observation (Track._note)
             crop_path = None
             if self.opts.save_crops and best is not None and best.crop is not None:
                 crop_path = str(Path(self.opts.save_crops) / f"s{self.log.id if self.log else 0}_"
                                 f"f{best.frame_index:06d}_t{t.id}_{v['label']}.jpg")
                 _save_jpeg(best.crop, crop_path)
-            rec = CellRecord(tuple(int(round(x)) for x in best.box), v["label"], v["confidence"], v["review"],
+            x0, y0, x1, y1 = (int(round(x)) for x in best.box)
+            rec = CellRecord((x0, y0, x1, y1), v["label"], v["confidence"], v["review"],
                              v["probs"], crop_path, _jpeg_bytes(best.crop), t.observations, best.frame_index,
                              t.first_frame, t.last_frame, best.timestamp, v["ood_score"], v["ood"], v["review_reason"])
             out.append(rec)
@@ -365,10 +372,15 @@ class CellCounter:
 
 def single_track(obs: Observation, labels) -> Track:
     """Cell mode: the frame is the cell, counted at once."""
-    t = Track(obs.frame_index, 0, obs.frame_index, tuple(map(float, obs.box)), np.asarray(obs.probs, np.float64),
+    t = Track(obs.frame_index, 0, obs.frame_index, _float_box(obs.box), np.asarray(obs.probs, np.float64),
               last_frame=obs.frame_index, end_frame=obs.frame_index)
     t._note(obs, labels[int(np.argmax(obs.probs))])
     return t
+
+
+def _float_box(box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = box
+    return float(x0), float(y0), float(x1), float(y1)
 
 
 def _save_jpeg(rgb: np.ndarray, path: str) -> None:
@@ -386,7 +398,9 @@ def _jpeg_bytes(rgb: np.ndarray | None) -> bytes | None:
 
     im = Image.fromarray(rgb)
     if max(im.size) > CROP_STORE_PX:
-        im.thumbnail((CROP_STORE_PX, CROP_STORE_PX), Image.BILINEAR)
+        # Image.BILINEAR, not Image.Resampling (Pillow >= 9.1 only): Pillow sets the module
+        # constant at run time, where its annotations cannot see it
+        im.thumbnail((CROP_STORE_PX, CROP_STORE_PX), Image.BILINEAR)  # type: ignore[attr-defined]
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=90)
     return buf.getvalue()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -202,11 +203,11 @@ def trust_summary(probs: np.ndarray, y: np.ndarray, ood: np.ndarray, review: np.
     """What `evaluate` reports on a labelled folder: calibration, OOD share, review coverage."""
     correct = probs.argmax(1) == y
     accepted = ~review
-    out = {"ece": ece(probs, y), "nll": nll(probs, y), "has_trust_statistics": has_trust,
-           "ood": int(ood.sum()), "review": int(review.sum()), "review_threshold": review_threshold,
-           "coverage": float(accepted.mean()),
-           "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
-           "errors_flagged": int((~correct & review).sum()), "errors": int((~correct).sum())}
+    out: dict[str, Any] = {"ece": ece(probs, y), "nll": nll(probs, y), "has_trust_statistics": has_trust,
+                           "ood": int(ood.sum()), "review": int(review.sum()), "review_threshold": review_threshold,
+                           "coverage": float(accepted.mean()),
+                           "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
+                           "errors_flagged": int((~correct & review).sum()), "errors": int((~correct).sum())}
     acc = "-" if out["accepted_accuracy"] is None else f"{100 * out['accepted_accuracy']:.2f}%"
     ood_part = f"out of distribution {out['ood']} of {len(y)}" if has_trust else "no OOD check (older bundle)"
     out["line"] = (f"calibration: ECE {100 * out['ece']:.2f}% (15 bins), NLL {out['nll']:.4f}; {ood_part}; "

@@ -17,7 +17,8 @@ from edge_bloodcls.edge_runtime.classifier import Prediction
 from edge_bloodcls.edge_runtime.locate import locate
 from edge_bloodcls.edge_runtime.session import read_session
 from edge_bloodcls.edge_runtime.spec import LABELS, WBC_LABELS
-from edge_bloodcls.edge_runtime.track import FieldDetector, Observation, Tracker
+from edge_bloodcls.edge_runtime.field_motion import FieldDetector
+from edge_bloodcls.edge_runtime.track import Observation, Tracker
 
 cv2 = pytest.importorskip("cv2")
 

@@ -2,7 +2,7 @@
 
 Run at convert time, after the accuracy gate, through the runtime's Classifier on the exported
 TFLite file, so the statistics describe the features the Pi will compute (int8 included):
-  - OOD: PCA of the pooled features of training cells to <= 128 dims, whitened by the shared
+  - OOD: PCA of the pooled features of training cells to <= 256 dims (trust_fit.MAX_DIMS), whitened by the shared
     within-class covariance (Ledoit-Wolf shrinkage); score = distance to the nearest class mean.
     Threshold: the (1 - false-alarm) quantile of validation scores.
   - Temperature: the one that minimises validation NLL, kept only where it lowers validation ECE.

@@ -5,7 +5,7 @@ this runtime, on the exported model's own pooled-feature output, and travel in t
 (NAME.trust.npz, its sha256 in the manifest). Nothing here imports TensorFlow.
 
 Per cell:
-    z     = (features - mean) @ W          # PCA to <= 128 dims and whitening by the shared
+    z     = (features - mean) @ W          # PCA to <= 256 dims and whitening by the shared
                                            # within-class covariance (shrunk), folded into W
     score = min_c || z - centre_c ||       # class-conditional Mahalanobis distance, tied covariance
     ood   = score > threshold              # threshold set on validation for a stated false-alarm rate

@@ -277,15 +277,17 @@ def models(as_json, folder):
     if as_json:
         click.echo(json.dumps(rows, indent=1))
     elif rows:
-        click.echo("accuracy of each exported model on our PBC split as `convert` measured it; * the default")
-        click.echo(f"{'name':<28}{'quant':<10}{'input':<9}{'val acc':>8}{'test acc':>9}  {'sha256':<14}path")
+        click.echo("accuracy of each exported model on the validation and test images it was exported with "
+                   "(`convert`, `adapt`); * the default")
+        w = max(len(r["name"]) for r in rows) + 4
+        click.echo(f"{'name':<{w}}{'quant':<10}{'input':<9}{'val acc':>8}{'test acc':>9}  {'sha256':<14}path")
         for r in rows:
             if "error" in r:
-                click.echo(f"{r['name']:<28}INVALID: {r['error']}")
+                click.echo(f"{r['name']:<{w}}INVALID: {r['error']}")
                 continue
             acc = {k: f"{v:.2%}" for k, v in r["accuracy"].items()}
             size = "x".join(map(str, r["input_size"]))
-            click.echo(f"{r['name'] + (' *' if r['default'] else ''):<28}{r['quantization']:<10}{size:<9}"
+            click.echo(f"{r['name'] + (' *' if r['default'] else ''):<{w}}{r['quantization']:<10}{size:<9}"
                        f"{acc.get('val', '-'):>8}{acc.get('test', '-'):>9}  {r['sha256'][:12]:<14}{r['path']}")
             if r["site"]:
                 click.echo(f"  {r['site']}")

@@ -43,7 +43,8 @@ def test_architecture_names_are_listed_only_by_the_registry():
 
 
 def test_the_label_list_is_written_out_once():
-    assert _literals(len(LABELS), set(LABELS)) == ["edge_runtime/spec.py:6"]
+    found = _literals(len(LABELS), set(LABELS))
+    assert [f.rsplit(":", 1)[0] for f in found] == ["edge_runtime/spec.py"], found
 
 
 def test_the_lists_reach_the_commands():

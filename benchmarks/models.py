@@ -67,15 +67,20 @@ def _training_record(run: Path) -> dict | None:
     m = json.loads(f.read_text())
     test = m.get("test") or {}
     keys = ("epochs_run", "epochs_planned", "best_epoch", "stop_reason", "train_seconds")
+    return {**{k: m.get(k) for k in keys}, "test_accuracy_at_training": test.get("accuracy"),
+            **run_convergence(run, m.get("stop_reason"))}
+
+
+def run_convergence(run: Path, stop_reason) -> dict:
+    """{"converged": bool, "convergence": why} of a run directory, from its history.csv."""
     val_acc = []
     if (run / "history.csv").exists():
         import csv
 
         with open(run / "history.csv") as h:
             val_acc = [float(row["val_accuracy"]) for row in csv.DictReader(h)]
-    done, why = converged(m.get("stop_reason"), val_acc)
-    return {**{k: m.get(k) for k in keys}, "test_accuracy_at_training": test.get("accuracy"),
-            "converged": done, "convergence": why}
+    done, why = converged(stop_reason, val_acc)
+    return {"converged": done, "convergence": why}
 
 
 def resolve_model(spec: str, opts: BenchOptions) -> ModelSource:
@@ -166,7 +171,9 @@ def bundles_for(src: ModelSource, formats: list[str], opts: BenchOptions, calib_
         name = f"{src.key}_{TABLE[fmt].suffix}"
         candidates = [cache / f"{name}.json"]
         if src.kind == "run" and opts.exports_dir:
-            candidates.insert(0, Path(opts.exports_dir) / src.key / f"{name}.json")
+            # scripts/export_all.sh's bundles: named by the run, or by convert's default name.
+            folder = Path(opts.exports_dir) / src.key
+            candidates[:0] = [folder / f"{name}.json", folder / f"{_convert_name(src, TABLE[fmt].suffix)}.json"]
         found = None
         for c in candidates:
             if not c.exists():
@@ -197,6 +204,15 @@ def bundles_for(src: ModelSource, formats: list[str], opts: BenchOptions, calib_
                 continue
         out[fmt] = found
     return out, errors, keras_path
+
+
+def _convert_name(src: ModelSource, suffix: str) -> str:
+    """The name `convert` gives an export of this run by default (convert.export.default_name)."""
+    cfg_file = src.path.parent / "config.json"
+    from edge_bloodcls.convert.export import arch_label
+
+    width = (json.loads(cfg_file.read_text()).get("train") or {}).get("width") if cfg_file.exists() else None
+    return f"{arch_label(src.arch, width)}_{src.size}_{suffix}"
 
 
 def _export(keras_path: Path, fmt: str, name: str, out_dir: Path, calib_csv: Path, opts: BenchOptions,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL
+from .models import run_convergence
 from .report_common import (FORMAT_ORDER, PAPER, PAPER_NAMES, PAPER_ORDER, PLOTS, _f, _ms, _order, _pct, accuracy_note,
                             model_order, pareto, shipped_accuracy, threads_for_plots)
 from .report_edge import _edge_section
@@ -69,7 +71,9 @@ def _paper_row(r: Results, arch: str, key: str, p: dict, prf: str) -> str:
                 _pct(mk["balanced_accuracy"]) if mk else "",
                 " / ".join(f"{mk['macro'][x]:.3f}" for x in ("precision", "recall", "f1")) if mk else "",
                 _pct(mi["accuracy"]) if mi else accuracy_note(r, key, "int8")]
-    t = info.get("training") or {}
+    t = dict(info.get("training") or {})
+    if t and "converged" not in t and info.get("source"):  # results written before the field
+        t.update(run_convergence(Path(info["source"]).parent, t.get("stop_reason")))
     if not info["trained"]:
         train = "not trained yet: an untrained build, measured for speed and size"
     else:
@@ -223,7 +227,7 @@ def markdown(r: Results, plots: dict) -> str:
             lines.append(f"| {lab} | " + " | ".join(str(v) for v in row) + " |")
         lines.append("")
     else:
-        lines += ["The runtime's default bundle (edge_runtime/models/mobilenetv2_96_int8) was not present or not "
+        lines += [f"The runtime's default bundle (edge_runtime/models/{DEFAULT_MODEL}) was not present or not "
                   "measured on the test images when this report was made.", ""]
     lines += [*_edge_section(r), ""]
     lines += ["## Method", "",

@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, load_bundle
+from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, load_bundle
 from edge_bloodcls.edge_runtime.classifier import Classifier
 from edge_bloodcls.edge_runtime.locate import Detection, crop, default_rbc_px
 from edge_bloodcls.edge_runtime.locate_eval import read_voc
@@ -30,7 +30,9 @@ from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, prepare
 from edge_bloodcls.edge_runtime.trust import ece, nll
 from edge_bloodcls.convert.trust_fit import coverage_curve
 
-SHIPPED = (DEFAULT_MODEL, "mobilenetv2_96_int8", "mobilenetv2_160_float32", "mobilenetv2_96_float32")
+# The two shipped int8 bundles first, then their float32 twins (whatever else is bundled).
+SHIPPED = tuple(sorted((p.stem for p in MODELS_DIR.glob("*.tflite")),
+                       key=lambda n: (n not in (DEFAULT_MODEL, FAST_MODEL), n != DEFAULT_MODEL, n)))
 
 
 def pbc_test(split_csv: Path, data_root: Path | None):

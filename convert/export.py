@@ -114,11 +114,13 @@ def default_name(src: Source, fmt: formats.Format, io: str) -> str:
     h, w = src.spec.size
     size = f"{h}" if h == w else f"{h}x{w}"
     io_part = f"_{io}io" if fmt.integer_only and io != "int8" else ""
-    # A MobileNetV2 narrower than 1.0 says so (mobilenetv2_a035_96_int8): two widths at one input
-    # size must not share a bundle name.
-    width = (src.config.get("train") or {}).get("width")
-    arch = f"{src.arch}_a{round(width * 100):03d}" if width not in (None, 1.0) else src.arch
-    return f"{arch}_{size}_{fmt.suffix}{io_part}"
+    return f"{arch_label(src.arch, (src.config.get('train') or {}).get('width'))}_{size}_{fmt.suffix}{io_part}"
+
+
+def arch_label(arch: str, width: float | None) -> str:
+    """mobilenetv2, or mobilenetv2_a035 for a narrower one: two widths at one input size must not
+    share a bundle name."""
+    return f"{arch}_a{round(width * 100):03d}" if width not in (None, 1.0) else arch
 
 
 def _eval_split(opts: ExportOptions, src: Source) -> Path:

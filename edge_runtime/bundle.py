@@ -23,9 +23,12 @@ from .trust import TrustError, TrustStats
 SCHEMA = 1
 # resolve(): under a strict editable install __file__ is a link; name the real folder.
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-# The most accurate bundled model; mobilenetv2_96_int8 is the faster, less accurate one, at about
-# a third of the compute per cell (accuracies in each bundle's manifest and the README, Export).
+# The most accurate bundled model, and the fastest one that is still accurate (issue 13; their
+# accuracies are in each bundle's manifest, speeds in benchmarks/results/pareto/PARETO.md).
+# `--model default` and `--model fast` name them.
 DEFAULT_MODEL = "mobilenetv2_160_int8"
+FAST_MODEL = "mobilenetv2_a035_96_int8"
+ALIASES = {"default": DEFAULT_MODEL, "fast": FAST_MODEL}
 COLOR_ORDERS = ("RGB", "BGR")
 
 
@@ -81,7 +84,7 @@ def manifest_sha256(manifest: dict) -> str:
 
 
 def _paths(path) -> tuple[Path, Path]:
-    p = Path(path)
+    p = Path(ALIASES.get(str(path), path))
     # Strip only our own suffixes: `net.v2.tflite` is the bundle `net.v2`, not `net`.
     stem = p.parent / p.name[: -len(p.suffix)] if p.suffix in (".tflite", ".json") else p
     tflite, manifest = stem.parent / f"{stem.name}.tflite", stem.parent / f"{stem.name}.json"

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle
+from .bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, BundleError, load_bundle
 from .classifier import DEFAULT_REVIEW_THRESHOLD, Classifier
 from .interpreter import VERBOSE_ENV, InterpreterUnavailable
 from .locate_eval import locate_eval_command
@@ -59,7 +59,8 @@ def model_options(f):
     f = click.option("--threads", type=click.IntRange(1, 64), default=None,
                      help="Interpreter threads (default: all cores).")(f)
     f = click.option("--model", "-m", default=None, metavar="M",
-                     help=f"Bundle NAME.tflite/NAME.json, or a bundled model's name (default: {DEFAULT_MODEL}).")(f)
+                     help=f"Bundle NAME.tflite/NAME.json, a bundled model's name, or `fast` ({FAST_MODEL}) "
+                          f"(default: {DEFAULT_MODEL}).")(f)
     return f
 
 

@@ -11,6 +11,7 @@
 #                    ARCH is runs/ARCH_96 (an untrained build, latency and size only, while it
 #                    has no model.keras); a runs/... directory is that run
 #   REDO=1           measure again what bench.json holds (e.g. a baseline once it is trained)
+#   PARETO_ONLY=1    only the speed search (PARETO.md), not the full benchmark
 #   REDO_LATENCY=1   time again what bench.json holds, keeping its accuracy (e.g. once the
 #                    machine is idle: latency measured beside a training job is pessimistic)
 # Run it on an otherwise idle machine: latency under other load is recorded (load average per
@@ -25,7 +26,10 @@ common=(--data runs/split.csv --data-root "$DATA" --runs "${RUNS:-200}" --warmup
 [ -n "${REDO_LATENCY:-}" ] && common+=(--redo-latency)
 [ -n "${REDO:-}" ] && common+=(--redo)
 
+# PARETO_ONLY=1: only the speed search below.
+[ -n "${PARETO_ONLY:-}" ] && MODELS=none
 for m in ${MODELS:-mobilenetv2 runs/mobilenetv2_160_ft resnet50 vgg16 vgg19}; do
+  [ "$m" = none ] && continue
   if [[ "$m" == runs/* ]]; then
     # A later stage of MobileNetV2 (the shipped default's source): the float and int8 exports.
     $CLI bench --models "$m" --formats keras,float32,int8 "${common[@]}"
@@ -37,8 +41,10 @@ for m in ${MODELS:-mobilenetv2 runs/mobilenetv2_160_ft resnet50 vgg16 vgg19}; do
     $CLI bench --models "$m" --formats keras,float32,float16,dynamic,int8 --qat-epochs 0 --no-shipped "${common[@]}"
   fi
 done
-$CLI bench --models mobilenetv2@224 --formats float32,int8 "${common[@]}"
-$CLI bench-report "$OUT/bench.json"
+if [ -z "${PARETO_ONLY:-}" ]; then
+  $CLI bench --models mobilenetv2@224 --formats float32,int8 "${common[@]}"
+  $CLI bench-report "$OUT/bench.json"
+fi
 
 # The speed search (issue 13): the float32 and int8 exports of every candidate and the
 # MobileNetV2-1.0 @224 reference, at 1 thread, in ONE fresh run (--redo) so that the speed-ups
@@ -46,7 +52,7 @@ $CLI bench-report "$OUT/bench.json"
 # PARETO=0 skips it; CANDIDATES overrides the list.
 if [ "${PARETO:-1}" != 0 ]; then
   P=$OUT/pareto
-  models=${CANDIDATES:-runs/student_a035_96,runs/student_a050_96,runs/mobilenetv2_96,runs/ablation_96_geometric_unweighted,runs/mobilenetv2_128_ft,runs/mobilenetv2_160_ft,runs/student_a100_160}
+  models=${CANDIDATES:-runs/student_a035_96,runs/student_a035_96_c2,runs/student_a050_96,runs/mobilenetv2_96,runs/mobilenetv2_128_ft,runs/mobilenetv2_160_ft,runs/student_a100_160}
   keep=$(for m in ${models//,/ }; do [ -f "$m/model.keras" ] && printf '%s,' "$m"; done)
   # The shipped int8 bundles themselves, as the runtime loads them (per-tensor where shipped so).
   keep+=$(ls edge_runtime/models/*_int8.json | tr '\n' ',')

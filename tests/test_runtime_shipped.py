@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, load_bundle
+from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, load_bundle
 from edge_bloodcls.edge_runtime.classifier import Classifier
 from edge_bloodcls.edge_runtime.images import list_images
 
@@ -25,6 +25,15 @@ def test_runtime_default_bundle_is_shipped_with_its_trust_statistics():
     b = load_bundle()  # verifies the model and statistics hashes against the manifest
     assert b.name == DEFAULT_MODEL and b.trust is not None
     assert b.quantization == "int8"
+
+
+def test_runtime_fast_and_default_name_the_two_shipped_int8_bundles():
+    assert load_bundle("default").name == DEFAULT_MODEL
+    fast = load_bundle("fast")
+    assert fast.name == FAST_MODEL and fast.quantization == "int8" and fast.trust is not None
+    # The fast model does less work per cell than the default.
+    assert fast.manifest["size_bytes"] < load_bundle().manifest["size_bytes"]
+    assert fast.spec.size[0] * fast.spec.size[1] < load_bundle().spec.size[0] * load_bundle().spec.size[1]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -227,7 +227,10 @@ def _export(keras_path: Path, fmt: str, name: str, out_dir: Path, calib_csv: Pat
         calibration_samples=(min(opts.calibration_samples, UNTRAINED_CALIBRATION) if untrained
                              else opts.calibration_samples),
         eval_samples=UNTRAINED_EVAL if untrained else opts.export_eval_samples,
-        cache_dir=str(Path(opts.cache_dir) / "pixels"), force=True, name=name, seed=opts.seed)
+        cache_dir=str(Path(opts.cache_dir) / "pixels"), force=True, name=name, seed=opts.seed,
+        # An untrained build's features are degenerate (no statistics can be fitted on them), and
+        # it is measured for speed only: the pooled-feature output costs a copy, not compute.
+        trust=not untrained)
     res = run(eo, log=lambda s: log("  " + s))
     return Path(res["bundle"])
 

@@ -14,7 +14,9 @@ from .report_common import pareto
 from .results import Results
 
 REFERENCE_KEY = "mobilenetv2_224_ref"
-BUSY_LOAD = 1.2  # 1-minute load average on this 2-core machine above which timings are suspect
+# 1-minute load average above which other work shared the machine: the measuring process itself
+# keeps about 1 runnable (it times one thread back to back), so an idle 2-core machine reads 1.0-1.3.
+BUSY_LOAD = 1.5
 FAST_SPEEDUP = 8.0  # issue 13: the fast bundle is at least 8x faster than the reference
 
 

@@ -61,7 +61,8 @@ def main(argv):
     test = calibrate.from_split(split, "test", root)
     out = {"command": "scripts/ood_experiments.py " + " ".join(argv), "bccd_select_cells": len(sel_b),
            "bccd_report_cells": len(rep_b), "bundles": {}}
-    for name in argv or ["mobilenetv2_160_int8", "mobilenetv2_96_int8"]  # the bundles of that experiment (see its JSON):
+    # the bundles of that experiment (see its JSON)
+    for name in argv or ["mobilenetv2_160_int8", "mobilenetv2_96_int8"]:
         clf = Classifier(load_bundle(name), threads=2)
         ftr = feats(clf, [str(p) for p in train_all.paths])
         fv, ft = feats(clf, [str(p) for p in val.paths]), feats(clf, [str(p) for p in test.paths])

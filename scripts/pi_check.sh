@@ -342,10 +342,10 @@ for rel in $RELEASES; do
         # shipped bundles as the wheel installed them, the demo images) on the first emulated core.
         if [ "${PI_TESTS:-1}" != 0 ]; then
             tcpu=${QEMU_CPUS%% *}
-            rm -rf "$root$GUEST/tests" "$root$GUEST/demo"
-            cp -r "$REPO/tests" "$root$GUEST/tests"
-            cp -r "$REPO/demo" "$root$GUEST/demo"
-            find "$root$GUEST/tests" -name __pycache__ -prune -exec rm -rf {} +
+            # Tests read scripts/ (the fuzzer, pi_compare) and demo/ beside tests/, as in a checkout.
+            rm -rf "$root$GUEST/tests" "$root$GUEST/demo" "$root$GUEST/scripts"
+            cp -r "$REPO/tests" "$REPO/demo" "$REPO/scripts" "$root$GUEST/"
+            find "$root$GUEST/tests" "$root$GUEST/scripts" -name __pycache__ -prune -exec rm -rf {} +
             bind_cpuinfo "$root" "$tcpu"
             step "$part" "$rel-$tcpu-runtime-tests" guest "$root" "$tcpu" \
                 "$V/bin/pip install -q pytest && cd $GUEST && $V/bin/python -m pytest tests -k runtime -q -p no:cacheprovider" || ok=0

@@ -62,15 +62,26 @@ def compare_side(r: Report, native: Path, emu: Path, name: str, step: float, tol
     _timings(r, native, emu, name)
 
 
+def _pair(r: Report, native: Path, emu: Path, filename: str, heading: str, failure: str, missing: str,
+          kind: str = "json"):
+    """Both sides' FILENAME after a blank line and HEADING; None (and a failure) when either is missing."""
+    n, e = load(native, filename, kind), load(emu, filename, kind)
+    r("")
+    r(heading)
+    if n is None or e is None:
+        r.fail(failure)
+        r(f"  FAIL: {missing}")
+        return None
+    return n, e
+
+
 def _classify(r: Report, native: Path, emu: Path, name: str, step: float, tol: float) -> None:
     prefix = f"[{name}]"
-    nc, ec = load(native, "classify.jsonl", "jsonl"), load(emu, "classify.jsonl", "jsonl")
-    r("")
-    r(f"classify (--format jsonl --top-k 8), {name} vs native:")
-    if nc is None or ec is None:
-        r.fail(f"{prefix} classify produced no output")
-        r("  FAIL: no output")
+    pair = _pair(r, native, emu, "classify.jsonl", f"classify (--format jsonl --top-k 8), {name} vs native:",
+                 f"{prefix} classify produced no output", "no output", "jsonl")
+    if pair is None:
         return
+    nc, ec = pair
     by_e = {x["path"]: x for x in ec}
     rows, worst, worst_ood = [], 0.0, 0.0
     for x in nc:
@@ -106,13 +117,11 @@ def _classify(r: Report, native: Path, emu: Path, name: str, step: float, tol: f
 
 
 def _evaluate(r: Report, native: Path, emu: Path, name: str) -> None:
-    ne, ee = load(native, "evaluate.json"), load(emu, "evaluate.json")
-    r("")
-    r(f"evaluate (--json), {name} vs native:")
-    if ne is None or ee is None:
-        r.fail(f"[{name}] evaluate produced no report")
-        r("  FAIL: no report")
+    pair = _pair(r, native, emu, "evaluate.json", f"evaluate (--json), {name} vs native:",
+                 f"[{name}] evaluate produced no report", "no report")
+    if pair is None:
         return
+    ne, ee = pair
     # Identical predictions give identical confusion matrices; the derived floats may differ in
     # the last bit between scikit-learn versions.
     same = (ne["metrics"]["confusion_matrix"] == ee["metrics"]["confusion_matrix"]
@@ -131,13 +140,12 @@ def _evaluate(r: Report, native: Path, emu: Path, name: str) -> None:
 
 def _capture(r: Report, native: Path, emu: Path, name: str, tol: float) -> None:
     prefix = f"[{name}]"
-    ns, es = load(native, "capture_cells.json"), load(emu, "capture_cells.json")
-    r("")
-    r(f"capture --mode field --no-preview --max-frames N, SQLite log read back, {name} vs native:")
-    if ns is None or es is None:
-        r.fail(f"{prefix} capture log could not be read back")
-        r("  FAIL: no capture log")
+    pair = _pair(r, native, emu, "capture_cells.json",
+                 f"capture --mode field --no-preview --max-frames N, SQLite log read back, {name} vs native:",
+                 f"{prefix} capture log could not be read back", "no capture log")
+    if pair is None:
         return
+    ns, es = pair
     for side, s in (("native", ns), (name, es)):
         r(f"  {side + ':':<9} {s['session']['frames']} frames, {s['session']['cells']} cells, "
           f"end: {s['session']['end_reason']}; interpreter {s['session']['interpreter']}")

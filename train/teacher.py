@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_bloodcls.edge_runtime.metrics import classification_metrics
+from edge_bloodcls.edge_runtime.preprocess import normalise
 from edge_bloodcls.edge_runtime.spec import InputSpec
 from .data import read_split
 from .pipeline import cached_pixels
@@ -39,14 +40,9 @@ def d4_views(x: np.ndarray) -> list[np.ndarray]:
 
 def log_probs(model, pixels: np.ndarray, spec: InputSpec, tta: bool = True, batch: int = 128) -> np.ndarray:
     """Mean log-probability over the D4 views (or the image alone) -> (N, n_classes) float32."""
-    mean = np.asarray(spec.mean, np.float32)
-    std = np.asarray(spec.std, np.float32)
     out = []
     for start in range(0, len(pixels), batch):
-        x = np.asarray(pixels[start:start + batch], np.float32)
-        if spec.color == "BGR":
-            x = x[..., ::-1]
-        x = (x - mean) / std
+        x = normalise(np.asarray(pixels[start:start + batch]), spec)  # the runtime's own
         views = d4_views(x) if tta else [x]
         lp = [np.log(np.clip(model(np.ascontiguousarray(v), training=False).numpy(), 1e-12, 1.0)) for v in views]
         out.append(np.mean(lp, axis=0))

@@ -27,7 +27,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 # accuracies are in each bundle's manifest, speeds in benchmarks/results/pareto/PARETO.md).
 # `--model default` and `--model fast` name them.
 DEFAULT_MODEL = "mobilenetv2_160_int8"
-FAST_MODEL = "mobilenetv2_a035_96_int8"
+FAST_MODEL = "mobilenetv2_a035_112_int8"
 ALIASES = {"default": DEFAULT_MODEL, "fast": FAST_MODEL}
 COLOR_ORDERS = ("RGB", "BGR")
 

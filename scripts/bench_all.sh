@@ -52,10 +52,13 @@ fi
 # PARETO=0 skips it; CANDIDATES overrides the list.
 if [ "${PARETO:-1}" != 0 ]; then
   P=$OUT/pareto
-  models=${CANDIDATES:-runs/student_a035_96,runs/student_a035_96_c2,runs/student_a050_96,runs/mobilenetv2_96,runs/mobilenetv2_128_ft,runs/mobilenetv2_160_ft,runs/student_a100_160}
+  models=${CANDIDATES:-runs/student_a035_96,runs/student_a035_96_c2,runs/student_a035_112,runs/student_a050_96,runs/mobilenetv2_96,runs/mobilenetv2_128_ft,runs/mobilenetv2_160_ft,runs/student_a100_160}
   keep=$(for m in ${models//,/ }; do [ -f "$m/model.keras" ] && printf '%s,' "$m"; done)
   # The shipped int8 bundles themselves, as the runtime loads them (per-tensor where shipped so).
   keep+=$(ls edge_runtime/models/*_int8.json | tr '\n' ',')
+  # A fresh file: rows of models no longer listed (a bundle since replaced) must not survive
+  # from an older run, timed on another day or machine.
+  rm -f "$P/bench.json"
   $CLI bench --models "${keep}mobilenetv2@224" --formats float32,int8 --threads 1 --no-shipped --redo \
     --data runs/split.csv --data-root "$DATA" --runs "${RUNS:-200}" --warmup "${WARMUP:-20}" --out "$P" --no-report
   $CLI bench-report "$P/bench.json" --pareto

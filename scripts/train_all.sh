@@ -54,7 +54,11 @@ run mobilenetv2_160_ft mobilenetv2 160 8 "${BUDGET_MOBILENET:-90}" --augment geo
 #    chunks: a budget stops a chunk after the epoch that would overrun, and rerunning this script
 #    continues from the last checkpoint in $RUNS_CACHE (or from scratch when none is left), e.g.
 #    BUDGET_RESNET=170 BUDGET_VGG=170 nohup nice -n 19 scripts/train_all.sh > train.log 2>&1 &
-run resnet50_96 resnet50 96 30 "${BUDGET_RESNET:-15}" --augment geometric --balance none
+#    A session's machine is fresh (its cache is empty), so a run must finish inside one session:
+#    ResNet50 gets a 20-epoch cycle (about 5 min an epoch here, 100 min), which fits if nothing
+#    else trains beside it (two TensorFlow jobs on 2 cores each ran about 3x slower); VGG's 12-13
+#    min epochs do not (30 epochs are 6 hours): they need a GPU or a cache that outlives a session.
+run resnet50_96 resnet50 96 20 "${BUDGET_RESNET:-15}" --augment geometric --balance none
 run vgg16_96 vgg16 96 30 "${BUDGET_VGG:-15}" --augment geometric --balance none
 run vgg19_96 vgg19 96 30 "${BUDGET_VGG:-15}" --augment geometric --balance none
 
@@ -79,3 +83,8 @@ run student_a050_96 mobilenetv2 96 40 "${BUDGET_STUDENT:-90}" --width 0.5 --lr 2
 #    teacher): run 6 ended at 97.59% test / 98.15% validation, still improving in its last epochs.
 run student_a035_96_c2 mobilenetv2 96 20 "${BUDGET_STUDENT:-90}" --width 0.35 --lr 5e-4 --patience 10 \
   --weights runs/student_a035_96/model.keras "${KD[@]}"
+# 8. The fast student at 112 px (progressive resizing, as stages 1-4): a third cycle from run 7's
+#    best weights. Width 0.35 at 112 px stays within the 8x speed budget (96 px: 13.6x); 128 px
+#    would not (about 7.7x by the FLOP ratio).
+run student_a035_112 mobilenetv2 112 15 "${BUDGET_STUDENT:-90}" --width 0.35 --lr 5e-4 --patience 10 \
+  --weights runs/student_a035_96_c2/model.keras "${KD[@]}"

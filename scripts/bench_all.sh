@@ -47,8 +47,8 @@ if [ -z "${PARETO_ONLY:-}" ]; then
 fi
 
 # The speed search (issue 13): the float32 and int8 exports of every candidate and the
-# MobileNetV2-1.0 @224 reference, at 1 thread, in ONE fresh run (--redo) so that the speed-ups
-# compare timings taken minutes apart under the same load. Run it on an idle machine.
+# MobileNetV2-1.0 @224 reference, at 1 thread, in ONE fresh run (a new bench.json) so that the
+# speed-ups compare timings taken minutes apart under the same load. Run it on an idle machine.
 # PARETO=0 skips it; CANDIDATES overrides the list.
 if [ "${PARETO:-1}" != 0 ]; then
   P=$OUT/pareto
@@ -56,10 +56,10 @@ if [ "${PARETO:-1}" != 0 ]; then
   keep=$(for m in ${models//,/ }; do [ -f "$m/model.keras" ] && printf '%s,' "$m"; done)
   # The shipped int8 bundles themselves, as the runtime loads them (per-tensor where shipped so).
   keep+=$(ls edge_runtime/models/*_int8.json | tr '\n' ',')
-  # A fresh file: rows of models no longer listed (a bundle since replaced) must not survive
-  # from an older run, timed on another day or machine.
+  # A fresh file (so nothing is kept to --redo): rows of models no longer listed (a bundle since
+  # replaced) must not survive from an older run, timed on another day or machine.
   rm -f "$P/bench.json"
-  $CLI bench --models "${keep}mobilenetv2@224" --formats float32,int8 --threads 1 --no-shipped --redo \
+  $CLI bench --models "${keep}mobilenetv2@224" --formats float32,int8 --threads 1 --no-shipped \
     --data runs/split.csv --data-root "$DATA" --runs "${RUNS:-200}" --warmup "${WARMUP:-20}" --out "$P" --no-report
   $CLI bench-report "$P/bench.json" --pareto
 fi

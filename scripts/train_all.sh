@@ -84,7 +84,7 @@ run student_a050_96 mobilenetv2 96 40 "${BUDGET_STUDENT:-90}" --width 0.5 --lr 2
 run student_a035_96_c2 mobilenetv2 96 20 "${BUDGET_STUDENT:-90}" --width 0.35 --lr 5e-4 --patience 10 \
   --weights runs/student_a035_96/model.keras "${KD[@]}"
 # 8. The fast student at 112 px (progressive resizing, as stages 1-4): a third cycle from run 7's
-#    best weights. Width 0.35 at 112 px stays within the 8x speed budget (96 px: 13.6x); 128 px
-#    would not (about 7.7x by the FLOP ratio).
+#    best weights. Width 0.35 at 112 px stays within the 8x speed budget (12.5x in
+#    benchmarks/results/pareto/PARETO.md); 128 px, with 1.3x its MACs, would be close to 8x.
 run student_a035_112 mobilenetv2 112 15 "${BUDGET_STUDENT:-90}" --width 0.35 --lr 5e-4 --patience 10 \
   --weights runs/student_a035_96_c2/model.keras "${KD[@]}"

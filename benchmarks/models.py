@@ -66,7 +66,7 @@ def _training_record(run: Path) -> dict | None:
         return None
     m = json.loads(f.read_text())
     test = m.get("test") or {}
-    keys = ("epochs_run", "epochs_planned", "best_epoch", "stop_reason", "train_seconds")
+    keys = ("epochs_run", "epochs_planned", "best_epoch", "stop_reason", "train_seconds", "chunks")
     return {**{k: m.get(k) for k in keys}, "test_accuracy_at_training": test.get("accuracy"),
             **run_convergence(run, m.get("stop_reason"))}
 

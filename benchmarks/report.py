@@ -77,11 +77,21 @@ def _paper_row(r: Results, arch: str, key: str, p: dict, prf: str) -> str:
     if not info["trained"]:
         train = "not trained yet: an untrained build, measured for speed and size"
     else:
-        train = (f"{t.get('epochs_run')} epochs in {(t.get('train_seconds') or 0) / 3600:.1f} h on this CPU; "
+        n = t.get("epochs_run")
+        train = (f"{n} epoch{'' if n == 1 else 's'} in {(t.get('train_seconds') or 0) / 3600:.1f} h on {_machines(t)}; "
                  f"{'converged' if t.get('converged') else 'NOT converged'} ({t.get('convergence') or t.get('stop_reason')})"
                  if t else "") or info.get("note") or ""
     return (f"| {PAPER_NAMES[arch]} (`{key}`, {info['size']} px) | {p['accuracy'] * 100:.2f} | {prf} | "
             + " | ".join(ours) + f" | {train} |")
+
+
+def _machines(training: dict) -> str:
+    """Where a run trained, chunk by chunk (train/fit.py records it since issue 14)."""
+    chunks = training.get("chunks") or []
+    if not chunks:
+        return "a CPU (machine not recorded)"
+    return "; ".join(f"{c['machine']} (epochs {c['epochs'][0]}-{c['epochs'][1]}, {c['seconds'] / 3600:.1f} h)"
+                     for c in chunks) if len(chunks) > 1 else chunks[0]["machine"]
 
 
 def _size_table(r: Results, models: list[str]) -> list[str]:

@@ -157,6 +157,14 @@ def test_pareto_front():
     assert report.pareto(pts) == [1, 0, 2]
 
 
+def test_training_machine_named_per_chunk():
+    one = {"chunks": [{"epochs": [1, 6], "seconds": 7920.0, "machine": "AMD EPYC, 2 cores"}]}
+    assert report._machines(one) == "AMD EPYC, 2 cores"
+    two = {"chunks": [*one["chunks"], {"epochs": [7, 20], "seconds": 1800.0, "machine": "Xeon, 16 cores, 1 GPU"}]}
+    assert report._machines(two) == ("AMD EPYC, 2 cores (epochs 1-6, 2.2 h); Xeon, 16 cores, 1 GPU (epochs 7-20, 0.5 h)")
+    assert "not recorded" in report._machines({})
+
+
 def _config(model, fmt, th, p50, size):
     return {"model": model, "format": fmt, "threads": th, "size_bytes": size, "latency_ms": {"p50": p50}}
 

@@ -84,6 +84,10 @@ def test_killed_run_resumes_exactly(small_split, tmp_path):
     with open(part / "history.csv") as f:
         b = list(csv.DictReader(f))
     assert len(a) == len(b) == 4
+    # Each chunk says which epochs it trained and on what (runs are resumed on other machines).
+    chunks = json.loads((part / "metrics.json").read_text())["chunks"]
+    assert [c["epochs"] for c in chunks] == [[1, killed_at], [killed_at + 1, 4]]
+    assert all(c["seconds"] > 0 and "cores" in c["machine"] for c in chunks)
     for ra, rb in zip(a, b):
         assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=2e-3, abs=2e-3)
         assert float(ra["lr"]) == pytest.approx(float(rb["lr"]), rel=1e-5)

@@ -13,7 +13,7 @@ CPU_FLAGS_OF_INTEREST = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx
                          "avx512_fp16", "avx_vnni", "amx_int8", "amx_bf16", "asimd", "asimddp", "fphp", "i8mm")
 
 
-def machine_info() -> dict:
+def _cpuinfo() -> dict:
     cpu = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -23,6 +23,20 @@ def machine_info() -> dict:
                 cpu[k] = v
     except OSError:
         pass
+    return cpu
+
+
+def cpu_model(cpu: dict | None = None) -> str:
+    cpu = _cpuinfo() if cpu is None else cpu
+    return cpu.get("model name") or cpu.get("Model") or platform.processor() or platform.machine()
+
+
+def usable_cores() -> int | None:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def machine_info() -> dict:
+    cpu = _cpuinfo()
     flags = (cpu.get("flags") or cpu.get("Features") or "").split()
     os_name = platform.platform()
     try:
@@ -49,11 +63,11 @@ def machine_info() -> dict:
     except Exception as e:  # recorded, not fatal: the children report what they used
         backend = f"unavailable ({one_line(e)})"
     return {
-        "cpu_model": cpu.get("model name") or cpu.get("Model") or platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(cpu),
         "cpu_mhz": cpu.get("cpu MHz"), "machine": platform.machine(),
         "cpu_flags_of_interest": [f for f in CPU_FLAGS_OF_INTEREST if f in flags], "cpu_flags": flags,
         "cores_logical": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores_usable": usable_cores(),
         "memory_gb": mem_gb, "os": os_name, "kernel": platform.release(), "python": platform.python_version(),
         "libraries": libs, "edge_bloodcls": __version__, "interpreter_backend": backend,
         "nice": os.nice(0) if hasattr(os, "nice") else None,

@@ -89,14 +89,9 @@ def _versions() -> dict:
 def _machine(n_gpus: int) -> str:
     """What this chunk of training ran on, for the cost a report quotes: runs are resumed across
     sessions, and sessions' machines differ (the same ResNet50 epoch took 5 min on one, 22 on another)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores" + (f", {n_gpus} GPU{'s' if n_gpus > 1 else ''}" if n_gpus else "")
+    from edge_bloodcls.benchmarks.machine import cpu_model, usable_cores
+
+    return f"{cpu_model()}, {usable_cores()} cores" + (f", {n_gpus} GPU{'s' if n_gpus > 1 else ''}" if n_gpus else "")
 
 
 def _seed_everything(seed: int):
@@ -270,6 +265,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if state["epoch"] and not chunks:
         chunks.append({"epochs": [1, state["epoch"]], "seconds": round(state["elapsed_s"], 1),
                        "machine": "not recorded (trained before chunks were recorded)"})
+    # [first, last] epoch; last < first until an epoch ends (metrics.json leaves such a chunk out).
     chunks.append({"epochs": [state["epoch"] + 1, state["epoch"]], "seconds": 0.0, "machine": _machine(n_gpus)})
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
     x_val = eval_dataset(data["val"][0], targets["val"], spec, batch)
@@ -347,8 +343,8 @@ def _epoch_end_class():
                 state["wait"] += 1
             state["epoch"] = epoch + 1
             state["elapsed_s"] = self.elapsed_before + time.time() - self.start
-            state["chunks"][-1].update(epochs=[state["chunks"][-1]["epochs"][0], epoch + 1],
-                                       seconds=round(time.time() - self.start, 1))
+            state["chunks"][-1]["epochs"][1] = epoch + 1
+            state["chunks"][-1]["seconds"] = round(time.time() - self.start, 1)
             # Checkpoint first, then the loop state that points at it: a kill between the two
             # resumes from the previous epoch, never from a state without its weights.
             self.model.save(self.ckpt_dir / "last.tmp.keras")

@@ -88,3 +88,16 @@ run student_a035_96_c2 mobilenetv2 96 20 "${BUDGET_STUDENT:-90}" --width 0.35 --
 #    benchmarks/results/pareto/PARETO.md); 128 px, with 1.3x its MACs, would be close to 8x.
 run student_a035_112 mobilenetv2 112 15 "${BUDGET_STUDENT:-90}" --width 0.35 --lr 5e-4 --patience 10 \
   --weights runs/student_a035_96_c2/model.keras "${KD[@]}"
+
+# 9. The paper's baselines at 64 px (issue 30), all four architectures under one protocol so the
+#    comparison is like for like: from scratch, geometric augmentation, unweighted loss (the
+#    protocol of run 3), 30-epoch cosine cycle, early stopping on validation loss (patience 6).
+#    VGG as VGG16-BN/VGG19-BN (BatchNorm after each convolution; no ImageNet start exists for
+#    them here). 64 px costs about 0.44 of 96 px an epoch, so the chain fits a kept machine in a
+#    few sessions; the budget only bounds one chunk, a rerun resumes it. Cheapest first, so that
+#    each session ends with as many finished runs as it can:
+#    BUDGET_64=170 ONLY="resnet50_64 vgg16_bn_64 vgg19_bn_64 mobilenetv2_64" nohup nice -n 10 scripts/train_all.sh > train64.log 2>&1 &
+run resnet50_64 resnet50 64 30 "${BUDGET_64:-15}" --augment geometric --balance none
+run vgg16_bn_64 vgg16_bn 64 30 "${BUDGET_64:-15}" --augment geometric --balance none
+run vgg19_bn_64 vgg19_bn 64 30 "${BUDGET_64:-15}" --augment geometric --balance none
+run mobilenetv2_64 mobilenetv2 64 30 "${BUDGET_64:-15}" --augment geometric --balance none

@@ -58,6 +58,38 @@ def _vgg19(input_shape, weights):
     return _apps().VGG19(input_shape=input_shape, include_top=False, weights=weights)
 
 
+# VGG with BatchNorm after every convolution (VGG16-BN/VGG19-BN, as torchvision's vgg16_bn): the
+# plain VGG trained from scratch learns slowly and unevenly (issue 30: 60% and 38% after their
+# time budgets), BatchNorm lets it take MobileNetV2's learning rate. No ImageNet weights exist in
+# tf_keras for these, so they train from scratch only.
+_VGG_BLOCKS = {"vgg16_bn": (2, 2, 3, 3, 3), "vgg19_bn": (2, 2, 4, 4, 4)}
+
+
+def _vgg_bn(name, input_shape, weights):
+    if weights is not None:
+        raise ValueError(f"{name}: no pretrained weights; train from scratch (--weights none)")
+    import tf_keras
+    layers = tf_keras.layers
+    x = inputs = layers.Input(input_shape)
+    for block, (convs, filters) in enumerate(zip(_VGG_BLOCKS[name], (64, 128, 256, 512, 512)), 1):
+        for i in range(1, convs + 1):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}_conv{i}")(x)
+            x = layers.BatchNormalization(name=f"block{block}_bn{i}")(x)
+            x = layers.ReLU(name=f"block{block}_relu{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    return tf_keras.Model(inputs, x, name=name)
+
+
+@register("vgg16_bn", "symmetric", 1e-3)
+def _vgg16_bn(input_shape, weights):
+    return _vgg_bn("vgg16_bn", input_shape, weights)
+
+
+@register("vgg19_bn", "symmetric", 1e-3)
+def _vgg19_bn(input_shape, weights):
+    return _vgg_bn("vgg19_bn", input_shape, weights)
+
+
 def get(name: str) -> Arch:
     try:
         return REGISTRY[name]

@@ -85,15 +85,26 @@ def bench_cmd(models, formats, threads, data, data_root, calibration, runs, warm
               help="directory for REPORT.md and plots [default: beside RESULTS]")
 @click.option("--pareto", is_flag=True, help="also PARETO.md and pareto.png: int8 accuracy against speed, "
                                               "with speed-ups against MobileNetV2-1.0 @224 in the same run")
-def bench_report_cmd(results, out, pareto):
+@click.option("--readme", type=click.Path(exists=True, dir_okay=False),
+              help="also write the paper table into this README, between its paper-table markers")
+def bench_report_cmd(results, out, pareto, readme):
     """Markdown report and PNG plots from a bench results JSON."""
     from pathlib import Path
 
-    from .report import write_report
+    from .report import check_readme, update_readme, write_report
     from .report_pareto import write_pareto
+    from .results import Results
 
     folder = Path(out) if out else Path(results).parent
+    if readme:  # before anything is written: a README it cannot update is a usage error
+        try:
+            check_readme(Path(readme))
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
     written = write_report(Path(results), folder) + (write_pareto(Path(results), folder) if pareto else [])
+    if readme:
+        update_readme(Path(readme), Results.load(Path(results)))
+        written.append(Path(readme))
     for f in written:
         click.echo(f"wrote {f}")
 

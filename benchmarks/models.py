@@ -68,7 +68,29 @@ def _training_record(run: Path) -> dict | None:
     test = m.get("test") or {}
     keys = ("epochs_run", "epochs_planned", "best_epoch", "stop_reason", "train_seconds", "chunks")
     return {**{k: m.get(k) for k in keys}, "test_accuracy_at_training": test.get("accuracy"),
-            **run_convergence(run, m.get("stop_reason"))}
+            "initialisation": initialisation(run), **run_convergence(run, m.get("stop_reason"))}
+
+
+def initialisation(run: Path) -> str:
+    """Where a run's weights started, from its config.json and those of the runs it continued
+    (progressive resizing): the paper table's column, e.g. "from scratch (via mobilenetv2_96)"."""
+    chain: list[str] = []
+    while True:
+        f = run / "config.json"
+        w = (json.loads(f.read_text()).get("train") or {}).get("weights") if f.exists() else None
+        if not f.exists():
+            start = "not recorded"
+        elif w in (None, "none"):
+            start = "from scratch"
+        elif w == "imagenet":
+            start = "ImageNet"
+        elif len(chain) < 10 and (Path(w).parent / "config.json").exists():
+            run = Path(w).parent
+            chain.insert(0, run.name)
+            continue
+        else:
+            start = f"from {w}"
+        return start + (f" (via {' → '.join(chain)})" if chain else "")
 
 
 def run_convergence(run: Path, stop_reason) -> dict:

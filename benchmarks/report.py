@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL
-from .models import run_convergence
+from edge_bloodcls.train import archs
+from .models import initialisation, run_convergence
 from .report_common import (FORMAT_ORDER, PAPER, PAPER_NAMES, PAPER_ORDER, PLOTS, _f, _ms, _order, _pct, accuracy_note,
                             model_order, pareto, shipped_accuracy, threads_for_plots)
 from .report_edge import _edge_section
@@ -43,46 +44,84 @@ def _machine_lines(r: Results) -> list[str]:
     return lines
 
 
-def _paper_table(r: Results) -> list[str]:
-    lines = ["| model | paper accuracy | paper P / R / F1 | ours: Keras float accuracy | balanced acc. | "
-             "macro P / R / F1 | ours: int8 accuracy | training here |",
-             "|---|---:|---|---:|---:|---|---:|---|"]
-    by_arch: dict[str, list[str]] = {}  # every measured model of an architecture (e.g. two input sizes)
+PAPER_COLUMNS = ("network", "paper (224 px, ImageNet): acc.; P / R / F1", "ours: run", "input", "initialisation",
+                 "epochs", "training", "test acc.", "balanced", "macro F1", "int8 acc.", "int8 size", "params", "MMACs")
+
+
+def paper_arch(arch: str) -> str:
+    """The Table 2 row a registered architecture stands for (vgg16_bn -> vgg16)."""
+    return (archs.REGISTRY[arch].paper or arch) if arch in archs.REGISTRY else arch
+
+
+def paper_table(r: Results) -> list[str]:
+    """The paper's Table 2 against every trained run of the same network in the results: one
+    table for REPORT.md and the README (bench-report --readme), so the two cannot disagree."""
+    lines = ["| " + " | ".join(PAPER_COLUMNS) + " |",
+             "|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    by_paper: dict[str, list[str]] = {}  # every measured run of a network (several sizes, variants)
     for k, m in r.models.items():
-        if m.get("role") == "model" and m["arch"] in PAPER:
-            by_arch.setdefault(m["arch"], []).append(k)
+        if m.get("role") == "model" and paper_arch(m["arch"]) in PAPER:
+            by_paper.setdefault(paper_arch(m["arch"]), []).append(k)
     for arch in PAPER_ORDER:
         p = PAPER[arch]
-        prf = " / ".join(f"{p[x]:.2f}" for x in ("precision", "recall", "f1")) if "f1" in p else "not quoted"
-        if arch not in by_arch:
-            lines.append(f"| {PAPER_NAMES[arch]} | {p['accuracy'] * 100:.2f} | {prf} | not benchmarked | | | | |")
-            continue
-        lines += [_paper_row(r, arch, key, p, prf) for key in by_arch[arch]]
+        prf = " / ".join(f"{p[x] * 100:.0f}" for x in ("precision", "recall", "f1")) if "f1" in p else "not quoted"
+        paper = f"{p['accuracy'] * 100:.2f}; {prf}"
+        keys = sorted(by_paper.get(arch, []), key=lambda k: (r.models[k]["size"], k))
+        if not keys:
+            cells = [PAPER_NAMES[arch], paper, "not benchmarked"] + [""] * (len(PAPER_COLUMNS) - 3)
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [_paper_row(r, key, paper) for key in keys]
     return lines
 
 
-def _paper_row(r: Results, arch: str, key: str, p: dict, prf: str) -> str:
+def _paper_row(r: Results, key: str, paper: str) -> str:
     info = r.models[key]
+    variant = archs.REGISTRY[info["arch"]].variant if info["arch"] in archs.REGISTRY else ""
+    name = variant.split(":")[0] if variant else PAPER_NAMES[paper_arch(info["arch"])]
     mk, mi = r.metrics(key, "keras") or r.metrics(key, "float32"), r.metrics(key, "int8")
-    if not info["trained"]:
-        ours = ["not trained", "", "", "not trained"]
-    else:
-        ours = [_pct(mk["accuracy"]) if mk else accuracy_note(r, key, "keras"),
-                _pct(mk["balanced_accuracy"]) if mk else "",
-                " / ".join(f"{mk['macro'][x]:.3f}" for x in ("precision", "recall", "f1")) if mk else "",
-                _pct(mi["accuracy"]) if mi else accuracy_note(r, key, "int8")]
+    size = next((c["size_bytes"] for c in r.configs if c["model"] == key and c["format"] == "int8"), None)
     t = dict(info.get("training") or {})
     if t and "converged" not in t and info.get("source"):  # results written before the field
         t.update(run_convergence(Path(info["source"]).parent, t.get("stop_reason")))
     if not info["trained"]:
-        train = "not trained yet: an untrained build, measured for speed and size"
+        init = epochs = "not trained"
+        train = "an untrained build, measured for speed and size"
+        acc = ["", "", "", ""]
     else:
-        n = t.get("epochs_run")
-        train = (f"{n} epoch{'' if n == 1 else 's'} in {(t.get('train_seconds') or 0) / 3600:.1f} h on {_machines(t)}; "
-                 f"{'converged' if t.get('converged') else 'NOT converged'} ({t.get('convergence') or t.get('stop_reason')})"
-                 if t else "") or info.get("note") or ""
-    return (f"| {PAPER_NAMES[arch]} (`{key}`, {info['size']} px) | {p['accuracy'] * 100:.2f} | {prf} | "
-            + " | ".join(ours) + f" | {train} |")
+        init = t.get("initialisation") or (initialisation(Path(info["source"]).parent) if info.get("source") else "")
+        n, planned, best = t.get("epochs_run"), t.get("epochs_planned"), t.get("best_epoch")
+        epochs = (f"{n} of {planned} (best {best}); {'converged' if t.get('converged') else 'NOT converged'}: "
+                  f"{t.get('convergence') or t.get('stop_reason')}") if t else info.get("note") or ""
+        train = f"{(t.get('train_seconds') or 0) / 3600:.1f} h on {_machines(t)}" if t else ""
+        acc = [_pct(mk["accuracy"]) if mk else accuracy_note(r, key, "keras"),
+               _pct(mk["balanced_accuracy"]) if mk else "", f"{mk['macro']['f1']:.3f}" if mk else "",
+               _pct(mi["accuracy"]) if mi else accuracy_note(r, key, "int8")]
+    macs = info.get("macs")
+    cells = [name, paper, f"`{key}`", f"{info['size']} px", init, epochs, train, *acc,
+             f"{size / 1e6:.2f} MB" if size else "", f"{info['params'] / 1e6:.1f} M" if info.get("params") else "",
+             f"{macs / 1e6:.0f}" if macs else ""]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+README_MARK = ("<!-- paper-table: written by `edge-bloodcls bench-report benchmarks/results/bench.json --readme "
+               "README.md`; edit the command, not the table -->", "<!-- /paper-table -->")
+
+
+def check_readme(readme: Path) -> str:
+    """The README's text, or ValueError where it has no paper-table markers to write between."""
+    text = readme.read_text()
+    if README_MARK[0] not in text or README_MARK[1] not in text:
+        raise ValueError(f"{readme}: no paper-table markers ({README_MARK[0]} ... {README_MARK[1]}) to write between")
+    return text
+
+
+def update_readme(readme: Path, r: Results) -> None:
+    """Replace the README's paper table (between README_MARK) with the one REPORT.md has."""
+    text = check_readme(readme)
+    start, end = README_MARK
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(head + start + "\n" + "\n".join(paper_table(r)) + "\n" + end + tail)
 
 
 def _machines(training: dict) -> str:
@@ -195,7 +234,7 @@ def markdown(r: Results, plots: dict) -> str:
         lines += [f"**Not trained:** {', '.join(f'`{k}`' for k in untrained)} had no `model.keras` when measured; "
                   "they are untrained builds of `train.archs.build` at the same input size, so their latency, size, "
                   "parameters and MACs are real and their accuracy is not reported.", ""]
-    lines += ["## Against the paper (Table 2)", "", *_paper_table(r), "",
+    lines += ["## Against the paper (Table 2)", "", *paper_table(r), "",
               "How the two differ: the paper fine-tuned ImageNet-pretrained networks at 224×224 (transfer learning); "
               "here every network is trained from scratch on a CPU (at 96×96; MobileNetV2's final model continues to "
               "160×160 by progressive resizing, README Training), and the baselines "

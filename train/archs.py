@@ -21,14 +21,18 @@ class Arch:
     imagenet_normalisation: str  # what the ImageNet weights expect
     lr: float  # default learning rate (VGG has no BatchNorm and needs a smaller one from scratch)
     options: dict = field(default_factory=dict)  # the keyword options it takes, with their defaults
+    paper: str | None = None  # the row of the paper's Table 2 it stands for (vgg16_bn -> vgg16)
+    variant: str = ""  # how it differs from that row's network, for the paper table
+    pretrained: bool = True  # whether ImageNet weights exist for it
 
 
 REGISTRY: dict[str, Arch] = {}
 
 
-def register(name: str, imagenet_normalisation: str, lr: float, **options):
+def register(name: str, imagenet_normalisation: str, lr: float, paper: str | None = None, variant: str = "",
+             pretrained: bool = True, **options):
     def deco(fn):
-        REGISTRY[name] = Arch(name, fn, imagenet_normalisation, lr, options)
+        REGISTRY[name] = Arch(name, fn, imagenet_normalisation, lr, options, paper or name, variant, pretrained)
         return fn
     return deco
 
@@ -66,8 +70,6 @@ _VGG_BLOCKS = {"vgg16_bn": (2, 2, 3, 3, 3), "vgg19_bn": (2, 2, 4, 4, 4)}
 
 
 def _vgg_bn(name, input_shape, weights):
-    if weights is not None:
-        raise ValueError(f"{name}: no pretrained weights; train from scratch (--weights none)")
     import tf_keras
     layers = tf_keras.layers
     x = inputs = layers.Input(input_shape)
@@ -80,12 +82,14 @@ def _vgg_bn(name, input_shape, weights):
     return tf_keras.Model(inputs, x, name=name)
 
 
-@register("vgg16_bn", "symmetric", 1e-3)
+@register("vgg16_bn", "symmetric", 1e-3, paper="vgg16", variant="VGG16-BN: BatchNorm after each convolution",
+          pretrained=False)
 def _vgg16_bn(input_shape, weights):
     return _vgg_bn("vgg16_bn", input_shape, weights)
 
 
-@register("vgg19_bn", "symmetric", 1e-3)
+@register("vgg19_bn", "symmetric", 1e-3, paper="vgg19", variant="VGG19-BN: BatchNorm after each convolution",
+          pretrained=False)
 def _vgg19_bn(input_shape, weights):
     return _vgg_bn("vgg19_bn", input_shape, weights)
 
@@ -141,6 +145,8 @@ def build(arch: str, size: int, weights: str = "none", dropout: float = 0.2,
         w = "imagenet"
     else:
         w, load_path = None, weights
+    if w == "imagenet" and not a.pretrained:
+        raise WeightsUnavailable(f"{arch} has no ImageNet weights: train it from scratch (--weights none)")
     try:
         base = a.backbone((size, size, 3), w, **kw)
     except Exception as e:  # offline: URLError/HTTPError/"URL fetch failure"

@@ -1,18 +1,18 @@
 """`edge-bloodcls review`: a local web page where a technologist checks the flagged cells of a
 session, confirms or reclassifies each (keys 1-8, Enter, u to undo) and signs the differential.
 
-Standard library only (http.server): nothing to install on a Pi. Every decision is its own
-SQLite transaction, committed (synchronous=FULL, WAL) before the page is told it is saved, so a
-server killed right after loses nothing; several servers (or a capture still writing) may share
-one log: writers queue on SQLite's lock (BEGIN IMMEDIATE, busy timeout). Decisions go to the
-cells' review columns and to the append-only `reviews` table, which undo marks, never deletes.
+Every decision goes through the session store (store.py): its own SQLite transaction, committed
+(synchronous=FULL, WAL) before the page is told it is saved, so a server killed right after loses
+nothing. Several servers (or a capture still writing) may share one log: a decision carries the
+version of the cell it was made on, and one made on a version someone has since changed is
+refused (409) with who changed it; the page then shows the cell as it now is. Decisions, undos,
+sign-off and amendments are rows of the append-only audit trail.
 """
 from __future__ import annotations
 
 import getpass
 import json
 import sys
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -20,127 +20,91 @@ from urllib.parse import parse_qs, urlparse
 import click
 
 from .report import load, render, tally
-from .session import SessionFileError, connect, transaction
+from .store import Cell, Decision, Refusal, SessionFileError, SessionStore, StaleCell
 from .spec import LABELS, WBC_LABELS
 
 PAGE = Path(__file__).parent / "web" / "review.html"
 
 
-class ReviewError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+ReviewError = Refusal  # what a review action the log refuses raises (HTTP status, one line)
 
 
-def _con(path):
-    con = connect(path, create=False)
-    con.row_factory = lambda cur, row: {d[0]: v for d, v in zip(cur.description, row)}
-    return con
-
-
-def state(path, sid: int, all_cells: bool) -> dict:
-    s = load(path, sid, crops=False)
-    cells = s["cells_list"]
-    t = tally(cells)
-    shown = [c for c in cells if all_cells or c["review"]]
-    keep = ("id", "label", "confidence", "review", "review_reason", "ood", "ood_score", "observations",
-            "first_frame", "last_frame", "reviewed_label", "reviewer", "reviewed_at")
+def state(store: SessionStore, sid: int, all_cells: bool) -> dict:
+    d = store.load(sid, crops=False)
+    t = tally(d.cells)
+    s = d.session
     return {
-        "session": {k: s.get(k) for k in ("id", "sample", "operator", "model", "started", "ended", "signed_by",
-                                           "signed_at", "unvalidated", "count_target")},
+        "session": {"id": s.id, "sample": s.sample, "operator": s.operator, "model": s.model, "started": s.started,
+                    "ended": s.ended, "signed_by": s.signed_by, "signed_at": s.signed_at,
+                    "unvalidated": int(s.unvalidated), "count_target": s.count_target},
         "labels": list(LABELS), "wbc_labels": list(WBC_LABELS), "all": all_cells,
-        "cells": [{**{k: c.get(k) for k in keep}, "probs": json.loads(c["probs"]), "has_crop": bool(c["has_crop"])}
-                  for c in shown],
+        "cells": [cell_json(c) for c in d.cells if all_cells or c.review],
         "tally": {"machine": dict(t["machine"]), "final": dict(t["final"]), "wbc_machine": t["wbc_machine"],
                   "wbc_final": t["wbc_final"], "flagged": t["flagged"], "flagged_reviewed": t["flagged_reviewed"],
-                  "cells": len(cells)},
+                  "cells": len(d.cells)},
     }
 
 
-def _open_session(con, sid: int) -> dict:
-    s = con.execute("SELECT signed_by, signed_at FROM sessions WHERE id = ?", (sid,)).fetchone()
-    if s is None:
-        raise ReviewError(404, f"no session {sid}")
-    if s["signed_by"]:
-        # a signed differential is a record: changing it needs a new session, not a silent edit
-        raise ReviewError(409, f"signed off by {s['signed_by']}: the session is closed")
-    return s
+def cell_json(c: Cell) -> dict:
+    return {"id": c.id, "label": c.label, "confidence": c.confidence, "review": int(c.review),
+            "review_reason": c.review_reason, "ood": int(c.ood), "ood_score": c.ood_score,
+            "observations": c.observations, "first_frame": c.first_frame, "last_frame": c.last_frame,
+            "reviewed_label": c.reviewed_label, "reviewer": c.reviewer, "reviewed_at": c.reviewed_at,
+            "version": c.version, "probs": c.probs, "has_crop": c.has_crop}
 
 
-def decide(path, sid: int, cell_id: int, label: str, reviewer: str) -> dict:
-    """Confirm (label = the analyser's) or reclassify one cell; committed before returning."""
+def decision_json(d: Decision) -> dict:
+    return {"cell": d.cell_id, "reviewed_label": d.reviewed_label, "machine_label": d.machine_label,
+            "reviewer": d.reviewer, "version": d.version, "audit_id": d.audit_id, "action": d.action}
+
+
+def _int(body: dict, key: str) -> int:
+    v = body.get(key)
+    if type(v) is not int:  # bool is an int subclass; "1" and 1.9 are not cells
+        raise Refusal(f"'{key}' must be an integer")
+    return v
+
+
+def _str(body: dict, key: str) -> str:
+    v = body.get(key)
+    if not isinstance(v, str):
+        raise Refusal(f"'{key}' must be a string")
+    return v
+
+
+def _reviewer(body: dict, bound: str) -> str:
+    who = (bound or str(body.get("reviewer") or "")).strip()
+    if not who:
+        raise Refusal("enter your name (reviewer) first")
+    return who
+
+
+def _label(body: dict) -> str:
+    label = _str(body, "label")
     if label not in LABELS:
-        raise ReviewError(400, f"unknown label {label!r}")
-    if not reviewer.strip():
-        raise ReviewError(400, "enter your name (reviewer) first")
-    con = _con(path)
-    try:
-        with transaction(con):
-            _open_session(con, sid)
-            c = con.execute("SELECT label, reviewed_label, reviewer, reviewed_at FROM cells "
-                            "WHERE id = ? AND session_id = ?", (cell_id, sid)).fetchone()
-            if c is None:
-                raise ReviewError(404, f"no cell {cell_id} in session {sid}")
-            now = time.time()
-            con.execute("INSERT INTO reviews (session_id, cell_id, action, label, previous_label, previous_reviewer, "
-                        "previous_at, reviewer, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (sid, cell_id, "confirm" if label == c["label"] else "reclassify", label, c["reviewed_label"],
-                         c["reviewer"], c["reviewed_at"], reviewer.strip(), now))
-            con.execute("UPDATE cells SET reviewed_label = ?, reviewer = ?, reviewed_at = ? WHERE id = ?",
-                        (label, reviewer.strip(), now, cell_id))
-        return {"cell": cell_id, "reviewed_label": label, "machine_label": c["label"]}
-    finally:
-        con.close()
-
-
-def undo(path, sid: int) -> dict:
-    """Take back the session's last decision not yet undone (whoever made it)."""
-    con = _con(path)
-    try:
-        with transaction(con):
-            _open_session(con, sid)
-            r = con.execute("SELECT * FROM reviews WHERE session_id = ? AND undone_at IS NULL ORDER BY id DESC LIMIT 1",
-                            (sid,)).fetchone()
-            if r is None:
-                raise ReviewError(409, "nothing to undo")
-            con.execute("UPDATE cells SET reviewed_label = ?, reviewer = ?, reviewed_at = ? WHERE id = ?",
-                        (r["previous_label"], r["previous_reviewer"], r["previous_at"], r["cell_id"]))
-            con.execute("UPDATE reviews SET undone_at = ? WHERE id = ?", (time.time(), r["id"]))
-        return {"cell": r["cell_id"], "reviewed_label": r["previous_label"]}
-    finally:
-        con.close()
-
-
-def sign_off(path, sid: int, reviewer: str) -> dict:
-    if not reviewer.strip():
-        raise ReviewError(400, "enter your name (reviewer) to sign")
-    con = _con(path)
-    try:
-        with transaction(con):
-            _open_session(con, sid)
-            left = con.execute("SELECT COUNT(*) AS n FROM cells WHERE session_id = ? AND review = 1 "
-                               "AND reviewed_label IS NULL", (sid,)).fetchone()["n"]
-            if left:
-                raise ReviewError(409, f"{left} flagged cell(s) not reviewed yet")
-            now = time.time()
-            con.execute("UPDATE sessions SET signed_by = ?, signed_at = ? WHERE id = ?", (reviewer.strip(), now, sid))
-        return {"signed_by": reviewer.strip(), "signed_at": now}
-    finally:
-        con.close()
-
-
-def crop(path, sid: int, cell_id: int) -> bytes | None:
-    con = _con(path)
-    try:
-        r = con.execute("SELECT crop FROM cells WHERE id = ? AND session_id = ?", (cell_id, sid)).fetchone()
-        return r["crop"] if r else None
-    finally:
-        con.close()
+        raise Refusal(f"unknown label {label!r}")
+    return label
 
 
 def make_server(path, sid: int, host: str = "127.0.0.1", port: int = 8765, all_cells: bool = False,
                 reviewer: str = "") -> ThreadingHTTPServer:
     page = PAGE.read_text(encoding="utf-8")
+    store = SessionStore(path)  # one connection for the server's life, shared by its threads
+
+    def decide(body):
+        return decision_json(store.decide(sid, _int(body, "cell"), _label(body), _reviewer(body, reviewer),
+                                          _int(body, "version")))
+
+    def amend(body):
+        return decision_json(store.amend(sid, _int(body, "cell"), _label(body), _reviewer(body, reviewer),
+                                         _int(body, "version"), _str(body, "reason")))
+
+    def signoff(body):
+        r = store.sign_off(sid, _reviewer(body, reviewer))
+        return {"signed_by": r.signed_by, "signed_at": r.signed_at, "audit_id": r.audit_id}
+
+    routes = {"/api/decide": decide, "/api/amend": amend, "/api/signoff": signoff,
+              "/api/undo": lambda body: decision_json(store.undo(sid, _reviewer(body, reviewer)))}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -151,12 +115,12 @@ def make_server(path, sid: int, host: str = "127.0.0.1", port: int = 8765, all_c
                 return self._send(200, "text/html; charset=utf-8", page.replace("/*CONFIG*/{}", cfg).encode())
             if url.path == "/api/state":
                 show_all = q.get("all", ["1" if all_cells else "0"])[0] == "1"
-                return self._json(lambda: state(path, sid, show_all))
+                return self._json(lambda: state(store, sid, show_all))
             if url.path.startswith("/crop/") and url.path[6:].isdigit():
-                jpeg = crop(path, sid, int(url.path[6:]))
+                jpeg = store.crop(sid, int(url.path[6:]))
                 return self._send(200, "image/jpeg", jpeg) if jpeg else self._send(404, "text/plain", b"no crop")
             if url.path == "/report":
-                return self._send(200, "text/html; charset=utf-8", render(load(path, sid)).encode())
+                return self._send(200, "text/html; charset=utf-8", render(store.load(sid)).encode())
             self._send(404, "text/plain", b"not found")
 
         def do_POST(self):
@@ -168,21 +132,21 @@ def make_server(path, sid: int, host: str = "127.0.0.1", port: int = 8765, all_c
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             except ValueError:
                 return self._send(400, "text/plain", b"bad JSON")
-            who = str(body.get("reviewer") or "")
-            routes = {"/api/decide": lambda: decide(path, sid, int(body.get("cell", 0)), str(body.get("label")), who),
-                      "/api/undo": lambda: undo(path, sid),
-                      "/api/signoff": lambda: sign_off(path, sid, who)}
             if self.path not in routes:
                 return self._send(404, "text/plain", b"not found")
-            self._json(routes[self.path])
+            if not isinstance(body, dict):
+                return self._send(400, "application/json", b'{"error": "a JSON object expected"}')
+            self._json(lambda: routes[self.path](body))
 
         def _json(self, fn):
             try:
                 code, body = 200, fn()
-            except ReviewError as e:
+            except StaleCell as e:  # the page shows the cell as it now is, and says who changed it
+                code, body = e.status, {"error": str(e), "cell": cell_json(e.cell)}
+            except Refusal as e:
                 code, body = e.status, {"error": str(e)}
             except SessionFileError as e:
-                code, body = 500, {"error": str(e)}
+                code, body = 503, {"error": str(e)}
             self._send(code, "application/json", json.dumps(body).encode())
 
         def _send(self, code, ctype, data):
@@ -196,8 +160,19 @@ def make_server(path, sid: int, host: str = "127.0.0.1", port: int = 8765, all_c
         def log_message(self, *a):
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def server_close(self):
+            super().server_close()
+            store.close()
+
+    try:
+        server = Server((host, port), Handler)
+    except BaseException:
+        store.close()
+        raise
+    server.store = store  # type: ignore[attr-defined]
     return server
 
 
@@ -216,18 +191,17 @@ def review_command(db, host, port, all_cells, session_id, reviewer):
     neutrophil, platelet), Enter or c confirms, u undoes, arrows move. Each decision is saved at once.
     """
     try:
-        s = load(db, session_id)
+        d = load(db, session_id, crops=False)
+        server = make_server(db, d.session.id, host, port, all_cells, reviewer or _login())
     except SessionFileError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    try:
-        server = make_server(db, s["id"], host, port, all_cells, reviewer or _login())
     except OSError as e:
         click.echo(f"error: {host}:{port}: cannot listen ({e.strerror})", err=True)
         sys.exit(2)
-    t = tally(s["cells_list"])
+    t = tally(d.cells)
     url = f"http://{host}:{server.server_address[1]}/"
-    click.echo(f"review {url} (session {s['id']}, sample {s.get('sample') or '-'}: {len(s['cells_list'])} cells, "
+    click.echo(f"review {url} (session {d.session.id}, sample {d.session.sample or '-'}: {len(d.cells)} cells, "
                f"{t['flagged']} flagged, {t['flagged_reviewed']} reviewed); Ctrl-C to stop")
     sys.stdout.flush()
     try:

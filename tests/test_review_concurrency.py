@@ -15,11 +15,11 @@ import sys
 import threading
 import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
 import pytest
 
+from review_client import ReviewClient
 from test_runtime_report import REPO, make_session, run_cli
 from edge_bloodcls.edge_runtime.spec import LABELS
 from edge_bloodcls.edge_runtime.store import SessionStore
@@ -76,22 +76,21 @@ class Client:
     failed: list[str] = field(default_factory=list)  # 5xx or a malformed answer
     cut_off: bool = False  # its server went away
     took_contested: bool = False
+    reviewer: str = ""  # bound to its server
     versions: dict[int, int] = field(default_factory=dict)
 
-    def get(self, path):
-        with urllib.request.urlopen(self.url + path, timeout=20) as r:
-            return json.loads(r.read())
+    http: ReviewClient | None = None
 
     def load(self):
-        self.versions = {c["id"]: c["version"] for c in self.get("api/state?all=1")["cells"]}
+        self.http = ReviewClient(self.url)
+        self.versions = {c["id"]: c["version"] for c in self.http.json("api/state?all=1")["cells"]}
 
     def decide(self, cell, label):
-        body = {"cell": cell, "label": label, "version": self.versions[cell], "reviewer": self.name}
-        req = urllib.request.Request(self.url + "api/decide", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
+        assert self.http is not None
+        body = {"cell": cell, "label": label, "version": self.versions[cell]}
         try:
-            with urllib.request.urlopen(req, timeout=20) as r:
-                j = json.loads(r.read())
+            j = self.http.post("api/decide", body)
+            assert j["reviewer"] == self.reviewer  # the server's, not the page's
             self.acked.append((j["audit_id"], cell, label))
             self.versions[cell] = j["version"]
         except urllib.error.HTTPError as e:
@@ -129,8 +128,8 @@ def test_two_review_servers_and_a_capture_lose_no_acknowledged_decision(tmp_path
     try:
         cap_sid = int(cap.stdout.readline())
         servers = [start_review(db, sid, "ann"), start_review(db, sid, "bo")]
-        clients = [Client(servers[k // 2][1], f"r{k}", [c for c in DISJOINT if c % 4 == k] + list(SHARED))
-                   for k in range(4)]
+        clients = [Client(servers[k // 2][1], f"r{k}", [c for c in DISJOINT if c % 4 == k] + list(SHARED),
+                          reviewer=["ann", "bo"][k // 2]) for k in range(4)]
         for c in clients:
             c.load()
         start = threading.Barrier(len(clients))
@@ -174,8 +173,10 @@ def test_two_review_servers_and_a_capture_lose_no_acknowledged_decision(tmp_path
         trail = {a.id: a for a in store.audit(sid)}
         cells = {c.id: c for c in store.cells(sid)}
         assert len(store.frames(cap_sid)) == frames_written and store.session(cap_sid).ended is not None
-    for audit_id, cell, label in acked:  # every acknowledged decision, as acknowledged
-        assert (trail[audit_id].cell_id, trail[audit_id].to_label) == (cell, label)
+    for c in clients:  # every acknowledged decision, as acknowledged, by its server's reviewer
+        for audit_id, cell, label in c.acked:
+            assert (trail[audit_id].cell_id, trail[audit_id].to_label, trail[audit_id].reviewer) == (cell, label,
+                                                                                                     c.reviewer)
     for cid, c in cells.items():  # each cell shows its last decision, and its version counts them
         mine = [a for a in trail.values() if a.cell_id == cid]
         assert c.version == len(mine)

@@ -189,11 +189,12 @@ def test_preview_draws_boxes_flags_and_banner_and_serves_live_view():
     try:
         live.publish(img, "counted WBC 3/100")
         page = urllib.request.urlopen(live.url, timeout=10).read().decode()
-        status = json.loads(urllib.request.urlopen(live.url + "status.json", timeout=10).read())
-        jpeg = urllib.request.urlopen(live.url + "frame.jpg", timeout=10).read()
+        token = f"?token={live.token}"  # no cookies here: the token in each URL
+        status = json.loads(urllib.request.urlopen(live.base + "status.json" + token, timeout=10).read())
+        jpeg = urllib.request.urlopen(live.base + "frame.jpg" + token, timeout=10).read()
     finally:
         live.close()
-    assert "frame.jpg" in page and status == {"seq": 1, "text": "counted WBC 3/100"}
+    assert "live.js" in page and status == {"seq": 1, "text": "counted WBC 3/100"}
     assert Image.open(io.BytesIO(jpeg)).size == (320, 240)
 
 

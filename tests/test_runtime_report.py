@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import synthetic_cell
+from review_client import ReviewClient
 from edge_bloodcls.edge_runtime import review
 from edge_bloodcls.edge_runtime.report import load, render, tally, wilson
 from edge_bloodcls.edge_runtime.session import CellRecord, SessionLog
@@ -205,29 +206,21 @@ def test_decide_undo_and_sign_off(tmp_path):
     store.close()
 
 
-def _post(url, body):
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-
-
 def test_two_review_servers_on_one_log_do_not_corrupt_it(tmp_path):
     db = tmp_path / "s.db"
     cells = [("neutrophil", 0.5, True, False)] * 40
     sid = make_session(db, cells=cells)
-    servers = [review.make_server(db, sid, port=0) for _ in range(2)]
-    for s in servers:
-        threading.Thread(target=s.serve_forever, daemon=True).start()
-    urls = [f"http://127.0.0.1:{s.server_address[1]}/api/decide" for s in servers]
+    servers = [review.make_server(db, sid, port=0, reviewer=f"r{k}").start() for k in range(2)]
+    clients = [ReviewClient(s.url) for s in servers]
     errors = []
 
     def work(k):
         try:
             for cell in range(1 + k, 41, 4):  # four writers, each cell decided twice via both servers
                 version = 0
-                for url in urls:  # the second decision is made on the version the first left
-                    version = _post(url, {"cell": cell, "label": LABELS[cell % 8], "reviewer": f"r{k}",
-                                          "version": version})["version"]
+                for c in clients:  # the second decision is made on the version the first left
+                    version = c.post("api/decide", {"cell": cell, "label": LABELS[cell % 8],
+                                                    "version": version})["version"]
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -237,12 +230,13 @@ def test_two_review_servers_on_one_log_do_not_corrupt_it(tmp_path):
     for t in threads:
         t.join(60)
     for s in servers:
-        s.shutdown()
-        s.server_close()
+        s.stop()
     assert errors == []
     with SessionStore(db) as store:
         assert store.integrity_check() == "ok"
-        assert len(store.audit(sid)) == 80
+        trail = store.audit(sid)
+        for cell in range(1, 41):  # each server signs with its own reviewer
+            assert [a.reviewer for a in trail if a.cell_id == cell] == ["r0", "r1"]
         assert {c.id: (c.reviewed_label, c.version) for c in store.cells(sid)} == {c: (LABELS[c % 8], 2)
                                                                                   for c in range(1, 41)}
 
@@ -256,10 +250,9 @@ def test_review_server_killed_right_after_a_decision_keeps_it(tmp_path):
     try:
         line = proc.stdout.readline()
         assert line.startswith("review http://127.0.0.1:"), line + proc.stderr.read()
-        url = line.split()[1]
-        with urllib.request.urlopen(url, timeout=10) as r:
-            assert b"reclassify" in r.read()
-        saved = _post(url + "api/decide", {"cell": 10, "label": "basophil", "reviewer": "ann", "version": 0})
+        client = ReviewClient(line.split()[1])
+        assert b"review.js" in client.page
+        saved = client.post("api/decide", {"cell": 10, "label": "basophil", "version": 0})
         assert saved["reviewed_label"] == "basophil"
         proc.send_signal(signal.SIGKILL)  # at once: no clean shutdown, nothing flushed later
         proc.wait(10)
@@ -277,32 +270,29 @@ def test_review_server_killed_right_after_a_decision_keeps_it(tmp_path):
 def test_review_api_rejects_bad_requests(tmp_path):
     db = tmp_path / "s.db"
     sid = make_session(db)
-    server = review.make_server(db, sid, port=0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    server = review.make_server(db, sid, port=0, reviewer="ann").start()
+    client = ReviewClient(server.url)
     try:
-        for body, code in [({"cell": 1, "label": "banana", "reviewer": "a", "version": 0}, 400),
-                           ({"cell": 1, "label": "ig", "reviewer": "", "version": 0}, 400),
-                           ({"cell": 1, "label": "ig", "reviewer": "a"}, 400),  # no version
-                           ({"cell": True, "label": "ig", "reviewer": "a", "version": 0}, 400),
-                           ({"cell": "1", "label": "ig", "reviewer": "a", "version": 0}, 400),
-                           ({"cell": 1.9, "label": "ig", "reviewer": "a", "version": 0}, 400),
-                           ({"cell": 1, "label": "ig", "reviewer": "a", "version": 7}, 409),  # stale
-                           ({"cell": 999, "label": "ig", "reviewer": "a", "version": 0}, 404)]:
+        for body, code in [({"cell": 1, "label": "banana", "version": 0}, 400),
+                           ({"cell": 1, "label": "ig", "version": 0, "reviewer": "mallory"}, 400),  # who: the server
+                           ({"cell": 1, "label": "ig"}, 400),  # no version
+                           ({"cell": True, "label": "ig", "version": 0}, 400),
+                           ({"cell": "1", "label": "ig", "version": 0}, 400),
+                           ({"cell": 1.9, "label": "ig", "version": 0}, 400),
+                           ({"cell": 1, "label": "ig", "version": 7}, 409),  # stale
+                           ({"cell": 999, "label": "ig", "version": 0}, 404)]:
             with pytest.raises(urllib.error.HTTPError) as e:
-                _post(base + "api/decide", body)
+                client.post("api/decide", body)
             assert e.value.code == code, body
             assert json.loads(e.value.read())["error"]
         # a cross-site form post (no JSON content type) is refused
-        req = urllib.request.Request(base + "api/decide", b"cell=1&label=ig", {"Content-Type": "text/plain"})
         with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(req, timeout=10)
+            client.post("api/decide", b"cell=1&label=ig", {"Content-Type": "text/plain"})
         assert e.value.code == 415
-        state = json.loads(urllib.request.urlopen(base + "api/state", timeout=10).read())
+        state = client.json("api/state")
         assert [c["id"] for c in state["cells"]] == [9, 10, 11] and state["tally"]["wbc_machine"] == 10
-        state = json.loads(urllib.request.urlopen(base + "api/state?all=1", timeout=10).read())
+        state = client.json("api/state?all=1")
         assert len(state["cells"]) == len(CELLS)
-        assert urllib.request.urlopen(base + "crop/9", timeout=10).read()[:2] == b"\xff\xd8"
+        assert client.get("crop/9")[:2] == b"\xff\xd8"
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()

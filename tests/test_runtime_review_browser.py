@@ -131,25 +131,21 @@ def test_review_page_keys_reclassify_undo_and_survive_kill_9(browser, tmp_path):
 
 
 def test_review_page_refuses_sign_off_with_cells_left(browser, tmp_path):
-    import threading
-
     from selenium.webdriver.common.by import By
 
     from edge_bloodcls.edge_runtime import review
 
     db = tmp_path / "s.db"
     sid = make_session(db)
-    server = review.make_server(db, sid, port=0, reviewer="ann")
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = review.make_server(db, sid, port=0, reviewer="ann").start()
     try:
-        browser.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        browser.get(server.url)
         _wait(browser, lambda d: d.find_element(By.ID, "cell-id"))
         browser.find_element(By.ID, "signoff").click()
         _wait(browser, lambda d: d.find_element(By.ID, "status").text == "3 flagged cell(s) not reviewed yet")
         assert _db_signed(db) is None
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def _db(db, cell_id):

@@ -6,6 +6,7 @@ acknowledged decision (issue 23)."""
 from __future__ import annotations
 
 import csv
+import http.client
 import json
 import os
 import re
@@ -101,8 +102,8 @@ class Client:
                     self.versions[cell] = j["cell"]["version"]
             else:
                 self.failed.append(f"{e.code} {j}")
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            self.cut_off = True
+        except (urllib.error.URLError, http.client.HTTPException, OSError):
+            self.cut_off = True  # no answer, or half of one (killed mid-reply): not acknowledged
 
     def run(self, start: threading.Barrier, deadline: float):
         start.wait()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .spec import InputSpec
+from .spec import LABELS, InputSpec
 from .trust import TrustError, TrustStats
 
 SCHEMA = 1
@@ -109,6 +109,11 @@ def _check_manifest(m, where: Path) -> None:
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels) \
             or len(set(labels)) != len(labels):
         raise BundleError(f"{where}: manifest field 'labels' must be a list of distinct names, not {labels!r}")
+    foreign = [x for x in labels if x not in LABELS]
+    if foreign:
+        # a label reaches the report, the review page and the log: only the known set may
+        raise BundleError(f"{where}: manifest label {foreign[0][:40]!r} is not one of the label set "
+                          f"({', '.join(LABELS)})")
     inp = m["input"]
     if not isinstance(inp, dict):
         raise BundleError(f"{where}: manifest field 'input' must be an object")
@@ -165,7 +170,10 @@ def load_bundle(path=None, verify: bool = True) -> Bundle:
     if not tflite.exists():
         raise BundleError(f"{manifest_path}: its model file {tflite.name} is missing")
     if verify:
-        if "manifest_sha256" in manifest and manifest_sha256(manifest) != manifest["manifest_sha256"]:
+        if not isinstance(manifest.get("manifest_sha256"), str):
+            raise BundleError(f"{manifest_path}: the manifest has no manifest_sha256 (not written by `edge-bloodcls "
+                              "convert`, or edited); refusing to load")
+        if manifest_sha256(manifest) != manifest["manifest_sha256"]:
             raise BundleError(f"{manifest_path}: the manifest was edited after export (its manifest_sha256 "
                               "does not match its content); refusing to load")
         actual = sha256_file(tflite)

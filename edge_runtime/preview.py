@@ -5,11 +5,10 @@ JPEG but not open a window.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 
@@ -103,63 +102,47 @@ class Window:
                 pass
 
 
-_PAGE = """<!doctype html><meta charset="utf-8"><title>edge-bloodcls live</title>
-<style>body{margin:0;background:#222;color:#eee;font:14px sans-serif}img{max-width:100%;display:block}
-#s{padding:6px}</style><img id="f" alt="live view"><div id="s">connecting…</div>
-<script>
-async function tick(){
-  try{const r=await fetch('status.json',{cache:'no-store'});const s=await r.json();
-      document.getElementById('s').textContent=s.text;
-      if(s.seq)document.getElementById('f').src='frame.jpg?'+s.seq;}
-  catch(e){document.getElementById('s').textContent='capture has ended';}
-  setTimeout(tick,400);}
-tick();
-</script>"""
-
-
 class LiveView:
-    """The annotated preview as a web page at http://HOST:PORT/ (refreshes a few times a second).
-    JPEG encoding is limited to max_fps so that a Pi does not spend its time on the preview."""
+    """The annotated preview as a web page (web/live.html; refreshes a few times a second), served
+    like the review page (webserve: token in the URL, Host allow-list, security headers, limits).
+    JPEG encoding is limited to max_fps so that a Pi does not spend its time on the preview.
+    `url` is what to open (with the token), `base` the address without it."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, max_fps: float = 5.0):
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse, Response
+        from starlette.routing import Route
+
+        from .webserve import CSP, WebServer
+
         self.jpeg = b""
         self.seq = 0
         self.text = ""
         self.min_dt = 1.0 / max_fps
         self.last = 0.0
         self.lock = threading.Lock()
-        view = self
+        web = Path(__file__).parent / "web"
+        files = {"/": ("live.html", "text/html; charset=utf-8"), "/live.js": ("live.js", "text/javascript")}
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                path = self.path.split("?")[0]
-                with view.lock:
-                    jpeg, seq, text = view.jpeg, view.seq, view.text
-                if path == "/":
-                    self._send(200, "text/html; charset=utf-8", _PAGE.encode())
-                elif path == "/frame.jpg" and jpeg:
-                    self._send(200, "image/jpeg", jpeg)
-                elif path == "/status.json":
-                    self._send(200, "application/json", json.dumps({"seq": seq, "text": text}).encode())
-                else:
-                    self._send(404, "text/plain", b"not found")
+        async def page(request):
+            name, ctype = files[request.url.path]
+            return Response((web / name).read_bytes(), media_type=ctype)
 
-            def _send(self, code, ctype, body):
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Cache-Control", "no-store")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        async def frame(request):
+            with self.lock:
+                jpeg = self.jpeg
+            return Response(jpeg, media_type="image/jpeg") if jpeg else Response("no frame yet", 404)
 
-            def log_message(self, *a):
-                pass
+        async def status(request):
+            with self.lock:
+                return JSONResponse({"seq": self.seq, "text": self.text})
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://{host}:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        app = Starlette(routes=[Route("/", page), Route("/live.js", page), Route("/frame.jpg", frame),
+                                Route("/status.json", status)])
+        self.server = WebServer(app, host, port, lambda path: CSP).start()
+        self.base = self.server.base
+        self.token = self.server.token
+        self.url = self.server.url
 
     def due(self) -> bool:
         """Whether publish() would encode a new frame now (lets the caller skip drawing one)."""
@@ -180,5 +163,4 @@ class LiveView:
                 self.jpeg, self.seq, self.last = enc.tobytes(), self.seq + 1, now
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from .session import SessionFileError, connect
+from .store import AuditEntry, Cell, SessionData, SessionFileError, SessionStore
 from .spec import LABELS, WBC_LABELS
 
 Z95 = 1.959964
@@ -38,55 +38,30 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def load(path, session_id: int | None = None, crops: bool = True) -> dict:
-    """The session (the last one by default) with its cells, crops included unless crops=False
-    (the review page's state: its crops come one by one). Raises SessionFileError for a file
-    that is not a session log or a session that is not in it."""
-    con = connect(path, create=False)
-    con.row_factory = _dict_row
-    try:
-        ids = [r["id"] for r in con.execute("SELECT id FROM sessions ORDER BY id")]
-        if not ids:
-            raise SessionFileError(f"{path}: the log holds no session")
-        sid = ids[-1] if session_id is None else session_id
-        s = con.execute("SELECT * FROM sessions WHERE id = ?", (sid,)).fetchone()
-        if s is None:
-            raise SessionFileError(f"{path}: no session {sid} (sessions: {_ranges(ids)})")
-        cols = "*" if crops else ", ".join(
-            [r["name"] for r in con.execute("PRAGMA table_info(cells)") if r["name"] != "crop"]
-            + ["crop IS NOT NULL AS has_crop"])
-        s["cells_list"] = con.execute(f"SELECT {cols} FROM cells WHERE session_id = ? ORDER BY id", (sid,)).fetchall()
-        s["session_ids"] = ids
-        s["path"] = str(path)
-        return s
-    finally:
-        con.close()
+def load(path, session_id: int | None = None, crops: bool = True) -> SessionData:
+    """The session (the last one by default) with its cells, crops included unless crops=False,
+    and its audit trail. Raises SessionFileError for a file that is not a session log or a
+    session that is not in it."""
+    with SessionStore(path) as store:
+        return store.load(session_id, crops=crops)
 
 
-def _dict_row(cur, row):
-    return {d[0]: v for d, v in zip(cur.description, row)}
+def final_label(c: Cell) -> str:
+    return c.final_label
 
 
-def _ranges(ids) -> str:
-    return ", ".join(map(str, ids)) if len(ids) <= 8 else f"{ids[0]}-{ids[-1]}"
-
-
-def final_label(c: dict) -> str:
-    return c.get("reviewed_label") or c["label"]
-
-
-def tally(cells: list[dict]) -> dict:
+def tally(cells: list[Cell]) -> dict:
     """Machine and reviewed (final) counts, white-cell totals and review progress."""
-    machine = Counter(c["label"] for c in cells)
-    final = Counter(final_label(c) for c in cells)
-    flagged = [c for c in cells if c["review"]]
+    machine = Counter(c.label for c in cells)
+    final = Counter(c.final_label for c in cells)
+    flagged = [c for c in cells if c.review]
     return {
         "machine": machine, "final": final,
         "wbc_machine": sum(machine[k] for k in WBC_LABELS), "wbc_final": sum(final[k] for k in WBC_LABELS),
-        "flagged": len(flagged), "flagged_reviewed": sum(c.get("reviewed_label") is not None for c in flagged),
-        "reviewed": sum(c.get("reviewed_label") is not None for c in cells),
-        "changed": sum(c.get("reviewed_label") not in (None, c["label"]) for c in cells),
-        "ood": sum(bool(c.get("ood")) for c in cells),
+        "flagged": len(flagged), "flagged_reviewed": sum(c.reviewed_label is not None for c in flagged),
+        "reviewed": sum(c.reviewed_label is not None for c in cells),
+        "changed": sum(c.reviewed_label not in (None, c.label) for c in cells),
+        "ood": sum(c.ood for c in cells),
     }
 
 
@@ -101,29 +76,31 @@ def _pct(k, n) -> tuple[str, str]:
     return f"{100 * k / n:.1f}%", f"{100 * lo:.1f}-{100 * hi:.1f}%"
 
 
-def banners(s: dict, t: dict) -> list[tuple[str, str, str]]:
+def banners(d: SessionData, t: dict) -> list[tuple[str, str, str]]:
     """(id, css class, text) of every warning the page must show before the numbers."""
     out = []
-    trust = json.loads(s["trust"]) if s.get("trust") else {}
-    if s.get("unvalidated") or trust.get("tripped"):
-        msg = (trust.get("message") or "too many cells out of distribution for this model").removeprefix("WARNING: ")
+    s = d.session
+    if s.unvalidated or s.trust.get("tripped"):
+        msg = (s.trust.get("message") or "too many cells out of distribution for this model").removeprefix("WARNING: ")
         out.append(("trust-warning", "bad", "UNVALIDATED differential: " + msg))
     elif t["ood"]:
         out.append(("ood-note", "warn", f"{t['ood']} cell(s) out of distribution (unlike the cells the model was "
                                         "trained on): they are flagged below."))
-    if not s["cells_list"]:
+    if not d.cells:
         out.append(("empty", "warn", "Empty session: no cells were counted."))
-    if s.get("counting") is None:
+    if s.counting is None:
         out.append(("legacy", "warn", "Recorded by an older runtime that logged a cell once per frame it appeared "
                                       "in: a cell held in view for several frames is counted several times."))
-    if s.get("ended") is None:
+    if s.ended is None:
         out.append(("unfinished", "warn", "No end recorded: the capture is still running or was killed; these are "
                                           "the cells counted up to its last committed frame."))
-    target = s.get("count_target")
-    if target and s["cells_list"] and t["wbc_machine"] < target:
+    target = s.count_target
+    if target and d.cells and t["wbc_machine"] < target:
         out.append(("short", "warn", f"Count target {target} white cells not reached ({t['wbc_machine']} counted)."))
-    if s.get("signed_by"):
-        out.append(("signed", "ok", f"Signed off by {s['signed_by']} at {_ts(s['signed_at'])}."))
+    if s.signed_by:
+        amended = sum(a.action == "amend" for a in d.audit)
+        out.append(("signed", "ok", f"Signed off by {s.signed_by} at {_ts(s.signed_at)}."
+                    + (f" Amended {amended} time(s) since (see the review trail)." if amended else "")))
     else:
         out.append(("unsigned", "warn", f"Not signed off: {t['flagged_reviewed']} of {t['flagged']} flagged cells "
                                         "reviewed (edge-bloodcls review)."))
@@ -140,17 +117,16 @@ td:first-child,th:first-child{text-align:left}.meta td{text-align:left}.muted{co
 .cell img{width:160px;height:160px;object-fit:cover;display:block}.ood{border:2px solid #c62828}
 """
 
-
-def render(s: dict) -> str:
+def render(d: SessionData) -> str:
     e = html.escape
-    cells = s["cells_list"]
+    s, cells = d.session, d.cells
     t = tally(cells)
-    title = f"White-cell differential: sample {s.get('sample') or '(no sample ID)'}"
+    title = f"White-cell differential: sample {s.sample or '(no sample ID)'}"
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{CSS}</style>"
            f"</head><body><h1>{e(title)}</h1>",
-           f"<div class='muted'>session {s['id']} of {e(s['path'])} · operator {e(s.get('operator') or '-')} · "
-           f"{_ts(s['started'])} to {_ts(s.get('ended'))}</div>"]
-    for bid, cls, text in banners(s, t):
+           f"<div class='muted'>session {s.id} of {e(d.path)} · operator {e(s.operator or '-')} · "
+           f"{_ts(s.started)} to {_ts(s.ended)}</div>"]
+    for bid, cls, text in banners(d, t):
         out.append(f"<div id='{bid}' class='banner {cls}'>{e(text)}</div>")
     out.append("<h2>Differential</h2><table id='differential'><tr><th>cell type</th><th>analyser</th><th>%</th>"
                "<th>95% CI</th><th>after review</th><th>%</th><th>95% CI</th></tr>")
@@ -167,54 +143,98 @@ def render(s: dict) -> str:
         out.append(f"<tr data-label='{k}' class='muted'><td>{k} (not in the differential)</td><td>{t['machine'][k]}"
                    f"</td><td></td><td></td><td class='final'>{t['final'][k]}</td><td></td><td></td></tr>")
     out.append("</table>")
-    out.append(f"<p>{len(cells)} cells counted ({s.get('counting') or 'per frame, old log'}); {t['flagged']} flagged "
+    out.append(f"<p>{len(cells)} cells counted ({s.counting or 'per frame, old log'}); {t['flagged']} flagged "
                f"for review, {t['flagged_reviewed']} of them reviewed; {t['reviewed']} reviewed in all, {t['changed']} "
                f"reclassified; {t['ood']} out of distribution. Intervals: 95% Wilson score.</p>")
-    flagged = [c for c in cells if c["review"]]
+    flagged = [c for c in cells if c.review]
     out.append(f"<h2>Flagged cells ({len(flagged)})</h2><div id='gallery' class='gallery'>")
     for c in flagged:
-        img = (f"<img alt='cell {c['id']}' src='data:image/jpeg;base64,{base64.b64encode(c['crop']).decode()}'>"
-               if c.get("crop") else "<div class='muted'>(no crop stored)</div>")
-        rev = c.get("reviewed_label")
-        verdict = (f"→ <b>{e(rev)}</b> ({e(c.get('reviewer') or '?')})" if rev and rev != c["label"]
-                   else f"confirmed ({e(c.get('reviewer') or '?')})" if rev else "<i>not reviewed</i>")
-        ood = f" · OOD {c['ood_score']:.1f}" if c.get("ood") and c.get("ood_score") is not None else ""
-        out.append(f"<div class='cell{' ood' if c.get('ood') else ''}' data-cell='{c['id']}'>{img}"
-                   f"#{c['id']} {e(c['label'])} {c['confidence']:.2f}{ood} {verdict}<br>"
-                   f"<span class='muted'>{e(c.get('review_reason') or '')} · {c.get('observations') or 1} frame(s)"
+        img = (f"<img alt='cell {c.id}' src='data:image/jpeg;base64,{base64.b64encode(c.crop).decode()}'>"
+               if c.crop else "<div class='muted'>(no crop stored)</div>")
+        rev = c.reviewed_label
+        verdict = (f"→ <b>{e(rev)}</b> ({e(c.reviewer or '?')})" if rev and rev != c.label
+                   else f"confirmed ({e(c.reviewer or '?')})" if rev else "<i>not reviewed</i>")
+        ood = f" · OOD {c.ood_score:.1f}" if c.ood and c.ood_score is not None else ""
+        out.append(f"<div class='cell{' ood' if c.ood else ''}' data-cell='{c.id}'>{img}"
+                   f"#{c.id} {e(c.label)} {c.confidence:.2f}{ood} {verdict}<br>"
+                   f"<span class='muted'>{e(c.review_reason or '')} · {c.observations or 1} frame(s)"
                    "</span></div>")
     if not flagged:
         out.append("<p class='muted'>No cell was flagged.</p>")
-    out.append("</div><h2>Model and software</h2><table class='meta'>")
-    versions = json.loads(s["versions"]) if s.get("versions") else {}
-    rows = [("model", s.get("model")), ("model sha256", s.get("model_sha256")),
-            ("interpreter", f"{s.get('interpreter')} on {s.get('device')}, {s.get('threads')} thread(s)"),
-            ("review threshold", s.get("review_threshold")), ("source", f"{s.get('source')} ({s.get('mode')} mode)"),
-            ("frames", s.get("frames")), ("end", s.get("end_reason") or "-"),
-            ("count target", s.get("count_target") or "-")] + [(k, v) for k, v in versions.items()]
+    out.append("</div>")
+    out += _trail_table(d.audit)
+    out.append("<h2>Model and software</h2><table class='meta'>")
+    rows = [("model", s.model), ("model sha256", s.model_sha256),
+            ("interpreter", f"{s.interpreter} on {s.device}, {s.threads} thread(s)"),
+            ("review threshold", s.review_threshold), ("source", f"{s.source} ({s.mode} mode)"),
+            ("frames", s.frames), ("end", s.end_reason or "-"),
+            ("count target", s.count_target or "-")] + [(k, v) for k, v in s.versions.items()]
     out += [f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in rows]
     out.append(f"</table><p class='muted'>Report generated {_ts(time.time())} by edge-bloodcls report.</p>"
                "</body></html>")
     return "\n".join(out)
 
 
-def write_csv(s: dict, path) -> None:
-    """One row per counted cell: the analyser's call, the flags, the review, the probabilities."""
-    cols = ["cell_id", "session_id", "first_frame", "last_frame", "observations", "x0", "y0", "x1", "y1", "label",
-            "confidence", "review", "review_reason", "ood", "ood_score", "reviewed_label", "reviewer", "reviewed_at",
-            "final_label"]
+def _trail_table(audit: list[AuditEntry]) -> list[str]:
+    """The review trail as the lab files it: every decision, undo, sign-off and amendment."""
+    e = html.escape
+    out = [f"<h2>Review trail ({len(audit)})</h2>"]
+    if not audit:
+        return out + ["<p class='muted'>No decision recorded.</p>"]
+    out.append("<table id='trail' class='meta'><tr><th>#</th><th>when</th><th>who</th><th>action</th><th>cell</th>"
+               "<th>from → to</th><th>why</th></tr>")
+    for a in audit:
+        change = "" if a.action == "signoff" else f"{a.from_label or '(not reviewed)'} → {a.to_label or '(not reviewed)'}"
+        out.append(f"<tr data-audit='{a.id}'><td>{a.id}</td><td>{_ts(a.at)}</td><td>{e(a.reviewer)}</td>"
+                   f"<td>{e(a.action)}{f' of #{a.undoes}' if a.undoes else ''}</td>"
+                   f"<td>{'' if a.cell_id is None else a.cell_id}</td><td>{e(change)}</td><td>{e(a.reason or '')}</td></tr>")
+    out.append("</table>")
+    return out
+
+
+def trail_entry(a: AuditEntry) -> str:
+    """One audit row as one line (the cells CSV's `trail` column)."""
+    what = {"undo": f"undo of #{a.undoes}", "amend": "amend"}.get(a.action, a.action)
+    line = f"#{a.id} {_ts(a.at)} {a.reviewer} {what} {a.from_label or '-'}->{a.to_label or '-'}"
+    return line + (f" ({a.reason})" if a.reason else "")
+
+
+CELL_COLUMNS = ["cell_id", "session_id", "first_frame", "last_frame", "observations", "x0", "y0", "x1", "y1", "label",
+                "confidence", "review", "review_reason", "ood", "ood_score", "reviewed_label", "reviewer",
+                "reviewed_at", "final_label", "version", "trail"]
+TRAIL_COLUMNS = ["audit_id", "session_id", "cell_id", "action", "from_label", "to_label", "reviewer", "at", "reason",
+                 "undoes", "cell_version"]
+
+
+def write_csv(d: SessionData, path) -> None:
+    """One row per counted cell: the analyser's call, the flags, the review, its trail (every
+    decision on the cell, oldest first), the probabilities."""
+    by_cell: dict[int, list[str]] = {}
+    for a in d.audit:
+        if a.cell_id is not None:
+            by_cell.setdefault(a.cell_id, []).append(trail_entry(a))
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(cols + [f"p_{k}" for k in LABELS])
-        for c in s["cells_list"]:
-            probs = json.loads(c["probs"])
-            w.writerow([c["id"], c["session_id"], c.get("first_frame", c["frame_index"]),
-                        c.get("last_frame", c["frame_index"]), c.get("observations") or 1, c["x0"], c["y0"], c["x1"],
-                        c["y1"], c["label"], f"{c['confidence']:.6f}", c["review"], c.get("review_reason") or "",
-                        int(bool(c.get("ood"))), "" if c.get("ood_score") is None else f"{c['ood_score']:.4f}",
-                        c.get("reviewed_label") or "", c.get("reviewer") or "",
-                        _ts(c["reviewed_at"]) if c.get("reviewed_at") else "", final_label(c)]
-                       + [f"{probs.get(k, 0.0):.6f}" for k in LABELS])
+        w.writerow(CELL_COLUMNS + [f"p_{k}" for k in LABELS])
+        for c in d.cells:
+            w.writerow([c.id, c.session_id, c.first_frame if c.first_frame is not None else c.frame_index,
+                        c.last_frame if c.last_frame is not None else c.frame_index, c.observations or 1, c.x0, c.y0,
+                        c.x1, c.y1, c.label, f"{c.confidence:.6f}", int(c.review), c.review_reason or "",
+                        int(c.ood), "" if c.ood_score is None else f"{c.ood_score:.4f}",
+                        c.reviewed_label or "", c.reviewer or "", _ts(c.reviewed_at) if c.reviewed_at else "",
+                        c.final_label, c.version, "; ".join(by_cell.get(c.id, []))]
+                       + [f"{float(c.probs.get(k, 0.0)):.6f}" for k in LABELS])
+
+
+def write_trail_csv(d: SessionData, path) -> None:
+    """The audit trail of the session, one row per entry (an export a LIMS can file)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(TRAIL_COLUMNS)
+        for a in d.audit:
+            w.writerow([a.id, a.session_id, "" if a.cell_id is None else a.cell_id, a.action, a.from_label or "",
+                        a.to_label or "", a.reviewer, _ts(a.at), a.reason or "", a.undoes or "",
+                        "" if a.cell_version is None else a.cell_version])
 
 
 @click.command("report")
@@ -222,29 +242,34 @@ def write_csv(s: dict, path) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
               show_default=True, help="The HTML report (self-contained: crops inline).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write one row per counted cell here.")
+              help="Also write one row per counted cell here (with each cell's review trail).")
+@click.option("--trail", "trail_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the review trail (decisions, undos, sign-off, amendments) here as CSV.")
 @click.option("--session", "session_id", type=int, default=None, help="Session ID (default: the last one).")
-def report_command(db, out, csv_path, session_id):
+def report_command(db, out, csv_path, trail_path, session_id):
     """Write the differential report of a session log (after `capture`, and `review` if any).
 
-    An older log is upgraded in place first (columns added, nothing removed).
+    An older log is backed up beside it and upgraded (columns and tables added, nothing removed).
     """
     try:
-        s = load(db, session_id)
+        d = load(db, session_id)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render(s), encoding="utf-8")
-        if csv_path:
-            csv_path.parent.mkdir(parents=True, exist_ok=True)
-            write_csv(s, csv_path)
+        out.write_text(render(d), encoding="utf-8")
+        for dest, write in ((csv_path, write_csv), (trail_path, write_trail_csv)):
+            if dest:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                write(d, dest)
     except SessionFileError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except OSError as e:
         click.echo(f"error: {e.filename or out}: {e.strerror}", err=True)
         sys.exit(2)
-    t = tally(s["cells_list"])
-    click.echo(f"report: {out} (session {s['id']}, sample {s.get('sample') or '-'}: {len(s['cells_list'])} cells, "
+    t = tally(d.cells)
+    s = d.session
+    click.echo(f"report: {out} (session {s.id}, sample {s.sample or '-'}: {len(d.cells)} cells, "
                f"{t['wbc_final']} white cells after review, {t['flagged_reviewed']}/{t['flagged']} flagged reviewed"
-               + (", UNVALIDATED" if s.get("unvalidated") else "") + ")")
-    if csv_path:
-        click.echo(f"csv: {csv_path}")
+               + (", UNVALIDATED" if s.unvalidated else "") + ")")
+    for label, dest in (("csv", csv_path), ("trail", trail_path)):
+        if dest:
+            click.echo(f"{label}: {dest}")

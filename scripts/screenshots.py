@@ -33,13 +33,14 @@ def main(db: Path) -> None:
     cli = str(REPO / ".venv" / "bin" / "edge-bloodcls")
     report = Path(tempfile.mkdtemp()) / "report.html"
     subprocess.run([cli, "report", str(db), "--out", str(report)], check=True)
-    server = subprocess.Popen([cli, "review", str(db), "--port", "8799"])
+    server = subprocess.Popen([cli, "review", str(db), "--port", "8799"], stdout=subprocess.PIPE, text=True)
+    url = server.stdout.readline().split()[1]  # "review http://127.0.0.1:8799/?token=... (session ..."
     driver = webdriver.Chrome(service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts)
     try:
         driver.get(report.as_uri())
         driver.save_screenshot(str(REPO / "docs" / "report.png"))
         time.sleep(1.5)
-        driver.get("http://127.0.0.1:8799/")
+        driver.get(url)
         time.sleep(2)
         driver.save_screenshot(str(REPO / "docs" / "review.png"))
     finally:

@@ -4,7 +4,6 @@ stopped part-way leaves no bundle behind."""
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import numpy as np
 import pytest
@@ -17,7 +16,9 @@ from edge_bloodcls.cli import main  # noqa: E402
 from edge_bloodcls.edge_runtime.bundle import load_bundle, sha256_file  # noqa: E402
 from edge_bloodcls.edge_runtime.classifier import Classifier  # noqa: E402
 from edge_bloodcls.edge_runtime.preprocess import normalise, resize  # noqa: E402
+from edge_bloodcls.edge_runtime.session import CellRecord, SessionLog  # noqa: E402
 from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec  # noqa: E402
+from edge_bloodcls.edge_runtime.store import SessionStore  # noqa: E402
 from edge_bloodcls.train.adapt_data import AdaptInputError, load_labelled  # noqa: E402
 from edge_bloodcls.train.data import make_split, read_split, scan, write_split  # noqa: E402
 from edge_bloodcls.train.pipeline import load_pixels  # noqa: E402
@@ -186,20 +187,21 @@ def test_session_log_reviewed_cells(tmp_path):
     from PIL import Image
 
     db = tmp_path / "s.db"
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE cells (id INTEGER PRIMARY KEY, label TEXT, reviewed_label TEXT, crop BLOB)")
     rng = np.random.default_rng(0)
-    for i, (lab, rev) in enumerate([("ig", "neutrophil"), ("monocyte", None), ("lymphocyte", "lymphocyte")]):
+    log = SessionLog(db, "x", "cell", {}, 0.5)
+    for i, lab in enumerate(["ig", "monocyte", "lymphocyte", "ig"]):
         buf = io.BytesIO()
         synthetic_cell(LABELS.index(lab), rng).save(buf, "JPEG")
-        con.execute("INSERT INTO cells VALUES (?, ?, ?, ?)", (i + 1, lab, rev, buf.getvalue()))
-    con.execute("INSERT INTO cells VALUES (9, 'ig', 'neutrophil', NULL)")
-    con.commit()
-    con.close()
+        log.log_frame(i, 0.0, f"f{i}", (9, 9), 1, [CellRecord((0, 0, 9, 9), lab, 0.5, True, {lab: 1.0},
+                                                              crop_jpeg=buf.getvalue() if i < 3 else None)])
+    log.close()
+    with SessionStore(db) as store:  # reviewed: 1 and 3 (and 4, whose crop was not stored); 2 not
+        for cid, label in [(1, "neutrophil"), (3, "lymphocyte"), (4, "neutrophil")]:
+            store.decide(log.id, cid, label, "ann", 0)
     lines = []
     cells = load_labelled(db, list(LABELS), lines.append)
     assert [LABELS[c] for c in cells.labels] == ["neutrophil", "lymphocyte"]
-    assert lines == [f"skipped {db}#cell9: no crop stored (capture ran without crops)"]
+    assert lines == [f"skipped {db}#cell4: no crop stored (capture ran without crops)"]
     assert resize(cells.images[0], (8, 8)).shape == (8, 8, 3)
     with pytest.raises(AdaptInputError, match="not SQLite"):
         (tmp_path / "x.db").write_bytes(b"junk" * 10)

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from edge_bloodcls.edge_runtime.bundle import load_bundle
 from edge_bloodcls.edge_runtime.capture import STAGES, CaptureOptions, format_summary, run_capture
 from edge_bloodcls.edge_runtime.classifier import Classifier
 from edge_bloodcls.edge_runtime.session import SessionLog, read_session
+from edge_bloodcls.edge_runtime.store import SessionFileError, SessionStore
 from edge_bloodcls.edge_runtime.sources import LiveSource, open_source
 from edge_bloodcls.edge_runtime.spec import LABELS, WBC_LABELS
 
@@ -103,9 +103,8 @@ def test_capture_field_mode_locates_crops_and_saves(bundles, tmp_path):
     timing = json.loads(s["summary"])["timing_ms"]
     assert timing["locate"]["median"] > 0 and timing["crop"]["median"] > 0
     # the crop travels in the log too (at most 360 px), so that review and report need no files
-    con = sqlite3.connect(db)
-    crop = con.execute("SELECT crop FROM cells WHERE id = 1").fetchone()[0]
-    con.close()
+    with SessionStore(db) as store:
+        crop = store.crop(1, 1)
     assert max(Image.open(io.BytesIO(crop)).size) == 360
     assert all(c["observations"] == 1 and c["review_reason"] for c in s["cells_list"])
 
@@ -190,11 +189,12 @@ def test_preview_draws_boxes_flags_and_banner_and_serves_live_view():
     try:
         live.publish(img, "counted WBC 3/100")
         page = urllib.request.urlopen(live.url, timeout=10).read().decode()
-        status = json.loads(urllib.request.urlopen(live.url + "status.json", timeout=10).read())
-        jpeg = urllib.request.urlopen(live.url + "frame.jpg", timeout=10).read()
+        token = f"?token={live.token}"  # no cookies here: the token in each URL
+        status = json.loads(urllib.request.urlopen(live.base + "status.json" + token, timeout=10).read())
+        jpeg = urllib.request.urlopen(live.base + "frame.jpg" + token, timeout=10).read()
     finally:
         live.close()
-    assert "frame.jpg" in page and status == {"seq": 1, "text": "counted WBC 3/100"}
+    assert "live.js" in page and status == {"seq": 1, "text": "counted WBC 3/100"}
     assert Image.open(io.BytesIO(jpeg)).size == (320, 240)
 
 
@@ -244,12 +244,9 @@ def _start_capture(bundle, folder, db, fps):
 
 def _frames_logged(db) -> int:
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
+        with SessionStore(db) as store:
+            return store.session().frames
+    except SessionFileError:  # not created yet
         return 0
 
 
@@ -274,10 +271,8 @@ def test_killed_capture_leaves_every_committed_frame(bundles, tmp_path):
     proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
 
-    con = sqlite3.connect(db)
-    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    con.close()
+    with SessionStore(db) as store:
+        assert store.integrity_check() == "ok" and store.pragma("journal_mode") == "wal"
     s = read_session(db)
     frames, cells = s["frames_list"], s["cells_list"]
     n = len(frames)

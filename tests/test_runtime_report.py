@@ -1,18 +1,19 @@
-"""The session store, the report and the review server's decisions, without a browser or a model:
-schema versions and migration, Wilson intervals, the static report, bad files, two review servers
-on one log, a review server killed right after a decision."""
+"""The report and the review server's decisions, without a browser or a model: schema version
+and migration of a first-release log, Wilson intervals, the static report, bad files, two review
+servers on one log, a review server killed right after a decision (the store's own tests:
+test_store.py; the concurrent stress: test_review_concurrency.py)."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import signal
-import sqlite3
+import sqlite3  # only to write a first-release log, as that release did
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import synthetic_cell
+from review_client import ReviewClient
 from edge_bloodcls.edge_runtime import review
 from edge_bloodcls.edge_runtime.report import load, render, tally, wilson
-from edge_bloodcls.edge_runtime.session import SCHEMA_V0, SCHEMA_VERSION, CellRecord, SessionLog, connect
+from edge_bloodcls.edge_runtime.session import CellRecord, SessionLog
+from edge_bloodcls.edge_runtime.store import SCHEMA_V0, SCHEMA_VERSION, Refusal, SessionStore
 from edge_bloodcls.edge_runtime.spec import LABELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,17 +80,17 @@ def test_wilson_interval_known_values():
 def test_new_log_has_current_schema_with_foreign_keys(tmp_path):
     db = tmp_path / "s.db"
     make_session(db)
-    con = connect(db)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert con.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    with pytest.raises(sqlite3.IntegrityError):  # a review of a cell that does not exist
-        con.execute("INSERT INTO reviews (session_id, cell_id, action, label, at) VALUES (1, 999, 'confirm', 'ig', 0)")
-    row = con.execute("SELECT sample, operator, counting, versions FROM sessions").fetchone()
-    assert row[:3] == ("S-42", "ann", "tracked") and json.loads(row[3])["bundle"] == "tiny_int8.tflite"
-    crop, obs = con.execute("SELECT crop, observations FROM cells WHERE id = 1").fetchone()
-    assert crop[:2] == b"\xff\xd8" and obs == 3
-    con.close()
+    with SessionStore(db) as store:
+        assert store.pragma("user_version") == SCHEMA_VERSION
+        assert store.pragma("foreign_keys") == 1
+        assert store.pragma("journal_mode") == "wal"
+        assert store.pragma("synchronous") == 2  # FULL
+        s = store.session()
+        assert (s.sample, s.operator, s.counting) == ("S-42", "ann", "tracked")
+        assert s.versions["bundle"] == "tiny_int8.tflite"
+        assert store.crop(s.id, 1)[:2] == b"\xff\xd8" and store.cell(s.id, 1).observations == 3
+        with pytest.raises(Refusal, match="no cell 999"):  # a decision on a cell that does not exist
+            store.decide(s.id, 999, "ig", "ann", 0)
 
 
 def test_report_shows_differential_intervals_gallery_and_banner(tmp_path):
@@ -157,66 +160,67 @@ def test_version_0_log_is_migrated_not_rejected(tmp_path):
     assert r.exit_code == 0, r.output
     page = (tmp_path / "r.html").read_text()
     assert "id='legacy'" in page and "<tr data-label='monocyte'><td>monocyte</td><td>2</td>" in page
-    con = sqlite3.connect(db)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    n = con.execute("SELECT COUNT(*) FROM cells WHERE observations = 1 AND reviewed_label IS NULL").fetchone()[0]
-    assert n == 2
-    con.close()
-    # and it can be reviewed and appended to like a new log
-    review.decide(db, 1, 1, "lymphocyte", "bo")
-    assert tally(load(db)["cells_list"])["final"]["lymphocyte"] == 1
+    with SessionStore(db) as store:
+        assert store.pragma("user_version") == SCHEMA_VERSION
+        assert [(c.observations, c.reviewed_label, c.version) for c in store.cells(1)] == [(1, None, 0)] * 2
+        # and it can be reviewed and appended to like a new log
+        store.decide(1, 1, "lymphocyte", "bo", version=0)
+    assert tally(load(db).cells)["final"]["lymphocyte"] == 1
     make_session(db)
-    assert [s for s in load(db)["session_ids"]] == [1, 2]
+    assert load(db).session_ids == [1, 2]
+    # the file as it was is kept beside it, made by SQLite before the migration
+    with SessionStore(tmp_path / "old.sqlite.v0.bak") as old:
+        assert old.migrated_from == 0 and len(old.cells(1)) == 2
 
 
 def test_decide_undo_and_sign_off(tmp_path):
     db = tmp_path / "s.db"
     sid = make_session(db)
-    flagged = [c["id"] for c in load(db)["cells_list"] if c["review"]]
+    store = SessionStore(db)
+    flagged = [c.id for c in load(db).cells if c.review]
     assert len(flagged) == 3
-    review.decide(db, sid, flagged[0], "monocyte", "ann")  # confirm
-    review.decide(db, sid, flagged[1], "neutrophil", "ann")  # eosinophil -> neutrophil
-    with pytest.raises(review.ReviewError, match="1 flagged cell"):
-        review.sign_off(db, sid, "ann")
-    review.decide(db, sid, flagged[2], "lymphocyte", "bo")
-    review.decide(db, sid, flagged[2], "monocyte", "bo")
-    assert review.undo(db, sid) == {"cell": flagged[2], "reviewed_label": "lymphocyte"}
-    t = tally(load(db)["cells_list"])
+    store.decide(sid, flagged[0], "monocyte", "ann", 0)  # confirm
+    store.decide(sid, flagged[1], "neutrophil", "ann", 0)  # eosinophil -> neutrophil
+    with pytest.raises(Refusal, match="1 flagged cell"):
+        store.sign_off(sid, "ann")
+    store.decide(sid, flagged[2], "lymphocyte", "bo", 0)
+    store.decide(sid, flagged[2], "monocyte", "bo", 1)
+    undone = store.undo(sid, "bo")
+    assert (undone.cell_id, undone.reviewed_label, undone.reviewer, undone.version) == (flagged[2], "lymphocyte",
+                                                                                       "bo", 3)
+    t = tally(load(db).cells)
     assert t["final"]["neutrophil"] == 6 and t["final"]["eosinophil"] == 0 and t["final"]["lymphocyte"] == 4
     assert t["wbc_final"] == 11 and t["wbc_machine"] == 10 and t["flagged_reviewed"] == 3
-    signed = review.sign_off(db, sid, "ann")
-    assert signed["signed_by"] == "ann"
-    with pytest.raises(review.ReviewError, match="signed off"):
-        review.decide(db, sid, flagged[0], "basophil", "ann")
+    signed = store.sign_off(sid, "ann")
+    assert signed.signed_by == "ann"
+    with pytest.raises(Refusal, match="signed off") as e:
+        store.decide(sid, flagged[0], "basophil", "ann", 1)
+    assert e.value.status == 409
     page = render(load(db))
     assert "Signed off by ann" in page and "<td class='final'>6</td>" in page
-    con = sqlite3.connect(db)
-    actions = con.execute("SELECT action, label, undone_at IS NOT NULL FROM reviews ORDER BY id").fetchall()
-    assert actions == [("confirm", "monocyte", 0), ("reclassify", "neutrophil", 0), ("reclassify", "lymphocyte", 0),
-                       ("reclassify", "monocyte", 1)]
-
-
-def _post(url, body):
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
+    trail = [(a.action, a.reviewer, a.from_label, a.to_label, a.undoes) for a in store.audit(sid)]
+    assert trail == [("confirm", "ann", None, "monocyte", None), ("reclassify", "ann", None, "neutrophil", None),
+                     ("reclassify", "bo", None, "lymphocyte", None), ("reclassify", "bo", "lymphocyte", "monocyte", None),
+                     ("undo", "bo", "monocyte", "lymphocyte", 4), ("signoff", "ann", None, None, None)]
+    assert "id='trail'" in page and page.count("<tr data-audit=") == 6
+    store.close()
 
 
 def test_two_review_servers_on_one_log_do_not_corrupt_it(tmp_path):
     db = tmp_path / "s.db"
     cells = [("neutrophil", 0.5, True, False)] * 40
     sid = make_session(db, cells=cells)
-    servers = [review.make_server(db, sid, port=0) for _ in range(2)]
-    for s in servers:
-        threading.Thread(target=s.serve_forever, daemon=True).start()
-    urls = [f"http://127.0.0.1:{s.server_address[1]}/api/decide" for s in servers]
+    servers = [review.make_server(db, sid, port=0, reviewer=f"r{k}").start() for k in range(2)]
+    clients = [ReviewClient(s.url) for s in servers]
     errors = []
 
     def work(k):
         try:
             for cell in range(1 + k, 41, 4):  # four writers, each cell decided twice via both servers
-                for url in urls:
-                    _post(url, {"cell": cell, "label": LABELS[cell % 8], "reviewer": f"r{k}"})
+                version = 0
+                for c in clients:  # the second decision is made on the version the first left
+                    version = c.post("api/decide", {"cell": cell, "label": LABELS[cell % 8],
+                                                    "version": version})["version"]
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -226,15 +230,15 @@ def test_two_review_servers_on_one_log_do_not_corrupt_it(tmp_path):
     for t in threads:
         t.join(60)
     for s in servers:
-        s.shutdown()
-        s.server_close()
+        s.stop()
     assert errors == []
-    con = sqlite3.connect(db)
-    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert con.execute("SELECT COUNT(*) FROM reviews").fetchone()[0] == 80
-    got = dict(con.execute("SELECT id, reviewed_label FROM cells"))
-    assert got == {c: LABELS[c % 8] for c in range(1, 41)}
-    con.close()
+    with SessionStore(db) as store:
+        assert store.integrity_check() == "ok"
+        trail = store.audit(sid)
+        for cell in range(1, 41):  # each server signs with its own reviewer
+            assert [a.reviewer for a in trail if a.cell_id == cell] == ["r0", "r1"]
+        assert {c.id: (c.reviewed_label, c.version) for c in store.cells(sid)} == {c: (LABELS[c % 8], 2)
+                                                                                  for c in range(1, 41)}
 
 
 def test_review_server_killed_right_after_a_decision_keeps_it(tmp_path):
@@ -246,10 +250,9 @@ def test_review_server_killed_right_after_a_decision_keeps_it(tmp_path):
     try:
         line = proc.stdout.readline()
         assert line.startswith("review http://127.0.0.1:"), line + proc.stderr.read()
-        url = line.split()[1]
-        with urllib.request.urlopen(url, timeout=10) as r:
-            assert b"reclassify" in r.read()
-        saved = _post(url + "api/decide", {"cell": 10, "label": "basophil", "reviewer": "ann"})
+        client = ReviewClient(line.split()[1])
+        assert b"review.js" in client.page
+        saved = client.post("api/decide", {"cell": 10, "label": "basophil", "version": 0})
         assert saved["reviewed_label"] == "basophil"
         proc.send_signal(signal.SIGKILL)  # at once: no clean shutdown, nothing flushed later
         proc.wait(10)
@@ -258,35 +261,38 @@ def test_review_server_killed_right_after_a_decision_keeps_it(tmp_path):
             proc.kill()
         proc.stdout.close()
         proc.stderr.close()
-    con = sqlite3.connect(db)
-    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert con.execute("SELECT reviewed_label, reviewer FROM cells WHERE id = 10").fetchone() == ("basophil", "ann")
-    con.close()
+    with SessionStore(db) as store:
+        assert store.integrity_check() == "ok"
+        c = store.cell(1, 10)
+        assert (c.reviewed_label, c.reviewer) == ("basophil", "ann")
 
 
 def test_review_api_rejects_bad_requests(tmp_path):
     db = tmp_path / "s.db"
     sid = make_session(db)
-    server = review.make_server(db, sid, port=0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    server = review.make_server(db, sid, port=0, reviewer="ann").start()
+    client = ReviewClient(server.url)
     try:
-        for body, code in [({"cell": 1, "label": "banana", "reviewer": "a"}, 400),
-                           ({"cell": 1, "label": "ig", "reviewer": ""}, 400),
-                           ({"cell": 999, "label": "ig", "reviewer": "a"}, 404)]:
+        for body, code in [({"cell": 1, "label": "banana", "version": 0}, 400),
+                           ({"cell": 1, "label": "ig", "version": 0, "reviewer": "mallory"}, 400),  # who: the server
+                           ({"cell": 1, "label": "ig"}, 400),  # no version
+                           ({"cell": True, "label": "ig", "version": 0}, 400),
+                           ({"cell": "1", "label": "ig", "version": 0}, 400),
+                           ({"cell": 1.9, "label": "ig", "version": 0}, 400),
+                           ({"cell": 1, "label": "ig", "version": 7}, 409),  # stale
+                           ({"cell": 999, "label": "ig", "version": 0}, 404)]:
             with pytest.raises(urllib.error.HTTPError) as e:
-                _post(base + "api/decide", body)
-            assert e.value.code == code
+                client.post("api/decide", body)
+            assert e.value.code == code, body
+            assert json.loads(e.value.read())["error"]
         # a cross-site form post (no JSON content type) is refused
-        req = urllib.request.Request(base + "api/decide", b"cell=1&label=ig", {"Content-Type": "text/plain"})
         with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(req, timeout=10)
+            client.post("api/decide", b"cell=1&label=ig", {"Content-Type": "text/plain"})
         assert e.value.code == 415
-        state = json.loads(urllib.request.urlopen(base + "api/state", timeout=10).read())
+        state = client.json("api/state")
         assert [c["id"] for c in state["cells"]] == [9, 10, 11] and state["tally"]["wbc_machine"] == 10
-        state = json.loads(urllib.request.urlopen(base + "api/state?all=1", timeout=10).read())
+        state = client.json("api/state?all=1")
         assert len(state["cells"]) == len(CELLS)
-        assert urllib.request.urlopen(base + "crop/9", timeout=10).read()[:2] == b"\xff\xd8"
+        assert client.get("crop/9")[:2] == b"\xff\xd8"
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from test_runtime_report import REPO, make_session, run_cli
+from edge_bloodcls.edge_runtime.store import SessionStore
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -118,9 +118,8 @@ def test_review_page_keys_reclassify_undo_and_survive_kill_9(browser, tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert _db(db, 9) == ("eosinophil", "ann")
-    con = sqlite3.connect(db)
-    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    con.close()
+    with SessionStore(db) as store:
+        assert store.integrity_check() == "ok"
     out = tmp_path / "report.html"
     assert run_cli("report", db, "--out", out).exit_code == 0
     browser.get(out.as_uri())
@@ -132,38 +131,29 @@ def test_review_page_keys_reclassify_undo_and_survive_kill_9(browser, tmp_path):
 
 
 def test_review_page_refuses_sign_off_with_cells_left(browser, tmp_path):
-    import threading
-
     from selenium.webdriver.common.by import By
 
     from edge_bloodcls.edge_runtime import review
 
     db = tmp_path / "s.db"
     sid = make_session(db)
-    server = review.make_server(db, sid, port=0, reviewer="ann")
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = review.make_server(db, sid, port=0, reviewer="ann").start()
     try:
-        browser.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        browser.get(server.url)
         _wait(browser, lambda d: d.find_element(By.ID, "cell-id"))
         browser.find_element(By.ID, "signoff").click()
         _wait(browser, lambda d: d.find_element(By.ID, "status").text == "3 flagged cell(s) not reviewed yet")
         assert _db_signed(db) is None
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def _db(db, cell_id):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute("SELECT reviewed_label, reviewer FROM cells WHERE id = ?", (cell_id,)).fetchone()
-    finally:
-        con.close()
+    with SessionStore(db) as store:
+        c = store.cell(1, cell_id)
+    return c.reviewed_label, c.reviewer
 
 
 def _db_signed(db):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute("SELECT signed_by FROM sessions").fetchone()[0]
-    finally:
-        con.close()
+    with SessionStore(db) as store:
+        return store.session().signed_by

@@ -8,7 +8,6 @@ counted; an input that leaves nothing to learn from is an AdaptInputError (exit 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle
 from edge_bloodcls.edge_runtime.images import list_class_images, list_images, printable
 from edge_bloodcls.edge_runtime.locate import CROP_PER_CELL, CROP_PER_RBC, Detection, crop, default_rbc_px, locate
 from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb
+from edge_bloodcls.edge_runtime.store import SessionFileError, SessionStore
 
 
 class AdaptInputError(ValueError):
@@ -130,21 +130,16 @@ def _from_dir(root: Path, labels) -> Cells:
 
 
 def _from_session(path: Path, labels) -> Cells:
-    """Cells a technologist reviewed in a capture log (edge_runtime/session.py, schema >= 1)."""
-    with open(path, "rb") as f:
-        if f.read(16) != b"SQLite format 3\x00":
-            raise AdaptInputError(f"{printable(path)}: neither a folder nor a session log (not SQLite)")
+    """Cells a technologist reviewed in a capture log, read through the session store (which asks
+    SQLite, not the file's bytes, whether it is a log, and upgrades an older one first)."""
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        cols = {r[1] for r in con.execute("PRAGMA table_info(cells)")}
-        if not {"reviewed_label", "crop"} <= cols:
-            raise AdaptInputError(f"{printable(path)}: this session log has no reviewed cells "
-                                  "(written before review existed)")
-        rows = con.execute("SELECT id, reviewed_label, crop FROM cells WHERE reviewed_label IS NOT NULL "
-                           "ORDER BY id").fetchall()
-        con.close()
-    except sqlite3.Error as e:
-        raise AdaptInputError(f"{printable(path)}: unreadable session log ({e})") from None
+        with SessionStore(path) as store:
+            rows = store.reviewed_crops()
+    except SessionFileError as e:
+        msg = str(e)
+        if "not an SQLite database" in msg:
+            raise AdaptInputError(f"{printable(path)}: neither a folder nor a session log (not SQLite)") from None
+        raise AdaptInputError(msg) from None
     unknown = sorted({r[1] for r in rows} - set(labels))
     if unknown:
         raise AdaptInputError(f"{printable(path)}: reviewed labels {', '.join(unknown)} are not labels of the "

@@ -1,0 +1,218 @@
+"""The records that cross the session store's boundary (store.py), and its refusals: typed
+dataclasses rather than rows or dicts, so that report, review and capture name their fields.
+No SQL here: a row becomes a record in _record(), by the dataclass's field names.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from .dbfaults import SessionFileError
+
+
+class NewerLogError(SessionFileError):
+    """The log was written by a newer edge-bloodcls: refused, left untouched."""
+
+
+class Refusal(Exception):
+    """A review action the log refuses (HTTP status and one line)."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class NotFound(Refusal):
+    status = 404
+
+
+class Conflict(Refusal):
+    status = 409
+
+
+class StaleCell(Conflict):
+    """The decision was made on a version of the cell that someone has since changed."""
+
+    def __init__(self, message: str, cell: "Cell"):
+        super().__init__(message)
+        self.cell = cell
+
+
+@dataclass
+class CellRecord:
+    """One counted cell as capture hands it to the log: in field mode a track over frames, in
+    cell mode one frame."""
+    box: tuple[int, int, int, int]
+    label: str
+    confidence: float
+    review: bool
+    probs: dict[str, float]
+    crop_path: str | None = None
+    crop_jpeg: bytes | None = None
+    observations: int = 1
+    frame_index: int | None = None  # frame the crop is from; None: the frame being logged
+    first_frame: int | None = None
+    last_frame: int | None = None
+    timestamp: float | None = None
+    ood_score: float | None = None
+    ood: bool = False
+    review_reason: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Session:
+    id: int
+    started: float
+    ended: Optional[float]
+    source: Optional[str]
+    mode: Optional[str]
+    model: Optional[str]
+    model_sha256: Optional[str]
+    interpreter: Optional[str]
+    device: Optional[str]
+    threads: Optional[int]
+    review_threshold: Optional[float]
+    frames: int
+    cells: int
+    end_reason: Optional[str]
+    summary: Optional[str]
+    sample: Optional[str]
+    operator: Optional[str]
+    versions: dict
+    count_target: Optional[int]
+    counting: Optional[str]
+    unvalidated: bool
+    trust: dict
+    signed_by: Optional[str]
+    signed_at: Optional[float]
+
+
+@dataclass(frozen=True)
+class Frame:
+    id: int
+    session_id: int
+    frame_index: int
+    timestamp: float
+    name: Optional[str]
+    width: Optional[int]
+    height: Optional[int]
+    n_cells: int
+    timing: Optional[str]
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: int
+    session_id: int
+    frame_id: int
+    frame_index: int
+    timestamp: float
+    x0: Optional[int]
+    y0: Optional[int]
+    x1: Optional[int]
+    y1: Optional[int]
+    label: str
+    confidence: float
+    review: bool
+    model_sha256: str
+    probs: dict
+    crop_path: Optional[str]
+    observations: int
+    first_frame: Optional[int]
+    last_frame: Optional[int]
+    ood_score: Optional[float]
+    ood: bool
+    review_reason: Optional[str]
+    reviewed_label: Optional[str]
+    reviewer: Optional[str]
+    reviewed_at: Optional[float]
+    version: int
+    has_crop: bool
+    crop: Optional[bytes] = None  # only when asked for (report); the review page fetches crops one by one
+
+    @property
+    def final_label(self) -> str:
+        return self.reviewed_label or self.label
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    session_id: int
+    cell_id: Optional[int]
+    action: str
+    from_label: Optional[str]
+    to_label: Optional[str]
+    prev_reviewer: Optional[str]
+    prev_at: Optional[float]
+    reviewer: str
+    at: float
+    reason: Optional[str]
+    cell_version: Optional[int]
+    undoes: Optional[int]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a decision, an amendment or an undo left: the cell's review as it now is."""
+    audit_id: int
+    cell_id: int
+    machine_label: str
+    reviewed_label: Optional[str]
+    reviewer: Optional[str]
+    at: float
+    version: int
+    action: str
+
+
+@dataclass(frozen=True)
+class SignOff:
+    audit_id: int
+    signed_by: str
+    signed_at: float
+
+
+@dataclass(frozen=True)
+class SessionData:
+    """One session with its cells and its audit trail (what report and review show)."""
+    path: str
+    session: Session
+    cells: list[Cell]
+    session_ids: list[int]
+    audit: list[AuditEntry]
+    frames: list[Frame] = field(default_factory=list)
+
+
+def _json(value: Any) -> dict:
+    if not value:
+        return {}
+    try:
+        out = json.loads(value)
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def _record(cls, row: sqlite3.Row, **convert):
+    keys = row.keys()
+    names = [f.name for f in fields(cls)]
+    values = {n: (row[n] if n in keys else None) for n in names}
+    for name, fn in convert.items():
+        values[name] = fn(values[name])
+    return cls(**values)
+
+
+def _session(row: sqlite3.Row) -> Session:
+    return _record(Session, row, versions=_json, trust=_json, unvalidated=bool, frames=lambda v: v or 0,
+                   cells=lambda v: v or 0)
+
+
+def _cell(row: sqlite3.Row) -> Cell:
+    return _record(Cell, row, probs=_json, review=bool, ood=bool, has_crop=bool, version=lambda v: v or 0,
+                   observations=lambda v: v or 1, crop=lambda v: bytes(v) if v is not None else None)

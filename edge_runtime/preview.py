@@ -16,6 +16,14 @@ import numpy as np
 WINDOW = "edge-bloodcls"
 # BGR
 GREEN, ORANGE, RED, GREY, WHITE = (0, 170, 0), (0, 140, 255), (40, 40, 220), (110, 110, 110), (255, 255, 255)
+BLUE, YELLOW = (200, 120, 0), (0, 200, 230)
+# The Pi touch screen: the drawn view is scaled to fit, so that text stays legible on it.
+SCREEN = (800, 480)
+# state of the frame (slide.py) -> banner colour and text
+STATES = {"counting": (GREEN, "COUNTING"), "moving": (ORANGE, "MOVING - not counting"),
+          "out of focus": (ORANGE, "OUT OF FOCUS - not counting"), "lost": (RED, "LOST - not counting")}
+LEGEND = (("counted", GREEN), ("flagged", ORANGE), ("out of distr.", RED), ("already counted", BLUE),
+          ("pending", YELLOW), ("not counted", GREY))
 
 
 @dataclass
@@ -25,30 +33,76 @@ class Box:
     confidence: float
     review: bool = False
     ood: bool = False
-    note: str = ""  # "pending", "counted"
+    note: str = ""  # counting.ShownCell.note: counted, already counted, pending, not counted
 
 
-def annotate(rgb: np.ndarray, boxes: list[Box], status: list[str], banner: str = "") -> np.ndarray:
-    """BGR image: boxes coloured by flag (green sure, orange review, red out of distribution),
-    status lines at the bottom, a red banner at the top when the session is unvalidated."""
+def _colour(b: Box):
+    if b.note == "already counted":
+        return BLUE
+    if b.note == "pending":
+        return YELLOW
+    if b.note == "not counted":
+        return GREY
+    return RED if b.ood else ORANGE if b.review else GREEN
+
+
+def _caption(b: Box) -> str:
+    if b.note == "not counted" or not b.label:
+        return b.note
+    if b.note == "pending":
+        return "pending"  # a label from one or two views must not look like a result
+    text = f"{b.label} {b.confidence:.2f}" + (" OOD" if b.ood else "") + (" ?" if b.review else "")
+    return text + (" (already counted)" if b.note == "already counted" else "")
+
+
+def annotate(rgb: np.ndarray, boxes: list[Box], status: list[str], banner: str = "", state: str = "",
+             screen: tuple[int, int] = SCREEN) -> np.ndarray:
+    """BGR image at most `screen` (800x480) in size: boxes coloured by what happened to the cell
+    (see LEGEND), the frame's state (counting / moving / out of focus / lost) at the top, status
+    lines at the bottom, a red banner when the session is unvalidated."""
     import cv2
 
     img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     h, w = img.shape[:2]
-    fs = max(0.4, min(1.0, w / 1400))
+    k = min(1.0, screen[0] / w, screen[1] / h)
+    if k < 1.0:
+        img = cv2.resize(img, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+        h, w = img.shape[:2]
+    fs = 0.45 if w >= 480 else 0.35
+    line_h = int(22 * fs) + 6
     for b in boxes:
-        colour = RED if b.ood else ORANGE if b.review else GREEN
-        x0, y0, x1, y1 = (int(round(v)) for v in b.box)
-        cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), colour, 2)
-        text = f"{b.label} {b.confidence:.2f}" + (" OOD" if b.ood else "") + (f" {b.note}" if b.note else "")
-        _text(img, text, (x0 + 3, max(14, y0 + 16)), fs, colour)
-    line_h = int(22 * fs) + 4
-    for k, s in enumerate(reversed(status)):
-        _text(img, s[:140], (6, h - 8 - k * line_h), fs, (20, 20, 20))
+        colour = _colour(b)
+        x0, y0, x1, y1 = (int(round(v * k)) for v in b.box)
+        thick = 1 if b.note in ("not counted", "pending") else 2
+        cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), colour, thick)
+        _text(img, _caption(b), (x0 + 3, max(line_h, y0 + line_h - 4)), fs, colour)
+    top = 0
     if banner:
-        cv2.rectangle(img, (0, 0), (w, line_h + 8), RED, -1)
-        _text(img, banner[:140], (6, line_h), fs, WHITE, bg=None)
+        cv2.rectangle(img, (0, 0), (w, line_h + 6), RED, -1)
+        _text(img, banner[:100], (6, line_h), fs, WHITE, bg=None)
+        top = line_h + 6
+    if state in STATES:
+        colour, text = STATES[state]
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, fs * 1.3, 2)
+        cv2.rectangle(img, (0, top), (tw + 12, top + th + 12), colour, -1)
+        cv2.putText(img, text, (6, top + th + 6), cv2.FONT_HERSHEY_SIMPLEX, fs * 1.3, WHITE, 2, cv2.LINE_AA)
+        _legend(img, top, fs, line_h)
+    for i, line in enumerate(reversed(status)):
+        _text(img, line[:110], (6, h - 8 - i * line_h), fs, (20, 20, 20))
     return img
+
+
+def _legend(img, top, fs, line_h) -> None:
+    import cv2
+
+    w = img.shape[1]
+    width = max(cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, fs, 1)[0][0] for name, _ in LEGEND) + 26
+    x = w - width - 4
+    cv2.rectangle(img, (x - 4, top + 2), (w - 2, top + 6 + line_h * len(LEGEND)), WHITE, -1)
+    for i, (name, colour) in enumerate(LEGEND):
+        y = top + 4 + i * line_h
+        cv2.rectangle(img, (x, y + 3), (x + 14, y + line_h - 3), colour, -1)
+        cv2.putText(img, name, (x + 20, y + line_h - 5), cv2.FONT_HERSHEY_SIMPLEX, fs, (20, 20, 20), 1, cv2.LINE_AA)
 
 
 def _text(img, s, org, fs, colour, bg=WHITE):
@@ -103,15 +157,29 @@ class Window:
                 pass
 
 
-_PAGE = """<!doctype html><meta charset="utf-8"><title>edge-bloodcls live</title>
-<style>body{margin:0;background:#222;color:#eee;font:14px sans-serif}img{max-width:100%;display:block}
-#s{padding:6px}</style><img id="f" alt="live view"><div id="s">connecting…</div>
+_PAGE = """<!doctype html><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>edge-bloodcls live</title>
+<style>body{margin:0;background:#222;color:#eee;font:14px sans-serif;max-width:800px}
+img{max-width:100%;max-height:400px;display:block}#s{padding:4px 6px}
+#st{display:inline-block;padding:3px 10px;font-weight:bold;color:#fff;background:#555}
+#st.counting{background:#00aa00}#st.moving,#st.out-of-focus{background:#ff8c00}#st.lost{background:#dc2828}
+#lg span{display:inline-block;margin:2px 8px 2px 0}#lg i{display:inline-block;width:12px;height:12px;margin-right:4px;
+vertical-align:-1px}</style>
+<div><span id="st">connecting…</span></div><img id="f" alt="live view"><div id="s"></div>
+<div id="lg"><span><i style="background:#00aa00"></i>counted</span><span><i style="background:#ff8c00"></i>flagged</span>
+<span><i style="background:#dc2828"></i>out of distribution</span><span><i style="background:#0078c8"></i>already
+counted (not again)</span><span><i style="background:#e6c800"></i>pending</span><span><i style="background:#6e6e6e">
+</i>not counted (moving / blurred)</span></div>
 <script>
+const NAMES={'counting':'COUNTING','moving':'MOVING - not counting','out of focus':'OUT OF FOCUS - not counting',
+             'lost':'LOST - not counting'};
 async function tick(){
+  const st=document.getElementById('st');
   try{const r=await fetch('status.json',{cache:'no-store'});const s=await r.json();
       document.getElementById('s').textContent=s.text;
+      st.textContent=NAMES[s.state]||s.state||'';st.className=(s.state||'').replace(/ /g,'-');
       if(s.seq)document.getElementById('f').src='frame.jpg?'+s.seq;}
-  catch(e){document.getElementById('s').textContent='capture has ended';}
+  catch(e){st.textContent='capture has ended';st.className='';}
   setTimeout(tick,400);}
 tick();
 </script>"""
@@ -125,6 +193,7 @@ class LiveView:
         self.jpeg = b""
         self.seq = 0
         self.text = ""
+        self.state = ""
         self.min_dt = 1.0 / max_fps
         self.last = 0.0
         self.lock = threading.Lock()
@@ -134,13 +203,13 @@ class LiveView:
             def do_GET(self):
                 path = self.path.split("?")[0]
                 with view.lock:
-                    jpeg, seq, text = view.jpeg, view.seq, view.text
+                    jpeg, seq, text, state = view.jpeg, view.seq, view.text, view.state
                 if path == "/":
                     self._send(200, "text/html; charset=utf-8", _PAGE.encode())
                 elif path == "/frame.jpg" and jpeg:
                     self._send(200, "image/jpeg", jpeg)
                 elif path == "/status.json":
-                    self._send(200, "application/json", json.dumps({"seq": seq, "text": text}).encode())
+                    self._send(200, "application/json", json.dumps({"seq": seq, "text": text, "state": state}).encode())
                 else:
                     self._send(404, "text/plain", b"not found")
 
@@ -165,17 +234,17 @@ class LiveView:
         """Whether publish() would encode a new frame now (lets the caller skip drawing one)."""
         return time.monotonic() - self.last >= self.min_dt
 
-    def publish(self, bgr: np.ndarray, text: str) -> None:
+    def publish(self, bgr: np.ndarray, text: str, state: str = "") -> None:
         now = time.monotonic()
         if now - self.last < self.min_dt:
             with self.lock:
-                self.text = text
+                self.text, self.state = text, state
             return
         import cv2
 
         ok, enc = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 80])
         with self.lock:
-            self.text = text
+            self.text, self.state = text, state
             if ok:
                 self.jpeg, self.seq, self.last = enc.tobytes(), self.seq + 1, now
 

@@ -134,8 +134,7 @@ class CountingCore:
             for c in self.cells.get(st.segment, ()):
                 c.left_view = True
         if st.offset is None:
-            shown = [ShownCell(_int_box(d.box), "not counted") for d in detections]
-            return self._done(st, counted, shown, 0)
+            return self._done(st, counted, [ShownCell(_int_box(d.box), "not counted") for d in detections], 0)
         h, w = rgb.shape[:2]
         ox, oy = st.offset
         view = (-ox, -oy, w - ox, h - oy)
@@ -160,8 +159,9 @@ class CountingCore:
         todo: list[tuple[SlideCell, int]] = []
         shown: list[ShownCell | None] = [None] * len(detections)
         for di, d in enumerate(detections):
-            c = match.get(di)
-            if c is not None:
+            m = match.get(di)
+            if m is not None:
+                c = m
                 c.box = boxes[di]
                 if c.status == COUNTED:
                     if c.left_view:

@@ -39,10 +39,12 @@ from .field_motion import Correlator, grey_small, sharpness
 
 MOVING_RBC = 0.15  # per frame: 15 px at BCCD's scale (640x480, red cell ~100 px)
 FOCUS_RATIO = 0.75  # of the best sharpness at this place (a 50 % cross-fade gives ~0.7)
-SESSION_FLOOR = 0.5  # of the session's median sharpness over SESSION_FRAMES counting frames
+SESSION_FLOOR = 0.35  # of the session's median sharpness over SESSION_FRAMES counting frames
+PLACE_DECAY = 0.97  # per frame: the best sharpness at a place fades, so a plainer field is not "blurred" for ever
 SESSION_FRAMES = 64
 PLACE_STEP = 0.25  # of the frame width: farther than this from where the focus reference was set is a new place
 KEY_STEP = 0.20  # of the frame width: the key frame moves on after this much travel
+CHANGE_STEP = 0.25  # of the frame width: nearer than this to the key frame, failing to match it is a change of content
 ANCHORS = 8  # earlier key frames tried when a new segment would start (each ~0.3 ms)
 
 COUNTING, MOVING, BLURRED, LOST = "counting", "moving", "out of focus", "lost"
@@ -85,6 +87,7 @@ class SlidePosition:
         self.corr = correlator or Correlator()
         self.key: _Key | None = None
         self.prev: _Key | None = None  # the previous frame, when it was registered
+        self.last: np.ndarray | None = None  # the previous frame's grey, registered or not
         self.anchors: deque[_Key] = deque(maxlen=ANCHORS)
         self.segment = 0
         self.segments = 0
@@ -104,8 +107,10 @@ class SlidePosition:
         rbc = self.rbc_px or 0.21 * min(h, w)
         ref = self.session_sharpness()
         floor_ok = ref is None or s >= SESSION_FLOOR * ref
+        self.place_best *= PLACE_DECAY
         offset = None
-        via_prev = False
+        changed = False
+        last, self.last = self.last, g
         if self.key is not None and not self.force_new:
             r = self.corr.register(self.key.grey, g)
             if r.ok:
@@ -114,19 +119,28 @@ class SlidePosition:
                 r = self.corr.register(self.prev.grey, g)
                 if r.ok:
                     offset = (self.prev.offset[0] + r.dx * scale, self.prev.offset[1] + r.dy * scale)
-                    via_prev = True
+                    near_key = np.hypot(offset[0] - self.key.offset[0], offset[1] - self.key.offset[1]) < CHANGE_STEP * w
+                    # the key frame should still match here: if this frame is as sharp as the place
+                    # allows, what it shows has changed in place (a cross-fade, another slide)
+                    changed = near_key and s >= FOCUS_RATIO * self.place_best and floor_ok
+                    if changed:
+                        offset = None
         new_segment = rejoined = False
         if offset is None:
+            # a pair of frames that match each other where nothing matched before: the stage has
+            # come to rest at a place (however plain the field), not a smear in passing
+            at_rest = (not changed and last is not None and self.prev is None
+                       and (r2 := self.corr.register(last, g)).ok and np.hypot(r2.dx, r2.dy) * scale <= MOVING_RBC * rbc)
             # before the session has a usual sharpness, the last key frame stands in for it
             sharp_enough = floor_ok if ref is not None else (self.key is None or s >= SESSION_FLOOR * self.key.sharpness)
-            if not sharp_enough and not self.force_new:
+            if not (sharp_enough or at_rest or changed or self.force_new):
                 self.prev = None
                 return FrameState(LOST, self.segment, None, (0.0, 0.0), s, 0.0)
             # sharp enough to count from and not where we were: a new segment, or an earlier one
             # found again by a verified registration
             self.force_new = False
             cur = _Key(g, 0, (0.0, 0.0), s)
-            for a in reversed(self.anchors):
+            for a in (reversed(self.anchors) if not changed else ()):
                 r = self.corr.register(a.grey, g)
                 if r.ok:
                     cur.segment, cur.offset = a.segment, (a.offset[0] + r.dx * scale, a.offset[1] + r.dy * scale)
@@ -135,7 +149,7 @@ class SlidePosition:
             if not rejoined:
                 self.segments += 1
                 cur.segment = self.segments
-            if self.key is not None:
+            if self.key is not None and not changed:
                 self.anchors.append(self.key)
             new_segment = True
             self.segment = cur.segment
@@ -158,8 +172,8 @@ class SlidePosition:
         if not new_segment and sharp and not moving:
             travelled = np.hypot(offset[0] - self.key.offset[0], offset[1] - self.key.offset[1])
             # a sharper view of the same place is a better key (the first may have been soft)
-            if via_prev or travelled > KEY_STEP * w or s > 1.25 * self.key.sharpness:
-                if travelled > KEY_STEP * w or via_prev:
+            if travelled > KEY_STEP * w or s > 1.25 * self.key.sharpness:
+                if travelled > KEY_STEP * w:
                     self.anchors.append(self.key)
                 self.key = cur
         self.prev = cur

@@ -1,13 +1,17 @@
-"""The capture loop: source -> (whole frame | locate -> crops) -> classifier -> track -> count once
--> log -> preview, with a running white-cell differential and, at the end, a summary.
+"""The capture loop: source -> count -> store -> display, with a running white-cell
+differential and, at the end, a CaptureSummary.
 
-Field mode counts each cell once (track.py): a cell is counted when its track ends, with the
-label of its mean probabilities; --count N stops at exactly N white cells. Cell mode counts every
-frame (each frame is one centred cell; there is nothing to follow from frame to frame).
+  count    field mode: locate white cells, and let the counting core (counting.py; motion, focus
+           and position on the slide in slide.py) decide which are classified and when each is
+           counted, once; cell mode: the frame is one centred cell, counted at once.
+  store    the session log (session.py): one call per frame with the cells counted at it, one
+           at the end for the cells still open, one when the trust gate trips, one to close.
+  display  the OpenCV window and/or the web live view (preview.py).
 
-Each frame's time is split into the stages outside the interpreter (decode, locate, crop,
-preprocess, tensor I/O, log, preview) and the interpreter's invoke: on a Pi the stages around the
-model can cost as much as the model, and this shows which.
+Each frame's time is split into the stages outside the interpreter (decode, locate, motion =
+registration, focus and slide position, crop, preprocess, tensor I/O, log, preview) and the
+interpreter's invoke: on a Pi the stages around the model can cost as much as the model, and
+this shows which.
 """
 from __future__ import annotations
 
@@ -17,25 +21,28 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from .capture_stats import TimingStats
+from .capture_stats import CaptureSummary, TimingStats
 from .classifier import Classifier
+from .counting import CountingCore, ShownCell
 from .images import printable
-from .locate import LocateParams, background, crop, default_rbc_px, locate
+from .locate import Detection, LocateParams, background, crop, default_rbc_px, locate
 from .preprocess import prepare
 from .session import SessionFileError, SessionLog
-from .sources import Source, has_display
+from .slide import COUNTING, LOST
+from .sources import Frame, Source, has_display
 from .spec import WBC_LABELS
 from .track import Differential  # noqa: F401  (was defined here; importers keep working)
-from .track import MIN_OBSERVATIONS, CellCounter, Observation, Track, Tracker, single_track
+from .track import MIN_OBSERVATIONS, CellCounter, Observation, Track, save_jpeg, single_track
 
 if TYPE_CHECKING:
     from .preview import LiveView
 
-STAGES = ("decode", "locate", "crop", "preprocess", "tensor_io", "interpreter", "log", "preview", "other")
+STAGES = ("decode", "locate", "motion", "crop", "preprocess", "tensor_io", "interpreter", "log", "preview",
+          "other")
 DEFAULT_COUNT = 100  # white cells: the usual manual differential (200 for a closer look)
 
 
@@ -99,161 +106,246 @@ class _Signals:
             raise exc()
 
 
-def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: CaptureOptions) -> dict:
+def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: CaptureOptions) -> CaptureSummary:
     """Run until the source ends, max_frames, --count white cells, q in the preview, Ctrl-C or
     SIGTERM; return the summary."""
-    from .preview import Box, Window, annotate
+    return _Capture(source, clf, log, opts).run()
 
-    echo = opts.echo
-    counter = CellCounter(clf, opts, log)
-    tracker = Tracker(clf.labels, min_observations=opts.min_observations) if opts.mode == "field" else None
-    timings = TimingStats(STAGES)  # constant memory: a session may run for a whole shift
-    unrecorded = None  # a logged frame whose timing is not yet in `timings`
-    window = Window(echo) if opts.preview and has_display() else None
-    if opts.save_crops:
-        Path(opts.save_crops).mkdir(parents=True, exist_ok=True)
-    sig = _Signals()
-    sig.install()
-    end_reason = ""
-    log_error = ""  # the log (or the crop folder) could not be written: the session ends with it
-    not_logged = 0  # cells counted at the frame whose write failed
-    n_frames = detections = 0
-    last_index = -1
-    last_status = 0.0
-    started = time.perf_counter()
-    try:
-        for frame in source:
-            t_frame = time.perf_counter()
-            t = {k: 0.0 for k in STAGES}
-            t["decode"] = frame.decode_ms
-            rgb = frame.rgb
-            if opts.mode == "field":
-                rbc_px = opts.rbc_px or default_rbc_px(rgb.shape)
-                t0 = time.perf_counter()
-                dets = locate(rgb, rbc_px, opts.locate_params)
-                t["locate"] = _ms(t0)
-                t0 = time.perf_counter()
-                fill = background(rgb) if dets else None
-                regions = [(d.box, crop(rgb, d, rbc_px, fill)) for d in dets]
-                t["crop"] = _ms(t0)
-            else:
-                regions = [((0, 0, rgb.shape[1], rgb.shape[0]), rgb)]
-            obs = []
-            for (x0, y0, x1, y1), patch in regions:
-                t0 = time.perf_counter()
-                x = prepare(patch, clf.spec)
-                t["preprocess"] += _ms(t0)
-                t0 = time.perf_counter()
-                pred = clf.classify_input(x, opts.top_k)
-                t["interpreter"] += pred.latency_ms
-                t["tensor_io"] += _ms(t0) - pred.latency_ms
-                probs = np.array([pred.probs[k] for k in clf.labels], np.float64)
-                obs.append(Observation(frame.index, (x0, y0, x1, y1), probs, pred, patch, frame.timestamp))
-            with sig.critical():
-                t0 = time.perf_counter()
-                ended = tracker.update(frame.index, rgb, obs) if tracker else [single_track(o, clf.labels) for o in obs]
-                records = []
-                try:
-                    records = counter.take(ended)
-                    if log is not None:
-                        counter.note_ids(records, log.log_frame(frame.index, frame.timestamp, frame.name, rgb.shape,
-                                                                len(obs), records,
-                                                                {k: round(v, 3) for k, v in t.items() if v}))
-                except (SessionFileError, OSError) as e:
-                    # a full disk, a lock never released, a log made read-only: stop counting what
-                    # cannot be recorded, and end the session with the reason (the frame rolled back)
-                    log_error, not_logged = _one_line(e, opts), len(records)
-                    end_reason = f"stopped: {log_error}"
-                    break
-                t["log"] += _ms(t0)
-                n_frames += 1
-                detections += len(obs)
-                last_index = frame.index
-                unrecorded = t  # recorded after the preview time below, or at the end if a signal cuts in
-                if counter.full:
-                    end_reason = f"reached --count {opts.count} white cells"
-            if window is not None or (opts.live is not None and opts.live.due()):
-                t0 = time.perf_counter()
-                status = _status(counter, tracker, opts)
-                if tracker:
-                    boxes = [Box(tr.box, *_mean_label(tr, clf), note="pending")
-                             for tr in tracker.active if tr.missed == 0]
-                else:
-                    boxes = [Box(r.box, r.label, r.confidence, r.review, r.ood) for r in records]
-                g = counter.gate
-                banner = (f"UNVALIDATED: {g.n_ood} of {g.n_cells} white cells out of distribution"
-                          if g.tripped else "")
-                img = annotate(rgb, boxes, status, banner)
-                action = window.show(img) if window is not None else None
-                if opts.live is not None:
-                    opts.live.publish(img, " | ".join(status))
-                t["preview"] = _ms(t0)
-                if action == "quit":
-                    end_reason = end_reason or "stopped from the preview window"
-                elif action == "field" and tracker:
-                    tracker.force_new_field = True
-            now = time.perf_counter()
-            if now - last_status >= opts.status_every_s:
-                echo(f"frame {frame.index}: {len(obs)} located | " + " | ".join(_status(counter, tracker, opts)))
-                last_status = now
-            t["other"] = max(0.0, _ms(t_frame) - sum(t[k] for k in STAGES if k not in ("decode", "other")))
-            timings.add(t)
-            unrecorded = None
-            if end_reason:
-                break
-            if opts.max_frames and n_frames >= opts.max_frames:
-                end_reason = f"reached --max-frames {opts.max_frames}"
-                break
-        else:
-            end_reason = source.end_reason or "source ended"
-    except KeyboardInterrupt:
-        end_reason = "interrupted (Ctrl-C)"
-    except Stop:
-        end_reason = "terminated (SIGTERM)"
-    except BaseException:  # a bug or a full disk: still free the camera and the signal handlers
-        sig.restore()
-        source.close()
-        if window is not None:
-            window.close()
-        raise
-    sig.closing = True  # from here a signal only waits: the counts and the log must be finished
-    if unrecorded is not None:  # the summary's frame count and timing frames agree
-        timings.add(unrecorded)
-    try:
-        source.close()
-        if window is not None:
-            window.close()
-        if tracker and not counter.full and not log_error:
+
+class _Capture:
+    def __init__(self, source: Source, clf: Classifier, log: SessionLog | None, opts: CaptureOptions):
+        self.source, self.clf, self.log, self.opts = source, clf, log, opts
+        self.counter = CellCounter(clf.labels, clf.review_threshold, opts.count)
+        self.core = (CountingCore(clf.labels, clf.review_threshold, opts.rbc_px, opts.min_observations)
+                     if opts.mode == "field" else None)
+        self.timings = TimingStats(STAGES)  # constant memory: a session may run for a whole shift
+        self.window = None
+        if opts.preview and has_display():
+            from .preview import Window
+
+            self.window = Window(opts.echo)
+        self.sig = _Signals()
+        self.end_reason = ""
+        self.log_error = ""  # the log (or the crop folder) could not be written: the session ends with it
+        self.not_logged = 0  # cells counted at the frame whose write failed
+        self.n_frames = self.detections = 0
+        self.state = ""
+        self.last_located = 0
+        self.last_status = 0.0
+
+    # --- the loop ---
+
+    def run(self) -> CaptureSummary:
+        opts = self.opts
+        if opts.save_crops:
+            Path(opts.save_crops).mkdir(parents=True, exist_ok=True)
+        self.sig.install()
+        unrecorded = None  # a logged frame whose timing is not yet in `timings`
+        started = time.perf_counter()
+        try:
             try:
-                records = counter.take(tracker.flush(last_index))
+                for frame in self.source:
+                    t_frame = time.perf_counter()
+                    t = {k: 0.0 for k in STAGES}
+                    t["decode"] = frame.decode_ms
+                    with self.sig.critical():
+                        records, shown, n_located = self.count(frame, t)
+                        if not self.store(frame, records, n_located, t):
+                            break
+                        unrecorded = t  # recorded after the preview, or at the end if a signal cuts in
+                    self.display(frame, records, shown, t)
+                    t["other"] = max(0.0, _ms(t_frame) - sum(t[k] for k in STAGES if k not in ("decode", "other")))
+                    self.timings.add(t)
+                    unrecorded = None
+                    if self.end_reason:
+                        break
+                    if opts.max_frames and self.n_frames >= opts.max_frames:
+                        self.end_reason = f"reached --max-frames {opts.max_frames}"
+                        break
+                else:
+                    self.end_reason = self.source.end_reason or "source ended"
+            except KeyboardInterrupt:
+                self.end_reason = "interrupted (Ctrl-C)"
+            except Stop:
+                self.end_reason = "terminated (SIGTERM)"
+            except BaseException:  # a bug or a full disk: still free the camera and the signal handlers
+                self.sig.restore()
+                self._close_devices()
+                raise
+            self.sig.closing = True  # from here a signal only waits: the counts and the log must be finished
+            if unrecorded is not None:  # the summary's frame count and timing frames agree
+                self.timings.add(unrecorded)
+            self._close_devices()
+            return self.finish(time.perf_counter() - started)
+        finally:
+            self.sig.restore()
+
+    # --- count: frame -> counted cells (and what to show) ---
+
+    def count(self, frame: Frame, t: dict) -> tuple[list, list[ShownCell], int]:
+        rgb, opts, clf = frame.rgb, self.opts, self.clf
+        if self.core is None:
+            obs = self._classify(frame, [((0, 0, rgb.shape[1], rgb.shape[0]), rgb)], t)
+            ended = [single_track(o, clf.labels) for o in obs]
+            n_located, shown = len(obs), []
+        else:
+            rbc_px = opts.rbc_px or default_rbc_px(rgb.shape)
+            t0 = time.perf_counter()
+            dets = locate(rgb, rbc_px, opts.locate_params)
+            t["locate"] = _ms(t0)
+            fill = None
+
+            def classify(todo: Sequence[Detection]) -> list[Observation]:
+                nonlocal fill
+                t0 = time.perf_counter()
+                fill = background(rgb) if fill is None else fill
+                regions = [(d.box, crop(rgb, d, rbc_px, fill)) for d in todo]
+                t["crop"] += _ms(t0)
+                return self._classify(frame, regions, t)
+
+            t0 = time.perf_counter()
+            step = self.core.step(frame.index, frame.timestamp, rgb, dets, classify)
+            # the core's own time (registration, focus, matching) less the classifier's stages
+            t["motion"] = max(0.0, _ms(t0) - sum(t[k] for k in ("crop", "preprocess", "interpreter", "tensor_io")))
+            ended, n_located, shown = step.counted, len(dets), step.shown
+            self.state = step.frame.state
+        records = self.counter.take(ended, self._save_crop if opts.save_crops else None)
+        if self.counter.tripped_now:
+            opts.echo(self.counter.gate.message())
+        return records, shown, n_located
+
+    def _classify(self, frame: Frame, regions, t: dict) -> list[Observation]:
+        obs = []
+        for (x0, y0, x1, y1), patch in regions:
+            t0 = time.perf_counter()
+            x = prepare(patch, self.clf.spec)
+            t["preprocess"] += _ms(t0)
+            t0 = time.perf_counter()
+            pred = self.clf.classify_input(x, self.opts.top_k)
+            t["interpreter"] += pred.latency_ms
+            t["tensor_io"] += _ms(t0) - pred.latency_ms
+            probs = np.array([pred.probs[k] for k in self.clf.labels], np.float64)
+            obs.append(Observation(frame.index, (x0, y0, x1, y1), probs, pred, patch, frame.timestamp))
+        return obs
+
+    def _save_crop(self, track: Track, label: str) -> str | None:
+        best = track.best
+        if best is None or best.crop is None or not self.opts.save_crops:
+            return None
+        path = str(Path(self.opts.save_crops) / f"s{self.log.id if self.log else 0}_"
+                   f"f{best.frame_index:06d}_t{track.id}_{label}.jpg")
+        save_jpeg(best.crop, path)
+        return path
+
+    # --- store: the session log (the only calls into session.py) ---
+
+    def store(self, frame: Frame, records: list, n_located: int, t: dict) -> bool:
+        """Log the frame and the cells counted at it; False when the log failed (session ends)."""
+        t0 = time.perf_counter()
+        try:
+            if self.log is not None:
+                if self.counter.tripped_now:
+                    self.log.set_trust(self.counter.gate.to_json())
+                ids = self.log.log_frame(frame.index, frame.timestamp, frame.name, frame.rgb.shape,
+                                         n_located, records,
+                                         {k: round(v, 3) for k, v in t.items() if v})
+                self.counter.note_ids(records, ids)
+        except (SessionFileError, OSError) as e:
+            # a full disk, a lock never released, a log made read-only: stop counting what cannot be
+            # recorded, and end the session with the reason (the frame rolled back)
+            self.log_error, self.not_logged = _one_line(e, self.opts), len(records)
+            self.end_reason = f"stopped: {self.log_error}"
+            return False
+        t["log"] += _ms(t0)
+        self.n_frames += 1
+        self.detections += n_located
+        self.last_located = n_located
+        if self.counter.full:
+            self.end_reason = f"reached --count {self.opts.count} white cells"
+        return True
+
+    # --- display ---
+
+    def display(self, frame: Frame, records: list, shown: list[ShownCell], t: dict) -> None:
+        opts = self.opts
+        if self.window is not None or (opts.live is not None and opts.live.due()):
+            from .preview import Box, annotate
+
+            t0 = time.perf_counter()
+            status = self._status()
+            if self.core is not None:
+                boxes = [Box(c.box, c.label, c.confidence, c.review, c.ood, note=c.note) for c in shown]
+            else:
+                boxes = [Box(r.box, r.label, r.confidence, r.review, r.ood, note="counted") for r in records]
+            g = self.counter.gate
+            banner = (f"UNVALIDATED: {g.n_ood} of {g.n_cells} white cells out of distribution"
+                      if g.tripped else "")
+            img = annotate(frame.rgb, boxes, status, banner, state=self.state if self.core is not None else "")
+            action = self.window.show(img) if self.window is not None else None
+            if opts.live is not None:
+                opts.live.publish(img, " | ".join(status), state=self.state)
+            t["preview"] = _ms(t0)
+            if action == "quit":
+                self.end_reason = self.end_reason or "stopped from the preview window"
+            elif action == "field" and self.core is not None:
+                self.core.new_field()
+        now = time.perf_counter()
+        if now - self.last_status >= opts.status_every_s:
+            opts.echo(f"frame {frame.index}: {self.last_located} located | " + " | ".join(self._status()))
+            self.last_status = now
+
+    def _status(self) -> list[str]:
+        c, opts = self.counter, self.opts
+        target = f"/{opts.count}" if opts.count else ""
+        head = f"counted WBC {c.diff.wbc}{target}, flagged {c.n_review}"
+        if self.core is not None:
+            head = f"{_STATE_TEXT.get(self.state, self.state)} | " + head
+        return [head, c.diff.line()]
+
+    # --- end ---
+
+    def _close_devices(self) -> None:
+        self.source.close()
+        if self.window is not None:
+            self.window.close()
+
+    def finish(self, wall_s: float) -> CaptureSummary:
+        counter, core, log = self.counter, self.core, self.log
+        if core is not None and not counter.full and not self.log_error:
+            records = []
+            try:
+                records = counter.take(core.flush(), self._save_crop if self.opts.save_crops else None)
                 if log is not None:
+                    if counter.tripped_now:
+                        log.set_trust(counter.gate.to_json())
                     counter.note_ids(records, log.log_cells(records))
             except (SessionFileError, OSError) as e:
-                log_error, not_logged = _one_line(e, opts), len(records)
-                end_reason = f"{end_reason}; then {log_error}"
-        summary = {
-            "end_reason": end_reason, "frames": n_frames, "cells": sum(counter.diff.counts.values()),
-            "detections": detections, "wall_s": round(time.perf_counter() - started, 3),
-            "counting": "tracked" if tracker else "per-frame", "count_target": opts.count,
-            "fields": tracker.fields if tracker else None, "tracks_dropped": tracker.dropped if tracker else 0,
-            "differential": counter.diff.to_json(), "review": counter.review, "review_total": counter.n_review,
-            "ood_cells": counter.ood,
-            "trust": counter.gate.to_json(), "timing_ms": timings.summary(), "model": clf.describe(),
-            "mode": opts.mode, "source_failed": bool(getattr(source, "failed", False)),
-        }
-        if log_error:
-            summary.update(log_error=log_error, cells_not_logged=not_logged)
+                self.log_error, self.not_logged = _one_line(e, self.opts), len(records)
+                self.end_reason = f"{self.end_reason}; then {self.log_error}"
+        summary = CaptureSummary(
+            end_reason=self.end_reason, frames=self.n_frames, cells=sum(counter.diff.counts.values()),
+            detections=self.detections, wall_s=round(wall_s, 3),
+            counting="tracked" if core else "per-frame", count_target=self.opts.count,
+            fields=core.segments if core else None, tracks_dropped=core.stats.dropped if core else 0,
+            differential=counter.diff.to_json(), review=counter.review, review_total=counter.n_review,
+            ood_cells=counter.ood, trust=counter.gate.to_json(), timing_ms=self.timings.summary(),
+            model=self.clf.describe(), mode=self.opts.mode, source_failed=bool(getattr(self.source, "failed", False)),
+            frame_states=dict(core.stats.states) if core else {}, seen_again=core.stats.seen_again if core else 0,
+            classified=core.stats.classified if core else self.n_frames,
+            log_error=self.log_error, cells_not_logged=self.not_logged if self.log_error else 0)
         if log is not None:
             try:
                 # after a failed write: one attempt, not the retry budget again; an end time is
                 # what a report needs to tell a stopped session from one still running
-                log.finish(end_reason, summary, retry=not log_error)
+                log.finish(self.end_reason, summary.to_json(), retry=not self.log_error)
             except SessionFileError as e:
-                summary["log_error"] = log_error or str(e)
-                summary["log_unfinished"] = str(e)
-    finally:
-        sig.restore()
-    return summary
+                summary.log_error = self.log_error or str(e)
+                summary.log_unfinished = str(e)
+        return summary
+
+
+_STATE_TEXT = {COUNTING: "COUNTING", "moving": "MOVING: not counting", "out of focus": "OUT OF FOCUS: not counting",
+               LOST: "LOST: not counting (jump, dark or blurred frame)"}
 
 
 def crop_folder_problem(folder) -> str | None:
@@ -280,20 +372,8 @@ def _one_line(e: Exception, opts: CaptureOptions) -> str:
     return f"{printable(where)}: cannot save a crop ({getattr(e, 'strerror', None) or e})"
 
 
-def _mean_label(tr: Track, clf: Classifier) -> tuple[str, float, bool, bool]:
-    v = tr.verdict(clf.labels, clf.review_threshold)
-    return v["label"], v["confidence"], v["review"], v["ood"]
-
-
-def _status(counter: CellCounter, tracker: Tracker | None, opts: CaptureOptions) -> list[str]:
-    target = f"/{opts.count}" if opts.count else ""
-    head = f"counted WBC {counter.diff.wbc}{target}, flagged {counter.n_review}"
-    if tracker:
-        head += f", in this field {sum(t.missed == 0 for t in tracker.active)} (counted when the field changes)"
-    return [head, counter.diff.line()]
-
-
-def format_summary(s: dict) -> str:
+def format_summary(summary: CaptureSummary | dict) -> str:
+    s = summary.to_json() if isinstance(summary, CaptureSummary) else summary
     d = s["differential"]
     lines = [f"session ended: {s['end_reason']}"]
     if s.get("log_error"):
@@ -305,8 +385,12 @@ def format_summary(s: dict) -> str:
     lines.append(f"frames {s['frames']}, cells {s['cells']}, white cells {d['wbc_total']} in {s['wall_s']:.1f} s")
     if s.get("counting") == "tracked":
         lines.append(f"each cell counted once: {s['cells']} cells from {s['detections']} detections in "
-                     f"{s['fields']} field(s); {s['tracks_dropped']} seen in a single frame of a held field "
-                     "not counted")
+                     f"{s['fields']} field(s) (segments of the slide); {s['tracks_dropped']} located but not "
+                     "counted (seen in too few of the frames that showed them)")
+        states = s.get("frame_states") or {}
+        if states:
+            lines.append("frames by state: " + ", ".join(f"{k} {states[k]}" for k in _STATE_TEXT if k in states)
+                         + f"; counted cells seen again {s.get('seen_again', 0)} time(s), not counted again")
     if s.get("count_target"):
         done = "reached" if d["wbc_total"] >= s["count_target"] else "NOT reached"
         lines.append(f"count target {s['count_target']} white cells: {done}")

@@ -1,4 +1,4 @@
-"""Per-frame timing of a capture session in constant memory.
+"""Per-frame timing of a capture session in constant memory, and the session's summary.
 
 A session at a microscope can run for a whole shift (8 h at 5 fps is 144 000 frames); keeping one
 dict per frame for the end-of-session medians once cost ~100 MB on a Pi with 1-4 GB. Means come
@@ -9,6 +9,7 @@ draws from a seeded generator, so the same session gives the same summary.
 from __future__ import annotations
 
 import random
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -68,3 +69,48 @@ class TimingStats:
         if self.n > self.capacity:
             out["medians_from"] = f"a sample of {self.capacity} frames"
         return out
+
+
+@dataclass
+class CaptureSummary:
+    """What a capture session did: printed by format_summary, stored as JSON in the log's
+    sessions row and written by --summary-json (to_json keeps the keys those have always had)."""
+    end_reason: str
+    frames: int
+    cells: int
+    detections: int
+    wall_s: float
+    counting: str  # "tracked" (field mode) or "per-frame" (cell mode)
+    count_target: int | None
+    fields: int | None  # segments of the slide (field mode): see slide.py
+    tracks_dropped: int  # located cells not counted (flickers, see counting.py)
+    differential: dict
+    review: list[dict]
+    review_total: int
+    ood_cells: int
+    trust: dict
+    timing_ms: dict
+    model: dict
+    mode: str
+    source_failed: bool
+    frame_states: dict[str, int] = field(default_factory=dict)  # counting / moving / out of focus / lost
+    seen_again: int = 0  # sightings of counted cells after the stage came back (not counted again)
+    classified: int = 0  # crops sent to the model
+    log_error: str = ""
+    cells_not_logged: int = 0
+    log_unfinished: str = ""
+    # set by the command line once the session is closed
+    session_id: int | None = None
+    db: str | None = None
+    sample: str | None = None
+    operator: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("log_error", "cells_not_logged", "log_unfinished", "session_id", "db", "sample", "operator"):
+            if not d[k] and k not in ("sample", "operator", "session_id", "db"):
+                del d[k]
+        for k in ("session_id", "db", "sample", "operator"):
+            if self.session_id is None:
+                del d[k]
+        return d

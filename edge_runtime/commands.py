@@ -383,16 +383,16 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
         log.close()
         if live is not None:
             live.close()
-    summary.update(session_id=log.id, db=printable(db), sample=sample, operator=operator)
+    summary.session_id, summary.db, summary.sample, summary.operator = log.id, printable(db), sample, operator
     click.echo(format_summary(summary))
     if summary_json:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(summary, indent=1) + "\n")
-    if summary.get("log_error"):
+        summary_json.write_text(json.dumps(summary.to_json(), indent=1) + "\n")
+    if summary.log_error:
         # the session ran, but its log stops short: one line, and not the exit of a complete session
-        click.echo(f"error: {summary['log_error']}", err=True)
+        click.echo(f"error: {summary.log_error}", err=True)
     # 1: the log failed, a camera gave up, a video ended short or was damaged, no image was read
-    failed = summary.get("log_error") or getattr(source, "failed", False) or getattr(source, "gave_up", False)
+    failed = summary.log_error or getattr(source, "failed", False) or getattr(source, "gave_up", False)
     sys.exit(EXIT_INPUT_FAILED if failed else 0)
 
 

@@ -1,37 +1,18 @@
-"""Count each white cell once: follow located cells from frame to frame, and notice a new field.
+"""A counted cell's views and verdict, the differential, and counted cells -> log records.
 
-A camera on a microscope sends the same field of view many times a second; the stage moves now
-and then, slowly (a pan: the same cells slide across) or in a jump (a new field). So:
-
-  * Field change: consecutive frames are compared by phase correlation (cv2.phaseCorrelate on
-    grey copies 160 px wide), which gives the stage shift and a peak height, and the shift is
-    then checked: the normalised correlation (NCC) of the two frames' overlap after the shift,
-    high-passed so that uneven illumination does not count as content. Same field: open tracks
-    move by the shift before matching. Otherwise a new field: every open track ends. The check
-    is needed: a camera's dust specks stay put while the stage moves and give unrelated fields a
-    peak at shift 0. Measured on the 363 consecutive BCCD pairs: unrelated fields reach a peak
-    of 0.55 and an NCC of 0.68 (median 0.08 / 0.36); the same field panned by a fifth of the
-    frame 0.60 / 0.98, blurred 0.86 / 0.99, re-photographed (BCCD 37/38) 0.86 / 0.92.
-  * Matching: a located cell joins the open track whose (shifted) box overlaps it most
-    (IoU >= MIN_IOU) or, failing that, whose centre is within MAX_CENTRE_SHIFT of a box side;
-    greedy, best pairs first. Unmatched cells start tracks; a track missed for more than
-    MAX_MISSED frames in a row ends (the cell left the view, or was not found in a blurred frame).
-  * Counting rule: a track is counted once, when it ends (missed, new field, or end of session),
-    with the label of the mean of its frames' calibrated probabilities. A track is counted only
-    when it was seen in at least min(MIN_OBSERVATIONS, frames it could have been seen in) frames:
-    in a field held for many frames a detection seen once is a flicker (stage moving, focus
-    hunting), while a field that lasts one frame (a folder of still images) counts its cells.
+Which cells are counted, and when, is counting.py's (frames in, counted cells out); this module
+holds what a cell carries while it is looked at (Track: the sum of its views' calibrated
+probabilities, flags, the best crop) and what happens once it is counted (CellCounter: the
+differential, the trust gate, the review list and the CellRecord a store writes).
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .field_motion import FieldDetector
 from .locate import iou
 from .session import CellRecord
 from .spec import WBC_LABELS
@@ -42,8 +23,7 @@ if TYPE_CHECKING:
 
 MIN_IOU = 0.30
 MAX_CENTRE_SHIFT = 0.5  # of the box side
-MAX_MISSED = 2
-MIN_OBSERVATIONS = 2
+MIN_OBSERVATIONS = 2  # views a cell needs in a field held for that many counting frames (counting.py)
 # Flagged cells listed in the summary: the log holds them all (`edge-bloodcls review`); a shift at
 # the microscope must not grow the process by one dict per flagged cell.
 REVIEW_KEEP = 1000
@@ -143,88 +123,11 @@ class Track:
                 "ood_score": self.ood_score_sum / self.n_ood_scores if self.n_ood_scores else None}
 
 
-def _centre_close(a, b) -> float:
+def centre_close(a, b) -> float:
     """0..1 closeness of centres relative to the box side; 0 when farther than MAX_CENTRE_SHIFT."""
     side = max(a[2] - a[0], a[3] - a[1], b[2] - b[0], b[3] - b[1], 1)
     d = np.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2) / side
     return max(0.0, 1 - d / MAX_CENTRE_SHIFT) if d <= MAX_CENTRE_SHIFT else 0.0
-
-
-class Tracker:
-    def __init__(self, labels, min_observations: int = MIN_OBSERVATIONS, max_missed: int = MAX_MISSED,
-                 detector: FieldDetector | None = None):
-        self.labels = list(labels)
-        self.min_obs = min_observations
-        self.max_missed = max_missed
-        self.detector = detector or FieldDetector()
-        self.active: list[Track] = []
-        self.field = 0
-        self.fields = 0  # fields seen
-        self.next_id = 1
-        self.dropped = 0  # tracks not counted (seen once in a held field)
-        self.force_new_field = False  # set by the preview's space bar: count this field now
-
-    def update(self, frame_index: int, rgb: np.ndarray, observations: list[Observation]) -> list[Track]:
-        """Feed one frame's located cells; returns the tracks that ended and are to be counted."""
-        same, (dx, dy) = self.detector.update(rgb)
-        ended: list[Track] = []
-        if not same or self.force_new_field or self.fields == 0:
-            self.force_new_field = False
-            ended = self._end_all(frame_index - 1)
-            self.field += 1
-            self.fields += 1
-        else:
-            for t in self.active:
-                x0, y0, x1, y1 = t.box
-                t.box = (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
-        pairs = []
-        for ti, t in enumerate(self.active):
-            for oi, o in enumerate(observations):
-                score = iou(t.box, o.box)
-                score = score + 1 if score >= MIN_IOU else _centre_close(t.box, o.box)
-                if score > 0:
-                    pairs.append((score, ti, oi))
-        used_t, used_o = set(), set()
-        for score, ti, oi in sorted(pairs, reverse=True):
-            if ti in used_t or oi in used_o:
-                continue
-            used_t.add(ti)
-            used_o.add(oi)
-            o = observations[oi]
-            self.active[ti].add(o, self.labels[int(np.argmax(o.probs))])
-        still = []
-        for ti, t in enumerate(self.active):
-            if ti not in used_t:
-                t.missed += 1
-                if t.missed > self.max_missed:
-                    t.end_frame = frame_index
-                    ended.append(t)
-                    continue
-            still.append(t)
-        self.active = still
-        for oi, o in enumerate(observations):
-            if oi not in used_o:
-                t = Track(self.next_id, self.field, o.frame_index, _float_box(o.box),
-                          np.asarray(o.probs, np.float64), last_frame=o.frame_index)
-                t._note(o, self.labels[int(np.argmax(o.probs))])
-                self.next_id += 1
-                self.active.append(t)
-        return self._countable(ended)
-
-    def flush(self, last_frame: int) -> list[Track]:
-        """End of session: every open track ends."""
-        return self._countable(self._end_all(last_frame))
-
-    def _end_all(self, last_frame: int) -> list[Track]:
-        for t in self.active:
-            t.end_frame = last_frame
-        ended, self.active = self.active, []
-        return ended
-
-    def _countable(self, ended: list[Track]) -> list[Track]:
-        keep = [t for t in ended if t.countable(self.min_obs)]
-        self.dropped += len(ended) - len(keep)
-        return sorted(keep, key=lambda t: t.id)  # first seen first: the order in which --count N fills
 
 
 # --- counting: ended tracks -> differential, trust gate, review list, log records -------------
@@ -256,31 +159,35 @@ class Differential:
 
 
 class CellCounter:
-    """Counted cells -> differential, trust gate, review list, log records; stops at --count."""
+    """Counted cells -> differential, trust gate, review list, log records; full at --count.
+    No I/O: a crop file is written by the caller's save_crop, the trust gate's state is the
+    caller's to store (tripped_now says when)."""
 
-    def __init__(self, clf, opts, log) -> None:
-        # clf: labels and review_threshold; opts: count, save_crops, echo; log: SessionLog or None
-        self.clf, self.opts, self.log = clf, opts, log
+    def __init__(self, labels, review_threshold: float, count: int | None = None) -> None:
+        self.labels = list(labels)
+        self.review_threshold = review_threshold
+        self.count = count
         self.diff = Differential()
         self.gate = SessionGate()
         self.review: list[dict] = []  # the first REVIEW_KEEP flagged cells
         self.n_review = 0
         self.ood = 0
         self.full = False
+        self.tripped_now = False  # the gate tripped during the last take()
 
-    def take(self, tracks: list[Track]) -> list[CellRecord]:
+    def take(self, tracks: list[Track], save_crop: Callable[[Track, str], str | None] | None = None
+             ) -> list[CellRecord]:
+        """Records of the counted cells, in order, until --count is reached; save_crop(track,
+        label) may write the best crop and return its path."""
         out = []
+        self.tripped_now = False
         for t in tracks:
             if self.full:
                 break
-            v = t.verdict(self.clf.labels, self.clf.review_threshold)
+            v = t.verdict(self.labels, self.review_threshold)
             best = t.best
             assert best is not None  # set by the track's first observation (Track._note)
-            crop_path = None
-            if self.opts.save_crops and best is not None and best.crop is not None:
-                crop_path = str(Path(self.opts.save_crops) / f"s{self.log.id if self.log else 0}_"
-                                f"f{best.frame_index:06d}_t{t.id}_{v['label']}.jpg")
-                _save_jpeg(best.crop, crop_path)
+            crop_path = save_crop(t, v["label"]) if save_crop is not None and best.crop is not None else None
             x0, y0, x1, y1 = (int(round(x)) for x in best.box)
             rec = CellRecord((x0, y0, x1, y1), v["label"], v["confidence"], v["review"],
                              v["probs"], crop_path, _jpeg_bytes(best.crop), t.observations, best.frame_index,
@@ -289,9 +196,7 @@ class CellCounter:
             self.diff.add(v["label"])
             self.ood += bool(v["ood"])
             if v["label"] in WBC_LABELS and self.gate.add(v["ood"]):
-                self.opts.echo(self.gate.message())
-                if self.log is not None:
-                    self.log.set_trust(self.gate.to_json())
+                self.tripped_now = True
             if v["review"]:
                 rec.extra["review"] = {"frame": best.frame_index, "box": list(rec.box), "label": v["label"],
                                        "confidence": round(v["confidence"], 4), "reason": v["review_reason"],
@@ -299,7 +204,7 @@ class CellCounter:
                 self.n_review += 1
                 if len(self.review) < REVIEW_KEEP:
                     self.review.append(rec.extra["review"])
-            if self.opts.count and self.diff.wbc >= self.opts.count:
+            if self.count and self.diff.wbc >= self.count:
                 self.full = True
         return out
 
@@ -324,7 +229,7 @@ def _float_box(box: tuple[int, int, int, int]) -> tuple[float, float, float, flo
     return float(x0), float(y0), float(x1), float(y1)
 
 
-def _save_jpeg(rgb: np.ndarray, path: str) -> None:
+def save_jpeg(rgb: np.ndarray, path: str) -> None:
     from PIL import Image
 
     Image.fromarray(rgb).save(path, quality=92)

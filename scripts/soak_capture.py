@@ -161,16 +161,16 @@ def main(argv=None) -> int:
         "benchmark": "soak_capture", "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
         "source": str(source_dir), "mode": args.mode, "fps_asked": args.fps, "minutes": args.minutes,
-        "model": clf.describe().get("model"), "wall_s": round(wall, 1), "frames": summary["frames"],
-        "fps_achieved": round(summary["frames"] / wall, 2) if wall else 0.0, "cells": summary["cells"],
-        "end_reason": summary["end_reason"], "db_mb": db_mb,
+        "model": clf.describe().get("model"), "wall_s": round(wall, 1), "frames": summary.frames,
+        "fps_achieved": round(summary.frames / wall, 2) if wall else 0.0, "cells": summary.cells,
+        "end_reason": summary.end_reason, "db_mb": db_mb,
         "rss_mb": {"first": samples[0]["rss_mb"], "after_warmup": warm[0]["rss_mb"] if warm else None,
                    "last": samples[-1]["rss_mb"], "max": max(s["rss_mb"] for s in samples)},
         "rss_growth_mb_per_h": round(growth, 3), "warmup_min": args.warmup_min,
         "max_growth_mb_per_h": args.max_growth_mb_h,
         "pass": bool(len(warm) >= 2 and growth < args.max_growth_mb_h),
-        "timing_ms": {k: summary["timing_ms"].get(k) for k in (*STAGES, "frame_total", "overhead")}
-        if summary["timing_ms"] else {},
+        "timing_ms": {k: summary.timing_ms.get(k) for k in (*STAGES, "frame_total", "overhead")}
+        if summary.timing_ms else {},
         "samples": samples,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     (args.out_dir / "soak_capture.md").write_text(markdown(result))
     tmp.cleanup()
     print(f"RSS growth {growth:.2f} MB/h after {args.warmup_min:g} min warm-up over {wall / 60:.1f} min, "
-          f"{summary['frames']} frames: {'PASS' if result['pass'] else 'FAIL'} (< {args.max_growth_mb_h:g} MB/h)")
+          f"{summary.frames} frames: {'PASS' if result['pass'] else 'FAIL'} (< {args.max_growth_mb_h:g} MB/h)")
     return 0 if result["pass"] else 1
 
 

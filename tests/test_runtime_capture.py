@@ -150,9 +150,9 @@ def test_trust_gate_trips_once_marks_session_unvalidated(bundles, tmp_path):
     log.close()
     warnings = [m for m in messages if m.startswith("WARNING:")]
     assert len(warnings) == 1 and "out of distribution" in warnings[0]
-    trust = summary["trust"]
+    trust = summary.trust
     assert trust["tripped"] and trust["tripped_at_cell"] == 10 and trust["cells"] == 18
-    assert summary["ood_cells"] == 18 and len(summary["review"]) == 18
+    assert summary.ood_cells == 18 and len(summary.review) == 18
     text = format_summary(summary)
     assert "UNVALIDATED differential" in text and "out of distribution: 18 of 18 cells" in text
     s = read_session(db)
@@ -194,8 +194,36 @@ def test_preview_draws_boxes_flags_and_banner_and_serves_live_view():
         jpeg = urllib.request.urlopen(live.base + "frame.jpg" + token, timeout=10).read()
     finally:
         live.close()
-    assert "live.js" in page and status == {"seq": 1, "text": "counted WBC 3/100"}
+    assert "live.js" in page and status == {"seq": 1, "text": "counted WBC 3/100", "state": ""}
     assert Image.open(io.BytesIO(jpeg)).size == (320, 240)
+
+
+def test_live_view_shows_state_legend_and_already_counted_and_fits_the_pi_screen():
+    import urllib.request
+
+    from edge_bloodcls.edge_runtime.preview import BLUE, GREEN, GREY, ORANGE, SCREEN, Box, LiveView, annotate
+
+    rgb = np.full((960, 1280, 3), 230, np.uint8)  # a camera bigger than the 800x480 touch screen
+    boxes = [Box((200, 300, 400, 500), "neutrophil", 0.95, note="counted"),
+             Box((600, 300, 800, 500), "lymphocyte", 0.9, note="already counted"),
+             Box((900, 600, 1100, 800), "", 0.0, note="not counted")]
+    img = annotate(rgb, boxes, ["counted WBC 1/100"], state="moving")
+    assert img.shape[1] <= SCREEN[0] and img.shape[0] <= SCREEN[1] and img.shape[:2] == (480, 640)
+    k = 0.5  # 1280x960 -> 640x480
+    assert tuple(img[int(400 * k), int(200 * k)]) == GREEN  # counted
+    assert tuple(img[int(400 * k), int(600 * k)]) == BLUE  # already counted: not counted again
+    assert tuple(img[int(700 * k), int(900 * k)]) == GREY  # located while moving: not counted
+    assert tuple(img[4, 4]) == ORANGE  # the state banner: MOVING
+    legend = img[:160, -150:].reshape(-1, 3)
+    assert all((legend == c).all(axis=1).any() for c in (GREEN, BLUE, GREY))  # the legend's swatches
+    live = LiveView(port=0, max_fps=100)
+    try:
+        live.publish(img, "counted WBC 1/100", state="moving")
+        page = urllib.request.urlopen(live.url, timeout=10).read().decode()
+        status = json.loads(urllib.request.urlopen(live.base + "status.json?token=" + live.token, timeout=10).read())
+    finally:
+        live.close()
+    assert status["state"] == "moving" and "already" in page and "not counted" in page
 
 
 def test_capture_max_frames_and_corrupt_frame_skipped(bundles, tmp_path):
@@ -222,10 +250,10 @@ def test_capture_camera_that_drops_ends_cleanly_with_reason(bundles, tmp_path):
     messages = []
     summary = run_capture(src, clf, log, CaptureOptions(mode="cell", echo=messages.append))
     log.close()
-    assert summary["frames"] == 4 and sleeps == [0.01, 0.02]
-    assert "stopped delivering frames" in summary["end_reason"]
+    assert summary.frames == 4 and sleeps == [0.01, 0.02]
+    assert "stopped delivering frames" in summary.end_reason
     s = read_session(tmp_path / "log.sqlite")
-    assert s["frames"] == 4 and s["end_reason"] == summary["end_reason"]
+    assert s["frames"] == 4 and s["end_reason"] == summary.end_reason
 
 
 def test_capture_missing_source_and_model(bundles, tmp_path):

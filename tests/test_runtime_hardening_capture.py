@@ -148,10 +148,10 @@ def test_runtime_lock_mid_run_closes_the_session_with_its_reason(bundles, tmp_pa
     log = SessionLog(db, src.name, "cell", clf.describe(), 0.8, counting="per-frame")
     summary = run_capture(src, clf, log, CaptureOptions(mode="cell", echo=lambda m: None))
     log.close()
-    assert "database is locked" in summary["log_error"] and summary["frames"] == 2
-    assert summary["end_reason"].startswith("stopped: ") and summary["cells_not_logged"] == 1
+    assert "database is locked" in summary.log_error and summary.frames == 2
+    assert summary.end_reason.startswith("stopped: ") and summary.cells_not_logged == 1
     s = read_session(db)
-    assert s["frames"] == 2 and s["ended"] is not None and s["end_reason"] == summary["end_reason"]
+    assert s["frames"] == 2 and s["ended"] is not None and s["end_reason"] == summary.end_reason
 
 
 def test_runtime_db_failure_mid_run_is_one_line_exit_1(bundles, tmp_path, monkeypatch):
@@ -340,7 +340,7 @@ def test_runtime_review_list_is_bounded_but_counts_every_flagged_cell(monkeypatc
 
     monkeypatch.setattr(track, "REVIEW_KEEP", 5)
     clf = SimpleNamespace(labels=list(LABELS), review_threshold=0.9)
-    counter = CellCounter(clf, CaptureOptions(mode="cell", echo=lambda m: None), None)
+    counter = CellCounter(clf.labels, clf.review_threshold)
     probs = np.full(len(LABELS), 0.5 / (len(LABELS) - 1))
     probs[LABELS.index("neutrophil")] = 0.5  # below the review threshold: every cell is flagged
     for i in range(40):

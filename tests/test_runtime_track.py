@@ -13,12 +13,11 @@ from PIL import Image, ImageDraw
 
 from runtime_fixtures import bundles  # noqa: F401
 from test_runtime_locate import BG, CYTO, NUC, RBC
-from edge_bloodcls.edge_runtime.classifier import Prediction
+from edge_bloodcls.edge_runtime.counting import COUNT_VIEWS
 from edge_bloodcls.edge_runtime.locate import locate
 from edge_bloodcls.edge_runtime.session import read_session
-from edge_bloodcls.edge_runtime.spec import LABELS, WBC_LABELS
+from edge_bloodcls.edge_runtime.spec import WBC_LABELS
 from edge_bloodcls.edge_runtime.field_motion import FieldDetector
-from edge_bloodcls.edge_runtime.track import Observation, Tracker
 
 cv2 = pytest.importorskip("cv2")
 
@@ -96,44 +95,7 @@ def test_field_detector_same_field_shift_and_new_field():
         assert fd.update(random_field(k))[0] is False
 
 
-def _obs(frame, box, label, conf=0.9, ood=False):
-    probs = np.full(len(LABELS), (1 - conf) / (len(LABELS) - 1))
-    probs[LABELS.index(label)] = conf
-    pred = Prediction(label, conf, dict(zip(LABELS, probs)), 1.0, conf < 0.8, ood=ood,
-                      review_reason="low confidence" if conf < 0.8 else "")
-    return Observation(frame, box, probs, pred, np.zeros((4, 4, 3), np.uint8))
-
-
-def test_tracker_counts_once_with_mean_probabilities_and_drops_flicker():
-    f0, f1 = random_field(1), random_field(2)
-    tr = Tracker(LABELS)
-    ended = []
-    box = (100, 100, 200, 200)
-    # a cell held 4 frames: monocyte 0.9, 0.9, then two frames that lean lymphocyte
-    ended += tr.update(0, f0, [_obs(0, box, "monocyte")])
-    ended += tr.update(1, f0, [_obs(1, (102, 101, 202, 201), "monocyte"), _obs(1, (400, 300, 480, 380), "ig")])
-    ended += tr.update(2, f0, [_obs(2, box, "lymphocyte", 0.6)])
-    ended += tr.update(3, f0, [_obs(3, box, "lymphocyte", 0.6)])
-    assert ended == []  # nothing is counted while the field is held
-    ended += tr.update(4, f1, [_obs(4, box, "neutrophil")])  # new field: the held cells end
-    assert [t.observations for t in ended] == [4]  # the ig seen once in a held field: flicker, dropped
-    assert tr.dropped == 1
-    v = ended[0].verdict(LABELS, 0.8)
-    assert v["label"] == "monocyte" and abs(v["confidence"] - (0.9 + 0.9 + 2 * 0.4 / 7) / 4) < 1e-6
-    assert v["review"] and "frames disagree: lymphocyte, monocyte" in v["review_reason"]
-    last = tr.flush(4)  # a field seen in one frame (a still image) counts its cells
-    assert [(t.observations, t.verdict(LABELS, 0.8)["label"]) for t in last] == [(1, "neutrophil")]
-
-
-def test_tracker_follows_cells_across_a_pan():
-    a = random_field(3)
-    tr = Tracker(LABELS)
-    tr.update(0, a, [_obs(0, (300, 200, 400, 300), "eosinophil")])
-    for k in range(1, 4):  # the stage moves 30 px left per frame: the cell moves with it
-        moved = np.full_like(a, 220)
-        moved[:, : 640 - 30 * k] = a[:, 30 * k:]
-        assert tr.update(k, moved, [_obs(k, (300 - 30 * k, 200, 400 - 30 * k, 300), "eosinophil")]) == []
-    assert [t.observations for t in tr.flush(3)] == [4]
+# (the counting rules without a model, database or video: tests/test_counting_core.py)
 
 
 # --- acceptance: capture, with the tiny test model ----------------------------------------------
@@ -159,7 +121,8 @@ def test_video_of_held_fields_counts_each_cell_once(bundles, tmp_path):
     assert vd["frames"] == 32 and vd["detections"] == 32 * 3 and vd["fields"] == 4
     assert vd["differential"]["wbc_total"] == st["differential"]["wbc_total"]
     s = read_session(tmp_path / "video.db")
-    assert len(s["cells_list"]) == 12 and {c["observations"] for c in s["cells_list"]} == {8}
+    # each cell counted from its first COUNT_VIEWS sharp, still views; not classified after that
+    assert len(s["cells_list"]) == 12 and {c["observations"] for c in s["cells_list"]} == {COUNT_VIEWS}
     assert len(s["frames_list"]) == 32 and sum(f["n_cells"] for f in s["frames_list"]) == 96
     assert s["counting"] == "tracked" and s["count_target"] == 100
     assert f"each cell counted once: 12 cells from 96 detections in 4 field(s)" in r.stdout

@@ -8,18 +8,24 @@ session), the model with its sha256, the software versions and the times.
 """
 from __future__ import annotations
 
-import base64
-import csv
-import html
 import json
 import math
+import sqlite3
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 
+from . import report_html
+from .reference import Intervals, RangesError, load_intervals
+from .report_adapt import from_load
+from .report_csv import SafeWriter, write_summary
+from .report_fhir import bundle
+from .report_gallery import write_crops
+from .report_pdf import PdfError, html_to_pdf
 from .session import SessionFileError, connect
 from .spec import LABELS, WBC_LABELS
 
@@ -44,6 +50,8 @@ def load(path, session_id: int | None = None, crops: bool = True) -> dict:
     that is not a session log or a session that is not in it."""
     con = connect(path, create=False)
     con.row_factory = _dict_row
+    # Text another tool wrote that is not UTF-8 is shown with backslash escapes, not a crash.
+    con.text_factory = lambda b: b.decode("utf-8", "backslashreplace")
     try:
         ids = [r["id"] for r in con.execute("SELECT id FROM sessions ORDER BY id")]
         if not ids:
@@ -94,108 +102,10 @@ def _ts(t) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
-def _pct(k, n) -> tuple[str, str]:
-    if not n:
-        return "-", "-"
-    lo, hi = wilson(k, n)
-    return f"{100 * k / n:.1f}%", f"{100 * lo:.1f}-{100 * hi:.1f}%"
-
-
-def banners(s: dict, t: dict) -> list[tuple[str, str, str]]:
-    """(id, css class, text) of every warning the page must show before the numbers."""
-    out = []
-    trust = json.loads(s["trust"]) if s.get("trust") else {}
-    if s.get("unvalidated") or trust.get("tripped"):
-        msg = (trust.get("message") or "too many cells out of distribution for this model").removeprefix("WARNING: ")
-        out.append(("trust-warning", "bad", "UNVALIDATED differential: " + msg))
-    elif t["ood"]:
-        out.append(("ood-note", "warn", f"{t['ood']} cell(s) out of distribution (unlike the cells the model was "
-                                        "trained on): they are flagged below."))
-    if not s["cells_list"]:
-        out.append(("empty", "warn", "Empty session: no cells were counted."))
-    if s.get("counting") is None:
-        out.append(("legacy", "warn", "Recorded by an older runtime that logged a cell once per frame it appeared "
-                                      "in: a cell held in view for several frames is counted several times."))
-    if s.get("ended") is None:
-        out.append(("unfinished", "warn", "No end recorded: the capture is still running or was killed; these are "
-                                          "the cells counted up to its last committed frame."))
-    target = s.get("count_target")
-    if target and s["cells_list"] and t["wbc_machine"] < target:
-        out.append(("short", "warn", f"Count target {target} white cells not reached ({t['wbc_machine']} counted)."))
-    if s.get("signed_by"):
-        out.append(("signed", "ok", f"Signed off by {s['signed_by']} at {_ts(s['signed_at'])}."))
-    else:
-        out.append(("unsigned", "warn", f"Not signed off: {t['flagged_reviewed']} of {t['flagged']} flagged cells "
-                                        "reviewed (edge-bloodcls review)."))
-    return out
-
-
-CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:22px 0 8px}
-table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right}
-td:first-child,th:first-child{text-align:left}.meta td{text-align:left}.muted{color:#777}
-.banner{padding:8px 12px;margin:6px 0;border-radius:4px}.bad{background:#c62828;color:#fff;font-weight:600}
-.warn{background:#fff3cd}.ok{background:#d7f0d9}.changed{font-weight:700;color:#b35c00}
-.gallery{display:flex;flex-wrap:wrap;gap:10px}.cell{width:170px;font-size:12px;border:1px solid #ddd;padding:4px}
-.cell img{width:160px;height:160px;object-fit:cover;display:block}.ood{border:2px solid #c62828}
-"""
-
-
-def render(s: dict) -> str:
-    e = html.escape
-    cells = s["cells_list"]
-    t = tally(cells)
-    title = f"White-cell differential: sample {s.get('sample') or '(no sample ID)'}"
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{CSS}</style>"
-           f"</head><body><h1>{e(title)}</h1>",
-           f"<div class='muted'>session {s['id']} of {e(s['path'])} · operator {e(s.get('operator') or '-')} · "
-           f"{_ts(s['started'])} to {_ts(s.get('ended'))}</div>"]
-    for bid, cls, text in banners(s, t):
-        out.append(f"<div id='{bid}' class='banner {cls}'>{e(text)}</div>")
-    out.append("<h2>Differential</h2><table id='differential'><tr><th>cell type</th><th>analyser</th><th>%</th>"
-               "<th>95% CI</th><th>after review</th><th>%</th><th>95% CI</th></tr>")
-    for k in WBC_LABELS:
-        m, f = t["machine"][k], t["final"][k]
-        mp, mci = _pct(m, t["wbc_machine"])
-        fp, fci = _pct(f, t["wbc_final"])
-        cls = " class='changed'" if m != f else ""
-        out.append(f"<tr data-label='{k}'{cls}><td>{k}</td><td>{m}</td><td>{mp}</td><td class='muted'>{mci}</td>"
-                   f"<td class='final'>{f}</td><td>{fp}</td><td class='muted'>{fci}</td></tr>")
-    out.append(f"<tr><th>white cells</th><th id='wbc-machine'>{t['wbc_machine']}</th><th></th><th></th>"
-               f"<th id='wbc-final'>{t['wbc_final']}</th><th></th><th></th></tr>")
-    for k in [x for x in LABELS if x not in WBC_LABELS]:
-        out.append(f"<tr data-label='{k}' class='muted'><td>{k} (not in the differential)</td><td>{t['machine'][k]}"
-                   f"</td><td></td><td></td><td class='final'>{t['final'][k]}</td><td></td><td></td></tr>")
-    out.append("</table>")
-    out.append(f"<p>{len(cells)} cells counted ({s.get('counting') or 'per frame, old log'}); {t['flagged']} flagged "
-               f"for review, {t['flagged_reviewed']} of them reviewed; {t['reviewed']} reviewed in all, {t['changed']} "
-               f"reclassified; {t['ood']} out of distribution. Intervals: 95% Wilson score.</p>")
-    flagged = [c for c in cells if c["review"]]
-    out.append(f"<h2>Flagged cells ({len(flagged)})</h2><div id='gallery' class='gallery'>")
-    for c in flagged:
-        img = (f"<img alt='cell {c['id']}' src='data:image/jpeg;base64,{base64.b64encode(c['crop']).decode()}'>"
-               if c.get("crop") else "<div class='muted'>(no crop stored)</div>")
-        rev = c.get("reviewed_label")
-        verdict = (f"→ <b>{e(rev)}</b> ({e(c.get('reviewer') or '?')})" if rev and rev != c["label"]
-                   else f"confirmed ({e(c.get('reviewer') or '?')})" if rev else "<i>not reviewed</i>")
-        ood = f" · OOD {c['ood_score']:.1f}" if c.get("ood") and c.get("ood_score") is not None else ""
-        out.append(f"<div class='cell{' ood' if c.get('ood') else ''}' data-cell='{c['id']}'>{img}"
-                   f"#{c['id']} {e(c['label'])} {c['confidence']:.2f}{ood} {verdict}<br>"
-                   f"<span class='muted'>{e(c.get('review_reason') or '')} · {c.get('observations') or 1} frame(s)"
-                   "</span></div>")
-    if not flagged:
-        out.append("<p class='muted'>No cell was flagged.</p>")
-    out.append("</div><h2>Model and software</h2><table class='meta'>")
-    versions = json.loads(s["versions"]) if s.get("versions") else {}
-    rows = [("model", s.get("model")), ("model sha256", s.get("model_sha256")),
-            ("interpreter", f"{s.get('interpreter')} on {s.get('device')}, {s.get('threads')} thread(s)"),
-            ("review threshold", s.get("review_threshold")), ("source", f"{s.get('source')} ({s.get('mode')} mode)"),
-            ("frames", s.get("frames")), ("end", s.get("end_reason") or "-"),
-            ("count target", s.get("count_target") or "-")] + [(k, v) for k, v in versions.items()]
-    out += [f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in rows]
-    out.append(f"</table><p class='muted'>Report generated {_ts(time.time())} by edge-bloodcls report.</p>"
-               "</body></html>")
-    return "\n".join(out)
+def render(s: dict, wbc_count: float | None = None, intervals: Intervals | None = None, paper: str = "a4",
+           crop_href: str | None = None) -> str:
+    """The HTML report of a load() result (report_html.py renders it from typed records)."""
+    return report_html.render(from_load(s, wbc_count), intervals, paper, crop_href)
 
 
 def write_csv(s: dict, path) -> None:
@@ -203,8 +113,8 @@ def write_csv(s: dict, path) -> None:
     cols = ["cell_id", "session_id", "first_frame", "last_frame", "observations", "x0", "y0", "x1", "y1", "label",
             "confidence", "review", "review_reason", "ood", "ood_score", "reviewed_label", "reviewer", "reviewed_at",
             "final_label"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = SafeWriter(f)  # a sample ID or name beginning with = + - @ is not run as a formula
         w.writerow(cols + [f"p_{k}" for k in LABELS])
         for c in s["cells_list"]:
             probs = json.loads(c["probs"])
@@ -217,34 +127,77 @@ def write_csv(s: dict, path) -> None:
                        + [f"{probs.get(k, 0.0):.6f}" for k in LABELS])
 
 
+FORMATS = {"html": "html", "pdf": "pdf", "csv": "csv", "fhir": "fhir.json"}
+
+
+def _wbc(ctx, param, value):
+    if value is not None and not 0 < value < 1000:
+        raise click.BadParameter(f"{value:g} is not a white-cell count in x10^9/L (0 < count < 1000)")
+    return value
+
+
 @click.command("report")
 @click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
-              show_default=True, help="The HTML report (self-contained: crops inline).")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="html", show_default=True,
+              help="html: the page a lab files (prints on A4/Letter); pdf: that page printed by headless Chromium; "
+                   "csv: one summary row of the session; fhir: a FHIR R4 Bundle for a laboratory system.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file (default: report.html, report.pdf, report.csv or report.fhir.json).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write one row per counted cell here.")
+              help="Also write one row per counted cell here (as before --format).")
+@click.option("--wbc-count", type=float, default=None, callback=_wbc,
+              help="The analyser's white-cell count, x10^9/L: adds absolute counts.")
+@click.option("--ranges", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Reference intervals and rule thresholds, JSON or TOML (README, \"Report\"); default: an "
+                   "example adult table.")
+@click.option("--paper", type=click.Choice(["a4", "letter"]), default="a4", show_default=True,
+              help="Printed page size (html and pdf).")
+@click.option("--full-crops/--no-full-crops", default=True, show_default=True,
+              help="html: write every cell's full crop to <out>_crops/ beside the page (the gallery links to it).")
 @click.option("--session", "session_id", type=int, default=None, help="Session ID (default: the last one).")
-def report_command(db, out, csv_path, session_id):
+def report_command(db, fmt, out, csv_path, wbc_count, ranges, paper, full_crops, session_id):
     """Write the differential report of a session log (after `capture`, and `review` if any).
 
     An older log is upgraded in place first (columns added, nothing removed).
     """
+    out = out or Path(f"report.{FORMATS[fmt]}")
+    t0 = time.perf_counter()
+    extra = ""
     try:
+        iv = load_intervals(ranges)
         s = load(db, session_id)
+        data = from_load(s, wbc_count)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render(s), encoding="utf-8")
+        if fmt == "html":
+            href = None
+            if full_crops and s["cells_list"]:
+                folder = out.with_name(out.stem + "_crops")
+                n = write_crops(data.cells, folder)
+                href = quote(folder.name) + "/{id}.jpg"
+                extra = f", {n} full crops in {folder}"
+            out.write_text(report_html.render(data, iv, paper, href), encoding="utf-8")
+        elif fmt == "pdf":
+            html_to_pdf(report_html.render(data, iv, paper), out)
+        elif fmt == "csv":
+            write_summary(data, iv, out)
+        else:
+            out.write_text(json.dumps(bundle(data, iv), indent=1, ensure_ascii=False), encoding="utf-8")
         if csv_path:
             csv_path.parent.mkdir(parents=True, exist_ok=True)
             write_csv(s, csv_path)
-    except SessionFileError as e:
+    except (SessionFileError, RangesError, PdfError) as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except sqlite3.DatabaseError as e:
+        click.echo(f"error: {db}: not a readable session log ({e})", err=True)
         sys.exit(2)
     except OSError as e:
         click.echo(f"error: {e.filename or out}: {e.strerror}", err=True)
         sys.exit(2)
     t = tally(s["cells_list"])
-    click.echo(f"report: {out} (session {s['id']}, sample {s.get('sample') or '-'}: {len(s['cells_list'])} cells, "
-               f"{t['wbc_final']} white cells after review, {t['flagged_reviewed']}/{t['flagged']} flagged reviewed"
-               + (", UNVALIDATED" if s.get("unvalidated") else "") + ")")
+    click.echo(f"report: {out} ({fmt}, {time.perf_counter() - t0:.1f} s; session {s['id']}, sample "
+               f"{s.get('sample') or '-'}: {len(s['cells_list'])} cells, {t['wbc_final']} white cells after review, "
+               f"{t['flagged_reviewed']}/{t['flagged']} flagged reviewed, {data.status}"
+               + (", UNVALIDATED" if data.meta.unvalidated else "") + extra + ")")
     if csv_path:
         click.echo(f"csv: {csv_path}")

@@ -152,8 +152,9 @@ def _wbc(ctx, param, value):
                    "example adult table.")
 @click.option("--paper", type=click.Choice(["a4", "letter"]), default="a4", show_default=True,
               help="Printed page size (html and pdf).")
-@click.option("--full-crops/--no-full-crops", default=True, show_default=True,
-              help="html: write every cell's full crop to <out>_crops/ beside the page (the gallery links to it).")
+@click.option("--full-crops/--no-full-crops", default=False, show_default=True,
+              help="html: also write every cell's full crop to <out>_crops/ beside the page, and link each "
+                   "thumbnail to it (the review server's /report links them without this).")
 @click.option("--session", "session_id", type=int, default=None, help="Session ID (default: the last one).")
 def report_command(db, fmt, out, csv_path, wbc_count, ranges, paper, full_crops, session_id):
     """Write the differential report of a session log (after `capture`, and `review` if any).

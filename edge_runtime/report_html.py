@@ -19,7 +19,7 @@ import time
 from typing import Optional
 
 from .reference import Intervals
-from .report_gallery import THUMB, flagged_uri, sheets
+from .report_gallery import THUMB, Gallery, build
 from .report_model import RESEARCH_USE, Differential, ReportData, differential, iso
 from .report_rules import Flag, flags
 from .spec import LABELS, WBC_LABELS
@@ -178,8 +178,9 @@ def render(data: ReportData, iv: Optional[Intervals] = None, paper: str = "a4",
                + (" Absolute counts: the share after review x the analyser's WBC count." if data.wbc_count is not None
                   else "") + "</p>")
     out.append(_signature(data))
-    out += _flagged(data, crop_href)
-    out += _classes(data, crop_href)
+    gallery = build(data.cells)
+    out += _flagged(data, gallery, crop_href)
+    out += _classes(data, gallery, crop_href)
     out += _audit(data)
     out += _software(data)
     out.append(f"<p class='muted'>Report generated {iso(time.time())} by edge-bloodcls report. {e(RESEARCH_USE)}</p>"
@@ -208,12 +209,12 @@ def _signature(data: ReportData) -> str:
             "<div class='muted'>signature of the reviewing technologist</div></div>")
 
 
-def _flagged(data: ReportData, crop_href: Optional[str]) -> list[str]:
+def _flagged(data: ReportData, gallery: Gallery, crop_href: Optional[str]) -> list[str]:
     e = html.escape
     flagged = [c for c in data.cells if c.review]
     out = [f"<h2>Flagged cells ({len(flagged)})</h2><div id='gallery' class='gallery'>"]
     for c in flagged:
-        uri = flagged_uri(c)
+        uri = gallery.flagged.get(c.id)
         img = f"<img alt='cell {c.id}' src='{uri}'>" if uri else "<div class='muted'>(no crop stored)</div>"
         if uri and crop_href:
             img = f"<a href='{e(crop_href.format(id=c.id))}'>{img}</a>"
@@ -230,7 +231,7 @@ def _flagged(data: ReportData, crop_href: Optional[str]) -> list[str]:
     return out
 
 
-def _classes(data: ReportData, crop_href: Optional[str]) -> list[str]:
+def _classes(data: ReportData, gallery: Gallery, crop_href: Optional[str]) -> list[str]:
     """Every cell as a thumbnail, by class after review; a click opens the full crop."""
     e = html.escape
     out = ["<div class='gallery-pages' id='classes'><h2>All cells by class</h2>"
@@ -238,7 +239,7 @@ def _classes(data: ReportData, crop_href: Optional[str]) -> list[str]:
            + ". Hover shows the cell's number and the analyser's call.</p>"]
     order = {k: i for i, k in enumerate(LABELS)}
     current = None
-    for sh in sorted(sheets(data.cells), key=lambda s: order.get(s.label, len(order))):
+    for sh in sorted(gallery.sheets, key=lambda s: order.get(s.label, len(order))):
         if sh.label != current:
             current = sh.label
             n = sum(c.final_label == sh.label for c in data.cells)

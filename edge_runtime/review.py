@@ -156,7 +156,8 @@ def make_server(path, sid: int, host: str = "127.0.0.1", port: int = 8765, all_c
                 jpeg = crop(path, sid, int(url.path[6:]))
                 return self._send(200, "image/jpeg", jpeg) if jpeg else self._send(404, "text/plain", b"no crop")
             if url.path == "/report":
-                return self._send(200, "text/html; charset=utf-8", render(load(path, sid)).encode())
+                filed = render(load(path, sid), crop_href="/crop/{id}")  # thumbnails open the full crop here
+                return self._send(200, "text/html; charset=utf-8", filed.encode())
             self._send(404, "text/plain", b"not found")
 
         def do_POST(self):

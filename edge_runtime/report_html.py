@@ -29,7 +29,8 @@ PAPER = {"a4": "A4", "letter": "letter"}
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:22px 0 8px}
 table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right}
-td:first-child,th:first-child{text-align:left}.meta td,.meta th{text-align:left}.muted{color:#777}
+td:first-child,th:first-child{text-align:left}.meta td,.meta th{text-align:left}.meta th{white-space:nowrap}
+.muted{color:#777}#differential td{white-space:nowrap}
 .banner{padding:8px 12px;margin:6px 0;border-radius:4px}.bad{background:#c62828;color:#fff;font-weight:600}
 .warn{background:#fff3cd}.ok{background:#d7f0d9}.changed{font-weight:700;color:#b35c00}
 .ruo{border:2px solid #222;padding:6px 10px;font-weight:700;margin:8px 0}
@@ -41,7 +42,8 @@ td:first-child,th:first-child{text-align:left}.meta td,.meta th{text-align:left}
 .signature{border:1px solid #222;padding:10px 14px;margin:14px 0;max-width:640px}
 .signature .line{border-bottom:1px solid #222;height:28px;margin:6px 0 2px;width:320px}
 @media print{body{margin:0;max-width:none;font-size:11px}.no-print{display:none}
- .gallery-pages{break-before:page}.signature,.cell,.sheet,tr,.banner,.flag{break-inside:avoid}
+ .gallery-pages{break-before:page}.signature,.cell,tr,.banner,.flag{break-inside:avoid}
+ .sheet{zoom:.75}
  .bad,.warn,.ok,.sheet img{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
 """
 
@@ -147,8 +149,7 @@ def render(data: ReportData, iv: Optional[Intervals] = None, paper: str = "a4",
     sample = m.sample or "(no sample ID)"
     title = f"White-cell differential: sample {sample}"
     target = f"{d.wbc_machine} of {m.count_target} white cells" if m.count_target else f"{d.wbc_machine} white cells (no target)"
-    trust = (f"UNVALIDATED ({m.trust_message.removeprefix('WARNING: ')})" if m.unvalidated and m.trust_message
-             else "UNVALIDATED" if m.unvalidated else
+    trust = ("UNVALIDATED: the model's trust gate tripped (the warning below)" if m.unvalidated else
              f"within the model's domain ({sum(c.ood for c in data.cells)} cell(s) out of distribution, flagged)")
     out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
            f"<style>{CSS}{_page_css(paper)}</style></head><body><h1>{e(title)}</h1>",

@@ -58,7 +58,43 @@ def main() -> int:
         inner = r.stdout.split(", ", 1)[1].split(";", 1)[0] if ", " in r.stdout else "?"  # "3.1 s": the report's own
         print(f"{name}: {inner} in the report command, {took:.2f} s with the process start; {sizes}; "
               f"load average {load:.1f} on {os.cpu_count()} CPUs")
+    _browser_load(a.out / "report.html")
     return 0
+
+
+def _browser_load(page: Path) -> None:
+    """Seconds headless Chromium takes to load and lay out the page (load event, then layout)."""
+    try:
+        os.environ.setdefault("SE_OFFLINE", "true")
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        print("browser: selenium not installed (dev extra): not measured")
+        return
+    import tempfile
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}", "--window-size=1100,800"):
+        opts.add_argument(arg)
+    try:
+        driver = webdriver.Chrome(service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")),
+                                  options=opts)
+    except Exception as e:  # no browser here: say so, the other figures stand
+        print(f"browser: not measured ({type(e).__name__})")
+        return
+    try:
+        driver.set_page_load_timeout(120)
+        t = time.perf_counter()
+        driver.get(page.as_uri())
+        h = driver.execute_script("return document.body.scrollHeight")
+        print(f"browser: {page.name} loaded and laid out in {time.perf_counter() - t:.2f} s "
+              f"(page {h} px tall); load average {os.getloadavg()[0]:.1f}")
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -42,4 +42,6 @@ def from_load(s: dict, wbc_count: Optional[float] = None) -> ReportData:
                         from_label=a.get("from_label"), to_label=a.get("to_label"), reason=a.get("reason"),
                         undone=bool(a.get("undone")))
              for a in s.get("audit") or []]
+    if wbc_count is None and s.get("wbc_count") is not None:  # entered in review, once the log stores it
+        wbc_count = float(s["wbc_count"])
     return ReportData(meta, cells, signoff, audit, wbc_count, audit_available="audit" in s)

@@ -90,7 +90,8 @@ def bundle(data: ReportData, iv: Optional[Intervals] = None, now: Optional[float
     entries: list[dict] = []
 
     def add(resource: dict) -> str:
-        entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource})
+        if all(e["resource"]["id"] != resource["id"] for e in entries):  # fullUrls are unique in a Bundle
+            entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource})
         return resource["id"]
 
     specimen: dict[str, Any] = {"resourceType": "Specimen", "id": _id("specimen", *key),

@@ -159,6 +159,8 @@ def test_fhir_bundle_validates_and_round_trips(tmp_path):
     specimen = res[report.specimen[0].reference.removeprefix("urn:uuid:")]
     assert specimen.identifier[0].value == "S-42"
     assert [p.display for p in report.performer] == ["ann (operator)", "ann (reviewer)"]
+    full_urls = [e.fullUrl for e in b.entry]
+    assert len(full_urls) == len(set(full_urls))  # one Practitioner for ann, operator and reviewer
     device = res[neut.device.reference.removeprefix("urn:uuid:")]
     assert device.deviceName[0].name == "tiny_int8" and device.version[0].value == "ab" * 32
     # the same session exported again: the same resources (a laboratory system updates, not duplicates)

@@ -26,7 +26,7 @@ setup-edge: $(BIN)/python
 
 # Everything: training, conversion, benchmarks, tests.
 setup: $(BIN)/python
-	$(EDITABLE) ".[edge,train,dev]"
+	$(EDITABLE) ".[edge,train,dev,fhir]"
 
 demo: setup-edge
 	@if [ -d "$(DEMO_DIR)" ]; then \
@@ -42,15 +42,16 @@ demo: setup-edge
 	fi
 
 # Headless Chromium and its driver for the browser tests of the report and review pages, from the
-# system's packages (Selenium is told both paths and downloads nothing). Idempotent: apt-get runs
-# only when one is missing; where none can be installed the browser tests skip and say why.
+# system's packages (Selenium is told both paths and downloads nothing), and poppler-utils
+# (pdftotext, pdftoppm) for the tests of `report --format pdf`. Idempotent: apt-get runs only when
+# one is missing; where none can be installed the browser and PDF tests skip and say why.
 browser:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/pdftotext ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
 	  echo "browser: no apt-get here; install Chromium and chromedriver to run the browser tests"; exit 0; fi; \
 	SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
-	($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver \
-	  >/dev/null) || echo "browser: could not install chromium chromium-driver; the browser tests will be skipped"
+	($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver poppler-utils \
+	  >/dev/null) || echo "browser: could not install chromium chromium-driver poppler-utils; the browser tests will be skipped"
 
 test: setup browser typecheck
 	$(BIN)/python -m pytest -q

@@ -1,27 +1,33 @@
-"""`edge-bloodcls report`: one session of the log as a self-contained HTML page (and a CSV).
+"""`edge-bloodcls report`: one session of the log as a report a lab files, or an export.
 
-The page is what a lab files: differential counts and percentages with 95% Wilson intervals,
-the analyser's counts beside the counts after a technologist's review, a gallery of the flagged
-cells (crops inline as data URIs, so the file can be mailed or archived alone), any warning
-(unvalidated differential, cells out of distribution, an old per-frame log, an unfinished
-session), the model with its sha256, the software versions and the times.
+`--format html` (default) is the page: differential counts and percentages with 95% Wilson
+intervals, absolute counts, reference intervals and rule flags, the analyser's counts beside the
+counts after review, the sign-off block, the audit trail and a gallery (report_html.py); `pdf` is
+that page printed by headless Chromium; `csv` one summary row; `fhir` a FHIR R4 Bundle. The
+session is read through the store (store.py) and turned into report records once
+(report_adapt.py); every output is rendered from those records.
 """
 from __future__ import annotations
 
-import base64
-import csv
-import html
 import json
 import math
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 
-from .store import AuditEntry, Cell, SessionData, SessionFileError, SessionStore
+from . import report_html
+from .reference import Intervals, RangesError, load_intervals
+from .report_adapt import from_store
+from .report_csv import SafeWriter, write_summary
+from .report_fhir import bundle
+from .report_gallery import write_crops
+from .report_pdf import PdfError, html_to_pdf
 from .spec import LABELS, WBC_LABELS
+from .store import AuditEntry, Cell, SessionData, SessionFileError, SessionStore
 
 Z95 = 1.959964
 
@@ -69,127 +75,10 @@ def _ts(t) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
-def _pct(k, n) -> tuple[str, str]:
-    if not n:
-        return "-", "-"
-    lo, hi = wilson(k, n)
-    return f"{100 * k / n:.1f}%", f"{100 * lo:.1f}-{100 * hi:.1f}%"
-
-
-def banners(d: SessionData, t: dict) -> list[tuple[str, str, str]]:
-    """(id, css class, text) of every warning the page must show before the numbers."""
-    out = []
-    s = d.session
-    if s.unvalidated or s.trust.get("tripped"):
-        msg = (s.trust.get("message") or "too many cells out of distribution for this model").removeprefix("WARNING: ")
-        out.append(("trust-warning", "bad", "UNVALIDATED differential: " + msg))
-    elif t["ood"]:
-        out.append(("ood-note", "warn", f"{t['ood']} cell(s) out of distribution (unlike the cells the model was "
-                                        "trained on): they are flagged below."))
-    if not d.cells:
-        out.append(("empty", "warn", "Empty session: no cells were counted."))
-    if s.counting is None:
-        out.append(("legacy", "warn", "Recorded by an older runtime that logged a cell once per frame it appeared "
-                                      "in: a cell held in view for several frames is counted several times."))
-    if s.ended is None:
-        out.append(("unfinished", "warn", "No end recorded: the capture is still running or was killed; these are "
-                                          "the cells counted up to its last committed frame."))
-    target = s.count_target
-    if target and d.cells and t["wbc_machine"] < target:
-        out.append(("short", "warn", f"Count target {target} white cells not reached ({t['wbc_machine']} counted)."))
-    if s.signed_by:
-        amended = sum(a.action == "amend" for a in d.audit)
-        out.append(("signed", "ok", f"Signed off by {s.signed_by} at {_ts(s.signed_at)}."
-                    + (f" Amended {amended} time(s) since (see the review trail)." if amended else "")))
-    else:
-        out.append(("unsigned", "warn", f"Not signed off: {t['flagged_reviewed']} of {t['flagged']} flagged cells "
-                                        "reviewed (edge-bloodcls review)."))
-    return out
-
-
-CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:22px 0 8px}
-table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right}
-td:first-child,th:first-child{text-align:left}.meta td{text-align:left}.muted{color:#777}
-.banner{padding:8px 12px;margin:6px 0;border-radius:4px}.bad{background:#c62828;color:#fff;font-weight:600}
-.warn{background:#fff3cd}.ok{background:#d7f0d9}.changed{font-weight:700;color:#b35c00}
-.gallery{display:flex;flex-wrap:wrap;gap:10px}.cell{width:170px;font-size:12px;border:1px solid #ddd;padding:4px}
-.cell img{width:160px;height:160px;object-fit:cover;display:block}.ood{border:2px solid #c62828}
-"""
-
-def render(d: SessionData) -> str:
-    e = html.escape
-    s, cells = d.session, d.cells
-    t = tally(cells)
-    title = f"White-cell differential: sample {s.sample or '(no sample ID)'}"
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{CSS}</style>"
-           f"</head><body><h1>{e(title)}</h1>",
-           f"<div class='muted'>session {s.id} of {e(d.path)} · operator {e(s.operator or '-')} · "
-           f"{_ts(s.started)} to {_ts(s.ended)}</div>"]
-    for bid, cls, text in banners(d, t):
-        out.append(f"<div id='{bid}' class='banner {cls}'>{e(text)}</div>")
-    out.append("<h2>Differential</h2><table id='differential'><tr><th>cell type</th><th>analyser</th><th>%</th>"
-               "<th>95% CI</th><th>after review</th><th>%</th><th>95% CI</th></tr>")
-    for k in WBC_LABELS:
-        m, f = t["machine"][k], t["final"][k]
-        mp, mci = _pct(m, t["wbc_machine"])
-        fp, fci = _pct(f, t["wbc_final"])
-        cls = " class='changed'" if m != f else ""
-        out.append(f"<tr data-label='{k}'{cls}><td>{k}</td><td>{m}</td><td>{mp}</td><td class='muted'>{mci}</td>"
-                   f"<td class='final'>{f}</td><td>{fp}</td><td class='muted'>{fci}</td></tr>")
-    out.append(f"<tr><th>white cells</th><th id='wbc-machine'>{t['wbc_machine']}</th><th></th><th></th>"
-               f"<th id='wbc-final'>{t['wbc_final']}</th><th></th><th></th></tr>")
-    for k in [x for x in LABELS if x not in WBC_LABELS]:
-        out.append(f"<tr data-label='{k}' class='muted'><td>{k} (not in the differential)</td><td>{t['machine'][k]}"
-                   f"</td><td></td><td></td><td class='final'>{t['final'][k]}</td><td></td><td></td></tr>")
-    out.append("</table>")
-    out.append(f"<p>{len(cells)} cells counted ({s.counting or 'per frame, old log'}); {t['flagged']} flagged "
-               f"for review, {t['flagged_reviewed']} of them reviewed; {t['reviewed']} reviewed in all, {t['changed']} "
-               f"reclassified; {t['ood']} out of distribution. Intervals: 95% Wilson score.</p>")
-    flagged = [c for c in cells if c.review]
-    out.append(f"<h2>Flagged cells ({len(flagged)})</h2><div id='gallery' class='gallery'>")
-    for c in flagged:
-        img = (f"<img alt='cell {c.id}' src='data:image/jpeg;base64,{base64.b64encode(c.crop).decode()}'>"
-               if c.crop else "<div class='muted'>(no crop stored)</div>")
-        rev = c.reviewed_label
-        verdict = (f"→ <b>{e(rev)}</b> ({e(c.reviewer or '?')})" if rev and rev != c.label
-                   else f"confirmed ({e(c.reviewer or '?')})" if rev else "<i>not reviewed</i>")
-        ood = f" · OOD {c.ood_score:.1f}" if c.ood and c.ood_score is not None else ""
-        out.append(f"<div class='cell{' ood' if c.ood else ''}' data-cell='{c.id}'>{img}"
-                   f"#{c.id} {e(c.label)} {c.confidence:.2f}{ood} {verdict}<br>"
-                   f"<span class='muted'>{e(c.review_reason or '')} · {c.observations or 1} frame(s)"
-                   "</span></div>")
-    if not flagged:
-        out.append("<p class='muted'>No cell was flagged.</p>")
-    out.append("</div>")
-    out += _trail_table(d.audit)
-    out.append("<h2>Model and software</h2><table class='meta'>")
-    rows = [("model", s.model), ("model sha256", s.model_sha256),
-            ("interpreter", f"{s.interpreter} on {s.device}, {s.threads} thread(s)"),
-            ("review threshold", s.review_threshold), ("source", f"{s.source} ({s.mode} mode)"),
-            ("frames", s.frames), ("end", s.end_reason or "-"),
-            ("count target", s.count_target or "-")] + [(k, v) for k, v in s.versions.items()]
-    out += [f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in rows]
-    out.append(f"</table><p class='muted'>Report generated {_ts(time.time())} by edge-bloodcls report.</p>"
-               "</body></html>")
-    return "\n".join(out)
-
-
-def _trail_table(audit: list[AuditEntry]) -> list[str]:
-    """The review trail as the lab files it: every decision, undo, sign-off and amendment."""
-    e = html.escape
-    out = [f"<h2>Review trail ({len(audit)})</h2>"]
-    if not audit:
-        return out + ["<p class='muted'>No decision recorded.</p>"]
-    out.append("<table id='trail' class='meta'><tr><th>#</th><th>when</th><th>who</th><th>action</th><th>cell</th>"
-               "<th>from → to</th><th>why</th></tr>")
-    for a in audit:
-        change = "" if a.action == "signoff" else f"{a.from_label or '(not reviewed)'} → {a.to_label or '(not reviewed)'}"
-        out.append(f"<tr data-audit='{a.id}'><td>{a.id}</td><td>{_ts(a.at)}</td><td>{e(a.reviewer)}</td>"
-                   f"<td>{e(a.action)}{f' of #{a.undoes}' if a.undoes else ''}</td>"
-                   f"<td>{'' if a.cell_id is None else a.cell_id}</td><td>{e(change)}</td><td>{e(a.reason or '')}</td></tr>")
-    out.append("</table>")
-    return out
+def render(d: SessionData, wbc_count: float | None = None, intervals: Intervals | None = None, paper: str = "a4",
+           crop_href: str | None = None) -> str:
+    """The HTML report of a stored session (report_html.py renders it from report records)."""
+    return report_html.render(from_store(d, wbc_count), intervals, paper, crop_href)
 
 
 def trail_entry(a: AuditEntry) -> str:
@@ -213,8 +102,8 @@ def write_csv(d: SessionData, path) -> None:
     for a in d.audit:
         if a.cell_id is not None:
             by_cell.setdefault(a.cell_id, []).append(trail_entry(a))
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = SafeWriter(f)  # a sample ID or name beginning with = + - @ is not run as a formula
         w.writerow(CELL_COLUMNS + [f"p_{k}" for k in LABELS])
         for c in d.cells:
             w.writerow([c.id, c.session_id, c.first_frame if c.first_frame is not None else c.frame_index,
@@ -228,8 +117,8 @@ def write_csv(d: SessionData, path) -> None:
 
 def write_trail_csv(d: SessionData, path) -> None:
     """The audit trail of the session, one row per entry (an export a LIMS can file)."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = SafeWriter(f)  # a sample ID or name beginning with = + - @ is not run as a formula
         w.writerow(TRAIL_COLUMNS)
         for a in d.audit:
             w.writerow([a.id, a.session_id, "" if a.cell_id is None else a.cell_id, a.action, a.from_label or "",
@@ -237,29 +126,69 @@ def write_trail_csv(d: SessionData, path) -> None:
                         "" if a.cell_version is None else a.cell_version])
 
 
+FORMATS = {"html": "html", "pdf": "pdf", "csv": "csv", "fhir": "fhir.json"}
+
+
+def _wbc(ctx, param, value):
+    if value is not None and not 0 < value < 1000:
+        raise click.BadParameter(f"{value:g} is not a white-cell count in x10^9/L (0 < count < 1000)")
+    return value
+
+
 @click.command("report")
 @click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
-              show_default=True, help="The HTML report (self-contained: crops inline).")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="html", show_default=True,
+              help="html: the page a lab files (prints on A4/Letter); pdf: that page printed by headless Chromium; "
+                   "csv: one summary row of the session; fhir: a FHIR R4 Bundle for a laboratory system.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file (default: report.html, report.pdf, report.csv or report.fhir.json).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write one row per counted cell here (with each cell's review trail).")
 @click.option("--trail", "trail_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the review trail (decisions, undos, sign-off, amendments) here as CSV.")
+@click.option("--wbc-count", type=float, default=None, callback=_wbc,
+              help="The analyser's white-cell count, x10^9/L: adds absolute counts.")
+@click.option("--ranges", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Reference intervals and rule thresholds, JSON or TOML (README, \"Report\"); default: an "
+                   "example adult table.")
+@click.option("--paper", type=click.Choice(["a4", "letter"]), default="a4", show_default=True,
+              help="Printed page size (html and pdf).")
+@click.option("--full-crops/--no-full-crops", default=False, show_default=True,
+              help="html: also write every cell's full crop to <out>_crops/ beside the page, and link each "
+                   "thumbnail to it (the review server's /report links them without this).")
 @click.option("--session", "session_id", type=int, default=None, help="Session ID (default: the last one).")
-def report_command(db, out, csv_path, trail_path, session_id):
+def report_command(db, fmt, out, csv_path, trail_path, wbc_count, ranges, paper, full_crops, session_id):
     """Write the differential report of a session log (after `capture`, and `review` if any).
 
     An older log is backed up beside it and upgraded (columns and tables added, nothing removed).
     """
+    out = out or Path(f"report.{FORMATS[fmt]}")
+    t0 = time.perf_counter()
+    extra = ""
     try:
+        iv = load_intervals(ranges)
         d = load(db, session_id)
+        data = from_store(d, wbc_count)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render(d), encoding="utf-8")
+        if fmt == "html":
+            href = None
+            if full_crops and d.cells:
+                folder = out.with_name(out.stem + "_crops")
+                n = write_crops(data.cells, folder)
+                href = quote(folder.name) + "/{id}.jpg"
+                extra = f", {n} full crops in {folder}"
+            out.write_text(report_html.render(data, iv, paper, href), encoding="utf-8")
+        elif fmt == "pdf":
+            html_to_pdf(report_html.render(data, iv, paper), out)
+        elif fmt == "csv":
+            write_summary(data, iv, out)
+        else:
+            out.write_text(json.dumps(bundle(data, iv), indent=1, ensure_ascii=False), encoding="utf-8")
         for dest, write in ((csv_path, write_csv), (trail_path, write_trail_csv)):
             if dest:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 write(d, dest)
-    except SessionFileError as e:
+    except (SessionFileError, RangesError, PdfError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except OSError as e:
@@ -267,9 +196,10 @@ def report_command(db, out, csv_path, trail_path, session_id):
         sys.exit(2)
     t = tally(d.cells)
     s = d.session
-    click.echo(f"report: {out} (session {s.id}, sample {s.sample or '-'}: {len(d.cells)} cells, "
-               f"{t['wbc_final']} white cells after review, {t['flagged_reviewed']}/{t['flagged']} flagged reviewed"
-               + (", UNVALIDATED" if s.unvalidated else "") + ")")
+    click.echo(f"report: {out} ({fmt}, {time.perf_counter() - t0:.1f} s; session {s.id}, sample {s.sample or '-'}: "
+               f"{len(d.cells)} cells, {t['wbc_final']} white cells after review, "
+               f"{t['flagged_reviewed']}/{t['flagged']} flagged reviewed, {data.status}"
+               + (", UNVALIDATED" if data.meta.unvalidated else "") + extra + ")")
     for label, dest in (("csv", csv_path), ("trail", trail_path)):
         if dest:
             click.echo(f"{label}: {dest}")

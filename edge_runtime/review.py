@@ -124,7 +124,8 @@ def make_app(store: SessionStore, sid: int, all_cells: bool, reviewer: str):
 
     async def report(request: Request):
         try:
-            html = await run_in_threadpool(lambda: render(store.load(sid)))
+            # the report's thumbnails link to the full crop this server serves
+            html = await run_in_threadpool(lambda: render(store.load(sid), crop_href="/crop/{id}"))
         except SessionFileError as e:
             return Response(str(e), 503, media_type="text/plain")
         return Response(html, media_type="text/html; charset=utf-8")

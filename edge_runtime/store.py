@@ -512,6 +512,8 @@ def _open(path: Path, create: bool) -> sqlite3.Connection:
     except sqlite3.Error as e:
         raise SessionFileError(f"{_p(path)}: {db_reason(e)}") from None
     con.row_factory = sqlite3.Row
+    # Text another tool wrote that is not UTF-8 is read with backslash escapes, not a crash.
+    con.text_factory = lambda b: b.decode("utf-8", "backslashreplace")
     try:
         con.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
         try:

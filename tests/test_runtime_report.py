@@ -105,7 +105,8 @@ def test_report_shows_differential_intervals_gallery_and_banner(tmp_path):
     # 10 white cells (the platelet is not in the differential): neutrophil 5 = 50.0%, Wilson 23.7-76.3%
     assert "<tr data-label='neutrophil'><td>neutrophil</td><td>5</td><td>50.0%</td>" in page
     assert "23.7-76.3%" in page and "<th id='wbc-machine'>10</th>" in page
-    assert page.count("data:image/jpeg;base64,") == 3  # the three flagged cells, inline
+    # the three flagged cells inline, and one contact sheet of thumbnails per class counted (5)
+    assert page.count("<img alt='cell ") == 3 and page.count("data:image/jpeg;base64,") == 3 + 5
     assert "S-42" in page and "ab" * 32 in page and "tiny_int8.tflite" in page
     assert "src='http" not in page  # self-contained
     rows = list(csv.DictReader(csv_path.open()))
@@ -202,7 +203,7 @@ def test_decide_undo_and_sign_off(tmp_path):
     assert trail == [("confirm", "ann", None, "monocyte", None), ("reclassify", "ann", None, "neutrophil", None),
                      ("reclassify", "bo", None, "lymphocyte", None), ("reclassify", "bo", "lymphocyte", "monocyte", None),
                      ("undo", "bo", "monocyte", "lymphocyte", 4), ("signoff", "ann", None, None, None)]
-    assert "id='trail'" in page and page.count("<tr data-audit=") == 6
+    assert "id='audit'" in page and page.count("<tr data-audit=") == 6
     store.close()
 
 

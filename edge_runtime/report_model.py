@@ -1,0 +1,158 @@
+"""What a report is made of, as typed records: the session's metadata, its cells, the sign-off and
+the audit trail (ReportData), and what is computed from them (Differential).
+
+Every output (HTML, PDF, CSV, FHIR) is rendered from these records only, never from database
+rows, so that the report does not depend on how the log is read: report_adapt.py turns
+the store's SessionData into a ReportData.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Optional
+
+from .spec import LABELS, WBC_LABELS
+
+RESEARCH_USE = "Research use only: not a medical device, not for diagnosis."
+
+# Reported outside the differential: erythroblasts as nucleated red cells per 100 white cells
+# (the usual way an NRBC count is reported), platelets as a count only.
+NON_WBC = tuple(k for k in LABELS if k not in WBC_LABELS)
+
+# Review statuses of a report, as a laboratory system knows them (FHIR DiagnosticReport.status).
+PRELIMINARY, FINAL, AMENDED = "preliminary", "final", "amended"
+
+
+def iso(t: Optional[float]) -> str:
+    """ISO 8601 with the local UTC offset (2024-05-01T14:03:07+02:00): a time a reader in another
+    time zone (or a laboratory system) reads without guessing; '' when unknown."""
+    if t is None:
+        return ""
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class SessionMeta:
+    id: int
+    path: str
+    sample: Optional[str]
+    operator: Optional[str]
+    started: float
+    ended: Optional[float]
+    model: Optional[str]
+    model_sha256: Optional[str]
+    interpreter: Optional[str] = None
+    device: Optional[str] = None
+    threads: Optional[int] = None
+    review_threshold: Optional[float] = None
+    source: Optional[str] = None
+    mode: Optional[str] = None
+    frames: Optional[int] = None
+    end_reason: Optional[str] = None
+    count_target: Optional[int] = None
+    counting: Optional[str] = None  # 'tracked', 'per-frame', None: an old per-frame log
+    versions: dict = field(default_factory=dict)
+    unvalidated: bool = False  # the trust gate tripped: the model cannot back this differential
+    trust_message: str = ""
+
+
+@dataclass(frozen=True)
+class CellRow:
+    id: int
+    label: str  # the analyser's call
+    confidence: float
+    review: bool  # flagged for a person
+    review_reason: str = ""
+    ood: bool = False
+    ood_score: Optional[float] = None
+    observations: int = 1
+    reviewed_label: Optional[str] = None
+    reviewer: Optional[str] = None
+    reviewed_at: Optional[float] = None
+    crop: Optional[bytes] = None  # JPEG, when loaded
+
+    @property
+    def final_label(self) -> str:
+        return self.reviewed_label or self.label
+
+
+@dataclass(frozen=True)
+class SignOff:
+    by: str
+    at: float
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One decision of the review's append-only trail."""
+    at: float
+    reviewer: str
+    action: str  # confirm | reclassify | undo | signoff | amend (store.py)
+    cell_id: Optional[int] = None
+    from_label: Optional[str] = None
+    to_label: Optional[str] = None
+    reason: Optional[str] = None
+    undone: bool = False  # a later undo took it back
+    id: Optional[int] = None  # the store's audit row
+    undoes: Optional[int] = None  # an undo: the row it takes back
+
+
+@dataclass(frozen=True)
+class ReportData:
+    meta: SessionMeta
+    cells: list[CellRow]
+    signoff: Optional[SignOff] = None
+    audit: list[AuditEntry] = field(default_factory=list)
+    wbc_count: Optional[float] = None  # the analyser's white-cell count, x10^9/L, if entered
+
+    @property
+    def status(self) -> str:
+        """preliminary until signed; amended when a decision was changed after the sign-off."""
+        if self.signoff is None:
+            return PRELIMINARY
+        if any(a.action == "amend" or (a.at > self.signoff.at and a.action != "signoff") for a in self.audit):
+            return AMENDED
+        return FINAL
+
+
+@dataclass(frozen=True)
+class ClassRow:
+    """One class of the report, counted by the analyser and after review."""
+    label: str
+    machine: int
+    final: int
+    in_differential: bool  # a white-cell class (share of the white cells)
+    per_100_wbc: Optional[float]  # final / white cells x 100: the % of the differential (or NRBC/100 WBC)
+    ci: tuple[float, float] = (0.0, 0.0)  # 95% Wilson interval of per_100_wbc, in %
+    absolute: Optional[float] = None  # x10^9/L, when the analyser's WBC count is known
+
+
+@dataclass(frozen=True)
+class Differential:
+    rows: list[ClassRow]
+    wbc_machine: int
+    wbc_final: int
+    wbc_count: Optional[float]
+
+    def row(self, label: str) -> ClassRow:
+        return next(r for r in self.rows if r.label == label)
+
+
+def differential(data: ReportData) -> Differential:
+    from .report import wilson  # one Wilson interval for every output
+
+    machine = {k: 0 for k in LABELS}
+    final = {k: 0 for k in LABELS}
+    for c in data.cells:
+        machine[c.label] = machine.get(c.label, 0) + 1
+        final[c.final_label] = final.get(c.final_label, 0) + 1
+    wbc_m = sum(machine[k] for k in WBC_LABELS)
+    wbc_f = sum(final[k] for k in WBC_LABELS)
+    rows = []
+    for k in LABELS:
+        share = 100 * final[k] / wbc_f if wbc_f and k != "platelet" else None
+        lo, hi = wilson(final[k], wbc_f) if wbc_f and k in WBC_LABELS else (0.0, 0.0)
+        absolute = (data.wbc_count * final[k] / wbc_f
+                    if data.wbc_count is not None and wbc_f and k in WBC_LABELS else None)
+        rows.append(ClassRow(k, machine[k], final[k], k in WBC_LABELS, share, (100 * lo, 100 * hi), absolute))
+    return Differential(rows, wbc_m, wbc_f, data.wbc_count)

@@ -132,6 +132,7 @@ def score(model, spec, ses, unl, pbc, prior_train) -> dict:
     p = ft.predict(model, spec, ses["x"])
     pu = ft.predict(model, spec, unl["x"])
     site_prior = ev.em_priors(pu, prior_train)
+    y = ses["y"]
     pt = ft.predict(model, spec, pbc["test"])
     out = {"pbc_test_accuracy": float((pt.argmax(1) == pbc["test_y"]).mean()),
            "pbc_test_accuracy_em": float((ev.adjust(pt, prior_train, site_prior).argmax(1) == pbc["test_y"]).mean()),
@@ -139,7 +140,8 @@ def score(model, spec, ses, unl, pbc, prior_train) -> dict:
            "em_site_prior": {LABELS[c]: round(float(v), 4) for c, v in enumerate(site_prior)}}
     for variant, q in (("none", p), ("em", ev.adjust(p, prior_train, site_prior))):
         pred = q.argmax(1)
-        y = ses["y"]
+        out[f"confusion_{variant}"] = {LABELS[c]: {LABELS[k]: int(((y == c) & (pred == k)).sum())
+                                                  for k in np.unique(pred[y == c])} for c in np.unique(y)}
         out[variant] = {part: ev.estimate(y[m], pred[m], LABELS, min_cells=2 if part != "all" else 5).to_json()
                         for part, m in (("A", ses["part"] == 0), ("B", ses["part"] == 1),
                                         ("all", np.ones(len(y), bool)))}
@@ -192,11 +194,37 @@ def _est(d: dict) -> dict:
     return {**d, "accuracy_ci": tuple(d["accuracy_ci"]), "balanced_ci": tuple(d["balanced_ci"])}
 
 
+def _cell(e: dict) -> str:
+    a, b = e["accuracy_ci"], e["balanced_ci"]
+    return (f"{e['accuracy']:.1%} [{a[0]:.0%}, {a[1]:.0%}] / {e['balanced_accuracy']:.1%} "
+            f"[{b[0]:.0%}, {b[1]:.0%}]")
+
+
+def table(results: dict) -> str:
+    """The markdown table of docs/adapt.md, from the JSON: every experiment and checkpoint, with and
+    without the EM prior, on part A (choose), part B (report) and all 60."""
+    rows = ["| experiment @ steps | prior | A (choose): acc / balanced | B (report): acc / balanced | "
+            "all 60: acc / balanced | PBC test |", "|---|---|---|---|---|---:|"]
+    for name, r in results.items():
+        if name.startswith("_"):
+            continue
+        for c, v in r["checkpoints"].items():
+            for variant in ("none", "em"):
+                pbc = v["pbc_test_accuracy"] if variant == "none" else v.get("pbc_test_accuracy_em")
+                rows.append(f"| `{name}` @{c} | {variant} | {_cell(v[variant]['A'])} | {_cell(v[variant]['B'])} | "
+                            f"{_cell(v[variant]['all'])} | {'-' if pbc is None else f'{pbc:.1%}'} |")
+    return "\n".join(rows)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "adapt_validation.json"))
+    ap.add_argument("--table", action="store_true", help="print docs/adapt.md's table from --out and stop")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+        return 0
     spec = InputSpec.named(160)
     site_cells, site, ses, unl, pbc = inputs(spec)
     out = Path(args.out)

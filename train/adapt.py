@@ -85,16 +85,18 @@ def _frame(sources, labels, framing, opts, unl, spec, rng, log, what="labelled")
         rbc = opts.rbc_px or (unl.rbc_px if unl else None)
         for img, name in zip(cells.images, cells.names):
             out, f = None, None
-            if fr == "tight":
-                v = ev.capture_view(img, name, fields, opts.rbc_px, cache) if fields else None
-                if v is not None and v.crop is not None:
-                    out, f = v.crop, v.field
-                    how["own_field"] += 1
-                elif not rbc:
+            # A crop cut from a field in --unlabelled is recropped from it as capture crops it,
+            # whatever its shape, unless --framing capture says it already is capture's crop.
+            v = ev.capture_view(img, name, fields, opts.rbc_px, cache) if fields and framing != "capture" else None
+            if v is not None and v.crop is not None:
+                out, f = v.crop, v.field
+                how["own_field"] += 1
+            elif fr == "tight":
+                if not rbc:
                     raise AdaptInputError(f"{printable(name)}: a tight crop needs a scale to be framed as capture "
                                           "frames it: pass --rbc-px (red-cell diameter in pixels) or --unlabelled "
                                           "fields from the same camera")
-                elif unl and unl.backgrounds:
+                if unl and unl.backgrounds:
                     out = paste(img, rbc, unl.backgrounds, rng)
                     how["pasted"] += 1
                 else:

@@ -101,3 +101,29 @@ def test_adapt_without_tensorflow_is_one_line_exit_2(tmp_path):
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: adapt") and "TensorFlow" in err[0], p.stderr
     assert "Traceback" not in p.stderr + p.stdout and not (tmp_path / "o").exists()
+
+
+def test_site_review_threshold_holds_for_the_site_cells_on_their_own():
+    """400 PBC val cells nearly all right and 60 site cells 65% right, all equally sure: pooled, the
+    PBC cells would carry the bound and accept the site's cells wholesale; the site's own bound
+    sends them to review."""
+    from edge_bloodcls.train.adapt_core import site_operating_point
+
+    rng = np.random.default_rng(0)
+
+    def sure(y, right, conf):
+        p = np.full((len(y), 3), (1 - conf) / 2)
+        pred = np.where(right, y, (y + 1) % 3)
+        p[np.arange(len(y)), pred] = conf
+        return p
+
+    py = rng.integers(3, size=400)
+    ly = rng.integers(3, size=60)
+    praw = sure(py, rng.random(400) < 0.99, 0.95)
+    lraw = sure(ly, np.arange(60) < 39, 0.95)
+    no = np.zeros(400, bool)
+    sp = site_operating_point(praw, py, no, lraw, ly, np.zeros(60, bool), 0.90)
+    assert sp["by_set"]["local_out_of_fold"]["coverage"] == 0.0
+    assert sp["operating_point"]["set_by"] == "local_out_of_fold"
+    alone = site_operating_point(praw, py, no, np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0, bool), 0.90)
+    assert alone["by_set"]["pbc_val"]["coverage"] > 0.9  # PBC val alone: accepted

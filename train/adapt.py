@@ -371,6 +371,14 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_t
         sp = core.site_operating_point(v["raw"], pbc_val.labels, v["ood_score"] > thr, loc_raw,
                                        val.labels if val is not None else np.zeros(0, np.int64), loc_ood,
                                        opts.review_target)
+        if val is None:
+            # No held-out site cell: nothing shows how right the site's confident answers are (the
+            # labelled ones are in-sample, PBC val is the home site), so every cell goes to review.
+            sp = {**sp, "review_threshold": 1.0,  # as convert does when nothing reaches the target
+                  "by_set": {k: {**v, "coverage": 0.0, "accepted_accuracy": None} for k, v in sp["by_set"].items()},
+                  "why": "no --validate cells: the site's accuracy is not certified, every cell is reviewed"}
+            log("no --validate cells: review threshold set so that every cell is reviewed (pass --validate with "
+                "held-out reviewed cells to fit one)")
         manifest["trust"] = {**manifest["trust"], "temperature": sp["temperature"],
                              "review_threshold": sp["review_threshold"],
                              "review_target_accuracy": opts.review_target,

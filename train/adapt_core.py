@@ -109,7 +109,8 @@ def site_operating_point(pbc_raw, pbc_y, pbc_ood, local_raw, local_y, local_ood,
     Here only cells the adapted model never learnt count: PBC val and the held-out --validate
     cells (`local_*`, key "local_out_of_fold"; none when no --validate), through the int8 bundle.
     The same rule as convert's (trust_fit.review_operating_point: lowest threshold whose accepted,
-    in-distribution cells reach `target` at the one-sided 90% Wilson bound)."""
+    in-distribution cells reach `target` at the one-sided 90% Wilson bound), met by PBC val and by
+    the site's held-out cells each on their own (the higher threshold of the two)."""
     from edge_bloodcls.convert import trust_fit
     from edge_bloodcls.edge_runtime.trust import apply_temperature, ece
 
@@ -121,10 +122,16 @@ def site_operating_point(pbc_raw, pbc_y, pbc_ood, local_raw, local_y, local_ood,
         t = 1.0
     probs = apply_temperature(raw, t)
     op = trust_fit.review_operating_point(probs, y, ood, target)
+    is_pbc = np.arange(len(y)) < len(pbc_y)
+    if (~is_pbc).any():
+        # The site's cells must reach the target on their own: pooled with ~400 PBC val cells, a
+        # few dozen site cells at 65% would be accepted wholesale (PBC carries the bound).
+        op_local = trust_fit.review_operating_point(probs[~is_pbc], y[~is_pbc], ood[~is_pbc], target)
+        if op_local["review_threshold"] > op["review_threshold"]:
+            op = {**op_local, "set_by": "local_out_of_fold"}
     accept = (probs.max(1) >= op["review_threshold"]) & ~ood
     right = probs.argmax(1) == y
     part = {}
-    is_pbc = np.arange(len(y)) < len(pbc_y)
     for name, m in (("pbc_val", is_pbc), ("local_out_of_fold", ~is_pbc)):
         a = accept & m
         part[name] = {"n": int(m.sum()), "accuracy": float(right[m].mean()) if m.any() else None,

@@ -247,16 +247,30 @@ def _accuracy(manifest: dict) -> dict[str, float]:
 
 
 def _site(manifest: dict) -> str | None:
-    """One line about a bundle `edge-bloodcls adapt` made for a site (None for other bundles)."""
+    """One line about a bundle `edge-bloodcls adapt` made for a site (None for other bundles): what it
+    learnt from, its held-out estimate on the site and what the home site (PBC test) keeps."""
     site = manifest.get("site")
     if not isinstance(site, dict):
         return None
     on = site.get("adapted_on") or {}
-    kf = site.get("kfold") or {}
-    test = (site.get("pbc_test") or {}).get("accuracy_float")
-    return (f"site-adapted on {sum((on.get('counts') or {}).values())} cells of {on.get('source', '?')}"
-            + (f", {kf['k']}-fold {kf['accuracy']:.1%}" if kf.get("accuracy") is not None else "")
-            + (f", PBC test {test:.1%}" if isinstance(test, (int, float)) else ""))
+    srcs = on.get("sources") or ([{"source": on.get("source", "?")}] if on.get("source") else [])
+    where = " + ".join(str(s.get("source", "?")) for s in srcs if isinstance(s, dict)) or "?"
+    parts = [f"site-adapted on {sum((on.get('counts') or {}).values())} cells of {where}"]
+    v = site.get("validation") or {}
+    if isinstance(v.get("accuracy"), (int, float)):
+        lo, hi = (v.get("accuracy_ci") or [None, None])[:2]
+        parts.append(f"held-out {v['accuracy']:.1%}" + (f" [{lo:.0%}-{hi:.0%}]" if lo is not None else "")
+                     + (f", balanced {v['balanced_accuracy']:.1%}" if isinstance(v.get("balanced_accuracy"), float)
+                        else "") + f" on {v.get('n', '?')} cells")
+    kf = site.get("kfold") or {}  # bundles adapted before issue 29
+    if kf.get("accuracy") is not None:
+        parts.append(f"{kf['k']}-fold {kf['accuracy']:.1%}")
+    t = site.get("pbc_test") or {}
+    test = t.get("accuracy_int8", t.get("accuracy_float"))
+    if isinstance(test, (int, float)):
+        parts.append(f"PBC test {test:.1%}" + (f" (base {t['accuracy_base_float']:.1%})"
+                                                if isinstance(t.get("accuracy_base_float"), float) else ""))
+    return ", ".join(parts)
 
 
 @click.command()

@@ -1,17 +1,21 @@
-"""What each ingredient of `edge-bloodcls adapt` adds, measured by k-fold on bccd_site.
+"""What each ingredient of `edge-bloodcls adapt` adds, on natural-proportion validation cells.
 
-    .venv/bin/python scripts/adapt_experiments.py [--only NAME ...] [--out benchmarks/results/adapt_experiments.json]
+    .venv/bin/python scripts/adapt_experiments.py --only NAME [NAME ...] [--out benchmarks/results/adapt_validation.json]
 
-Every experiment adapts runs/mobilenetv2_160_ft/model.keras to the 41 labelled bccd_site crops
-(5 white-cell classes) with train/adapt_core.py, seed 0, and reports 5-fold accuracy on the
-held-out cells. Held-out cells are scored as capture would crop them: each bccd_site crop is
-found in its own BCCD field (template matching; the file name names the field) and cut with
-edge_runtime.locate.crop, so the test crops carry the real neighbourhood (red cells, background),
-not padding. Training crops are the tight bccd_site files, padded to capture's framing unless the
-experiment says otherwise (that is what `adapt --framing tight` does). Unlabelled local crops
-(for AdaBN) are the white cells `locate` finds in the 364 BCCD fields. PBC mix: a stratified
-sample of PBC training cells; PBC test accuracy on a stratified 400 of the test split.
-Results are merged by name into the JSON, with the command line and the time each took.
+Protocol (issue 29), so that no figure is tuned on the cells it reports:
+- Training: the 41 labelled bccd_site cells (class-balanced sample) only, as capture frames them
+  (each crop found in its own BCCD field and cut by capture's locate + crop, train/adapt_eval.py),
+  mixed 1:1 with PBC training cells, base runs/mobilenetv2_160_ft/model.keras.
+- Validation: the 60 bccd_session cells (BCCD's natural proportions), also as capture sees them in
+  their own fields. They are split once, stratified by class (seed 0), into part A (30, where
+  settings are chosen) and part B (30, reported, never used to choose); the full 60 are listed too.
+- Unlabelled site crops (self-training, the EM estimate of the site's class proportions): the white
+  cells capture's locate finds in the BCCD fields, without the fields of the validation cells.
+- Home: float accuracy on the whole PBC test split of runs/split.csv (1538 cells).
+- Intervals: Wilson 95% for accuracy, stratified bootstrap 95% for balanced accuracy (mean recall
+  over the classes with >= 5 cells: eosinophil, lymphocyte, neutrophil on the full 60).
+Each experiment is one training run (seed 0 unless named); every checkpoint is scored with and
+without the EM class-prior correction. Results are merged by name into the JSON as each finishes.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,60 +35,30 @@ configure()
 import numpy as np  # noqa: E402
 
 from edge_bloodcls.convert import calibrate  # noqa: E402
-from edge_bloodcls.edge_runtime.locate import Detection, crop, default_rbc_px  # noqa: E402
 from edge_bloodcls.edge_runtime.preprocess import load_rgb  # noqa: E402
 from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec  # noqa: E402
-from edge_bloodcls.train import adapt_core as core  # noqa: E402
-from edge_bloodcls.train.adapt_data import load_labelled, load_unlabelled, paste, reframe_tight  # noqa: E402
+from edge_bloodcls.train import adapt_eval as ev  # noqa: E402
+from edge_bloodcls.train import adapt_ft as ft  # noqa: E402
+from edge_bloodcls.train.adapt_core import to_model_size  # noqa: E402
+from edge_bloodcls.train.adapt_data import load_labelled, load_unlabelled, paste  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-CACHE = Path(os.path.expanduser("~/.cache/edge-bloodcls/adapt"))
+FIELDS = DATA / "bccd" / "JPEGImages"
+CACHE = Path(os.path.expanduser("~/.cache/edge-bloodcls/adapt_v2"))
 MODEL = REPO / "runs" / "mobilenetv2_160_ft" / "model.keras"
-WHITE = [LABELS.index(c) for c in ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")]
-# The first configuration measured (padded tight crops, AdaBN on local crops, no self-training);
-# each experiment below changes it. The shipped defaults (core.AdaptConfig()) are "pasted_self_train".
-BASE = replace(core.AdaptConfig(), paste=False, pseudo=0.0, bn_pbc=0.0)
+PLAIN = ft.FinetuneConfig()  # full fine-tune, Adam 1e-4, 1:1 PBC, flips/rotation/zoom/blur/colour
 
-# name -> (config, training framing). Each changes one thing from "default" unless it says.
+# name -> (config, training framing, checkpoints). One change from "plain" each, unless it says.
 EXPERIMENTS = {
-    "default": (BASE, "padded"),
-    "with_colour_jitter": (replace(BASE, colour=1.0), "padded"),
-    "with_colour_jitter_no_adabn": (replace(BASE, colour=1.0, adabn=False), "padded"),
-    "no_adabn": (replace(BASE, adabn=False), "padded"),
-    "no_scale_blur": (replace(BASE, scale=0.0, blur=0.0), "padded"),
-    "no_pbc_mix": (replace(BASE, local_share=1.0), "padded"),
-    "no_class_balance": (replace(BASE, balance=False), "padded"),
-    "framing_tight": (BASE, "tight"),
-    "framing_context": (BASE, "context"),
-    "cut_block_5": (replace(BASE, cut="block_5_add"), "padded"),
-    "head_only": (replace(BASE, cut="out_relu"), "padded"),
-    "steps_300": (replace(BASE, steps=300), "padded"),
-    "bn_mix_50": (replace(BASE, bn_pbc=0.5), "padded"),
-    "pasted": (replace(BASE, paste=True), "padded"),
-    "pasted_self_train": (replace(BASE, paste=True, pseudo=0.9), "padded"),
-    "pasted_bn_mix_50": (replace(BASE, paste=True, bn_pbc=0.5), "padded"),
-    "pasted_self_train_bn_mix_25": (replace(BASE, paste=True, pseudo=0.9, bn_pbc=0.25), "padded"),
-    "pasted_self_train_bn_mix_50": (replace(BASE, paste=True, pseudo=0.9, bn_pbc=0.5), "padded"),
-    "pasted_self_train_150": (replace(BASE, paste=True, pseudo=0.9, pseudo_steps=150), "padded"),
-    # Same as pasted_self_train with another seed (folds, augmentation, PBC sample): the noise.
-    "pasted_self_train_seed1": (replace(BASE, paste=True, pseudo=0.9, seed=1), "padded"),
+    "plain": (PLAIN, "capture", (200, 400, 600)),
+    "no_colour": (replace(PLAIN, colour=0.0), "capture", (400,)),
+    "distill": (replace(PLAIN, distill=1.0), "capture", (400,)),
+    "bn_frozen": (replace(PLAIN, bn="frozen"), "capture", (400,)),
+    "self_train": (replace(PLAIN, pseudo=0.9, pseudo_steps=200), "capture", (400,)),
+    "pasted": (PLAIN, "pasted", (400,)),
+    "plain_seed1": (replace(PLAIN, seed=1), "capture", (400,)),
 }
-
-
-def context_crops(cells) -> list[np.ndarray]:
-    """Each labelled crop cut again from its own field as capture would cut it."""
-    import cv2
-
-    out = []
-    for name, img in zip(cells.names, cells.images):
-        field = load_rgb(DATA / "bccd" / "JPEGImages" / (Path(name).stem.rsplit("_", 1)[0] + ".jpg"))
-        score = cv2.matchTemplate(field, img, cv2.TM_CCOEFF_NORMED)
-        _, best, _, (x, y) = cv2.minMaxLoc(score)
-        assert best > 0.95, (name, best)
-        box = (x, y, x + img.shape[1], y + img.shape[0])
-        out.append(crop(field, Detection(box, box, 0.0, 0.0), default_rbc_px(field.shape)))
-    return out
 
 
 def cached(name, make):
@@ -97,107 +72,172 @@ def cached(name, make):
     return d
 
 
+def split_parts(y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """0 (A: choose) or 1 (B: report) per cell, each class dealt alternately after a shuffle."""
+    rng = np.random.default_rng(seed)
+    part = np.empty(len(y), np.int64)
+    offset = 0
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        part[idx] = (np.arange(len(idx)) + offset) % 2
+        offset += len(idx)
+    return part
+
+
 def inputs(spec):
     size = spec.size
-    cells = load_labelled(DATA / "bccd_site", list(LABELS), log=lambda m: None)
-    rbc = default_rbc_px((480, 640))
+    labels = list(LABELS)
 
-    def local():
-        return {"tight": core.to_model_size(cells.images, size),
-                "padded": core.to_model_size([reframe_tight(i, rbc) for i in cells.images], size),
-                "context": core.to_model_size(context_crops(cells), size), "y": cells.labels}
+    def views(folder):
+        cells = load_labelled(folder, labels, log=lambda m: None)
+        v = ev.capture_views(cells.images, cells.names, FIELDS)
+        assert all(x.crop is not None for x in v), [x.why for x in v if x.crop is None]
+        return cells, {"x": to_model_size([x.crop for x in v], size), "y": cells.labels,
+                       "fields": np.array([x.field for x in v])}
+
+    site_cells, _ = views(DATA / "bccd_site")
+
+    def site():
+        return views(DATA / "bccd_site")[1]
+
+    def session():
+        d = views(DATA / "bccd_session")[1]
+        d["part"] = split_parts(d["y"])
+        return d
+
+    ses = cached("session", session)
 
     def unlabelled():
-        u = load_unlabelled(DATA / "bccd" / "JPEGImages", log=lambda m: None)
-        return {"x": core.to_model_size(u.crops, size), "bg": np.stack([b for b, _ in u.backgrounds]),
-                "bg_side": np.array([s for _, s in u.backgrounds])}
+        # The BCCD fields without the validation cells' fields: self-training and the prior
+        # estimate never see the cells they are scored on.
+        keep = set(ses["fields"].tolist())
+        with tempfile.TemporaryDirectory() as tmp:
+            for p in sorted(FIELDS.glob("*.jpg")):
+                if p.stem not in keep:
+                    os.symlink(p, Path(tmp) / p.name)
+            u = load_unlabelled(tmp, log=lambda m: None)
+        return {"x": to_model_size(u.crops, size), "bg": np.stack([b for b, _ in u.backgrounds]),
+                "bg_side": np.array([s for _, s in u.backgrounds]), "rbc": np.array(u.rbc_px)}
 
     def pbc():
-        tr = calibrate.sample(calibrate.from_split(REPO / "runs" / "split.csv", "train", DATA / "pbc256"), 1200, 0)
-        te = calibrate.sample(calibrate.from_split(REPO / "runs" / "split.csv", "test", DATA / "pbc256"), 400, 0)
-        return {"train": core.to_model_size([load_rgb(p) for p in tr.paths], size), "train_y": tr.labels,
-                "test": core.to_model_size([load_rgb(p) for p in te.paths], size), "test_y": te.labels}
+        tr = calibrate.sample(calibrate.from_split(REPO / "runs" / "split.csv", "train", DATA / "pbc256"), 1600, 0)
+        te = calibrate.from_split(REPO / "runs" / "split.csv", "test", DATA / "pbc256")
+        return {"train": to_model_size([load_rgb(p) for p in tr.paths], size), "train_y": tr.labels,
+                "test": to_model_size([load_rgb(p) for p in te.paths], size), "test_y": te.labels}
 
-    loc = cached("local", local)
-    loc["tight_full"], loc["rbc"] = cells.images, rbc
-    return loc, cached("unlabelled_bg", unlabelled), cached("pbc", pbc)
+    return site_cells, cached("site", site), ses, cached("unlabelled", unlabelled), cached("pbc", pbc)
 
 
-def run(name, cfg, framing, loc, unl, pbc, spec, k=5):
+def score(model, spec, ses, unl, pbc, prior_train) -> dict:
+    p = ft.predict(model, spec, ses["x"])
+    pu = ft.predict(model, spec, unl["x"])
+    site_prior = ev.em_priors(pu, prior_train)
+    y = ses["y"]
+    pt = ft.predict(model, spec, pbc["test"])
+    out = {"pbc_test_accuracy": float((pt.argmax(1) == pbc["test_y"]).mean()),
+           "pbc_test_accuracy_em": float((ev.adjust(pt, prior_train, site_prior).argmax(1) == pbc["test_y"]).mean()),
+           "pbc_test_n": int(len(pbc["test_y"])),
+           "em_site_prior": {LABELS[c]: round(float(v), 4) for c, v in enumerate(site_prior)}}
+    for variant, q in (("none", p), ("em", ev.adjust(p, prior_train, site_prior))):
+        pred = q.argmax(1)
+        out[f"confusion_{variant}"] = {LABELS[c]: {LABELS[k]: int(((y == c) & (pred == k)).sum())
+                                                  for k in np.unique(pred[y == c])} for c in np.unique(y)}
+        out[variant] = {part: ev.estimate(y[m], pred[m], LABELS, min_cells=2 if part != "all" else 5).to_json()
+                        for part, m in (("A", ses["part"] == 0), ("B", ses["part"] == 1),
+                                        ("all", np.ones(len(y), bool)))}
+    return out
+
+
+def run(name, cfg, framing, checkpoints, site_cells, site, ses, unl, pbc, spec) -> dict:
     import tf_keras
 
     t0 = time.time()
     tf_keras.utils.set_random_seed(cfg.seed)
     model = tf_keras.models.load_model(MODEL, compile=False)
-    trunk, top = core.split(model, cfg.cut)
     rng = np.random.default_rng(cfg.seed)
-    if cfg.adabn:
-        core.adabn(trunk, core.bn_set(unl["x"], pbc["train"], cfg.bn_pbc, rng), spec)
-    y = loc["y"]
-    if cfg.paste:
+    if framing == "pasted":  # tight crops pasted into other cells' neighbourhoods (no own field)
         bgs = list(zip(unl["bg"], unl["bg_side"]))
-        var = np.stack([core.to_model_size([paste(im, loc["rbc"], bgs, rng) for _ in range(cfg.copies)], spec.size)
-                        for im in loc["tight_full"]])
-        train_px = core.augment_variants(var, rng, cfg)
+        local = to_model_size([paste(i, float(unl["rbc"]), bgs, rng) for i in site_cells.images], spec.size)
     else:
-        train_px = core.augmented(loc[framing], cfg.copies, rng, cfg)
-    group = np.repeat(np.arange(len(y)), cfg.copies)
-    fx = core.trunk_outputs(trunk, train_px, spec)
-    ex = core.trunk_outputs(trunk, loc["context"], spec)
-    n_pbc = cfg.pbc_cells if cfg.local_share < 1 else 0
-    sel = calibrate.stratified(pbc["train_y"], n_pbc, cfg.seed) if n_pbc else np.zeros(0, int)
-    pbc_px = core.augmented(pbc["train"][sel], 1, rng, cfg) if n_pbc else pbc["train"][:0]
-    px = core.trunk_outputs(trunk, pbc_px, spec)
-    py = pbc["train_y"][sel]
-    ux = core.trunk_outputs(trunk, unl["x"], spec) if cfg.pseudo else fx[:0]
-    t_feat = time.time() - t0
-    joined = []
-    init = top.get_weights()
-    fold = core.folds(y, k, cfg.seed)
-    pred = np.empty(len(y), np.int64)
-    t1 = time.time()
-    for f in range(k):
-        top.set_weights(init)
-        keep = np.isin(group, np.flatnonzero(fold != f))
-        core.train_top(top, fx[keep], np.repeat(y, cfg.copies)[keep], px, py, cfg)
-        joined.append(int((core.self_train(top, fx[keep], np.repeat(y, cfg.copies)[keep], ux, px, py, cfg) >= 0).sum()))
-        pred[fold == f] = core.predict_top(top, ex[fold == f]).argmax(1)
-    t_kfold = time.time() - t1
-    top.set_weights(init)
-    core.train_top(top, fx, np.repeat(y, cfg.copies), px, py, cfg)
-    joined.append(int((core.self_train(top, fx, np.repeat(y, cfg.copies), ux, px, py, cfg) >= 0).sum()))
-    test_p = core.predict_top(top, core.trunk_outputs(trunk, pbc["test"], spec)).argmax(1)
-    per_class = {LABELS[c]: f"{int((pred[y == c] == c).sum())}/{int((y == c).sum())}" for c in WHITE}
-    confusion = {LABELS[c]: {LABELS[p]: int(((y == c) & (pred == p)).sum()) for p in np.unique(pred[y == c])}
-                 for c in WHITE}
-    res = {"config": cfg.to_json(), "train_framing": framing, "kfold": k,
-           "kfold_accuracy": float((pred == y).mean()), "per_class": per_class, "confusion": confusion,
-           "pbc_test_accuracy_400": float((test_p == pbc["test_y"]).mean()),
-           **({"pseudo_labelled_per_fold_and_final": joined} if cfg.pseudo else {}),
-           "seconds": {"features": round(t_feat, 1), "kfold": round(t_kfold, 1), "total": round(time.time() - t0, 1)}}
-    print(f"{name:<20} k-fold {res['kfold_accuracy']:.3f}  PBC test {res['pbc_test_accuracy_400']:.3f}  "
-          f"{per_class}  {res['seconds']}", flush=True)
+        local = site["x"]
+    y = site["y"]
+    soft = ft.predict(model, spec, pbc["train"]) if cfg.distill else None
+    prior_train = ft.training_prior(y, pbc["train_y"], len(LABELS), cfg)
+    res = {"config": cfg.to_json(), "framing": framing, "checkpoints": {}}
+    done = 0
+    last = [time.time()]
+
+    def progress(s, total, loss):
+        if s % 50 == 0:
+            print(f"  {name}: step {s}/{total} loss {loss:.3f} ({time.time() - last[0]:.0f}s)", flush=True)
+            last[0] = time.time()
+
+    for c in checkpoints:
+        ft.train(model, spec, local, y, pbc["train"], pbc["train_y"], cfg, soft, progress, steps=c - done,
+                 seed_offset=done)
+        done = c
+        if cfg.pseudo:
+            lab = ft.self_train(model, spec, local, y, unl["x"], pbc["train"], pbc["train_y"], cfg, soft, progress)
+            res["pseudo_labelled"] = {LABELS[k]: int((lab == k).sum()) for k in np.unique(lab[lab >= 0])}
+            c = f"{c}+{cfg.pseudo_steps}"
+        res["checkpoints"][str(c)] = r = score(model, spec, ses, unl, pbc, prior_train)
+        r["seconds"] = round(time.time() - t0, 1)
+        for v in ("none", "em"):
+            print(f"{name} @{c} [{v}] A: {ev.Estimate(**_est(r[v]['A'])).line()}", flush=True)
+            print(f"{name} @{c} [{v}] B: {ev.Estimate(**_est(r[v]['B'])).line()}", flush=True)
+        print(f"{name} @{c}: PBC test {r['pbc_test_accuracy']:.4f} (em {r['pbc_test_accuracy_em']:.4f}); site prior (EM) {r['em_site_prior']}", flush=True)
+    res["seconds"] = round(time.time() - t0, 1)
     return res
+
+
+def _est(d: dict) -> dict:
+    return {**d, "accuracy_ci": tuple(d["accuracy_ci"]), "balanced_ci": tuple(d["balanced_ci"])}
+
+
+def _cell(e: dict) -> str:
+    a, b = e["accuracy_ci"], e["balanced_ci"]
+    return (f"{e['accuracy']:.1%} [{a[0]:.0%}, {a[1]:.0%}] / {e['balanced_accuracy']:.1%} "
+            f"[{b[0]:.0%}, {b[1]:.0%}]")
+
+
+def table(results: dict) -> str:
+    """The markdown table of docs/adapt.md, from the JSON: every experiment and checkpoint, with and
+    without the EM prior, on part A (choose), part B (report) and all 60."""
+    rows = ["| experiment @ steps | prior | A (choose): acc / balanced | B (report): acc / balanced | "
+            "all 60: acc / balanced | PBC test |", "|---|---|---|---|---|---:|"]
+    for name, r in results.items():
+        if name.startswith("_"):
+            continue
+        for c, v in r["checkpoints"].items():
+            for variant in ("none", "em"):
+                pbc = v["pbc_test_accuracy"] if variant == "none" else v.get("pbc_test_accuracy_em")
+                rows.append(f"| `{name}` @{c} | {variant} | {_cell(v[variant]['A'])} | {_cell(v[variant]['B'])} | "
+                            f"{_cell(v[variant]['all'])} | {'-' if pbc is None else f'{pbc:.1%}'} |")
+    return "\n".join(rows)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "adapt_experiments.json"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "adapt_validation.json"))
+    ap.add_argument("--table", action="store_true", help="print docs/adapt.md's table from --out and stop")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+        return 0
     spec = InputSpec.named(160)
-    loc, unl, pbc = inputs(spec)
+    site_cells, site, ses, unl, pbc = inputs(spec)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
-    results.setdefault("_about", {
-        "what": "5-fold (stratified) accuracy of adapt on bccd_site (41 cells, 5 white-cell classes), held-out cells "
-                "cropped from their fields as capture crops them; PBC test accuracy on a stratified 400 of runs/split.csv "
-                "test; base runs/mobilenetv2_160_ft/model.keras; seed 0; one change from 'default' per experiment",
-        "zero_shot": {}, "unlabelled_crops": int(len(unl["x"]))})
-    for name, (cfg, framing) in EXPERIMENTS.items():
+    results["_about"] = {
+        "what": __doc__.split("\n\n", 2)[2].strip(),
+        "validation": {"A": int((ses["part"] == 0).sum()), "B": int((ses["part"] == 1).sum()),
+                       "counts": {LABELS[c]: int((ses["y"] == c).sum()) for c in np.unique(ses["y"])}},
+        "unlabelled_crops": int(len(unl["x"])), "training_cells": int(len(site["y"]))}
+    for name, (cfg, framing, cps) in EXPERIMENTS.items():
         if args.only and name not in args.only:
             continue
-        r = run(name, cfg, framing, loc, unl, pbc, spec)
+        r = run(name, cfg, framing, cps, site_cells, site, ses, unl, pbc, spec)
         r["command"] = " ".join([".venv/bin/python", "scripts/adapt_experiments.py", "--only", name])
         results[name] = r
         out.parent.mkdir(parents=True, exist_ok=True)

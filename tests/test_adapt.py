@@ -27,7 +27,7 @@ from conftest import make_dataset, synthetic_cell  # noqa: E402
 
 SIZE = 32
 SITE_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
-FAST = ["--steps", "100", "--lr", "3e-3", "--folds", "2", "--copies", "4", "--cut", "stem_relu"]
+FAST = ["--steps", "150", "--lr", "3e-3"]
 
 
 def _tiny_model():
@@ -101,10 +101,13 @@ def _accuracy(clf, root):
 @pytest.fixture(scope="module")
 def adapted(base, tmp_path_factory):
     d = tmp_path_factory.mktemp("site")
-    labelled = _site(d / "labelled", 6, seed=1, one_basophil=True)
+    labelled = _site(d / "labelled", 4, seed=1, one_basophil=True)
     (labelled / "neutrophil" / "broken.jpg").write_bytes(b"not an image")
+    more = _site(d / "more", 2, seed=4)  # a second --labelled source, merged
+    validate = _site(d / "validate", 3, seed=5)
     unlabelled = _site(d / "unlabelled", 4, seed=3)
-    res = _adapt(base, labelled, d / "out", "--unlabelled", str(unlabelled))
+    res = _adapt(base, labelled, d / "out", "--labelled", str(more), "--validate", str(validate),
+                 "--unlabelled", str(unlabelled), "--prior", "em")
     return d, labelled, res
 
 
@@ -115,23 +118,33 @@ def test_site_learned_and_bundle_complete(base, adapted):
     assert res.exit_code == 1, res.output
     assert sum(line.startswith("skipped ") and "broken.jpg" in line for line in lines) == 1
     assert "1 unreadable input(s) skipped" in res.output
-    assert "2-fold estimate:" in res.output
+    assert "validation (held out, int8, as capture crops them): accuracy" in res.output
     bundle = load_bundle(lines[-1])
     site = bundle.manifest["site"]
-    # The class with one image is adapted on like the others.
+    # Both sources are merged; the class with one image is adapted on like the others.
     assert site["adapted_on"]["counts"] == {"basophil": 1, "eosinophil": 6, "lymphocyte": 6, "monocyte": 6,
                                             "neutrophil": 6}
+    assert [s["counts"]["neutrophil"] for s in site["adapted_on"]["sources"]] == [4, 2]
     for f in site["adapted_on"]["files"]:
         assert f["sha256"] == sha256_file(f["name"])
-    assert site["kfold"]["k"] == 2 and 0 <= site["kfold"]["accuracy"] <= 1
+    # The held-out cells: scored through the int8 bundle, never trained on, with intervals.
+    v = site["validation"]
+    assert v["n"] == 12 and v["per_class"]["neutrophil"]["n"] == 3
+    assert v["accuracy_ci"][0] <= v["accuracy"] <= v["accuracy_ci"][1]
+    assert not {f["sha256"] for f in site["adapted_on"]["files"]} & {sha256_file(p) for p in validate_files(d)}
     assert site["base_model"]["sha256"] == sha256_file(base / "run" / "model.keras")
-    assert 0 <= site["pbc_test"]["accuracy_float"] <= 1
+    t = site["pbc_test"]
+    assert 0 <= t["accuracy_int8"] <= 1 and 0 <= t["accuracy_base_float"] <= 1 and t["n"] > 0
+    # --prior em: the site's class proportions estimated from the unlabelled crops (no basophil,
+    # erythroblast, ig or platelet there) and built into the output layer.
+    prior = site["prior"]["site_em"]
+    assert abs(sum(prior.values()) - 1) < 1e-3 and prior["platelet"] < prior["neutrophil"]
     assert bundle.quantization.startswith("int8") and bundle.trust is not None
-    # The review threshold is the site's: refitted with the local cells' out-of-fold probabilities.
+    # The review threshold is the site's: refitted with the held-out cells' probabilities.
     fit = bundle.manifest["trust"]["site_fit"]
     assert bundle.manifest["trust"]["review_threshold"] == fit["review_threshold"] <= 1.0
-    assert fit["by_set"]["local_out_of_fold"]["n"] == 25 and "convert_fit" in fit
-    assert {"ood_local_unlabelled", "ood_foreign_synthetic"} <= set(site["checks"])
+    assert fit["by_set"]["local_out_of_fold"]["n"] == 12 and "convert_fit" in fit
+    assert {"ood_local_unlabelled", "ood_validate_held_out", "ood_foreign_synthetic"} <= set(site["checks"])
 
     held_out = _site(d / "held_out", 8, seed=2)
     adapted_acc = _accuracy(Classifier(bundle), held_out)
@@ -139,6 +152,18 @@ def test_site_learned_and_bundle_complete(base, adapted):
 
     listing = CliRunner().invoke(main, ["models", "--dir", str(d / "out")])
     assert listing.exit_code == 0 and bundle.name in listing.output and "site-adapted on 25 cells" in listing.output
+    assert "held-out" in listing.output and "PBC test" in listing.output and "(base " in listing.output
+
+
+def validate_files(d):
+    return sorted((d / "validate").rglob("*.png"))
+
+
+def test_a_cell_both_trained_on_and_validating_is_refused(base, tmp_path):
+    labelled = _site(tmp_path / "labelled", 2, seed=1)
+    res = _adapt(base, labelled, tmp_path / "out", "--validate", str(labelled))
+    assert res.exit_code == 2 and "error:" in res.output and "--validate" in res.output
+    assert "Traceback" not in res.output
 
 
 def test_labels_not_in_model_refused(base, tmp_path):
@@ -170,7 +195,7 @@ def test_stopped_adapt_leaves_no_bundle(base, tmp_path, monkeypatch):
     labelled = _site(tmp_path / "labelled", 3, seed=1)
     out = tmp_path / "out"
     monkeypatch.setattr(classifier.Classifier, "__init__", killed)
-    res = _adapt(base, labelled, out, "--folds", "0")
+    res = _adapt(base, labelled, out)
     assert res.exit_code != 0
     assert list(out.rglob("*")) == []  # nothing: no manifest, no model, no staging folder
     # A stale staging folder (SIGKILL gives no chance to clean up) is never listed as a bundle.

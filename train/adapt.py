@@ -1,9 +1,11 @@
-"""`edge-bloodcls adapt`: the shipped model, fine-tuned to a new microscope from a few labelled
-local cells (and unlabelled local fields), exported as one int8 bundle with a `site` section.
+"""`edge-bloodcls adapt`: the shipped model, fine-tuned to a new microscope from labelled local
+cells (and unlabelled local fields), exported as one int8 bundle with a `site` section.
 
-    labelled cells ─frame─▶ augmented copies ─frozen trunk (AdaBN on local crops)─▶ cached tensors
-        ─▶ k-fold (the honest estimate) ─▶ final top trained on all ─▶ model.keras (scratch)
-        ─▶ convert (int8 per-tensor, calibration + trust statistics on PBC + local cells, gate)
+    labelled cells (folders, session logs) ─frame as capture crops─▶ model-size crops
+        ─▶ every layer fine-tuned, batches half site / half PBC, augmented (adapt_ft)
+        ─▶ [self-training on unlabelled site crops] ─▶ [output bias to the site's class proportions]
+        ─▶ --validate cells (held out) scored as capture sees them, PBC test (home) scored
+        ─▶ convert (int8, calibration + trust statistics on PBC + local cells, gate)
         ─▶ checks through the runtime ─▶ OUTDIR/NAME.tflite + NAME.trust.npz + NAME.json
 
 Nothing lands in OUTDIR until the bundle is complete: convert writes into a hidden staging folder
@@ -30,30 +32,98 @@ from .adapt_data import (DEFAULT_BASE, AdaptInputError, framing_of, load_labelle
                          reframe_tight, resolve_base)
 
 STAGING_PREFIX = ".adapt-"
-
-
 @dataclass
 class AdaptOptions:
-    labelled: str
+    labelled: list[str]  # class folders and/or reviewed session logs, merged
     out: str
     unlabelled: str | None = None
+    validate: list[str] = field(default_factory=list)  # held-out labelled cells: scored, never trained on
     model: str | None = None
     name: str | None = None
     split: str | None = None  # PBC split CSV (default: the base model's, runs/split.csv)
     data_root: str | None = None
     framing: str = "auto"  # auto | capture | tight
     rbc_px: float | None = None
-    folds: int = 5
+    pbc_cells: int = 1600  # PBC training cells rehearsed (stratified)
     val_cells: int = 400  # PBC val cells for convert's gate, temperature and OOD threshold
-    test_cells: int = 400  # PBC test cells for "what the home site loses" (0: the whole test split)
+    test_cells: int = 0  # PBC test cells for what the home site keeps (0: the whole test split)
     trust_copies: int = 4  # copies of each local cell among the trust/calibration training cells
     # Accepted-cell accuracy the site's review threshold aims at. Not the shipped 99.5%: certifying
-    # that at the 90% Wilson bound takes >= ~330 accepted validation cells all right, which ~440
-    # validation cells of an ~85%-accurate site model never give (every cell would go to review).
-    # On BCCD 95% is out of reach too: PBC val cells the adapted model is >= 99.5% sure of are
-    # 95.6% right (159 cells; basophils called eosinophils), so the bound stays under 95%.
+    # that at the 90% Wilson bound takes >= ~330 accepted validation cells all right, which a few
+    # hundred validation cells of an ~85%-accurate site model never give.
     review_target: float = 0.90
-    core: dict = field(default_factory=dict)  # AdaptConfig overrides (steps, cut, ...)
+    ft: dict = field(default_factory=dict)  # FinetuneConfig overrides (steps, lr, pseudo, prior, ...)
+
+
+@dataclass
+class Framed:
+    """Labelled cells as capture would crop them, from any number of sources."""
+    px: np.ndarray  # (N, H, W, 3) uint8 at model size
+    labels: np.ndarray
+    names: list[str]
+    sha256: list[str]
+    sources: list[dict]  # per source: path, framing, counts, skipped
+    fields: list[str | None]  # the field each cell was recropped from (own-field framing), else None
+    skipped: int = 0
+
+
+def _frame(sources, labels, framing, opts, unl, spec, rng, log, what="labelled") -> Framed:
+    """Load and frame each source. Tight boxes are recropped from their own field when the
+    --unlabelled folder holds it (exactly capture's crop: train/adapt_eval.capture_view), else
+    pasted into a local neighbourhood, else padded to capture's framing."""
+    from . import adapt_core as core
+    from . import adapt_eval as ev
+
+    fields = ev.index_fields(opts.unlabelled)
+    cache: dict = {}
+    px, ys, names, shas, per, own = [], [], [], [], [], []
+    skipped = 0
+    for src in sources:
+        cells = load_labelled(src, labels, log)
+        fr = framing_of(framing, src, cells)
+        how = {"own_field": 0, "pasted": 0, "padded": 0, "capture": 0}
+        rbc = opts.rbc_px or (unl.rbc_px if unl else None)
+        for img, name in zip(cells.images, cells.names):
+            out, f = None, None
+            # A crop cut from a field in --unlabelled is recropped from it as capture crops it,
+            # whatever its shape, unless --framing capture says it already is capture's crop.
+            v = ev.capture_view(img, name, fields, opts.rbc_px, cache) if fields and framing != "capture" else None
+            if v is not None and v.crop is not None:
+                out, f = v.crop, v.field
+                how["own_field"] += 1
+            elif fr == "tight":
+                if not rbc:
+                    raise AdaptInputError(f"{printable(name)}: a tight crop needs a scale to be framed as capture "
+                                          "frames it: pass --rbc-px (red-cell diameter in pixels) or --unlabelled "
+                                          "fields from the same camera")
+                if unl and unl.backgrounds:
+                    out = paste(img, rbc, unl.backgrounds, rng)
+                    how["pasted"] += 1
+                else:
+                    out = reframe_tight(img, rbc)
+                    how["padded"] += 1
+            else:
+                out = img
+                how["capture"] += 1
+            px.append(out)
+            own.append(f)
+        ys.extend(cells.labels.tolist())
+        names.extend(cells.names)
+        shas.extend(cells.sha256)
+        skipped += len(cells.skipped)
+        counts = {labels[c]: int((cells.labels == c).sum()) for c in np.unique(cells.labels)}
+        per.append({"source": printable(cells.source), "framing": {k: v for k, v in how.items() if v},
+                    "counts": counts, "skipped": len(cells.skipped)})
+        log(f"{what}: {len(cells.images)} cells ({', '.join(f'{k} {v}' for k, v in counts.items())}) from "
+            f"{printable(cells.source)}; {len(cells.skipped)} skipped; framing "
+            + ", ".join(f"{k} {v}" for k, v in how.items() if v))
+    seen: dict[str, str] = {}
+    for n, h in zip(names, shas):
+        if h in seen:  # the same cell twice would be counted (and weighted) twice
+            raise AdaptInputError(f"{printable(n)}: the same image as {printable(seen[h])} ({what} cells must be "
+                                  "distinct)")
+        seen[h] = n
+    return Framed(core.to_model_size(px, spec.size), np.asarray(ys, np.int64), names, shas, per, own, skipped)
 
 
 def adapt(opts: AdaptOptions, log=print) -> dict:
@@ -61,7 +131,10 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
 
     configure()  # before TensorFlow is first imported (adapt may run without the CLI)
     from edge_bloodcls.convert import calibrate, export
+    from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb
     from . import adapt_core as core
+    from . import adapt_eval as ev
+    from . import adapt_ft as ft
 
     t0 = time.time()
     out = Path(opts.out)
@@ -71,145 +144,122 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         core.backbone(src.model)
     except (export.ExportError, ValueError, OSError) as e:
         raise AdaptInputError(str(e)) from None
-    cfg = replace(core.AdaptConfig(), **opts.core)
+    cfg = replace(ft.FinetuneConfig(), **opts.ft)
     spec, labels = src.spec, list(src.labels)
     log(f"base {base} ({src.arch}, input {list(spec.size)}, sha256 {src.sha256[:12]})")
-
-    cells = load_labelled(opts.labelled, labels, log)
-    framing = framing_of(opts.framing, opts.labelled, cells)
-    unl = load_unlabelled(opts.unlabelled, opts.rbc_px, log=log) if opts.unlabelled else None
-    counts = {labels[c]: int((cells.labels == c).sum()) for c in np.unique(cells.labels)}
-    log(f"labelled: {len(cells.images)} cells ({', '.join(f'{k} {v}' for k, v in counts.items())}) from "
-        f"{printable(cells.source)}; {len(cells.skipped)} skipped; framing {framing}")
-    if unl:
-        log(f"unlabelled: {len(unl.crops)} crops ({unl.fields} fields located, {unl.crop_files} crop files); "
-            f"{len(unl.skipped)} skipped")
     rng = np.random.default_rng(cfg.seed)
-    variants = None  # (cells, copies, H, W, 3) when tight crops are pasted into local neighbourhoods
-    if framing == "tight":
-        rbc = opts.rbc_px or (unl.rbc_px if unl else None)
-        if not rbc:
-            raise AdaptInputError("tight crops need a scale to be framed as capture frames them: pass --rbc-px "
-                                  "(red-cell diameter in pixels) or --unlabelled fields from the same camera")
-        if cfg.paste and unl and unl.backgrounds:
-            variants = np.stack([core.to_model_size([paste(i, rbc, unl.backgrounds, rng) for _ in range(cfg.copies)],
-                                                    spec.size) for i in cells.images])
-            log(f"framing: tight crops pasted into {len(unl.backgrounds)} local neighbourhoods")
-        images = [reframe_tight(i, rbc) for i in cells.images]
-    else:
-        images = cells.images
-    local = variants[:, 0] if variants is not None else core.to_model_size(images, spec.size)
-    y = cells.labels
+
+    # Fields of the validation cells stay out of the unlabelled crops: self-training and the
+    # class-proportion estimate never see the cells they are scored on.
+    held_out_fields = set()
+    for v in opts.validate:
+        p = Path(v)
+        if p.is_dir():
+            held_out_fields |= {ev.field_stem(f.name) for f in p.rglob("*") if f.is_file()}
+    unl = (load_unlabelled(opts.unlabelled, opts.rbc_px, log=log, exclude=held_out_fields)
+           if opts.unlabelled else None)
+    if unl:
+        log(f"unlabelled: {len(unl.crops)} crops ({unl.fields} fields located, {unl.crop_files} crop files"
+            + (f", fields of the --validate cells left out" if held_out_fields else "") + f"); "
+            f"{len(unl.skipped)} skipped")
+    cells = _frame(opts.labelled, labels, opts.framing, opts, unl, spec, rng, log)
+    val = _frame(opts.validate, labels, opts.framing, opts, unl, spec, rng, log, "validate") if opts.validate else None
+    if val is not None and set(val.sha256) & set(cells.sha256):
+        raise AdaptInputError("some --validate cells are also --labelled cells: a cell trained on cannot validate")
+    local, y = cells.px, cells.labels
+    unl_px = core.to_model_size(unl.crops if unl else [], spec.size)
 
     split_csv = pbc_split(opts.split, src)
     try:
-        pbc_all = calibrate.from_split(split_csv, "train", opts.data_root)
+        pbc = calibrate.sample(calibrate.from_split(split_csv, "train", opts.data_root), opts.pbc_cells, cfg.seed)
         pbc_val = calibrate.sample(calibrate.from_split(split_csv, "val", opts.data_root), opts.val_cells, cfg.seed)
         pbc_test = calibrate.sample(calibrate.from_split(split_csv, "test", opts.data_root),
                                     opts.test_cells or None, cfg.seed)
+        pbc_px = core.to_model_size([load_rgb(p) for p in pbc.paths], spec.size)
+    except ImageError as e:
+        raise AdaptInputError(f"PBC: {e}") from None
     except (OSError, ValueError) as e:
         raise AdaptInputError(str(e)) from None
-    pbc = calibrate.sample(pbc_all, cfg.pbc_cells, cfg.seed) if cfg.local_share < 1 else None
-    from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb
-    try:
-        pbc_px = core.to_model_size([load_rgb(p) for p in pbc.paths], spec.size) if pbc else local[:0]
-    except ImageError as e:
-        raise AdaptInputError(f"PBC mix: {e}") from None
-    pbc_y = pbc.labels if pbc else np.zeros(0, np.int64)
 
     import tf_keras
     tf_keras.utils.set_random_seed(cfg.seed)
     model = src.model
-    trunk, top = core.split(model, cfg.cut)
-    unl_px = core.to_model_size(unl.crops if unl else [], spec.size)
-    if cfg.adabn and len(unl_px):
-        bn = core.bn_set(unl_px, pbc_px, cfg.bn_pbc, rng)
-        n = core.adabn(trunk, bn, spec)
-        log(f"AdaBN: {n} BatchNorm layers of the frozen trunk re-estimated on {len(unl.crops)} local crops"
-            + (f" and {len(bn) - len(unl.crops)} PBC cells" if len(bn) > len(unl.crops) else ""))
-    copies = core.augment_variants(variants, rng, cfg) if variants is not None else core.augmented(
-        local, cfg.copies, rng, cfg)
-    group = np.repeat(np.arange(len(y)), cfg.copies)
-    fx = core.trunk_outputs(trunk, copies, spec)
-    ex = core.trunk_outputs(trunk, local, spec)
-    px = core.trunk_outputs(trunk, core.augmented(pbc_px, 1, rng, cfg), spec)
-    log(f"trunk outputs: {len(copies)} local copies, {len(pbc_y)} PBC cells ({time.time() - t0:.0f}s)")
+    base_test = _base_test(base, pbc_test, opts.test_cells, lambda: ft.predict(
+        model, spec, core.to_model_size([load_rgb(p) for p in pbc_test.paths], spec.size)))
+    soft = ft.predict(model, spec, pbc_px) if cfg.distill else None
+    log(f"fine-tuning every layer: {cfg.steps} steps, Adam {cfg.lr:g}, batches of {cfg.batch} "
+        f"({cfg.local_share:.0%} site cells, the rest of {len(pbc.labels)} PBC cells) ({time.time() - t0:.0f}s)")
+    ft.train(model, spec, local, y, pbc_px, pbc.labels, cfg, soft, _progress("fine-tune", log))
+    pseudo = ft.self_train(model, spec, local, y, unl_px, pbc_px, pbc.labels, cfg, soft, _progress("self-training", log))
+    if cfg.pseudo and len(unl_px):
+        log(f"self-training: {int((pseudo >= 0).sum())} of {len(unl_px)} unlabelled crops joined at confidence "
+            f">= {cfg.pseudo}")
+    prior = None
+    if cfg.prior == "em" and len(unl_px):
+        train_prior = ft.training_prior(y, pbc.labels, len(labels), cfg)
+        site_prior = ev.em_priors(ft.predict(model, spec, unl_px), train_prior)
+        ft.shift_output_bias(model, ev.log_prior_shift(train_prior, site_prior))
+        prior = {"train": _by_label(train_prior, labels), "site_em": _by_label(site_prior, labels)}
+        log("class proportions of the site (EM on the unlabelled crops): "
+            + ", ".join(f"{k} {v:.1%}" for k, v in prior["site_em"].items() if v >= 0.005))
+    if not cfg.pseudo and len(unl_px):  # labels for the trust statistics of the site's crops (below)
+        pseudo = ft.pseudo_labels(ft.predict(model, spec, unl_px), 0.9, np.unique(y))
+    log(f"trained ({time.time() - t0:.0f}s)")
 
-    init = top.get_weights()
-    # Self-training reads the unlabelled crops' trunk outputs (capture's own crops of the site).
-    ux = core.trunk_outputs(trunk, unl_px, spec) if cfg.pseudo else ex[:0]
-    estimate, oof = _kfold(top, init, fx, y, group, ex, px, pbc_y, cfg, opts.folds, labels, log, ux)
-    top.set_weights(init)
-    core.train_top(top, fx, np.repeat(y, cfg.copies), px, pbc_y, cfg, _progress("final", cfg.steps, log))
-    pseudo = core.self_train(top, fx, np.repeat(y, cfg.copies), ux, px, pbc_y, cfg)
-    if len(ux):
-        log(f"self-training: {int((pseudo >= 0).sum())} of {len(ux)} unlabelled crops pseudo-labelled at "
-            f"confidence >= {cfg.pseudo}")
-    test_px = core.to_model_size([load_rgb(p) for p in pbc_test.paths], spec.size)
-    test_acc = float((core.predict_top(top, core.trunk_outputs(trunk, test_px, spec)).argmax(1)
-                      == pbc_test.labels).mean())
-    log(f"PBC test accuracy of the adapted model (float): {test_acc:.4f} on {len(pbc_test.labels)} cells "
-        f"({time.time() - t0:.0f}s)")
-
-    site = {"adapted_on": {"source": printable(cells.source), "framing": framing, "counts": counts,
+    site = {"adapted_on": {"sources": cells.sources, "counts": _counts(y, labels),
                            "files": [{"name": printable(n), "label": labels[c], "sha256": h}
                                      for n, c, h in zip(cells.names, y, cells.sha256)],
-                           "skipped": len(cells.skipped),
+                           "skipped": cells.skipped,
                            "unlabelled": ({"source": printable(opts.unlabelled), "crops": len(unl.crops),
-                                           "fields": unl.fields} if unl else None)},
-            "kfold": estimate, "pbc_test": {"accuracy_float": test_acc, "n": int(len(pbc_test.labels)),
-                                            "split_sha256": pbc_test.split_sha256},
+                                           "fields": unl.fields, "fields_left_out": len(held_out_fields)}
+                                          if unl else None)},
+            "method": "every layer fine-tuned; batches half site cells (framed as capture crops them), half PBC "
+                      "training cells; flips, rotations, zoom, blur, stain/colour jitter",
+            "prior": prior,
             "base_model": {"path": str(base), "sha256": src.sha256},
-            "options": {**cfg.to_json(), "folds": opts.folds, "rbc_px": opts.rbc_px,
+            "options": {**cfg.to_json(), "rbc_px": opts.rbc_px, "pbc_cells": opts.pbc_cells,
                         "trust_copies": opts.trust_copies, "val_cells": opts.val_cells,
                         "review_target": opts.review_target},
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    bundle = _export(opts, src, model, out, local, y, cfg, rng, pbc, pbc_val, site, unl_px, labels, log, variants, oof,
-                     pseudo)
+    if val is not None:
+        site["validation_sources"] = val.sources
+    bundle = _export(opts, src, model, out, local, y, cfg, rng, calibrate.sample(pbc, 600, cfg.seed), pbc_val,
+                     pbc_test, site, unl_px, labels, log, val, pseudo, base_test)
     site["seconds"] = round(time.time() - t0, 1)
     log(f"adapt took {site['seconds']:.0f}s")
-    return {"bundle": str(bundle), "site": site, "skipped": len(cells.skipped) + (len(unl.skipped) if unl else 0)}
+    return {"bundle": str(bundle), "site": site, "skipped": cells.skipped + (val.skipped if val else 0)
+            + (len(unl.skipped) if unl else 0)}
 
 
-def _progress(what, total, log):
-    every = max(1, total // 4)
-    return lambda s, loss: log(f"  {what}: step {s}/{total}, loss {loss:.3f}") if s % every == 0 else None
+def _base_test(base: Path, pbc_test, test_cells: int, predict) -> float:
+    """The base model's float accuracy on the PBC test cells: its training run's figure when that
+    is the same whole split (metrics.json), else measured (before fine-tuning)."""
+    try:
+        m = json.loads((base.parent / "metrics.json").read_text())
+        if not test_cells and m.get("split_sha256") == pbc_test.split_sha256 and m["test"]["n"] == len(pbc_test.labels):
+            return float(m["test"]["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return float((predict().argmax(1) == pbc_test.labels).mean())
 
 
-def _kfold(top, init, fx, y, group, ex, px, pbc_y, cfg, k, labels, log, ux):
-    """Leave-out estimate: each fold's cells (all their augmented copies) are held out, the top is
-    retrained from the base weights on the rest, and the held-out originals are classified."""
-    from . import adapt_core as core
-
-    k = min(k, len(y))
-    if k < 2:
-        log("k-fold estimate skipped (--folds < 2 or fewer than 2 cells)")
-        return None, None
-    fold = core.folds(y, k, cfg.seed)
-    oof = np.full((len(y), len(labels)), 1.0 / len(labels), np.float32)  # held-out probabilities
-    for f in range(k):
-        top.set_weights(init)
-        keep = np.isin(group, np.flatnonzero(fold != f))
-        if not keep.any():
-            continue
-        core.train_top(top, fx[keep], np.repeat(y, cfg.copies)[keep], px, pbc_y, cfg)
-        core.self_train(top, fx[keep], np.repeat(y, cfg.copies)[keep], ux, px, pbc_y, cfg)  # its own pseudo-labels
-        oof[fold == f] = core.predict_top(top, ex[fold == f])
-        pred = oof.argmax(1)
-        done = fold <= f
-        log(f"  fold {f + 1}/{k}: {int((pred[done] == y[done]).sum())}/{int(done.sum())} right so far")
-    pred = oof.argmax(1)
-    acc = float((pred == y).mean())
-    per_class = {labels[c]: {"right": int((pred[y == c] == c).sum()), "n": int((y == c).sum())} for c in np.unique(y)}
-    log(f"{k}-fold estimate: {acc:.1%} of {len(y)} labelled cells right ("
-        + ", ".join(f"{c} {v['right']}/{v['n']}" for c, v in per_class.items()) + ")")
-    return {"k": k, "accuracy": acc, "n": int(len(y)), "per_class": per_class,
-            "method": "stratified k-fold over cells; each fold's top retrained from the base with the same "
-                      "steps; held-out cells unaugmented"}, oof
+def _by_label(v, labels) -> dict:
+    return {labels[c]: round(float(x), 4) for c, x in enumerate(v)}
 
 
-def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, site, unl_px, labels, log,
-            variants=None, oof=None, pseudo=None) -> Path:
+def _counts(y, labels) -> dict:
+    return {labels[c]: int((y == c).sum()) for c in np.unique(y)}
+
+
+def _progress(what, log):
+    def report(s, total, loss):
+        if s % max(1, total // 4) == 0:
+            log(f"  {what}: step {s}/{total}, loss {loss:.3f}")
+    return report
+
+
+def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_test, site, unl_px, labels, log,
+            val=None, pseudo=None, base_test=None) -> Path:
     """Convert in a staging folder inside OUTDIR, check the bundle through the runtime, then write
     it to OUTDIR with the site section (manifest last)."""
     from PIL import Image
@@ -218,6 +268,7 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, site,
     from edge_bloodcls.edge_runtime.classifier import Classifier
     from edge_bloodcls.edge_runtime.preprocess import normalise
     from . import adapt_core as core
+    from . import adapt_eval as ev
 
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f"{STAGING_PREFIX}*"):  # left by a killed run
@@ -227,8 +278,7 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, site,
         cells_dir = stage / "cells"
         rows = []
         tc = max(1, opts.trust_copies)
-        copies = (core.augment_variants(variants[:, :tc], rng, cfg) if variants is not None and variants.shape[1] >= tc
-                  else core.augmented(local, tc, rng, cfg))
+        copies = core.augmented(local, tc, rng, cfg)
         for i, img in enumerate(copies):
             lab = labels[y[i // max(1, opts.trust_copies)]]
             f = cells_dir / lab / f"local_{i:05d}.png"
@@ -281,39 +331,68 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, site,
         checks = {"val_accuracy_int8": res["metrics"]["exported"]["accuracy"],
                   "val": "PBC val sample + the local cells (in-sample)"}
         thr = staged.trust.threshold
+
+        def run(px):
+            return clf.predict_many([normalise(p, src.spec) for p in px])
+
         seen = {}
+        half = len(unl_px) // 2
         for what, px in (("local_labelled_in_sample", local),
+                         ("validate_held_out", val.px if val is not None else None),
                          ("local_unlabelled", unl_px),
-                         ("local_unlabelled_held_out", unl_px[len(unl_px) // 2:] if pseudo is not None and
-                          (pseudo >= 0).any() else None),
+                         ("local_unlabelled_held_out", unl_px[half:] if pseudo is not None and (pseudo >= 0).any()
+                          else None),
+                         # Another lab's stain, as a stand-in: the site's own crops with their colour
+                         # channels swapped (no third site's images may be brought in).
+                         ("another_stain_stand_in", unl_px[:, :, :, ::-1] if len(unl_px) else None),
                          ("foreign_synthetic", core.foreign_images(48, src.spec.size, cfg.seed))):
             if px is not None and len(px):
-                seen[what] = o = clf.predict_many([normalise(p, src.spec) for p in px])
+                seen[what] = o = run(px)
                 checks[f"ood_{what}"] = float((o["ood_score"] > thr).mean())
-        manifest = dict(staged.manifest)
-        if oof is not None:
-            from edge_bloodcls.edge_runtime.preprocess import load_rgb
+        # What the home site keeps: the int8 bundle on the PBC test split, as the runtime runs it.
+        from edge_bloodcls.edge_runtime.preprocess import load_rgb
 
-            v = clf.predict_many([normalise(p, src.spec) for p in core.to_model_size(
-                [load_rgb(p) for p in pbc_val.paths], src.spec.size)])
-            sp = core.site_operating_point(v["raw"], pbc_val.labels, v["ood_score"] > thr, oof, y,
-                                           seen["local_labelled_in_sample"]["ood_score"] > thr,
-                                           opts.review_target)
-            manifest["trust"] = {**manifest["trust"], "temperature": sp["temperature"],
-                                 "review_threshold": sp["review_threshold"],
-                                 "review_target_accuracy": opts.review_target,
-                                 "site_fit": {**sp, "convert_fit": {k: manifest["trust"][k] for k in
-                                                                    ("temperature", "review_threshold",
-                                                                     "review_target_accuracy")},
-                                              "note": "temperature and review threshold refitted on PBC val "
-                                                      "(int8) + the local cells' out-of-fold k-fold "
-                                                      "probabilities; 'val' above is convert's fit"}}
-            b = sp["by_set"]
-            log(f"site review threshold {sp['review_threshold']:.3f} for {opts.review_target:.1%} accepted accuracy "
-                f"(temperature {sp['temperature']:.2f}; "
-                f"convert's {manifest['trust']['site_fit']['convert_fit']['review_threshold']:.3f}): accepts "
-                f"{b['pbc_val']['coverage']:.0%} of PBC val, {b['local_out_of_fold']['coverage']:.0%} of the local "
-                "cells (out of fold)")
+        test_raw = run(core.to_model_size([load_rgb(p) for p in pbc_test.paths], src.spec.size))["raw"]
+        site["pbc_test"] = {"accuracy_int8": float((test_raw.argmax(1) == pbc_test.labels).mean()),
+                            "accuracy_base_float": base_test, "n": int(len(pbc_test.labels)),
+                            "split_sha256": pbc_test.split_sha256}
+        log(f"PBC test (home): {site['pbc_test']['accuracy_int8']:.2%} int8 on {len(pbc_test.labels)} cells "
+            f"(base model {base_test:.2%} float)")
+        if val is not None:
+            vr = seen["validate_held_out"]["raw"]
+            e = ev.estimate(val.labels, vr.argmax(1), labels)
+            site["validation"] = {**e.to_json(), "what": "the --validate cells (never trained on), int8 bundle, "
+                                                         "framed as capture crops them", "sources": val.sources}
+            log(f"validation (held out, int8, as capture crops them): {e.line()}")
+        manifest = dict(staged.manifest)
+        v = run(core.to_model_size([load_rgb(p) for p in pbc_val.paths], src.spec.size))
+        loc_raw = seen["validate_held_out"]["raw"] if val is not None else np.zeros((0, len(labels)), np.float32)
+        loc_ood = (seen["validate_held_out"]["ood_score"] > thr) if val is not None else np.zeros(0, bool)
+        sp = core.site_operating_point(v["raw"], pbc_val.labels, v["ood_score"] > thr, loc_raw,
+                                       val.labels if val is not None else np.zeros(0, np.int64), loc_ood,
+                                       opts.review_target)
+        if val is None:
+            # No held-out site cell: nothing shows how right the site's confident answers are (the
+            # labelled ones are in-sample, PBC val is the home site), so every cell goes to review.
+            sp = {**sp, "review_threshold": 1.0,  # as convert does when nothing reaches the target
+                  "by_set": {k: {**v, "coverage": 0.0, "accepted_accuracy": None} for k, v in sp["by_set"].items()},
+                  "why": "no --validate cells: the site's accuracy is not certified, every cell is reviewed"}
+            log("no --validate cells: review threshold set so that every cell is reviewed (pass --validate with "
+                "held-out reviewed cells to fit one)")
+        manifest["trust"] = {**manifest["trust"], "temperature": sp["temperature"],
+                             "review_threshold": sp["review_threshold"],
+                             "review_target_accuracy": opts.review_target,
+                             "site_fit": {**sp, "convert_fit": {k: manifest["trust"][k] for k in
+                                                                ("temperature", "review_threshold",
+                                                                 "review_target_accuracy")},
+                                          "note": "temperature and review threshold refitted on PBC val (int8)"
+                                                  + (" + the --validate cells (held out)" if val is not None else "")
+                                                  + "; 'val' above is convert's fit, where the local cells are "
+                                                    "in-sample"}}
+        b = sp["by_set"]
+        log(f"site review threshold {sp['review_threshold']:.3f} for {opts.review_target:.1%} accepted accuracy "
+            f"(temperature {sp['temperature']:.2f}): accepts {b['pbc_val']['coverage']:.0%} of PBC val"
+            + (f", {b['local_out_of_fold']['coverage']:.0%} of the --validate cells" if val is not None else ""))
         log("runtime check (int8 bundle): OOD flagged " + ", ".join(
             f"{k[4:]} {v:.1%}" for k, v in checks.items() if k.startswith("ood_"))
             + f"; PBC val OOD {staged.manifest['trust']['val']['ood_flagged']:.1%}")
@@ -334,41 +413,57 @@ class AdaptFailed(RuntimeError):
 
 
 @click.command("adapt")
-@click.option("--labelled", required=True, type=click.Path(exists=True),
-              help="Class folders named as the model's labels, or a SESSION.db with reviewed cells.")
+@click.option("--labelled", required=True, multiple=True, type=click.Path(exists=True),
+              help="Class folders named as the model's labels, or a SESSION.db with reviewed cells; repeat to merge.")
+@click.option("--validate", multiple=True, type=click.Path(exists=True),
+              help="Held-out labelled cells (same forms, repeatable): never trained on; scored through the int8 "
+                   "bundle as capture crops them; their fields stay out of the unlabelled crops.")
 @click.option("--unlabelled", type=click.Path(exists=True, file_okay=False),
-              help="Local fields (white cells are located) or crops: BatchNorm re-estimation, checks.")
+              help="Local fields (white cells are located) or crops: own-field framing of tight crops, "
+                   "self-training, the site's class proportions, trust statistics, checks.")
 @click.option("--model", "model", help="Base: a .keras model or a bundle exported from one "
                                        f"(default {DEFAULT_BASE}).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the new bundle.")
 @click.option("--name", help="Bundle name (default ARCH_SIZE_site_int8).")
 @click.option("--framing", type=click.Choice(["auto", "capture", "tight"]), default="auto", show_default=True,
-              help="tight: boxes around cells, pasted into local neighbourhoods (or padded) to capture's "
-                   "framing; capture: as capture crops; auto: capture for a session log or square crops, else tight.")
+              help="tight: boxes around cells, recropped from their own field in --unlabelled (else pasted into "
+                   "a local neighbourhood, or padded) as capture crops; capture: as capture crops; auto: capture "
+                   "for a session log or square crops, else tight.")
 @click.option("--rbc-px", type=click.FloatRange(1), help="Red-cell diameter in pixels (tight framing).")
-@click.option("--steps", type=click.IntRange(1), default=150, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-4, show_default=True, help="Adam learning rate.")
-@click.option("--folds", type=click.IntRange(0), default=5, show_default=True, help="k-fold estimate (0: none).")
-@click.option("--copies", type=click.IntRange(1), default=16, show_default=True,
-              help="Augmented copies of each labelled cell.")
-@click.option("--cut", default="block_12_add", show_default=True,
-              help="Last frozen layer of the backbone ('none': train every layer; slow on a CPU).")
-@click.option("--bn-pbc", type=click.FloatRange(0, 0.9), default=0.0, show_default=True,
-              help="Share of PBC cells in the BatchNorm re-estimation: more keeps PBC, less fits the site.")
-@click.option("--pseudo", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+@click.option("--steps", type=click.IntRange(1), default=400, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--colour", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Stain/colour jitter strength (0: none).")
+@click.option("--distill", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Weight of distillation from the base model on the PBC cells (keeps the home site).")
+@click.option("--bn", type=click.Choice(["train", "frozen"]), default="train", show_default=True,
+              help="BatchNorm statistics: follow the mixed batches, or keep the base's.")
+@click.option("--pseudo", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Self-training: unlabelled local crops at least this sure join training (0: off).")
+@click.option("--prior", type=click.Choice(["none", "em"]), default="none", show_default=True,
+              help="em: the output answers under the site's class proportions, estimated from the unlabelled crops.")
 @click.option("--review-target", type=click.FloatRange(0.5, 1, max_open=True), default=0.90, show_default=True,
               help="Accuracy the accepted (not reviewed) cells should reach; sets the review threshold.")
 @click.option("--split", type=click.Path(exists=True, dir_okay=False), help="PBC split CSV (default runs/split.csv).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where the split's paths live.")
+@click.option("--test-cells", type=click.IntRange(0), default=0, show_default=True,
+              help="PBC test cells scored for the home site (0: the whole test split).")
 @click.option("--seed", default=0, show_default=True)
-def adapt_cmd(labelled, unlabelled, model, out, name, framing, rbc_px, steps, lr, folds, copies, cut, bn_pbc, pseudo,
-              review_target, split, data_root, seed):
+def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px, steps, lr, colour, distill, bn, pseudo,
+              prior, review_target, split, data_root, test_cells, seed):
     """Adapt the model to a new microscope; prints the new bundle's path last."""
-    opts = AdaptOptions(labelled=labelled, out=out, unlabelled=unlabelled, model=model, name=name, split=split,
-                        data_root=data_root, framing=framing, rbc_px=rbc_px, folds=folds, review_target=review_target,
-                        core={"steps": steps, "lr": lr, "seed": seed, "copies": copies, "cut": cut,
-                              "bn_pbc": bn_pbc, "pseudo": pseudo})
+    try:
+        import tensorflow  # noqa: F401
+        import tf_keras  # noqa: F401
+    except ImportError:
+        click.echo("error: adapt trains a model and needs the full install with TensorFlow "
+                   "(`make setup`, or pip install 'edge-bloodcls[train]'); the edge install only runs bundles", err=True)
+        sys.exit(2)
+    opts = AdaptOptions(labelled=list(labelled), validate=list(validate), out=out, unlabelled=unlabelled, model=model,
+                        name=name, split=split, data_root=data_root, framing=framing, rbc_px=rbc_px,
+                        test_cells=test_cells, review_target=review_target,
+                        ft={"steps": steps, "lr": lr, "seed": seed, "colour": colour, "distill": distill, "bn": bn,
+                            "pseudo": pseudo, "prior": prior})
     try:
         res = adapt(opts, log=click.echo)
     except AdaptInputError as e:

@@ -204,9 +204,10 @@ def is_field(img: np.ndarray) -> bool:
 
 
 def load_unlabelled(folder, rbc_px: float | None = None, max_crops: int = 600, max_backgrounds: int = 160,
-                    log=print) -> Unlabelled:
+                    log=print, exclude=frozenset()) -> Unlabelled:
     """Crops of the white cells in local fields (located as capture locates them) and local crops
-    as they are, in file order, until max_crops."""
+    as they are, in file order, until max_crops. Files whose stem is in `exclude` are left out
+    (the fields of held-out validation cells)."""
     listing = list_images(folder)
     out = Unlabelled([], skipped=list(listing.errors))
     if not listing.files:
@@ -214,6 +215,8 @@ def load_unlabelled(folder, rbc_px: float | None = None, max_crops: int = 600, m
     for path in listing.files:
         if len(out.crops) >= max_crops:
             break
+        if path.stem in exclude:
+            continue
         try:
             img = load_rgb(path)
         except ImageError as e:

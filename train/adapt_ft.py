@@ -1,0 +1,173 @@
+"""The training of `adapt`: every layer of the base model fine-tuned on the site's labelled cells,
+each batch half site cells and half PBC cells (rehearsal, so the home site and the classes the
+site did not label keep what the model learnt), all augmented on the fly.
+
+Why the whole network: the frozen-trunk top with AdaBN that adapt trained before scored 49% on
+BCCD cells it never saw (capture's crops), where this plain fine-tune reached 82% on withheld
+tight crops (issue 29). What is added to it is only what scripts/adapt_experiments.py showed to
+help on natural-proportion validation cells (docs/adapt.md).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from .adapt_core import augment
+
+
+@dataclass
+class FinetuneConfig:
+    steps: int = 400
+    lr: float = 1e-4
+    batch: int = 32
+    local_share: float = 0.5  # share of each batch drawn from the site's cells, the rest PBC
+    colour: float = 1.0  # stain/colour jitter strength (adapt_core._stain_jitter; 0: none)
+    scale: float = 0.15  # random zoom in/out
+    blur: float = 1.0  # largest Gaussian blur sigma (0: none)
+    bn: str = "train"  # "train": BatchNorm statistics follow the mixed batches; "frozen": the base's
+    distill: float = 0.0  # weight of the KL to the base model's answers on the PBC half (0: off)
+    temperature: float = 2.0  # of the distillation
+    pseudo: float = 0.0  # self-training: unlabelled site crops this sure join training (0: off)
+    pseudo_steps: int = 200  # further steps with them
+    prior: str = "none"  # "em": output bias shifted to the site's class proportions (adapt_eval.em_priors)
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _aug(px: np.ndarray, rng, cfg: FinetuneConfig) -> np.ndarray:
+    return np.stack([augment(p, rng, cfg) for p in px])
+
+
+def set_bn(model, cfg: FinetuneConfig) -> None:
+    """All layers trainable; with bn "frozen", BatchNorm layers run on the base's statistics
+    (a non-trainable tf_keras BatchNormalization runs in inference mode)."""
+    import tf_keras
+
+    model.trainable = True
+    for layer in _all_layers(model):
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            layer.trainable = cfg.bn != "frozen"
+
+
+def _all_layers(model):
+    import tf_keras
+
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, tf_keras.Model):
+            yield from _all_layers(layer)
+
+
+def train(model, spec, local_px: np.ndarray, local_y: np.ndarray, pbc_px: np.ndarray, pbc_y: np.ndarray,
+          cfg: FinetuneConfig, pbc_soft: np.ndarray | None = None, progress=None, steps: int | None = None,
+          seed_offset: int = 0) -> list[float]:
+    """Adam on every layer. local_px/pbc_px: uint8 at model size; each step draws local cells
+    uniformly (the site's own proportions) and PBC cells, and augments both. pbc_soft: the base
+    model's probabilities on pbc_px, for distillation (cfg.distill > 0)."""
+    import tensorflow as tf
+    import tf_keras
+
+    from edge_bloodcls.edge_runtime.preprocess import normalise
+
+    rng = np.random.default_rng(cfg.seed + seed_offset)
+    set_bn(model, cfg)
+    opt = tf_keras.optimizers.Adam(cfg.lr)
+    n_local = int(round(cfg.batch * cfg.local_share)) if len(pbc_y) else cfg.batch
+    n_pbc = cfg.batch - n_local
+    t = cfg.temperature
+    use_kd = cfg.distill > 0 and pbc_soft is not None and n_pbc > 0
+
+    @tf.function(reduce_retracing=True)
+    def step(x, y, soft, kd_mask):
+        with tf.GradientTape() as tape:
+            p = model(x, training=True)
+            ce = tf.reduce_mean(tf_keras.losses.sparse_categorical_crossentropy(y, p))
+            loss = ce
+            if use_kd:
+                # KL(base || model) at temperature t on the PBC part: the base's answers on the home
+                # site, not only its labels (their dark knowledge keeps the confusions it avoided).
+                logp = tf.math.log(tf.clip_by_value(p, 1e-7, 1.0)) / t
+                logp = logp - tf.reduce_logsumexp(logp, axis=1, keepdims=True)
+                kl = tf.reduce_sum(soft * (tf.math.log(tf.clip_by_value(soft, 1e-7, 1.0)) - logp), axis=1)
+                loss = ce + cfg.distill * t * t * tf.reduce_sum(kl * kd_mask) / tf.maximum(tf.reduce_sum(kd_mask), 1.0)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    soft_t = None
+    if use_kd:
+        s = np.log(np.clip(pbc_soft, 1e-7, 1)) / t
+        soft_t = np.exp(s - s.max(1, keepdims=True))
+        soft_t = (soft_t / soft_t.sum(1, keepdims=True)).astype(np.float32)
+    k = pbc_y.shape[0]
+    n_cls = model.output_shape[-1]
+    losses = []
+    total = steps if steps is not None else cfg.steps
+    for s in range(total):
+        li = rng.integers(len(local_y), size=n_local)
+        xs, ys = [_aug(local_px[li], rng, cfg)], [local_y[li]]
+        soft = np.zeros((cfg.batch, n_cls), np.float32)
+        mask = np.zeros(cfg.batch, np.float32)
+        if n_pbc:
+            pi = rng.integers(k, size=n_pbc)
+            xs.append(_aug(pbc_px[pi], rng, cfg))
+            ys.append(pbc_y[pi])
+            if soft_t is not None:
+                soft[n_local:] = soft_t[pi]
+                mask[n_local:] = 1.0
+        x = normalise(np.concatenate(xs), spec)
+        losses.append(float(step(x, np.concatenate(ys), soft, mask)))
+        if progress:
+            progress(s + 1, total, losses[-1])
+    return losses
+
+
+def predict(model, spec, px: np.ndarray, batch: int = 64) -> np.ndarray:
+    from edge_bloodcls.edge_runtime.preprocess import normalise
+
+    out = [model(normalise(px[i:i + batch], spec), training=False).numpy() for i in range(0, len(px), batch)]
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def pseudo_labels(probs: np.ndarray, threshold: float, allowed) -> np.ndarray:
+    """Label of each unlabelled crop the model is at least `threshold` sure of, as one of the
+    `allowed` classes (those the site labelled); -1 elsewhere."""
+    lab = probs.argmax(1)
+    keep = (probs.max(1) >= threshold) & np.isin(lab, list(allowed))
+    return np.where(keep, lab, -1)
+
+
+def self_train(model, spec, local_px, local_y, unl_px, pbc_px, pbc_y, cfg: FinetuneConfig, pbc_soft=None,
+               progress=None) -> np.ndarray:
+    """One round after `train`: unlabelled site crops the model is sure of join the labelled ones
+    with that label for cfg.pseudo_steps more steps. Returns their pseudo-labels (-1: not used).
+    The caller keeps the cells it scores on out of unl_px."""
+    if not cfg.pseudo or not len(unl_px):
+        return np.full(len(unl_px), -1, np.int64)
+    lab = pseudo_labels(predict(model, spec, unl_px), cfg.pseudo, np.unique(local_y))
+    keep = lab >= 0
+    if keep.any():
+        train(model, spec, np.concatenate([local_px, unl_px[keep]]), np.concatenate([local_y, lab[keep]]),
+              pbc_px, pbc_y, replace(cfg, lr=cfg.lr), pbc_soft, progress, steps=cfg.pseudo_steps, seed_offset=1)
+    return lab
+
+
+def training_prior(local_y: np.ndarray, pbc_y: np.ndarray, n_classes: int, cfg: FinetuneConfig) -> np.ndarray:
+    """The class proportions the model was trained under: local_share of the site's cells (drawn
+    uniformly) and the rest PBC's."""
+    loc = np.bincount(local_y, minlength=n_classes) / max(1, len(local_y))
+    if not len(pbc_y):
+        return loc
+    pbc = np.bincount(pbc_y, minlength=n_classes) / len(pbc_y)
+    return cfg.local_share * loc + (1 - cfg.local_share) * pbc
+
+
+def shift_output_bias(model, shift: np.ndarray) -> None:
+    """Add a per-class constant to the logits (the `probs` Dense layer's bias): the exported model
+    then answers under the site's class proportions with no change to the runtime."""
+    layer = model.get_layer("probs")
+    w, b = layer.get_weights()
+    layer.set_weights([w, (b + shift).astype(b.dtype)])

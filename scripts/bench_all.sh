@@ -11,6 +11,7 @@
 #                    ARCH is runs/ARCH_96 (an untrained build, latency and size only, while it
 #                    has no model.keras); a runs/... directory is that run
 #   REDO=1           measure again what bench.json holds (e.g. a baseline once it is trained)
+#   RUNS64=dir       where the 64 px protocol's runs are (default ~/.cache/edge-bloodcls/runs)
 #   PARETO_ONLY=1    only the speed search (PARETO.md), not the full benchmark
 #   REDO_LATENCY=1   time again what bench.json holds, keeping its accuracy (e.g. once the
 #                    machine is idle: latency measured beside a training job is pessimistic)
@@ -41,6 +42,16 @@ for m in ${MODELS:-mobilenetv2 runs/mobilenetv2_160_ft resnet50 vgg16 vgg19}; do
     $CLI bench --models "$m" --formats keras,float32,float16,dynamic,int8 --qat-epochs 0 --no-shipped "${common[@]}"
   fi
 done
+# The 64 px protocol's runs (issue 30; scripts/train_all.sh section 9), from the training cache
+# (their model.keras files are too large to commit), each once its training has ended.
+RUNS64=${RUNS64:-$HOME/.cache/edge-bloodcls/runs}
+if [ -z "${PARETO_ONLY:-}" ]; then
+  for a in resnet50 vgg16_bn vgg19_bn mobilenetv2; do
+    [ -f "$RUNS64/${a}_64/metrics.json" ] || continue
+    $CLI bench --models "$a" --size 64 --runs-dir "$RUNS64" --formats keras,int8 --qat-epochs 0 --no-shipped \
+      "${common[@]}"
+  done
+fi
 if [ -z "${PARETO_ONLY:-}" ]; then
   $CLI bench --models mobilenetv2@224 --formats float32,int8 "${common[@]}"
   $CLI bench-report "$OUT/bench.json"

@@ -6,7 +6,6 @@ import sys
 import click
 
 from .options import BASELINE, DEFAULT_ARCHS, FORMATS, RESULTS_NAME
-
 from .trust import trust_report_cmd
 
 

@@ -5,8 +5,9 @@ import sys
 
 import click
 
-from .calibrate import DEFAULT_SAMPLES
 from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
+
+from .calibrate import DEFAULT_SAMPLES
 from .formats import IO_TYPES, QUANTIZE_CHOICES
 
 # Exit status: 1 the export failed its checks (nothing written but the error report);
@@ -52,15 +53,16 @@ EXIT_GATE, EXIT_USAGE, EXIT_NO_COMPILER = 1, 2, 3
               help="accuracy of the cells that are not flagged for review, on validation")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="directory for NAME.tflite + NAME.json")
 def convert_cmd(model, quantize, qat, qat_epochs, qat_lr, batch_size, calibration, calibration_samples, io, edgetpu,
-                per_tensor, max_drop, allow_float_ops, force, data_root, split_csv, eval_samples, eval_test, cache_dir, threads,
-                name, seed, no_trust, trust_samples, false_alarm, review_target, out):
+                per_tensor, max_drop, allow_float_ops, force, data_root, split_csv, eval_samples, eval_test, cache_dir,
+                threads, name, seed, no_trust, trust_samples, false_alarm, review_target, out):
     """Export MODEL.keras to TFLite, check it against the float model on the validation split,
     and write a bundle (NAME.tflite + NAME.json) if the accuracy drop is within --max-drop."""
     from .export import EdgeTPUUnavailable, ExportError, ExportOptions, GateFailed, run
 
     opts = ExportOptions(model=model, quantize=quantize, out=out, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr,
                          batch_size=batch_size, calibration=calibration, calibration_samples=calibration_samples,
-                         io=io, edgetpu=edgetpu, per_tensor=per_tensor, max_drop=max_drop, allow_float_ops=allow_float_ops, force=force,
+                         io=io, edgetpu=edgetpu, per_tensor=per_tensor, max_drop=max_drop,
+                         allow_float_ops=allow_float_ops, force=force,
                          data_root=data_root, split=split_csv, eval_samples=eval_samples, eval_test=eval_test,
                          cache_dir=cache_dir, threads=threads, name=name, seed=seed, trust=not no_trust,
                          trust_samples=trust_samples or None, false_alarm=false_alarm, review_target=review_target)

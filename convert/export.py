@@ -12,12 +12,14 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_bloodcls.edge_runtime.bundle import Bundle, sha256_file, write_bundle
 from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
-from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
+from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET, TrustStats
+
 from . import calibrate, formats, gate, trust_fit
 
 
@@ -61,7 +63,8 @@ def load_source(path) -> Source:
     model = tf_keras.models.load_model(path, compile=False)
     cfg_file = path.parent / "config.json"
     config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
-    shape = tuple(int(s) for s in model.input_shape[1:3])
+    h, w = (int(s) for s in model.input_shape[1:3])
+    shape = (h, w)
     if "input" in config:
         spec = InputSpec.from_json(config["input"])
         if tuple(spec.size) != shape:
@@ -180,7 +183,7 @@ def _evaluate(src: Source, tflite: Path, manifest: dict, images, pixels, threads
 
 
 def _fit_trust(opts: ExportOptions, src: Source, split_csv, tflite: Path, manifest: dict, val, val_out: dict,
-               log) -> tuple[bytes, dict, object]:
+               log) -> tuple[bytes, dict, TrustStats]:
     """Trust statistics on training cells through the exported model (see trust_fit)."""
     train = calibrate.sample(calibrate.from_split(split_csv, "train", opts.data_root), opts.trust_samples, opts.seed)
     pixels = _pixels(train, src.spec, opts.cache_dir, opts.trust_samples is None)
@@ -225,13 +228,14 @@ def run(opts: ExportOptions, log=print) -> dict:
     except (OSError, ValueError) as e:
         raise ExportError(str(e)) from None
     if src.split_sha256 and val.split_sha256 != src.split_sha256:
-        log(f"warning: {split_csv} (sha256 {val.split_sha256[:12]}) is not the split the model was trained on "
+        log(f"warning: {split_csv} (sha256 {(val.split_sha256 or '?')[:12]}) is not the split the model was trained on "
             f"({src.split_sha256[:12]}); its val images may include training images")
     val_pixels = _pixels(val, spec, opts.cache_dir, opts.eval_samples is None)
 
     model, qat_rows, qat_info = src.model, None, None
     if fmt.qat:
         from edge_bloodcls.train.pipeline import Augment
+
         from . import qat
 
         train_set = calibrate.from_split(split_csv, "train", opts.data_root)
@@ -291,7 +295,7 @@ def run(opts: ExportOptions, log=print) -> dict:
     if problem:
         problems.append(problem)
 
-    manifest = {
+    manifest: dict[str, Any] = {
         "name": name, "arch": src.arch, "labels": src.labels,
         "input": {**spec.to_json(), "dtype": details["input"]["dtype"], "quant": details["input"]["quant"]},
         "output": {"dtype": details["output"]["dtype"], "quant": details["output"]["quant"]},
@@ -309,7 +313,8 @@ def run(opts: ExportOptions, log=print) -> dict:
         tmp_tflite.write_bytes(tflite)
         metrics, interp, val_out = _evaluate(src, tmp_tflite, manifest, val, val_pixels, opts.threads)
         metrics["eval_split"] = "val" if opts.eval_samples is None else f"val (stratified {len(val.labels)})"
-        trust_bytes = stats = None
+        trust_bytes: bytes | None = None
+        stats: TrustStats | None = None
         if has_features:
             trust_bytes, manifest["trust"], stats = _fit_trust(opts, src, split_csv, tmp_tflite, manifest, val,
                                                                val_out, log)
@@ -330,7 +335,8 @@ def run(opts: ExportOptions, log=print) -> dict:
         tt = (manifest.get("trust") or {}).get("test")
         if tt:
             log(f"test trust: ECE {tt['ece']['raw']:.4f} -> {tt['ece']['calibrated']:.4f}, OOD flagged "
-                f"{tt['ood_flagged']:.4f}, coverage {tt['coverage']:.4f}, accepted accuracy {_fmt(tt['accepted_accuracy'])}")
+                f"{tt['ood_flagged']:.4f}, coverage {tt['coverage']:.4f}, "
+                f"accepted accuracy {_fmt(tt['accepted_accuracy'])}")
     if metrics["drop"] > opts.max_drop:
         problems.append(f"accuracy drop {metrics['drop']:.2f} points exceeds --max-drop {opts.max_drop:g}")
 
@@ -341,6 +347,7 @@ def run(opts: ExportOptions, log=print) -> dict:
         if fmt.calibration:
             report = out / f"{name}.quant_debug.csv"
             # The debugger wants a single-output model: the probabilities' graph is the same.
+            assert samples is not None, "a format with calibration has its samples (above)"
             worst = gate.debug_report(lambda: make_converter(model), samples, report)
             log(f"per-layer quantization error (rmse/scale; ~0.3 is rounding only), worst first -> {report}")
             for w in worst:

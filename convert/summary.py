@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle, write_bundle
+
 from .formats import ORDER
 
 MAX_SHIP_DROP = 0.2  # points of accuracy the shipped int8 may lose against the float32 bundle (issue 13)

@@ -12,9 +12,9 @@ import numpy as np
 
 from .bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, BundleError, load_bundle
 from .classifier import DEFAULT_REVIEW_THRESHOLD, Classifier
+from .images import expand_inputs, list_class_images, printable
 from .interpreter import VERBOSE_ENV, InterpreterUnavailable
 from .locate_eval import locate_eval_command
-from .images import expand_inputs, list_class_images, printable
 from .preprocess import ImageError
 from .progress import Progress
 from .report import report_command
@@ -351,8 +351,14 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
     or closing the preview, on Ctrl-C or SIGTERM, or when a camera stops delivering frames and
     reopening it fails. Then: `edge-bloodcls review DB` and `edge-bloodcls report DB`.
     """
-    from .capture import (DEFAULT_COUNT, CaptureOptions, crop_folder_problem, format_summary, run_capture,
-                          runtime_versions)
+    from .capture import (
+        DEFAULT_COUNT,
+        CaptureOptions,
+        crop_folder_problem,
+        format_summary,
+        run_capture,
+        runtime_versions,
+    )
     from .session import SessionFileError, SessionLog
     from .sources import SourceError, open_source
 

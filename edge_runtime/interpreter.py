@@ -65,7 +65,7 @@ def _module(allowed=None):
     """First importable backend; EDGE_BLOODCLS_INTERPRETER=name restricts the choice."""
     forced = os.environ.get("EDGE_BLOODCLS_INTERPRETER")
     errors = []
-    for name, module, hint in BACKENDS:
+    for name, module, _hint in BACKENDS:
         if forced and name != forced:
             continue
         if allowed and name not in allowed:
@@ -90,7 +90,8 @@ def _edgetpu_delegate(mod):
     lib = EDGETPU_LIB.get(platform.system(), "libedgetpu.so.1")
     load_delegate = getattr(mod, "load_delegate", None)
     if load_delegate is None:
-        raise InterpreterUnavailable("this interpreter package cannot load delegates; install ai-edge-litert or tflite-runtime")
+        raise InterpreterUnavailable("this interpreter package cannot load delegates; "
+                                     "install ai-edge-litert or tflite-runtime")
     try:
         # Loaded here first: a library load_delegate cannot open leaves it a half-built
         # Delegate whose __del__ then prints "Exception ignored in Delegate.__del__".

@@ -92,7 +92,8 @@ def test_adapt_without_tensorflow_is_one_line_exit_2(tmp_path):
                     raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 
         sys.meta_path.insert(0, Block())
-        sys.argv = ["edge-bloodcls", "adapt", "--labelled", {str(tmp_path / "cells")!r}, "--out", {str(tmp_path / "o")!r}]
+        sys.argv = ["edge-bloodcls", "adapt", "--labelled", {str(tmp_path / "cells")!r},
+                    "--out", {str(tmp_path / "o")!r}]
         from edge_bloodcls.cli import main
         main()
     """)

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 tf = pytest.importorskip("tensorflow")
 tf_keras = pytest.importorskip("tf_keras")
 
+from conftest import make_dataset  # noqa: E402
+
 from edge_bloodcls.cli import main  # noqa: E402
 from edge_bloodcls.convert import calibrate, edgetpu, formats, gate  # noqa: E402
 from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle  # noqa: E402
@@ -20,8 +22,6 @@ from edge_bloodcls.edge_runtime.preprocess import load_rgb, normalise, resize  #
 from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec  # noqa: E402
 from edge_bloodcls.train.data import make_split, read_split, scan, write_split  # noqa: E402
 from edge_bloodcls.train.pipeline import load_pixels  # noqa: E402
-
-from conftest import make_dataset  # noqa: E402
 
 SIZE = 32
 

@@ -17,13 +17,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_bloodcls import __version__
-from edge_bloodcls.tfenv import configure
 from edge_bloodcls.edge_runtime.metrics import classification_metrics, format_metrics
 from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.tfenv import configure
+
 from . import archs
 from .data import read_split
 from .distill import distill_objects, distill_targets
@@ -59,7 +61,7 @@ class TrainConfig:
     distill_weight: float = 0.7  # weight of the soft-target term; 1 - it on the hard labels
 
     @classmethod
-    def from_saved(cls, saved: dict) -> tuple["TrainConfig", list[str]]:
+    def from_saved(cls, saved: dict) -> tuple[TrainConfig, list[str]]:
         """A config.json "train" record -> (config, the keys dropped). Rule: a key that is not a
         field any more is dropped, and so is an option the architecture never used. Fields are
         removed only when nothing reads them (e.g. label_smoothing and extra, never used by the
@@ -157,7 +159,6 @@ def _current_lr(opt) -> float:
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     configure()  # the CLI has done it; a caller from Python may not have
-    import tensorflow as tf
     import tf_keras
 
     out = Path(cfg.out)
@@ -174,7 +175,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         log(f"resuming {cfg.arch} in {out} from its saved configuration"
             + (f" (ignoring settings no longer used: {', '.join(dropped)})" if dropped else ""))
     elif state_file.exists():
-        raise FileExistsError(f"{out}: holds a checkpoint already; pass --resume to continue it or choose another --out")
+        raise FileExistsError(f"{out}: holds a checkpoint already; "
+                              "pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(exist_ok=True)
 
@@ -221,7 +223,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if steps == 0:
         raise ValueError(f"batch size {batch} is larger than the training set ({len(data['train'][1])} images)")
 
-    state = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0, "elapsed_s": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0, "elapsed_s": 0.0}
     with strategy.scope():
         if resume:
             warmup_cosine_class()
@@ -273,7 +275,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     stop_reason = "completed all epochs"
 
     if state["epoch"] < cfg.epochs and state.get("stopped") != "early_stopping":
-        ds, _ = train_dataset(data["train"][0], targets["train"], spec, batch, aug, cfg.seed, state["epoch"], cfg.epochs)
+        ds, _ = train_dataset(data["train"][0], targets["train"], spec, batch, aug, cfg.seed, state["epoch"],
+                              cfg.epochs)
         loop = _EpochEnd(cfg, state, ckpt_dir, history_file, budget_s, log)
         # One fit call over a stream of all remaining epochs: Keras keeps one iterator across
         # epochs, so every batch is the one an uninterrupted run would draw.
@@ -355,8 +358,9 @@ def _epoch_end_class():
                 self.stop_reason = f"early stopping: validation loss did not improve for {cfg.patience} epochs"
                 state["stopped"] = "early_stopping"
             elif self.model.stop_training:
-                self.stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached during epoch {epoch + 1} after "
-                                    f"{self.steps_done} steps (history.csv 'steps'); --resume continues with the next epoch")
+                self.stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached during epoch {epoch + 1} "
+                                    f"after {self.steps_done} steps (history.csv 'steps'); "
+                                    "--resume continues with the next epoch")
                 state["stopped"] = "time_budget"
             elif self.budget_s and epoch + 1 < cfg.epochs and time.time() - self.start + mean_epoch > self.budget_s:
                 self.stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached after epoch {epoch + 1} "

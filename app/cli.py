@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .edge_runtime.interpreter import VERBOSE_ENV
+from .errors import missing_extra, needs_train_extra
 from .tfenv import configure
 
 configure()  # before any command can import TensorFlow
@@ -28,7 +29,22 @@ COMMAND_MODULES = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class App(click.Group):
+    """The group. Errors become exit codes in click's main loop (errors.CliError); here, a [train]
+    module missing where a command imports it becomes the same one line and exit 2, so that no
+    command that needs TensorFlow ends in a traceback on an edge install."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as e:
+            module = missing_extra(e)
+            if module is None:
+                raise
+            raise needs_train_extra(ctx.invoked_subcommand, module) from None
+
+
+@click.group(cls=App, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-bloodcls")
 @click.option("--verbose", "-v", is_flag=True,
               help="Also the libraries' own notices on stderr (the TFLite runtime's INFO lines, OpenCV's WARN lines).")

@@ -1,18 +1,13 @@
 """CLI: `convert` (a trained .keras model -> a gated TFLite bundle)."""
 from __future__ import annotations
 
-import sys
-
 import click
 
 from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
+from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, require_train_extra
 
 from .calibrate import DEFAULT_SAMPLES
 from .formats import IO_TYPES, QUANTIZE_CHOICES
-
-# Exit status: 1 the export failed its checks (nothing written but the error report);
-# 2 bad options or inputs; 3 the CPU model was written but edgetpu_compiler is missing.
-EXIT_GATE, EXIT_USAGE, EXIT_NO_COMPILER = 1, 2, 3
 
 
 @click.command("convert")
@@ -56,7 +51,11 @@ def convert_cmd(model, quantize, qat, qat_epochs, qat_lr, batch_size, calibratio
                 per_tensor, max_drop, allow_float_ops, force, data_root, split_csv, eval_samples, eval_test, cache_dir,
                 threads, name, seed, no_trust, trust_samples, false_alarm, review_target, out):
     """Export MODEL.keras to TFLite, check it against the float model on the validation split,
-    and write a bundle (NAME.tflite + NAME.json) if the accuracy drop is within --max-drop."""
+    and write a bundle (NAME.tflite + NAME.json) if the accuracy drop is within --max-drop.
+
+    Exit status 1: the export failed its checks (nothing written but the error report); 2: bad
+    options or inputs, or the Edge TPU compiler is missing (the CPU model is written)."""
+    require_train_extra("convert")
     from .export import EdgeTPUUnavailable, ExportError, ExportOptions, GateFailed, run
 
     opts = ExportOptions(model=model, quantize=quantize, out=out, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr,
@@ -68,18 +67,13 @@ def convert_cmd(model, quantize, qat, qat_epochs, qat_lr, batch_size, calibratio
                          trust_samples=trust_samples or None, false_alarm=false_alarm, review_target=review_target)
     try:
         run(opts, log=click.echo)
-    except ExportError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_USAGE)
+    except (ExportError, EdgeTPUUnavailable) as e:
+        raise CliError(str(e)) from None
     except GateFailed as e:
         for p in e.problems:
             click.echo(f"FAILED: {p}", err=True)
-        click.echo("nothing written" + (f" except the error report {e.report}" if e.report else "")
-                   + "; --force writes the bundle anyway", err=True)
-        sys.exit(EXIT_GATE)
-    except EdgeTPUUnavailable as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_NO_COMPILER)
+        raise CliError("nothing written" + (f" except the error report {e.report}" if e.report else "")
+                       + "; --force writes the bundle anyway", EXIT_INPUTS_FAILED) from None
 
 
 from .summary import summary_cmd  # noqa: E402 - beside the command whose output it summarises

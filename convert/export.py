@@ -36,7 +36,7 @@ class GateFailed(RuntimeError):
 
 
 class EdgeTPUUnavailable(RuntimeError):
-    """The CPU model was written but the Edge TPU compiler is missing (exit 3)."""
+    """The CPU model was written but the Edge TPU compiler is missing (a setup error: exit 2)."""
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -29,6 +28,7 @@ import numpy as np
 
 from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle, sha256_file, write_bundle
 from edge_bloodcls.edge_runtime.images import printable
+from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, InputsFailed, require_train_extra
 
 from .adapt_data import (
     DEFAULT_BASE,
@@ -469,14 +469,7 @@ class AdaptFailed(RuntimeError):
 def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px, steps, lr, colour, distill, bn, pseudo,
               prior, review_target, split, data_root, test_cells, seed):
     """Adapt the model to a new microscope; prints the new bundle's path last."""
-    try:
-        import tensorflow  # noqa: F401
-        import tf_keras  # noqa: F401
-    except ImportError:
-        click.echo("error: adapt trains a model and needs the full install with TensorFlow "
-                   "(`make setup`, or pip install 'edge-bloodcls[train]'); the edge install only runs bundles",
-                   err=True)
-        sys.exit(2)
+    require_train_extra("adapt")  # it trains a model; the edge install only runs bundles
     opts = AdaptOptions(labelled=list(labelled), validate=list(validate), out=out, unlabelled=unlabelled, model=model,
                         name=name, split=split, data_root=data_root, framing=framing, rbc_px=rbc_px,
                         test_cells=test_cells, review_target=review_target,
@@ -485,15 +478,13 @@ def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px,
     try:
         res = adapt(opts, log=click.echo)
     except AdaptInputError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        raise CliError(str(e)) from None
     except (AdaptFailed, BundleError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        raise CliError(str(e), EXIT_INPUTS_FAILED) from None
     except OSError as e:  # a full disk, an OUTDIR that cannot be written
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        raise CliError(str(e), EXIT_INPUTS_FAILED) from None
     if res["skipped"]:
         click.echo(f"{res['skipped']} unreadable input(s) skipped (listed above)")
     click.echo(res["bundle"])
-    sys.exit(1 if res["skipped"] else 0)
+    if res["skipped"]:
+        raise InputsFailed()

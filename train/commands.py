@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
+
+from edge_bloodcls.errors import CliError, require_train_extra
 
 from . import archs
 
@@ -103,8 +104,8 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
         try:  # before any data is read: an option the network does not take is a usage error
             archs.check_options(arch, width=width)
         except ValueError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            raise CliError(str(e)) from None
+    require_train_extra("train")
     from .archs import WeightsUnavailable
     from .fit import TrainConfig, train
 
@@ -117,8 +118,7 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
     try:
         train(cfg, resume=resume, log=lambda m: click.echo(m, err=False))
     except (WeightsUnavailable, FileNotFoundError, FileExistsError, ValueError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        raise CliError(str(e)) from None
 
 
 @click.command("teacher")
@@ -131,14 +131,14 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
 @click.option("--cache-dir", type=click.Path(file_okay=False))
 def teacher_cmd(models, split_csv, out, tta, data_root, cache_dir):
     """Soft targets for `train --teacher`: models averaged over views, scored on val and test."""
+    require_train_extra("teacher")
     from .teacher import build_teacher
 
     try:
         build_teacher(list(models), split_csv, out, tta=tta, data_root=data_root, cache_dir=cache_dir,
                       log=click.echo)
     except (FileNotFoundError, ValueError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        raise CliError(str(e)) from None
 
 
 from .adapt import adapt_cmd  # noqa: E402 - beside the commands it joins

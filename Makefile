@@ -66,7 +66,7 @@ lint: setup
 # mypy on the whole package (the runtime, train, convert, benchmarks, the CLI), as installed:
 # run from outside the checkout so that it reads the package, not the source folders.
 typecheck: setup
-	cd /tmp && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p edge_bloodcls
+	cd /tmp && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache -p edge_bloodcls
 
 # The real training runs (hours on a CPU; resumable): see README "Training".
 train-all: setup

@@ -1,12 +1,16 @@
 """CLI: `bench` (measure models x formats x threads) and `bench-report` (Markdown + plots)."""
 from __future__ import annotations
 
+import logging
+
 import click
 
 from edge_bloodcls.errors import CliError
 
 from .options import BASELINE, DEFAULT_ARCHS, FORMATS, RESULTS_NAME
 from .trust import trust_report_cmd
+
+_log = logging.getLogger(__name__)
 
 
 def _csv(value: str) -> list[str]:
@@ -72,7 +76,7 @@ def bench_cmd(models, formats, threads, data, data_root, calibration, runs, warm
                         reference=reference, redo=redo, redo_latency=redo_latency, timeout=timeout, quick=quick,
                         report=not no_report)
     try:
-        run_bench(opts, log=lambda s: click.echo(s, err=True))
+        run_bench(opts, log=_log.info)
     except BenchError as e:
         raise CliError(str(e)) from None
 

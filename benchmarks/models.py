@@ -256,7 +256,7 @@ def _export(keras_path: Path, fmt: str, name: str, out_dir: Path, calib_csv: Pat
         # An untrained build's features are degenerate (no statistics can be fitted on them), and
         # it is measured for speed only: the pooled-feature output costs a copy, not compute.
         trust=not untrained)
-    res = run(eo, log=lambda s: log("  " + s))
+    res = run(eo)
     return Path(res["bundle"])
 
 

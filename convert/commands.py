@@ -66,7 +66,7 @@ def convert_cmd(model, quantize, qat, qat_epochs, qat_lr, batch_size, calibratio
                          cache_dir=cache_dir, threads=threads, name=name, seed=seed, trust=not no_trust,
                          trust_samples=trust_samples or None, false_alarm=false_alarm, review_target=review_target)
     try:
-        run(opts, log=click.echo)
+        result = run(opts)
     except (ExportError, EdgeTPUUnavailable) as e:
         raise CliError(str(e)) from None
     except GateFailed as e:
@@ -74,6 +74,7 @@ def convert_cmd(model, quantize, qat, qat_epochs, qat_lr, batch_size, calibratio
             click.echo(f"FAILED: {p}", err=True)
         raise CliError("nothing written" + (f" except the error report {e.report}" if e.report else "")
                        + "; --force writes the bundle anyway", EXIT_INPUTS_FAILED) from None
+    click.echo(result["bundle"])  # the result, on stdout (what it took, on stderr)
 
 
 from .summary import summary_cmd  # noqa: E402 - beside the command whose output it summarises

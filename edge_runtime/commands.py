@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
+from edge_bloodcls import logs
 from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, InputsFailed
 
 from .bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, BundleError, load_bundle
 from .classifier import DEFAULT_REVIEW_THRESHOLD, Classifier
 from .images import expand_inputs, list_class_images, printable
-from .interpreter import VERBOSE_ENV, InterpreterUnavailable
+from .interpreter import InterpreterUnavailable
 from .locate_eval import locate_eval_command
 from .preprocess import ImageError
 from .progress import Progress
@@ -84,8 +84,8 @@ def classify(paths, model, threads, device, fmt, top_k, review_threshold, verbos
     A bad input (unreadable, corrupt, not an image, too small or too large) is reported on stderr
     and skipped; the exit status is 1 when any input failed.
     """
-    if verbose:  # the interpreter's own INFO lines too (interpreter.VERBOSE_ENV)
-        os.environ[VERBOSE_ENV] = "1"
+    if verbose:  # as the group's -v: debug detail and the interpreter's own INFO lines
+        logs.configure(logs.VERBOSE)
     clf = load_classifier(model, threads, device, review_threshold)
     desc = clf.describe()
     if verbose:

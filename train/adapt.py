@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -41,6 +42,8 @@ from .adapt_data import (
     reframe_tight,
     resolve_base,
 )
+
+_log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".adapt-"
 @dataclass
@@ -333,13 +336,13 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_t
                                   out=str(stage / "bundle"), split=str(csv_path), calibration=str(csv_path),
                                   trust_samples=None, name=name, seed=cfg.seed, data_root="/")
         try:
-            res = export.run(eo, log=lambda m: log(f"  convert: {m}"))
+            res = export.run(eo)
         except export.GateFailed as e:
             # Per-tensor int8 (the shipped format, 0.4 MB smaller) can lose more than the gate
             # allows once the trunk's statistics are the site's; per-channel int8 keeps a scale for
             # each channel and runs on the same runtime. The gate still decides.
             log(f"per-tensor int8 failed the gate ({e}); exporting per-channel int8")
-            res = export.run(replace(eo, per_tensor=False), log=lambda m: log(f"  convert: {m}"))
+            res = export.run(replace(eo, per_tensor=False))
         staged = load_bundle(res["bundle"])
         clf = Classifier(staged)
         checks = {"val_accuracy_int8": res["metrics"]["exported"]["accuracy"],
@@ -476,7 +479,7 @@ def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px,
                         ft={"steps": steps, "lr": lr, "seed": seed, "colour": colour, "distill": distill, "bn": bn,
                             "pseudo": pseudo, "prior": prior})
     try:
-        res = adapt(opts, log=click.echo)
+        res = adapt(opts, log=_log.info)
     except AdaptInputError as e:
         raise CliError(str(e)) from None
     except (AdaptFailed, BundleError) as e:

@@ -116,7 +116,7 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
                       time_budget_min=time_budget, seed=seed, data_root=data_root, cache_dir=cache_dir,
                       teacher=teacher, distill_temperature=distill_temperature, distill_weight=distill_weight)
     try:
-        train(cfg, resume=resume, log=lambda m: click.echo(m, err=False))
+        train(cfg, resume=resume)
     except (WeightsUnavailable, FileNotFoundError, FileExistsError, ValueError) as e:
         raise CliError(str(e)) from None
 
@@ -135,8 +135,7 @@ def teacher_cmd(models, split_csv, out, tta, data_root, cache_dir):
     from .teacher import build_teacher
 
     try:
-        build_teacher(list(models), split_csv, out, tta=tta, data_root=data_root, cache_dir=cache_dir,
-                      log=click.echo)
+        build_teacher(list(models), split_csv, out, tta=tta, data_root=data_root, cache_dir=cache_dir)
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e)) from None
 

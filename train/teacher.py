@@ -14,6 +14,7 @@ validation and test accuracy, alone and per member.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from edge_bloodcls.edge_runtime.spec import InputSpec
 
 from .data import read_split
 from .pipeline import cached_pixels
+
+_log = logging.getLogger(__name__)
+
 
 PARTS = ("train", "val", "test")
 
@@ -52,7 +56,7 @@ def log_probs(model, pixels: np.ndarray, spec: InputSpec, tta: bool = True, batc
 
 
 def build_teacher(models: list[str], split_csv: str, out: str, tta: bool = True, data_root: str | None = None,
-                  cache_dir: str | None = None, parts=PARTS, log=print) -> dict:
+                  cache_dir: str | None = None, parts=PARTS) -> dict:
     """Score every part of the split with every model; write out.npz and out.json."""
     from edge_bloodcls.tfenv import configure
 
@@ -79,7 +83,7 @@ def build_teacher(models: list[str], split_csv: str, out: str, tta: bool = True,
             totals[p] = totals[p] + lp if p in totals else lp
             acc = float(np.mean(lp.argmax(1) == np.asarray(y)))
             per_member[str(path)][p] = round(acc, 5)
-            log(f"{path} {p}: accuracy {acc:.4f}{' (8-view TTA)' if tta else ''} ({time.time() - t:.0f}s)")
+            _log.info(f"{path} {p}: accuracy {acc:.4f}{' (8-view TTA)' if tta else ''} ({time.time() - t:.0f}s)")
     logits = {p: totals[p] / len(models) for p in parts}
     result: dict[str, Any] = {"members": members, "tta": "D4 (8 views)" if tta else "none",
                               "split_sha256": split.sha256, "per_member_accuracy": per_member,
@@ -88,7 +92,7 @@ def build_teacher(models: list[str], split_csv: str, out: str, tta: bool = True,
         _, y = split.items(p)
         m = classification_metrics(np.asarray(y), logits[p].argmax(1))
         result[p] = {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro")}
-        log(f"teacher {p}: accuracy {m['accuracy']:.4f}, balanced {m['balanced_accuracy']:.4f}")
+        _log.info(f"teacher {p}: accuracy {m['accuracy']:.4f}, balanced {m['balanced_accuracy']:.4f}")
     dest = Path(out)
     dest.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {f"{p}_logits": logits[p] for p in parts}

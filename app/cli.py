@@ -10,12 +10,11 @@ runtime command; tests/test_cli_edge_install.py checks that with those packages 
 from __future__ import annotations
 
 import importlib
-import os
 
 import click
 
-from . import __version__
-from .edge_runtime.interpreter import VERBOSE_ENV
+from . import __version__, logs
+from .errors import missing_extra, needs_train_extra
 from .tfenv import configure
 
 configure()  # before any command can import TensorFlow
@@ -28,21 +27,35 @@ COMMAND_MODULES = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class App(click.Group):
+    """The group. Errors become exit codes in click's main loop (errors.CliError); here, a [train]
+    module missing where a command imports it becomes the same one line and exit 2, so that no
+    command that needs TensorFlow ends in a traceback on an edge install."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as e:
+            module = missing_extra(e)
+            if module is None:
+                raise
+            raise needs_train_extra(ctx.invoked_subcommand, module) from None
+
+
+@click.group(cls=App, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-bloodcls")
 @click.option("--verbose", "-v", is_flag=True,
-              help="Also the libraries' own notices on stderr (the TFLite runtime's INFO lines, OpenCV's WARN lines).")
-def main(verbose):
-    """Blood-cell classification from training to the microscope."""
-    # Set before a command imports OpenCV or builds an interpreter (both happen inside commands).
-    # An OPENCV_LOG_LEVEL the user set is kept either way.
-    if verbose:
-        os.environ[VERBOSE_ENV] = "1"
-        os.environ.setdefault("OPENCV_LOG_LEVEL", "INFO")
-    else:
-        # OpenCV's "[ WARN:0@...] ... can't open camera by index" lines repeat what the
-        # commands report themselves in one line (sources.SourceError).
-        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+              help="Also debug detail and the libraries' own notices on stderr (TensorFlow's logs, the TFLite "
+                   "runtime's INFO lines, OpenCV's).")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr (results still on stdout).")
+def main(verbose, quiet):
+    """Blood-cell classification from training to the microscope.
+
+    Results go to stdout, messages to stderr."""
+    if verbose and quiet:
+        raise click.UsageError("-v and -q contradict each other")
+    # Before a command imports TensorFlow or OpenCV or builds an interpreter (all inside commands).
+    logs.configure(logs.VERBOSE if verbose else logs.QUIET if quiet else logs.NORMAL)
 
 
 for _name in COMMAND_MODULES:

@@ -1,13 +1,16 @@
 """CLI: `bench` (measure models x formats x threads) and `bench-report` (Markdown + plots)."""
 from __future__ import annotations
 
-import sys
+import logging
 
 import click
 
-from .options import BASELINE, DEFAULT_ARCHS, FORMATS, RESULTS_NAME
+from edge_bloodcls.errors import CliError
 
+from .options import BASELINE, DEFAULT_ARCHS, FORMATS, RESULTS_NAME
 from .trust import trust_report_cmd
+
+_log = logging.getLogger(__name__)
 
 
 def _csv(value: str) -> list[str]:
@@ -73,10 +76,9 @@ def bench_cmd(models, formats, threads, data, data_root, calibration, runs, warm
                         reference=reference, redo=redo, redo_latency=redo_latency, timeout=timeout, quick=quick,
                         report=not no_report)
     try:
-        run_bench(opts, log=lambda s: click.echo(s, err=True))
+        run_bench(opts, log=_log.info)
     except BenchError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        raise CliError(str(e)) from None
 
 
 @click.command("bench-report")
@@ -100,7 +102,7 @@ def bench_report_cmd(results, out, pareto, readme):
         try:
             check_readme(Path(readme))
         except ValueError as e:
-            raise click.ClickException(str(e)) from None
+            raise CliError(str(e)) from None
     written = write_report(Path(results), folder) + (write_pareto(Path(results), folder) if pareto else [])
     if readme:
         update_readme(Path(readme), Results.load(Path(results)))

@@ -33,6 +33,10 @@ from typing import Callable
 
 import numpy as np
 
+from edge_bloodcls.edge_runtime.classifier import Classifier
+
+from .machine import cpu_model
+
 W, H = 640, 480
 PAD = 24  # canvas margin, so a vibrating view never leaves the slide
 CLEAN_SMEAR = 15.0  # px: a view smeared by less still shows its cells (0.15 red-cell diameters)
@@ -94,7 +98,8 @@ class Slide:
         self.fields = fields
         row = np.concatenate(fields, axis=1)
         self.canvas = cv2.copyMakeBorder(row, PAD, PAD, PAD, PAD, cv2.BORDER_REFLECT)
-        self.boxes = [[(x0 + PAD + k * W, y0 + PAD, x1 + PAD + k * W, y1 + PAD) for x0, y0, x1, y1 in wbc_boxes(bccd, nm)]
+        self.boxes = [[(x0 + PAD + k * W, y0 + PAD, x1 + PAD + k * W, y1 + PAD)
+                       for x0, y0, x1, y1 in wbc_boxes(bccd, nm)]
                       for k, nm in enumerate(names)]
 
     def x(self, k: float) -> float:
@@ -144,6 +149,7 @@ class Camera:
     def render(self, s: Shot) -> np.ndarray:
         import cv2
 
+        img: np.ndarray
         if s.special == "dark":
             img = np.full((H, W, 3), 12, np.float32)
         elif s.special == "blank":
@@ -256,7 +262,8 @@ def scenarios(bccd: Path, fps_list=(5, 15, 30)) -> list[tuple[str, str, Slide, l
     for j in range(10, len(shots), 25):
         shots[j] = Shot(shots[j].x, special="dark")
     shots[len(shots) // 2] = Shot(0, special="blank")
-    out.append(("dark / blank frames", "8 fields, stop-and-go; a dark frame every 25 frames, one blank", s8, shots, fps))
+    out.append(("dark / blank frames", "8 fields, stop-and-go; a dark frame every 25 frames, one blank",
+                s8, shots, fps))
     return out
 
 
@@ -282,7 +289,7 @@ class Row:
     interpreter_ms_per_frame: float
 
 
-def make_classify(clf) -> Callable:
+def make_classify(clf) -> tuple[Callable, dict[str, float]]:
     from edge_bloodcls.edge_runtime.locate import background, crop
     from edge_bloodcls.edge_runtime.preprocess import prepare
     from edge_bloodcls.edge_runtime.track import Observation
@@ -307,7 +314,6 @@ def make_classify(clf) -> Callable:
 def run_scenario(name, what, slide: Slide, shots: list[Shot], fps: float, clf) -> Row:
     from edge_bloodcls.edge_runtime.counting import CountingCore
     from edge_bloodcls.edge_runtime.locate import default_rbc_px, locate
-    from edge_bloodcls.edge_runtime.spec import WBC_LABELS
     from edge_bloodcls.edge_runtime.track import CellCounter
 
     cam = Camera(slide)
@@ -330,7 +336,7 @@ def run_scenario(name, what, slide: Slide, shots: list[Shot], fps: float, clf) -
         t_cls = [0.0]
         classify = for_frame(i, rgb, rbc_px)
 
-        def timed_classify(d, classify=classify):
+        def timed_classify(d, classify=classify, t_cls=t_cls):
             t0 = time.thread_time()
             r = classify(d)
             t_cls[0] += (time.thread_time() - t0) * 1000
@@ -392,18 +398,21 @@ def main(argv=None) -> int:
         print(f"{bccd}: not a BCCD folder (JPEGImages/ and Annotations/ expected)", file=sys.stderr)
         return 2
     if args.no_model:
-        clf = _NoModel()
+        clf: _NoModel | Classifier = _NoModel()
         import edge_bloodcls.edge_runtime.preprocess as pp
 
         pp_prepare = pp.prepare
-        pp.prepare = lambda patch, spec: patch if spec is None else pp_prepare(patch, spec)  # type: ignore[assignment]
+
+        def prepare(patch, spec):
+            return patch if spec is None else pp_prepare(patch, spec)
+        pp.prepare = prepare  # type: ignore[assignment]
         model = "none (--no-model)"
     else:
         from edge_bloodcls.edge_runtime.bundle import load_bundle
-        from edge_bloodcls.edge_runtime.classifier import Classifier
 
-        clf = Classifier(load_bundle(args.model), threads=1)
-        model = clf.describe().get("model", "")
+        classifier = Classifier(load_bundle(args.model), threads=1)
+        model = classifier.describe().get("model", "")
+        clf = classifier
     rows = []
     t0 = time.perf_counter()
     for name, what, slide, shots, fps in scenarios(bccd):
@@ -418,13 +427,12 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     cmd = "python -m benchmarks.counting" + (" --no-model" if args.no_model else "") + (
         f" --out {args.out}" if args.out else "")
-    from benchmarks.machine import cpu_model
-
     meta = {"command": cmd, "model": model, "machine": cpu_model(), "python": platform.python_version(),
             "opencv": cv2.__version__, "threads": 1, "wall_s": round(wall, 1)}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+        doc = {"meta": meta, "rows": [asdict(r) for r in rows]}
+        args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
         args.out.with_suffix(".md").write_text(to_markdown(meta, rows))
     return 0
 

@@ -25,16 +25,17 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
 from edge_bloodcls.edge_runtime.metrics import classification_metrics
 from edge_bloodcls.edge_runtime.spec import InputSpec
+
 from .machine import machine_info
 from .models import MACS_METHOD, ModelSource, bundles_for, graph_macs, resolve_model
-from .options import (BASELINE, DEFAULT_ARCHS, FORMATS, REFERENCE, RESULTS_NAME, BenchError, BenchOptions, one_line,
-                      rel)
+from .options import BASELINE, DEFAULT_ARCHS, FORMATS, REFERENCE, RESULTS_NAME, BenchError, BenchOptions, one_line, rel
 from .results import SCHEMA, ConfigRow, Results, now
 from .testset import TestImages, load_test_images
 
@@ -127,7 +128,7 @@ class Session:
     calibration: Path  # split CSV for exports made here
     pixel_cache: Path
     acc_threads: str  # the thread setting the accuracy pass runs at
-    log: object
+    log: Callable[[str], None]
 
     def save(self):
         self.results.save(self.path, self.opts.baseline)
@@ -206,7 +207,7 @@ def _bench_model(s: Session, spec: str):
             log(f"shipped bundle {src.key} is {twin['model']} {twin['format']} (same sha256): not measured twice")
             s.save()
             return
-        formats = list(src.formats)
+        formats = list(src.formats or ())
     if not formats:
         return
     log(f"== {src.key}: {src.kind}{' (' + src.note + ')' if src.note else ''}")
@@ -216,8 +217,8 @@ def _bench_model(s: Session, spec: str):
     except Exception as e:  # an untrained build or a model that cannot load: the others go on
         s.error(src.key, None, "bundles", e)
         return
-    for e in errors:
-        s.error(e["model"], e["format"], e["stage"], e["error"])
+    for err in errors:
+        s.error(err["model"], err["format"], err["stage"], err["error"])
     model_info = _model_info(src, files, keras_path)
     before = results.models.get(src.key)
     if before and before.get("source_sha256") != model_info["source_sha256"]:
@@ -242,6 +243,7 @@ def _model_info(src: ModelSource, files: dict, keras_path: Path | None) -> dict:
         params = load_bundle(tflites[0]).manifest.get("params")
     tfl = files.get("float32") or (tflites[0] if tflites else None)
     macs = graph_macs(tfl) if tfl else None
+    source_sha: str | None
     if keras_path:
         source_sha = sha256_file(keras_path)
     else:  # a bundle: the Keras model it was exported from, as its manifest records

@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edge_bloodcls import __version__
+
 from .options import one_line
 
 CPU_FLAGS_OF_INTEREST = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16",

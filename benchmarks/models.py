@@ -14,6 +14,7 @@ import numpy as np
 
 from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
 from edge_bloodcls.edge_runtime.spec import LABELS
+
 from .options import UNTRAINED_CALIBRATION, UNTRAINED_EVAL, BenchOptions, one_line
 
 MACS_METHOD = ("counted on the float32 TFLite graph: CONV_2D and TRANSPOSE_CONV output elements x kernel "
@@ -111,8 +112,9 @@ def resolve_model(spec: str, opts: BenchOptions) -> ModelSource:
     if spec == "shipped":
         return _bundle_source(MODELS_DIR / f"{DEFAULT_MODEL}.json", role="shipped")
     if "@" in spec:
-        arch, size = spec.split("@")
-        return _untrained(arch, int(size), f"{arch}_{size}_ref", "reference build (untrained): latency and size only",
+        ref_arch, ref_size = spec.split("@")
+        return _untrained(ref_arch, int(ref_size), f"{ref_arch}_{ref_size}_ref",
+                          "reference build (untrained): latency and size only",
                           role="reference", formats=("float32", "int8"))
     p = Path(spec)
     if p.suffix in (".json", ".tflite") or (not p.is_dir() and p.with_suffix(".json").exists()):
@@ -179,6 +181,7 @@ def bundles_for(src: ModelSource, formats: list[str], opts: BenchOptions, calib_
     """format -> model file (NAME.tflite, or model.keras for "keras"), the errors of formats
     that could not be exported, and the Keras model they come from (None for a bundle)."""
     if src.kind == "bundle":
+        assert src.formats, "a bundle source carries its one format (_bundle_source)"
         return {src.formats[0]: src.path.with_suffix(".tflite")}, [], None
     from edge_bloodcls.convert.formats import FORMATS as TABLE
 
@@ -253,7 +256,7 @@ def _export(keras_path: Path, fmt: str, name: str, out_dir: Path, calib_csv: Pat
         # An untrained build's features are degenerate (no statistics can be fitted on them), and
         # it is measured for speed only: the pooled-feature output costs a copy, not compute.
         trust=not untrained)
-    res = run(eo, log=lambda s: log("  " + s))
+    res = run(eo)
     return Path(res["bundle"])
 
 

@@ -13,9 +13,24 @@ from pathlib import Path
 
 from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL
 from edge_bloodcls.train import archs
+
 from .models import initialisation, run_convergence
-from .report_common import (FORMAT_ORDER, PAPER, PAPER_NAMES, PAPER_ORDER, PLOTS, _f, _ms, _order, _pct, accuracy_note,
-                            model_order, pareto, shipped_accuracy, threads_for_plots)
+from .report_common import (
+    FORMAT_ORDER,
+    PAPER,
+    PAPER_NAMES,
+    PAPER_ORDER,
+    PLOTS,
+    _f,
+    _ms,
+    _order,
+    _pct,
+    accuracy_note,
+    model_order,
+    pareto,
+    shipped_accuracy,
+    threads_for_plots,
+)
 from .report_edge import _edge_section
 from .report_plots import plot_accuracy_latency, plot_confusion, plot_size_accuracy
 from .results import Results
@@ -24,7 +39,7 @@ __all__ = ["PLOTS", "markdown", "pareto", "write_report"]
 
 
 def _machine_lines(r: Results) -> list[str]:
-    m = r.machine
+    m = r.machine_info
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
     loads = [c["loadavg"][0] for c in r.configs if c.get("loadavg")]
     lines = [f"- CPU: {m['cpu_model']} ({m['machine']}), {m['cores_usable']} usable of {m['cores_logical']} logical "
@@ -189,7 +204,7 @@ def _summary(r: Results) -> list[str]:
     base = r.baseline
     by = r.by_key()
     i8 = [c for c in r.configs if c["model"] == base and c["format"] == "int8"]
-    if not i8:
+    if base is None or not i8:
         return []
     acc = {f: r.metrics(base, f) for f in ("keras", "float32", "int8")}
     f32 = by.get((base, "float32", i8[0]["threads"]))
@@ -216,7 +231,7 @@ def _summary(r: Results) -> list[str]:
 
 def markdown(r: Results, plots: dict) -> str:
     models = model_order(r)
-    d = r.data
+    d = r.test_data
     base = r.baseline
     untrained = [k for k, m in r.models.items() if not m["trained"] and m.get("role") == "model"]
     lines = ["# Benchmark: blood-cell classifiers on the edge runtime", "",
@@ -270,7 +285,7 @@ def markdown(r: Results, plots: dict) -> str:
         lines += [f"`{title}`: accuracy {_pct(m['accuracy'])}%, balanced {_pct(m['balanced_accuracy'])}%, macro "
                   f"F1 {m['macro']['f1']:.3f} on {m['n']} test images.", "",
                   f"![confusion matrix]({PLOTS['confusion']})", "",
-                  "| true \\ predicted | " + " | ".join(l[:5] for l in m["labels"]) + " |",
+                  "| true \\ predicted | " + " | ".join(lab[:5] for lab in m["labels"]) + " |",
                   "|---|" + "---:|" * len(m["labels"])]
         for lab, row in zip(m["labels"], m["confusion_matrix"]):
             lines.append(f"| {lab} | " + " | ".join(str(v) for v in row) + " |")

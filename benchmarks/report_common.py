@@ -6,6 +6,7 @@ import numpy as np
 
 from edge_bloodcls.convert.formats import ORDER
 from edge_bloodcls.train.archs import names as arch_names
+
 from .results import Results
 
 FORMAT_ORDER = ["keras", *ORDER]

@@ -3,17 +3,21 @@ scaling published measurements of MobileNet v2 to the measured models; and the r
 section that says how."""
 from __future__ import annotations
 
+from typing import Any
+
 from edge_bloodcls.convert.formats import CPU_FORMATS, arithmetic
+
 from .report_common import FORMAT_ORDER, _ms, model_order, threads_for_plots
 from .results import Results
 
 # Published figures the edge estimates scale from; none of them was measured here.
-XNNPACK_PI4 = {  # google/XNNPACK README, "Raspberry Pi" table, RPi 4 (BCM2711, ARM64), multi-threaded, Feb 2022
+# google/XNNPACK README, "Raspberry Pi" table, RPi 4 (BCM2711, ARM64), multi-threaded, Feb 2022
+XNNPACK_PI4: dict[str, Any] = {
     "source": "XNNPACK README (github.com/google/XNNPACK), Raspberry Pi 4 BCM2711 ARM64, 4 threads, Feb 2022",
     "model": "MobileNet v2 1.0 224x224", "macs": 300e6, "float32": 46.0, "int8": 17.0}
 PI4_INT8_SPEEDUP = XNNPACK_PI4["float32"] / XNNPACK_PI4["int8"]
 PI5_SPEEDUP = (2.0, 3.0)  # Raspberry Pi Ltd, Pi 5 announcement: "2-3x the CPU performance of Pi 4"
-CORAL = {  # coral.ai/docs/edgetpu/benchmarks, Table 1, desktop CPU + USB Accelerator (USB 3.0), ms
+CORAL: dict[str, Any] = {  # coral.ai/docs/edgetpu/benchmarks, Table 1, desktop CPU + USB Accelerator (USB 3.0), ms
     "source": "coral.ai/docs/edgetpu/benchmarks, Table 1 (USB Accelerator on USB 3.0)",
     "mobilenetv2_ms": 2.6, "mobilenetv2_macs": 300e6,  # 3.5 M parameters: on chip
     "vgg16_ms": 296.0, "vgg16_mb": 138.0}  # 138 M int8 parameters: nearly all streamed
@@ -22,7 +26,7 @@ CORAL_SRAM_MB = 8  # parameters beyond the Edge TPU's on-chip memory stream from
 CORAL_MS_PER_STREAMED_MB = CORAL["vgg16_ms"] / CORAL["vgg16_mb"]
 # Formats whose arithmetic on an Arm CPU is float32 (float16 weights are dequantized at load).
 # Dynamic range has no single arithmetic (and no published Pi figure), so it gets no estimate.
-FLOAT_LIKE = {f: arithmetic(f) for f in CPU_FORMATS if arithmetic(f)}
+FLOAT_LIKE: dict[str, str] = {f: a for f in CPU_FORMATS if (a := arithmetic(f))}
 
 
 def edge_estimates(r: Results) -> list[dict]:
@@ -70,7 +74,7 @@ def edge_estimates(r: Results) -> list[dict]:
 
 
 def _int8_hardware_note(r: Results) -> list[str]:
-    fast = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm") if f in r.machine["cpu_flags"]]
+    fast = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm") if f in r.machine_info["cpu_flags"]]
     if not fast:
         return []
     return [f"- Why int8 is not scaled from this machine: its CPU has int8 dot-product/matrix instructions "

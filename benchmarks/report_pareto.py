@@ -44,21 +44,25 @@ def rows(r: Results, fmt: str = "int8", threads: str = "1") -> tuple[dict | None
 
 def markdown(r: Results, plot: str | None) -> str:
     ref, rs = rows(r)
-    loads = [x["load"] for x in rs if x["load"] is not None] + ([ref["loadavg"][0]] if ref and ref.get("loadavg") else [])
+    loads = [x["load"] for x in rs if x["load"] is not None]
+    loads += [ref["loadavg"][0]] if ref and ref.get("loadavg") else []
     lines = ["# Fast cell classifiers: accuracy against speed", "",
              f"One bench run (`{r.updated}`); int8, ai-edge-litert, 1 thread; "
-             "accuracy on our PBC test split (1538 images). Speed-up = MobileNetV2-1.0 @224 int8 p50 / the model's p50, "
-             "measured in the same run.", ""]
+             "accuracy on our PBC test split (1538 images). Speed-up = MobileNetV2-1.0 @224 int8 p50 / "
+             "the model's p50, measured in the same run.", ""]
     if ref is None:
         lines += ["**No MobileNetV2-1.0 @224 reference row in this run: no speed-ups.**", ""]
     else:
-        lines += [f"Reference: MobileNetV2-1.0 @224 int8 (untrained build, latency only): p50 {ref['latency_ms']['p50']:.2f} ms.", ""]
+        lines += ["Reference: MobileNetV2-1.0 @224 int8 (untrained build, latency only): "
+                  f"p50 {ref['latency_ms']['p50']:.2f} ms.", ""]
     if loads and max(loads) > BUSY_LOAD:
         lines += [f"**Warning: the machine was busy during this run (1-minute load average up to {max(loads):.2f} on "
                   "2 cores): timings are pessimistic and the speed-ups less certain.**", ""]
     elif loads:
-        lines += [f"The machine was idle: 1-minute load average {min(loads):.2f} to {max(loads):.2f} during the run.", ""]
-    lines += ["| model | input | int8 test accuracy | macro-F1 | int8 - float (points) | p50 (ms) | speed-up vs MobileNetV2-224 | MMACs | size (MB) | load |",
+        lines += [f"The machine was idle: 1-minute load average {min(loads):.2f} to {max(loads):.2f} "
+                  "during the run.", ""]
+    lines += ["| model | input | int8 test accuracy | macro-F1 | int8 - float (points) | p50 (ms) "
+              "| speed-up vs MobileNetV2-224 | MMACs | size (MB) | load |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for x in rs:
         drop = f"{(x['accuracy'] - x['float_accuracy']) * 100:+.2f}" if x["float_accuracy"] is not None else ""
@@ -68,17 +72,19 @@ def markdown(r: Results, plot: str | None) -> str:
                      f"{x['load'] if x['load'] is None else round(x['load'], 2)} |")
     front = [rs[i]["model"] for i in pareto([(x["p50"], x["accuracy"]) for x in rs])]
     fast = [x for x in rs if x["speedup"] and x["speedup"] >= FAST_SPEEDUP]
-    lines += ["", f"Pareto front (no other model both faster and more accurate): {', '.join(f'`{m}`' for m in front)}.", ""]
+    shown = ", ".join(f"`{m}`" for m in front)
+    lines += ["", f"Pareto front (no other model both faster and more accurate): {shown}.", ""]
     if fast:
         best = max(fast, key=lambda x: x["accuracy"])
-        lines += [f"Most accurate model at least {FAST_SPEEDUP:g}x faster than MobileNetV2-224 int8: `{best['model']}`, "
-                  f"{best['accuracy']:.2%} at {best['speedup']:.1f}x.", ""]
+        lines += [f"Most accurate model at least {FAST_SPEEDUP:g}x faster than MobileNetV2-224 int8: "
+                  f"`{best['model']}`, {best['accuracy']:.2%} at {best['speedup']:.1f}x.", ""]
     else:
         lines += [f"No model in this run is at least {FAST_SPEEDUP:g}x faster than MobileNetV2-224 int8.", ""]
     if plot:
         lines += [f"![accuracy against p50 latency and MACs]({plot})", ""]
     lines += ["Rows are the int8 exports of `convert` (with the trust statistics); float accuracies are the float32 "
-              "TFLite export of the same model on the same images. Reproduce: `scripts/bench_all.sh` (PARETO section).", ""]
+              "TFLite export of the same model on the same images. Reproduce: `scripts/bench_all.sh` "
+              "(PARETO section).", ""]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_bloodcls.edge_runtime.spec import LABELS
+
 from .report_common import FORMAT_ORDER, model_order, pareto, threads_for_plots
 from .results import Results
 
@@ -39,8 +40,10 @@ def _plot_setup(r: Results):
     """What both scatter plots share: the thread count shown, the scored rows, colours, markers."""
     th = threads_for_plots(r)
     rows = [c for c in r.configs if c["threads"] == th and r.metrics(c["model"], c["format"])]
-    plt = _plt() if rows else None
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(model_order(r))} if rows else {}
+    if not rows:
+        return th, rows, None, {}, {}
+    plt = _plt()
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(model_order(r))}
     return th, rows, plt, colours, dict(zip(FORMAT_ORDER, "sodv^P*"))
 
 
@@ -48,7 +51,7 @@ def plot_accuracy_latency(r: Results, path: Path) -> bool:
     th, rows, plt, colours, markers = _plot_setup(r)
     if not rows:
         return False
-    pts = [(c["latency_ms"]["p50"], r.metrics(c["model"], c["format"])["accuracy"] * 100) for c in rows]
+    pts = [(c["latency_ms"]["p50"], r.scored(c["model"], c["format"])["accuracy"] * 100) for c in rows]
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for k, (c, (x, y)) in enumerate(zip(rows, pts)):
         _point(ax, c, x, y, k, colours, markers)
@@ -61,7 +64,7 @@ def plot_accuracy_latency(r: Results, path: Path) -> bool:
     _log_x(ax)
     ax.set_xlabel(f"latency p50, ms per image (batch 1, {th} thread{'s' if th != '1' else ''}; log scale)")
     ax.set_ylabel("test accuracy, %")
-    ax.set_title("Accuracy vs latency (" + r.machine["cpu_model"] + ")", fontsize=9)
+    ax.set_title("Accuracy vs latency (" + r.machine_info["cpu_model"] + ")", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -76,7 +79,7 @@ def plot_size_accuracy(r: Results, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for k, c in enumerate(rows):
-        x, y = c["size_bytes"] / 1e6, r.metrics(c["model"], c["format"])["accuracy"] * 100
+        x, y = c["size_bytes"] / 1e6, r.scored(c["model"], c["format"])["accuracy"] * 100
         _point(ax, c, x, y, k, colours, markers)
     _log_x(ax)
     ax.set_xlabel("model file size, MB (log scale)")

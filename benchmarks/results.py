@@ -39,7 +39,7 @@ class ConfigRow:
     size_bytes: int
     params: int | None
     macs: int | None
-    quantization: str
+    quantization: str | None  # as the manifest records it (None: it records none); "keras" for the Keras model
     io_dtype: str
     load_s: float
     import_s: float | None
@@ -79,13 +79,13 @@ class Results:
     # --- the file -------------------------------------------------------------------------
 
     @classmethod
-    def from_json(cls, d: dict) -> "Results":
+    def from_json(cls, d: dict) -> Results:
         if d.get("schema") != SCHEMA:
             raise BenchError(f"results schema {d.get('schema')} is not {SCHEMA}")
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     @classmethod
-    def load(cls, path: Path) -> "Results":
+    def load(cls, path: Path) -> Results:
         """The results in path, or new ones where there is no file yet."""
         path = Path(path)
         if not path.exists():
@@ -118,6 +118,28 @@ class Results:
         """classification_metrics of a model in a format, None where it has none (untrained...)."""
         a = self.accuracy_entry(model, fmt)
         return a["metrics"] if a and a.get("metrics") else None
+
+    def scored(self, model: str, fmt: str) -> dict:
+        """metrics() of a configuration already known to have them (selected by metrics())."""
+        m = self.metrics(model, fmt)
+        if m is None:
+            raise KeyError(f"{model} {fmt}: no accuracy in these results")
+        return m
+
+    # The harness records the machine and the test images before it measures anything, so a
+    # saved run has both; the report reads them through these.
+
+    @property
+    def machine_info(self) -> dict:
+        if self.machine is None:
+            raise BenchError("these results record no machine (nothing was measured)")
+        return self.machine
+
+    @property
+    def test_data(self) -> dict:
+        if self.data is None:
+            raise BenchError("these results record no test images (nothing was measured)")
+        return self.data
 
     def set_accuracy(self, model: str, fmt: str, entry: dict):
         self.accuracy[self.key(model, fmt)] = entry

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_bloodcls.edge_runtime.spec import LABELS
+
 from .options import BenchError
 
 
@@ -28,9 +29,10 @@ class TestImages:
             from edge_bloodcls.train.pipeline import cached_pixels
 
             arr = cached_pixels(self.paths, (size, size), cache_dir, self.key)
-            if getattr(arr, "filename", None) is None:  # just written: read back as a memmap
-                arr = cached_pixels(self.paths, (size, size), cache_dir, self.key)
-            self._pixels[size] = str(arr.filename)
+            filename = getattr(arr, "filename", None)  # a memmap's file
+            if filename is None:  # just written: read back as a memmap
+                filename = getattr(cached_pixels(self.paths, (size, size), cache_dir, self.key), "filename", None)
+            self._pixels[size] = str(filename)
         return self._pixels[size]
 
     def describe(self) -> dict:
@@ -57,6 +59,7 @@ def load_test_images(data: Path, data_root, max_images: int | None, seed: int) -
         source = f"{data} (class folders{note})"
     else:
         images = calibrate.from_split(data, "test", data_root)
+        assert images.split_sha256 is not None, "from_split records the split's hash"
         # The pixel cache is named by key, size and count only: a key of the split alone would
         # read the val images' file in place of the test images' wherever both have one count.
         key = images.split_sha256[:12] + "-test"

@@ -22,13 +22,13 @@ from pathlib import Path
 import click
 import numpy as np
 
+from edge_bloodcls.convert.trust_fit import coverage_curve
 from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, load_bundle
 from edge_bloodcls.edge_runtime.classifier import Classifier
 from edge_bloodcls.edge_runtime.locate import Detection, crop, default_rbc_px
 from edge_bloodcls.edge_runtime.locate_eval import read_voc
 from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, prepare
 from edge_bloodcls.edge_runtime.trust import ece, nll
-from edge_bloodcls.convert.trust_fit import coverage_curve
 
 # The two shipped int8 bundles first, then their float32 twins (whatever else is bundled).
 SHIPPED = tuple(sorted((p.stem for p in MODELS_DIR.glob("*.tflite")),
@@ -77,11 +77,14 @@ def run_bundle(clf: Classifier, inputs) -> dict:
 def ood_cost(clf: Classifier, x: np.ndarray, runs: int = 300) -> dict:
     """Median ms of the OOD score and of invoke, on the same cell, interleaved."""
     _, f, _ = clf.infer(x)
+    trust = clf.trust
+    if trust is None or f is None:
+        raise ValueError(f"{clf.bundle.name}: no trust statistics (or no features output) to time")
     score_ms, invoke_ms = [], []
     for _ in range(runs):
-        _, f, ms = clf.infer(x)
+        _, _, ms = clf.infer(x)
         t = time.perf_counter()
-        clf.trust.score(f)
+        trust.score(f)  # the same cell each time: its features do not change
         score_ms.append((time.perf_counter() - t) * 1000)
         invoke_ms.append(ms)
     s, i = float(np.median(score_ms)), float(np.median(invoke_ms))

@@ -153,7 +153,7 @@ def input_coverage(quant: dict | None, dtype: str, spec: InputSpec) -> float | N
 def coverage_problem(quant: dict | None, dtype: str, spec: InputSpec,
                      min_coverage: float = MIN_COVERAGE) -> str | None:
     cov = input_coverage(quant, dtype, spec)
-    if cov is None or cov >= min_coverage:
+    if quant is None or cov is None or cov >= min_coverage:
         return None
     info = np.iinfo(np.dtype(dtype))
     scale, zero = quant["scale"], quant["zero_point"]

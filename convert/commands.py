@@ -1,17 +1,13 @@
 """CLI: `convert` (a trained .keras model -> a gated TFLite bundle)."""
 from __future__ import annotations
 
-import sys
-
 import click
 
-from .calibrate import DEFAULT_SAMPLES
 from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
-from .formats import IO_TYPES, QUANTIZE_CHOICES
+from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, require_train_extra
 
-# Exit status: 1 the export failed its checks (nothing written but the error report);
-# 2 bad options or inputs; 3 the CPU model was written but edgetpu_compiler is missing.
-EXIT_GATE, EXIT_USAGE, EXIT_NO_COMPILER = 1, 2, 3
+from .calibrate import DEFAULT_SAMPLES
+from .formats import IO_TYPES, QUANTIZE_CHOICES
 
 
 @click.command("convert")
@@ -52,32 +48,33 @@ EXIT_GATE, EXIT_USAGE, EXIT_NO_COMPILER = 1, 2, 3
               help="accuracy of the cells that are not flagged for review, on validation")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="directory for NAME.tflite + NAME.json")
 def convert_cmd(model, quantize, qat, qat_epochs, qat_lr, batch_size, calibration, calibration_samples, io, edgetpu,
-                per_tensor, max_drop, allow_float_ops, force, data_root, split_csv, eval_samples, eval_test, cache_dir, threads,
-                name, seed, no_trust, trust_samples, false_alarm, review_target, out):
+                per_tensor, max_drop, allow_float_ops, force, data_root, split_csv, eval_samples, eval_test, cache_dir,
+                threads, name, seed, no_trust, trust_samples, false_alarm, review_target, out):
     """Export MODEL.keras to TFLite, check it against the float model on the validation split,
-    and write a bundle (NAME.tflite + NAME.json) if the accuracy drop is within --max-drop."""
+    and write a bundle (NAME.tflite + NAME.json) if the accuracy drop is within --max-drop.
+
+    Exit status 1: the export failed its checks (nothing written but the error report); 2: bad
+    options or inputs, or the Edge TPU compiler is missing (the CPU model is written)."""
+    require_train_extra("convert")
     from .export import EdgeTPUUnavailable, ExportError, ExportOptions, GateFailed, run
 
     opts = ExportOptions(model=model, quantize=quantize, out=out, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr,
                          batch_size=batch_size, calibration=calibration, calibration_samples=calibration_samples,
-                         io=io, edgetpu=edgetpu, per_tensor=per_tensor, max_drop=max_drop, allow_float_ops=allow_float_ops, force=force,
+                         io=io, edgetpu=edgetpu, per_tensor=per_tensor, max_drop=max_drop,
+                         allow_float_ops=allow_float_ops, force=force,
                          data_root=data_root, split=split_csv, eval_samples=eval_samples, eval_test=eval_test,
                          cache_dir=cache_dir, threads=threads, name=name, seed=seed, trust=not no_trust,
                          trust_samples=trust_samples or None, false_alarm=false_alarm, review_target=review_target)
     try:
-        run(opts, log=click.echo)
-    except ExportError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_USAGE)
+        result = run(opts)
+    except (ExportError, EdgeTPUUnavailable) as e:
+        raise CliError(str(e)) from None
     except GateFailed as e:
         for p in e.problems:
             click.echo(f"FAILED: {p}", err=True)
-        click.echo("nothing written" + (f" except the error report {e.report}" if e.report else "")
-                   + "; --force writes the bundle anyway", err=True)
-        sys.exit(EXIT_GATE)
-    except EdgeTPUUnavailable as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_NO_COMPILER)
+        raise CliError("nothing written" + (f" except the error report {e.report}" if e.report else "")
+                       + "; --force writes the bundle anyway", EXIT_INPUTS_FAILED) from None
+    click.echo(result["bundle"])  # the result, on stdout (what it took, on stderr)
 
 
 from .summary import summary_cmd  # noqa: E402 - beside the command whose output it summarises

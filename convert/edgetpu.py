@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 COMPILER = "edgetpu_compiler"
 INSTALL = (
@@ -38,7 +39,7 @@ def find_compiler() -> str | None:
 
 def parse_log(text: str) -> dict:
     """The compiler's summary: version, subgraphs, and per-op mapping (op, count, status)."""
-    ops = []
+    ops: list[dict[str, Any]] = []
     for line in text.splitlines():
         m = _OP_LINE.match(line.strip())
         if m:

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_bloodcls.edge_runtime.bundle import Bundle, sha256_file, write_bundle
 from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
-from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
+from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET, TrustStats
+
 from . import calibrate, formats, gate, trust_fit
+
+_log = logging.getLogger(__name__)
 
 
 class ExportError(ValueError):
@@ -34,7 +39,7 @@ class GateFailed(RuntimeError):
 
 
 class EdgeTPUUnavailable(RuntimeError):
-    """The CPU model was written but the Edge TPU compiler is missing (exit 3)."""
+    """The CPU model was written but the Edge TPU compiler is missing (a setup error: exit 2)."""
 
 
 @dataclass
@@ -61,7 +66,8 @@ def load_source(path) -> Source:
     model = tf_keras.models.load_model(path, compile=False)
     cfg_file = path.parent / "config.json"
     config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
-    shape = tuple(int(s) for s in model.input_shape[1:3])
+    h, w = (int(s) for s in model.input_shape[1:3])
+    shape = (h, w)
     if "input" in config:
         spec = InputSpec.from_json(config["input"])
         if tuple(spec.size) != shape:
@@ -179,8 +185,8 @@ def _evaluate(src: Source, tflite: Path, manifest: dict, images, pixels, threads
     return gate.compare(images.labels, float_probs, exp["raw"], src.labels), interp, exp
 
 
-def _fit_trust(opts: ExportOptions, src: Source, split_csv, tflite: Path, manifest: dict, val, val_out: dict,
-               log) -> tuple[bytes, dict, object]:
+def _fit_trust(opts: ExportOptions, src: Source, split_csv, tflite: Path, manifest: dict, val,
+               val_out: dict) -> tuple[bytes, dict, TrustStats]:
     """Trust statistics on training cells through the exported model (see trust_fit)."""
     train = calibrate.sample(calibrate.from_split(split_csv, "train", opts.data_root), opts.trust_samples, opts.seed)
     pixels = _pixels(train, src.spec, opts.cache_dir, opts.trust_samples is None)
@@ -188,10 +194,10 @@ def _fit_trust(opts: ExportOptions, src: Source, split_csv, tflite: Path, manife
     stats, section = trust_fit.fit(out["features"], train.labels, val_out["raw"], val_out["features"], val.labels,
                                    len(src.labels), opts.false_alarm, opts.review_target)
     v = section["val"]
-    log(f"trust: OOD threshold {stats.threshold:.2f} ({opts.false_alarm:.0%} of val flagged), temperature "
-        f"{stats.temperature:.3g}, val ECE {v['ece']['raw']:.4f} -> {v['ece']['calibrated']:.4f}; review below "
-        f"confidence {stats.review_threshold:.3f}: val coverage {v['coverage']:.4f}, accepted accuracy "
-        f"{_fmt(v['accepted_accuracy'])} (target {opts.review_target})")
+    _log.info(f"trust: OOD threshold {stats.threshold:.2f} ({opts.false_alarm:.0%} of val flagged), temperature "
+              f"{stats.temperature:.3g}, val ECE {v['ece']['raw']:.4f} -> {v['ece']['calibrated']:.4f}; review below "
+              f"confidence {stats.review_threshold:.3f}: val coverage {v['coverage']:.4f}, accepted accuracy "
+              f"{_fmt(v['accepted_accuracy'])} (target {opts.review_target})")
     return trust_fit.to_bytes(stats), section, stats
 
 
@@ -200,7 +206,7 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def run(opts: ExportOptions, log=print) -> dict:
+def run(opts: ExportOptions) -> dict:
     import tensorflow as tf
 
     try:
@@ -216,8 +222,8 @@ def run(opts: ExportOptions, log=print) -> dict:
     src = load_source(opts.model)
     spec = src.spec
     name = opts.name or default_name(src, fmt, io)
-    log(f"{src.path}: {src.arch}, {src.params:,} parameters, input {list(spec.size)} {spec.color} "
-        f"mean {list(spec.mean)} std {list(spec.std)} -> {fmt.name} ({io} I/O) as {name}")
+    _log.info(f"{src.path}: {src.arch}, {src.params:,} parameters, input {list(spec.size)} {spec.color} "
+              f"mean {list(spec.mean)} std {list(spec.std)} -> {fmt.name} ({io} I/O) as {name}")
 
     split_csv = _eval_split(opts, src)
     try:
@@ -225,25 +231,26 @@ def run(opts: ExportOptions, log=print) -> dict:
     except (OSError, ValueError) as e:
         raise ExportError(str(e)) from None
     if src.split_sha256 and val.split_sha256 != src.split_sha256:
-        log(f"warning: {split_csv} (sha256 {val.split_sha256[:12]}) is not the split the model was trained on "
-            f"({src.split_sha256[:12]}); its val images may include training images")
+        _log.warning(f"warning: {split_csv} (sha256 {(val.split_sha256 or '?')[:12]}) is not the split the model "
+                     f"was trained on ({src.split_sha256[:12]}); its val images may include training images")
     val_pixels = _pixels(val, spec, opts.cache_dir, opts.eval_samples is None)
 
     model, qat_rows, qat_info = src.model, None, None
     if fmt.qat:
         from edge_bloodcls.train.pipeline import Augment
+
         from . import qat
 
         train_set = calibrate.from_split(split_csv, "train", opts.data_root)
         train_pixels = _pixels(train_set, spec, opts.cache_dir, True)
         aug = Augment(**src.config["augment"]) if src.config.get("augment") else Augment()
         cw = qat.class_weight_from_config(src.config, train_set.labels, len(src.labels))
-        log(f"quantization-aware fine-tuning: {opts.qat_epochs} epochs on {len(train_set.labels)} training images, "
-            f"lr {opts.qat_lr:g} (cosine to 0), batch {opts.batch_size}")
+        _log.info(f"quantization-aware fine-tuning: {opts.qat_epochs} epochs on {len(train_set.labels)} "
+                  f"training images, lr {opts.qat_lr:g} (cosine to 0), batch {opts.batch_size}")
         tf.random.set_seed(opts.seed)
         model = qat.quantize(src.model)
         qat_rows = qat.fine_tune(model, (train_pixels, train_set.labels), (val_pixels, val.labels), spec,
-                                 opts.qat_epochs, opts.batch_size, opts.qat_lr, aug, cw, opts.seed, log)
+                                 opts.qat_epochs, opts.batch_size, opts.qat_lr, aug, cw, opts.seed)
         qat_info = {"epochs": opts.qat_epochs, "lr": opts.qat_lr, "batch_size": opts.batch_size,
                     "augment": aug.to_json(), "class_weights": bool(cw), "train_images": len(train_set.labels),
                     "history": f"{name}.history.csv", "final": qat_rows[-1] if qat_rows else None}
@@ -260,8 +267,8 @@ def run(opts: ExportOptions, log=print) -> dict:
         calib_info = {"source": cal.source, "n": len(cal.paths), "seed": opts.seed, "split_sha256": cal.split_sha256,
                       "per_class": {k: counts.get(k, 0) for k in src.labels},
                       "range": [float(samples.min()), float(samples.max())]}
-        log(f"calibration: {len(cal.paths)} images from {cal.source}, stratified; input range "
-            f"[{samples.min():.3f}, {samples.max():.3f}]")
+        _log.info(f"calibration: {len(cal.paths)} images from {cal.source}, stratified; input range "
+                  f"[{samples.min():.3f}, {samples.max():.3f}]")
         problem = calibrate.check_samples(samples, spec)
         if problem:
             problems.append(problem)
@@ -286,12 +293,12 @@ def run(opts: ExportOptions, log=print) -> dict:
         if not opts.allow_float_ops:
             raise GateFailed([f"{len(fops)} ops stayed float in the {fmt.name} export: {listing} "
                               "(--allow-float-ops accepts them)"])
-        log(f"warning: {len(fops)} ops run in float: {listing}")
+        _log.warning(f"warning: {len(fops)} ops run in float: {listing}")
     problem = calibrate.coverage_problem(details["input"]["quant"], details["input"]["dtype"], spec)
     if problem:
         problems.append(problem)
 
-    manifest = {
+    manifest: dict[str, Any] = {
         "name": name, "arch": src.arch, "labels": src.labels,
         "input": {**spec.to_json(), "dtype": details["input"]["dtype"], "quant": details["input"]["quant"]},
         "output": {"dtype": details["output"]["dtype"], "quant": details["output"]["quant"]},
@@ -309,10 +316,11 @@ def run(opts: ExportOptions, log=print) -> dict:
         tmp_tflite.write_bytes(tflite)
         metrics, interp, val_out = _evaluate(src, tmp_tflite, manifest, val, val_pixels, opts.threads)
         metrics["eval_split"] = "val" if opts.eval_samples is None else f"val (stratified {len(val.labels)})"
-        trust_bytes = stats = None
+        trust_bytes: bytes | None = None
+        stats: TrustStats | None = None
         if has_features:
             trust_bytes, manifest["trust"], stats = _fit_trust(opts, src, split_csv, tmp_tflite, manifest, val,
-                                                               val_out, log)
+                                                               val_out)
         if opts.eval_test:
             test = calibrate.from_split(split_csv, "test", opts.data_root)
             test_pixels = _pixels(test, spec, opts.cache_dir, True)
@@ -320,17 +328,18 @@ def run(opts: ExportOptions, log=print) -> dict:
             if stats is not None:
                 manifest["trust"]["test"] = trust_fit.evaluate(stats, test_out["raw"], test_out["features"],
                                                                test.labels)
-    log(f"val accuracy: float {metrics['float']['accuracy']:.4f}, {fmt.name} {metrics['exported']['accuracy']:.4f}, "
-        f"drop {metrics['drop']:.2f} points (max {opts.max_drop:g}); agreement {metrics['agreement']:.4f}, "
-        f"n={metrics['n']}")
+    _log.info(f"val accuracy: float {metrics['float']['accuracy']:.4f}, "
+              f"{fmt.name} {metrics['exported']['accuracy']:.4f}, drop {metrics['drop']:.2f} points "
+              f"(max {opts.max_drop:g}); agreement {metrics['agreement']:.4f}, n={metrics['n']}")
     if "test" in metrics:
         t = metrics["test"]
-        log(f"test accuracy: float {t['float']['accuracy']:.4f}, {fmt.name} {t['exported']['accuracy']:.4f}, "
-            f"drop {t['drop']:.2f} points, n={t['n']}")
+        _log.info(f"test accuracy: float {t['float']['accuracy']:.4f}, {fmt.name} {t['exported']['accuracy']:.4f}, "
+                  f"drop {t['drop']:.2f} points, n={t['n']}")
         tt = (manifest.get("trust") or {}).get("test")
         if tt:
-            log(f"test trust: ECE {tt['ece']['raw']:.4f} -> {tt['ece']['calibrated']:.4f}, OOD flagged "
-                f"{tt['ood_flagged']:.4f}, coverage {tt['coverage']:.4f}, accepted accuracy {_fmt(tt['accepted_accuracy'])}")
+            _log.info(f"test trust: ECE {tt['ece']['raw']:.4f} -> {tt['ece']['calibrated']:.4f}, OOD flagged "
+                      f"{tt['ood_flagged']:.4f}, coverage {tt['coverage']:.4f}, "
+                      f"accepted accuracy {_fmt(tt['accepted_accuracy'])}")
     if metrics["drop"] > opts.max_drop:
         problems.append(f"accuracy drop {metrics['drop']:.2f} points exceeds --max-drop {opts.max_drop:g}")
 
@@ -341,14 +350,15 @@ def run(opts: ExportOptions, log=print) -> dict:
         if fmt.calibration:
             report = out / f"{name}.quant_debug.csv"
             # The debugger wants a single-output model: the probabilities' graph is the same.
+            assert samples is not None, "a format with calibration has its samples (above)"
             worst = gate.debug_report(lambda: make_converter(model), samples, report)
-            log(f"per-layer quantization error (rmse/scale; ~0.3 is rounding only), worst first -> {report}")
+            _log.info(f"per-layer quantization error (rmse/scale; ~0.3 is rounding only), worst first -> {report}")
             for w in worst:
-                log(f"  {w.rmse_over_scale:8.3f}  {w.op:<18} {w.tensor}")
+                _log.info(f"  {w.rmse_over_scale:8.3f}  {w.op:<18} {w.tensor}")
             result["report"] = str(report)
         if not opts.force:
             raise GateFailed(problems, report, result)
-        log("--force: writing the bundle despite: " + "; ".join(problems))
+        _log.info("--force: writing the bundle despite: " + "; ".join(problems))
 
     manifest["metrics"] = metrics
     manifest["interpreter"] = interp
@@ -356,11 +366,11 @@ def run(opts: ExportOptions, log=print) -> dict:
                         "forced": bool(problems)}
     bundle = write_bundle(tflite, manifest, out, name, trust_bytes)
     result["bundle"] = str(bundle.tflite)
-    log(f"wrote {bundle.tflite} ({len(tflite) / 1e6:.2f} MB) and {bundle.tflite.with_suffix('.json').name}")
+    _log.info(f"wrote {bundle.tflite} ({len(tflite) / 1e6:.2f} MB) and {bundle.tflite.with_suffix('.json').name}")
     if qat_rows:
         _write_rows(out / f"{name}.history.csv", qat_rows)
     if opts.edgetpu:
-        result["edgetpu"] = str(_compile_edgetpu(bundle, manifest, out, log).tflite)
+        result["edgetpu"] = str(_compile_edgetpu(bundle, manifest, out).tflite)
     return result
 
 
@@ -371,7 +381,7 @@ def _write_rows(path: Path, rows: list[dict]):
         w.writerows(rows)
 
 
-def _compile_edgetpu(bundle: Bundle, manifest: dict, out: Path, log) -> Bundle:
+def _compile_edgetpu(bundle: Bundle, manifest: dict, out: Path) -> Bundle:
     from . import edgetpu
 
     try:
@@ -389,8 +399,8 @@ def _compile_edgetpu(bundle: Bundle, manifest: dict, out: Path, log) -> Bundle:
     trust = bundle.trust_path.read_bytes() if bundle.trust_path else None
     compiled = write_bundle(data, m, out, name, trust)
     (out / f"{name}.log").write_text(text)
-    log(f"edgetpu_compiler {info['compiler_version']}: {info['mapped_ops']} ops on the Edge TPU, "
-        f"{info['cpu_ops']} on the CPU, {info['subgraphs']} subgraph(s) -> {compiled.tflite}")
+    _log.info(f"edgetpu_compiler {info['compiler_version']}: {info['mapped_ops']} ops on the Edge TPU, "
+              f"{info['cpu_ops']} on the CPU, {info['subgraphs']} subgraph(s) -> {compiled.tflite}")
     for o in info["ops"]:
-        log(f"  {o['op']:<24}{o['count']:>5}  {o['status']}")
+        _log.info(f"  {o['op']:<24}{o['count']:>5}  {o['status']}")
     return compiled

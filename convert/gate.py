@@ -11,6 +11,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -153,7 +154,7 @@ def debug_report(make_converter, samples: np.ndarray, path, top: int = 10, n: in
     dbg.run()
     buf = io.StringIO()
     dbg.layer_statistics_dump(buf)
-    rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    rows: list[dict[str, Any]] = list(csv.DictReader(io.StringIO(buf.getvalue())))
     for r in rows:
         scale = float(r["scale"]) or float("nan")
         r["rmse/scale"] = math.sqrt(float(r["mean_squared_error"])) / scale

@@ -8,9 +8,12 @@ model is therefore flattened first: the backbone's layers are spliced into the o
 from __future__ import annotations
 
 import copy
+import logging
 import time
 
 import numpy as np
+
+_log = logging.getLogger(__name__)
 
 
 def _is_model(entry: dict) -> bool:
@@ -84,7 +87,7 @@ def quantize(model):
 
 
 def fine_tune(qmodel, train: tuple, val: tuple, spec, epochs: int = 2, batch_size: int = 64, lr: float = 1e-4,
-              augment=None, class_weight: dict | None = None, seed: int = 0, log=print) -> list[dict]:
+              augment=None, class_weight: dict | None = None, seed: int = 0) -> list[dict]:
     """A few epochs on the training split with the training pipeline (same augmentation and class
     weights); train/val are (uint8 pixels, labels). Returns one history row an epoch."""
     import tf_keras
@@ -104,8 +107,8 @@ def fine_tune(qmodel, train: tuple, val: tuple, spec, epochs: int = 2, batch_siz
 
     def epoch_end(epoch, logs):
         times.append(time.time())
-        log(f"qat epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f} "
-            f"val_loss {logs['val_loss']:.4f} val_acc {logs['val_accuracy']:.4f} ({times[-1] - times[-2]:.0f}s)")
+        _log.info(f"qat epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f} "
+                  f"val_loss {logs['val_loss']:.4f} val_acc {logs['val_accuracy']:.4f} ({times[-1] - times[-2]:.0f}s)")
 
     times.append(time.time())
     # One fit over the whole stream: fit() per epoch on a shared iterator loses the batches

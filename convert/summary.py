@@ -19,6 +19,8 @@ from pathlib import Path
 import click
 
 from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle, write_bundle
+from edge_bloodcls.errors import CliError, InputsFailed
+
 from .formats import ORDER
 
 MAX_SHIP_DROP = 0.2  # points of accuracy the shipped int8 may lose against the float32 bundle (issue 13)
@@ -218,9 +220,9 @@ def summary_cmd(exports, out, ship_dir):
     try:
         rc = run(exports, out, ship_dir)
     except SummaryError as e:
-        click.echo(f"error: {e}", err=True)
-        rc = 2
-    click.get_current_context().exit(rc)
+        raise CliError(str(e)) from None
+    if rc:
+        raise InputsFailed()  # why was said above
 
 
 def main(argv=None) -> int:

@@ -15,8 +15,14 @@ import io
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.trust import (DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET, TrustStats, apply_temperature,
-                                  ece, nll)
+from edge_bloodcls.edge_runtime.trust import (
+    DEFAULT_FALSE_ALARM,
+    DEFAULT_REVIEW_TARGET,
+    TrustStats,
+    apply_temperature,
+    ece,
+    nll,
+)
 
 # 256 PCA dimensions: on held-out BCCD fields the OOD AUROC rose with the dimensions (32 < 64 < 128
 # < 256) for both shipped models, and relative Mahalanobis did worse (scripts/ood_experiments.py,

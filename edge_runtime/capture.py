@@ -18,10 +18,11 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -35,8 +36,15 @@ from .session import SessionFileError, SessionLog
 from .slide import COUNTING, LOST
 from .sources import Frame, Source, has_display
 from .spec import WBC_LABELS
-from .track import Differential  # noqa: F401  (was defined here; importers keep working)
-from .track import MIN_OBSERVATIONS, CellCounter, Observation, Track, save_jpeg, single_track
+from .track import (
+    MIN_OBSERVATIONS,
+    CellCounter,
+    Differential,  # noqa: F401  (was defined here; importers keep working)
+    Observation,
+    Track,
+    save_jpeg,
+    single_track,
+)
 
 if TYPE_CHECKING:
     from .preview import LiveView

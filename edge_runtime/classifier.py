@@ -86,7 +86,7 @@ class Classifier:
                                   f"model's feature output has {int(self._feat['shape'][-1])}")
 
     @classmethod
-    def load(cls, model=None, **kw) -> "Classifier":
+    def load(cls, model=None, **kw) -> Classifier:
         return cls(load_bundle(model), **kw)
 
     def describe(self) -> dict:

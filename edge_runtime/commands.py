@@ -3,48 +3,41 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
+from edge_bloodcls import logs
+from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, InputsFailed
+
 from .bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, BundleError, load_bundle
 from .classifier import DEFAULT_REVIEW_THRESHOLD, Classifier
-from .interpreter import VERBOSE_ENV, InterpreterUnavailable
-from .locate_eval import locate_eval_command
 from .images import expand_inputs, list_class_images, printable
+from .interpreter import InterpreterUnavailable
+from .locate_eval import locate_eval_command
 from .preprocess import ImageError
 from .progress import Progress
 from .report import report_command
 from .review import review_command
 from .trust import GATE_ADVICE, trust_summary
 
-# Exit codes: 1 some inputs failed (the others were processed); 2 nothing could start
-# (no or invalid model, no interpreter, source cannot be opened, bad usage).
-EXIT_INPUT_FAILED = 1
-EXIT_CANNOT_START = 2
-
-
-def _fail(msg: str, code: int = EXIT_CANNOT_START):
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(code)
-
 
 def load_classifier(model, threads=None, device="cpu", review_threshold=None) -> Classifier:
-    """The classifier, or a one-line error and exit 2. review_threshold None: the bundle's own."""
+    """The classifier, or CliError (one line, exit 2). review_threshold None: the bundle's own."""
     try:
         bundle = load_bundle(model)
     except BundleError as e:
         if model is None and not any((MODELS_DIR / f"{DEFAULT_MODEL}{s}").exists() for s in (".json", ".tflite")):
-            _fail(f"no --model given and the bundled default {DEFAULT_MODEL} is not installed in {MODELS_DIR}; "
-                  "pass --model PATH/NAME.tflite (a bundle written by `edge-bloodcls convert`)")
-        _fail(str(e))
+            raise CliError(f"no --model given and the bundled default {DEFAULT_MODEL} is not installed in "
+                           f"{MODELS_DIR}; pass --model PATH/NAME.tflite (a bundle written by "
+                           "`edge-bloodcls convert`)") from None
+        raise CliError(str(e)) from None
     try:
         clf = Classifier(bundle, threads=threads, device=device, review_threshold=review_threshold)
     except (InterpreterUnavailable, BundleError) as e:
-        _fail(str(e))
+        raise CliError(str(e)) from None
     if clf.trust is None:
         # Said once, at load: results still come, but nothing tells a foreign cell from a PBC one.
         click.echo(f"note: {bundle.name} has no trust statistics (an older bundle): no out-of-distribution "
@@ -91,8 +84,8 @@ def classify(paths, model, threads, device, fmt, top_k, review_threshold, verbos
     A bad input (unreadable, corrupt, not an image, too small or too large) is reported on stderr
     and skipped; the exit status is 1 when any input failed.
     """
-    if verbose:  # the interpreter's own INFO lines too (interpreter.VERBOSE_ENV)
-        os.environ[VERBOSE_ENV] = "1"
+    if verbose:  # as the group's -v: debug detail and the interpreter's own INFO lines
+        logs.configure(logs.VERBOSE)
     clf = load_classifier(model, threads, device, review_threshold)
     desc = clf.describe()
     if verbose:
@@ -157,7 +150,8 @@ def classify(paths, model, threads, device, fmt, top_k, review_threshold, verbos
         click.echo(f"{len(latencies)} classified, {failed} failed{trust}{med}", err=True)
         if latencies and n_ood > len(latencies) / 3:
             click.echo(f"warning: {n_ood} of {len(latencies)} cells are out of distribution; {GATE_ADVICE}", err=True)
-    sys.exit(EXIT_INPUT_FAILED if failed else 0)
+    if failed:
+        raise InputsFailed()
 
 
 @click.command()
@@ -203,8 +197,8 @@ def evaluate(directory, model, threads, device, json_path):
     if unknown:
         click.echo(f"warning: ignored folders that are not labels of this model: {', '.join(unknown)}", err=True)
     if not y_true:
-        _fail(f"{printable(directory)}: no readable images in sub-folders named {', '.join(clf.labels)}",
-              EXIT_INPUT_FAILED)
+        raise CliError(f"{printable(directory)}: no readable images in sub-folders named {', '.join(clf.labels)}",
+                       EXIT_INPUTS_FAILED)
     m = classification_metrics(y_true, y_pred, clf.labels)
     desc = clf.describe()
     click.echo(f"model {desc['model']} ({desc['quantization']}) on {desc['interpreter']} {desc['device']}")
@@ -229,7 +223,8 @@ def evaluate(directory, model, threads, device, json_path):
         json_path.write_text(json.dumps(report, indent=1) + "\n")
     # Any image that could not be used is a failure of the run (exit 1), though the metrics of the rest
     # are written: the report says which images are missing from them.
-    sys.exit(EXIT_INPUT_FAILED if not_read or failed else 0)
+    if not_read or failed:
+        raise InputsFailed()
 
 
 def _accuracy(manifest: dict) -> dict[str, float]:
@@ -351,22 +346,28 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
     or closing the preview, on Ctrl-C or SIGTERM, or when a camera stops delivering frames and
     reopening it fails. Then: `edge-bloodcls review DB` and `edge-bloodcls report DB`.
     """
-    from .capture import (DEFAULT_COUNT, CaptureOptions, crop_folder_problem, format_summary, run_capture,
-                          runtime_versions)
+    from .capture import (
+        DEFAULT_COUNT,
+        CaptureOptions,
+        crop_folder_problem,
+        format_summary,
+        run_capture,
+        runtime_versions,
+    )
     from .session import SessionFileError, SessionLog
     from .sources import SourceError, open_source
 
     if (width is None) != (height is None):
-        _fail("--width and --height go together")
+        raise CliError("--width and --height go together")
     if save_crops is not None and (problem := crop_folder_problem(save_crops)):
-        _fail(f"{printable(save_crops)}: {problem}")  # before the session: not at its first counted cell
+        raise CliError(f"{printable(save_crops)}: {problem}")  # before the session: not at its first counted cell
     if count is None:
         count = DEFAULT_COUNT if mode == "field" else 0
     clf = load_classifier(model, threads, device, review_threshold)
     try:
         source = open_source(camera, fps=fps, size=(width, height) if width else None)
     except SourceError as e:
-        _fail(str(e))
+        raise CliError(str(e)) from None
     desc = clf.describe()
     try:
         log = SessionLog(db, source.name, mode, desc, clf.review_threshold, sample=sample, operator=operator,
@@ -374,8 +375,8 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
                          versions=runtime_versions(clf))
     except (SessionFileError, OSError) as e:
         source.close()
-        _fail(str(e) if isinstance(e, SessionFileError) else
-              f"{printable(db)}: cannot write the session log ({e.strerror})")
+        raise CliError(str(e) if isinstance(e, SessionFileError) else
+                       f"{printable(db)}: cannot write the session log ({e.strerror})") from None
     live = None
     if live_port is not None:
         from .preview import LiveView
@@ -385,7 +386,7 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
         except OSError as e:
             source.close()
             log.close()
-            _fail(f"--live-port {live_port}: cannot listen on {live_host} ({e.strerror})")
+            raise CliError(f"--live-port {live_port}: cannot listen on {live_host} ({e.strerror})") from None
     click.echo(f"capture from {source.name} ({mode} mode) with {desc['model']} on {desc['interpreter']} "
                f"{desc['device']}, {desc['threads']} thread(s); log {printable(db)}, session {log.id}"
                + (f"; live view {live.url}" if live else ""), err=True)
@@ -404,10 +405,10 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
         summary_json.write_text(json.dumps(summary.to_json(), indent=1) + "\n")
     if summary.log_error:
         # the session ran, but its log stops short: one line, and not the exit of a complete session
-        click.echo(f"error: {summary.log_error}", err=True)
-    # 1: the log failed, a camera gave up, a video ended short or was damaged, no image was read
-    failed = summary.log_error or getattr(source, "failed", False) or getattr(source, "gave_up", False)
-    sys.exit(EXIT_INPUT_FAILED if failed else 0)
+        raise CliError(summary.log_error, EXIT_INPUTS_FAILED)
+    # 1: a camera gave up, a video ended short or was damaged, no image was read
+    if getattr(source, "failed", False) or getattr(source, "gave_up", False):
+        raise InputsFailed()
 
 
 COMMANDS = [classify, evaluate, models, capture, locate_eval_command, report_command, review_command]

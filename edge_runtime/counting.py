@@ -24,8 +24,9 @@ Per frame (see slide.py for the frame's state and its position on the slide):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -187,7 +188,7 @@ class CountingCore:
             obs = list(classify([detections[di] for _, di in todo]))
             if len(obs) != len(todo):
                 raise ValueError(f"classify returned {len(obs)} observations for {len(todo)} cells")
-            for (c, di), o in zip(todo, obs):
+            for (c, _), o in zip(todo, obs):
                 c.missed = 0
                 label = self.labels[int(np.argmax(o.probs))]
                 if c.track is None:

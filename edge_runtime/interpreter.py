@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import logging
 import os
 import sys
 import tempfile
@@ -18,8 +19,7 @@ BACKENDS = (
 EDGETPU_LIB = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
 
-# Set (to anything but "" or "0") by `--verbose`: the interpreter's INFO lines reach stderr.
-VERBOSE_ENV = "EDGE_BLOODCLS_VERBOSE"
+_log = logging.getLogger(__name__)
 
 
 class InterpreterUnavailable(RuntimeError):
@@ -27,7 +27,9 @@ class InterpreterUnavailable(RuntimeError):
 
 
 def verbose() -> bool:
-    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+    """-v on the CLI (edge_bloodcls.logs) puts this logger at DEBUG: the runtime's own INFO lines
+    are then let through. Without the CLI, logging's default (WARNING) keeps them off."""
+    return _log.isEnabledFor(logging.DEBUG)
 
 
 @contextlib.contextmanager
@@ -65,7 +67,7 @@ def _module(allowed=None):
     """First importable backend; EDGE_BLOODCLS_INTERPRETER=name restricts the choice."""
     forced = os.environ.get("EDGE_BLOODCLS_INTERPRETER")
     errors = []
-    for name, module, hint in BACKENDS:
+    for name, module, _hint in BACKENDS:
         if forced and name != forced:
             continue
         if allowed and name not in allowed:
@@ -90,7 +92,8 @@ def _edgetpu_delegate(mod):
     lib = EDGETPU_LIB.get(platform.system(), "libedgetpu.so.1")
     load_delegate = getattr(mod, "load_delegate", None)
     if load_delegate is None:
-        raise InterpreterUnavailable("this interpreter package cannot load delegates; install ai-edge-litert or tflite-runtime")
+        raise InterpreterUnavailable("this interpreter package cannot load delegates; "
+                                     "install ai-edge-litert or tflite-runtime")
     try:
         # Loaded here first: a library load_delegate cannot open leaves it a half-built
         # Delegate whose __del__ then prints "Exception ignored in Delegate.__del__".

@@ -24,6 +24,7 @@ from .locate import LocateParams, iou, locate
 from .preprocess import ImageError, load_rgb
 
 IOU_MIN = 0.3
+DEFAULT_PARAMS = LocateParams()  # frozen: one shared default is safe
 
 
 def read_voc(xml_path, cls: str = "WBC") -> list[tuple[int, int, int, int]]:
@@ -75,7 +76,7 @@ def load_images(root, ids=None):
         yield xml.stem, read_voc(xml), rgb
 
 
-def evaluate_images(images, params: LocateParams = LocateParams(), rbc_px=None) -> list[dict]:
+def evaluate_images(images, params: LocateParams = DEFAULT_PARAMS, rbc_px=None) -> list[dict]:
     """Per image: id, truth boxes, predicted boxes, matched count, milliseconds in locate."""
     rows = []
     for image_id, truth, rgb in images:
@@ -142,7 +143,7 @@ def tune(root, rbc_px=None, rounds: int = 3, log=print) -> LocateParams:
     return params
 
 
-def report(root, params: LocateParams = LocateParams(), rbc_px=None) -> dict:
+def report(root, params: LocateParams = DEFAULT_PARAMS, rbc_px=None) -> dict:
     root = Path(root)
     rows = evaluate_images(load_images(root), params, rbc_px)
     out = {"data": str(root), "iou_min": IOU_MIN, "params": asdict(params),

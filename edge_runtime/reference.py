@@ -19,7 +19,6 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from .spec import WBC_LABELS
 
@@ -49,7 +48,7 @@ class Intervals:
     rules: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RULES))
     source: str = "default (example adult intervals; set your laboratory's own with --ranges)"
 
-    def mark(self, label: str, value: Optional[float], absolute: bool = False) -> str:
+    def mark(self, label: str, value: float | None, absolute: bool = False) -> str:
         """'H' above the interval, 'L' below it, '' inside it or without an interval."""
         if value is None:
             return ""
@@ -59,11 +58,11 @@ class Intervals:
         lo, hi = lo_hi
         return "H" if value > hi else "L" if value < lo else ""
 
-    def interval(self, label: str, absolute: bool = False) -> Optional[tuple[float, float]]:
+    def interval(self, label: str, absolute: bool = False) -> tuple[float, float] | None:
         return (self.absolute if absolute else self.percent).get(label)
 
 
-def load_intervals(path: Optional[Path]) -> Intervals:
+def load_intervals(path: Path | None) -> Intervals:
     if path is None:
         return Intervals()
     try:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .locate import iou
 from .session import CellRecord
 from .spec import WBC_LABELS
 from .trust import SessionGate

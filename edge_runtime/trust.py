@@ -115,7 +115,7 @@ class TrustStats:
                 "proj": self.proj.astype(np.float16), "centres": self.centres.astype(np.float32)}
 
     @classmethod
-    def from_arrays(cls, arrays, trust: dict, where: str, n_classes: int) -> "TrustStats":
+    def from_arrays(cls, arrays, trust: dict, where: str, n_classes: int) -> TrustStats:
         """Check every field against the others and the model; TrustError names the field."""
         try:
             mean = np.asarray(arrays["mean"], np.float32)

@@ -335,7 +335,7 @@ class WebServer:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         await self.server.serve(sockets=[self.sock])
 
-    def start(self) -> "WebServer":
+    def start(self) -> WebServer:
         """In a daemon thread (tests, the live view beside capture)."""
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()

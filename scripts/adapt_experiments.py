@@ -1,6 +1,7 @@
 """What each ingredient of `edge-bloodcls adapt` adds, on natural-proportion validation cells.
 
-    .venv/bin/python scripts/adapt_experiments.py --only NAME [NAME ...] [--out benchmarks/results/adapt_validation.json]
+    .venv/bin/python scripts/adapt_experiments.py --only NAME [NAME ...] \
+        [--out benchmarks/results/adapt_validation.json]
 
 Protocol (issue 29), so that no figure is tuned on the cells it reports:
 - Training: the 41 labelled bccd_site cells (class-balanced sample) only, as capture frames them
@@ -185,7 +186,8 @@ def run(name, cfg, framing, checkpoints, site_cells, site, ses, unl, pbc, spec) 
         for v in ("none", "em"):
             print(f"{name} @{c} [{v}] A: {ev.Estimate(**_est(r[v]['A'])).line()}", flush=True)
             print(f"{name} @{c} [{v}] B: {ev.Estimate(**_est(r[v]['B'])).line()}", flush=True)
-        print(f"{name} @{c}: PBC test {r['pbc_test_accuracy']:.4f} (em {r['pbc_test_accuracy_em']:.4f}); site prior (EM) {r['em_site_prior']}", flush=True)
+        print(f"{name} @{c}: PBC test {r['pbc_test_accuracy']:.4f} (em {r['pbc_test_accuracy_em']:.4f}); "
+              f"site prior (EM) {r['em_site_prior']}", flush=True)
     res["seconds"] = round(time.time() - t0, 1)
     return res
 

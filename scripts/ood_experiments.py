@@ -73,21 +73,19 @@ def main(argv):
             for dims in (32, 64, 128, 256):
                 m, p, c = fit_ood(ftr[idx], train_all.labels[idx], 8, dims)
                 for relative in (False, True):
-                    def s(f):
+                    # Background Gaussian: one centre (the mean, 0 after centring) in a space
+                    # whitened by the total covariance of the same projection.
+                    bg = fit_ood(ftr[idx], np.zeros(len(idx), int), 1, dims) if relative else None
+
+                    def s(f, m=m, p=p, c=c, bg=bg):
                         d = scores(m, p, c, f)
-                        if relative:
-                            # Background Gaussian: one centre (the mean, 0 after centring) in a
-                            # space whitened by the total covariance of the same projection.
-                            d = d - bg(f)
-                        return d
-                    if relative:
-                        mb, pb, cb = fit_ood(ftr[idx], np.zeros(len(idx), int), 1, dims)
-                        bg = lambda f: scores(mb, pb, cb, f)  # noqa: E731
+                        return d if bg is None else d - scores(*bg, f)
                     sv, st, sbs, sbr = s(fv), s(ft), s(fbs), s(fbr)
                     thr = float(np.quantile(sv, 0.98))
                     rows.append({"train_cells": len(idx), "dims": p.shape[1], "relative": relative,
                                  "select_auroc": auroc(sv, sbs), "select_flagged": float((sbs > thr).mean()),
-                                 "report_auroc_test": auroc(st, sbr), "report_pbc_test_flagged": float((st > thr).mean()),
+                                 "report_auroc_test": auroc(st, sbr),
+                                 "report_pbc_test_flagged": float((st > thr).mean()),
                                  "report_bccd_test_flagged": float((sbr > thr).mean())})
                     print(name, rows[-1], file=sys.stderr)
         out["bundles"][name] = rows

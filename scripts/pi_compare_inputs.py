@@ -78,7 +78,7 @@ def make_inputs(out: Path, data: Path) -> dict:
             for f in _spread(rest, N_EVALUATE):
                 put(f, out / "evalset" / lab / f.name, "evaluate")
     else:
-        record["pbc"] = "synthetic (no PBC images at %s)" % pbc
+        record["pbc"] = f"synthetic (no PBC images at {pbc})"
         for k, lab in enumerate(LABELS):
             for i in range(N_CLASSIFY + N_EVALUATE):
                 dst = out / ("cells" if i < N_CLASSIFY else "evalset") / lab / f"{lab}_{i}.png"
@@ -92,7 +92,7 @@ def make_inputs(out: Path, data: Path) -> dict:
         for f in _spread(fields, N_FIELDS):
             put(f, out / "fields" / f.name, "fields")
     else:
-        record["bccd"] = "synthetic (no BCCD fields at %s)" % bccd
+        record["bccd"] = f"synthetic (no BCCD fields at {bccd})"
         for i in range(N_FIELDS):
             dst = out / "fields" / f"field_{i}.png"
             dst.parent.mkdir(parents=True, exist_ok=True)

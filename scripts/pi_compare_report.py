@@ -32,5 +32,5 @@ class Report:
 def table(rows: list[list[str]], head: list[str]) -> list[str]:
     """Left-aligned columns as wide as their widest cell, a dashed rule under the head."""
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    fmt = "  ".join("{:<%d}" % w for w in widths)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*map(str, r)) for r in rows]

@@ -19,8 +19,10 @@ def _versions(r: Report, sides: list[tuple[str, dict]]) -> None:
 
     rows = [
         row("OS", lambda i: i["os"]),
-        row("machine", lambda i: i["machine"] + (f" (qemu-user, QEMU_CPU={i['qemu_cpu']})" if i.get("qemu_cpu") else "")),
-        row("CPU features (AT_HWCAP)", lambda i: ",".join(i["cpu_features"]) if i["cpu_features"] is not None else "n/a (x86-64)"),
+        row("machine", lambda i: i["machine"] + (f" (qemu-user, QEMU_CPU={i['qemu_cpu']})"
+                                                 if i.get("qemu_cpu") else "")),
+        row("CPU features (AT_HWCAP)", lambda i: (",".join(i["cpu_features"]) if i["cpu_features"] is not None
+                                                  else "n/a (x86-64)")),
         row("libc", lambda i: i["libc"]),
         row("Python", lambda i: f"{i['python']} ({i['implementation']})"),
         row("interpreter", lambda i: f"{i['model']['interpreter']} {i['model']['interpreter_version']}, "

@@ -25,7 +25,8 @@ def main(db: Path) -> None:
     subprocess.run([cli, "report", str(db), "--format", "pdf", "--out", str(pdf)], check=True)
     print(f"pdf: {time.perf_counter() - t:.1f} s with the process start")
     out = REPO / "docs" / "report-print"
-    subprocess.run(["pdftoppm", "-png", "-r", "60", "-f", "1", "-l", "1", "-singlefile", str(pdf), str(out)], check=True)
+    subprocess.run(["pdftoppm", "-png", "-r", "60", "-f", "1", "-l", "1", "-singlefile", str(pdf), str(out)],
+                   check=True)
     print(f"{out}.png")
 
 

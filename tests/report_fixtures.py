@@ -17,7 +17,7 @@ def _crop_pool(n: int = 64, size: int = 360) -> list[bytes]:
     """Crops like the log's: up to 360 px JPEG, a stained cell on a smooth background (~10 KB each)."""
     rng = np.random.default_rng(0)
     out = []
-    for i in range(n):
+    for _ in range(n):
         a = np.full((size, size, 3), (232, 214, 210), np.float32) + rng.normal(0, 3, (size, size, 3))
         im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
         d = ImageDraw.Draw(im)
@@ -42,8 +42,9 @@ def make_big_session(path: Path, n: int = 10_000, per_frame: int = 250, flagged_
         for k in range(f, min(n, f + per_frame)):
             lab = LABELS[labels[k]]
             probs = {x: (0.9 if x == lab else 0.1 / 7) for x in LABELS}
-            recs.append(CellRecord((0, 0, 90, 90), lab, 0.9, k % flagged_every == 0, probs, crop_jpeg=pool[k % len(pool)],
-                                   observations=2, review_reason="low confidence" if k % flagged_every == 0 else ""))
+            recs.append(CellRecord((0, 0, 90, 90), lab, 0.9, k % flagged_every == 0, probs,
+                                   crop_jpeg=pool[k % len(pool)], observations=2,
+                                   review_reason="low confidence" if k % flagged_every == 0 else ""))
         log.log_frame(f // per_frame, time.time(), f"f{f}.png", (1000, 1000), len(recs), recs)
     log.finish("end of folder", {})
     log.close()

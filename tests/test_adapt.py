@@ -12,6 +12,8 @@ from click.testing import CliRunner
 tf = pytest.importorskip("tensorflow")
 tf_keras = pytest.importorskip("tf_keras")
 
+from conftest import make_dataset, synthetic_cell  # noqa: E402
+
 from edge_bloodcls.cli import main  # noqa: E402
 from edge_bloodcls.edge_runtime.bundle import load_bundle, sha256_file  # noqa: E402
 from edge_bloodcls.edge_runtime.classifier import Classifier  # noqa: E402
@@ -22,8 +24,6 @@ from edge_bloodcls.edge_runtime.store import SessionStore  # noqa: E402
 from edge_bloodcls.train.adapt_data import AdaptInputError, load_labelled  # noqa: E402
 from edge_bloodcls.train.data import make_split, read_split, scan, write_split  # noqa: E402
 from edge_bloodcls.train.pipeline import load_pixels  # noqa: E402
-
-from conftest import make_dataset, synthetic_cell  # noqa: E402
 
 SIZE = 32
 SITE_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
@@ -209,7 +209,6 @@ def test_session_log_reviewed_cells(tmp_path):
     """A capture log: reviewed cells with a crop are read; unreviewed ones are not."""
     import io
 
-    from PIL import Image
 
     db = tmp_path / "s.db"
     rng = np.random.default_rng(0)

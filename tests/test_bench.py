@@ -98,7 +98,7 @@ def test_quick_ratios(quick):
     _, r = quick
     by = {(c["format"], c["threads"]): c for c in r["configs"]}
     assert r["baseline"] == "tiny_32"
-    for (fmt, th), c in by.items():
+    for (_, th), c in by.items():
         f32, base = by[("float32", th)], by[("int8", th)]
         rat = c["ratios"]
         assert rat["speedup_vs_float32"] == pytest.approx(f32["latency_ms"]["p50"] / c["latency_ms"]["p50"])
@@ -161,7 +161,8 @@ def test_training_machine_named_per_chunk():
     one = {"chunks": [{"epochs": [1, 6], "seconds": 7920.0, "machine": "AMD EPYC, 2 cores"}]}
     assert report._machines(one) == "AMD EPYC, 2 cores"
     two = {"chunks": [*one["chunks"], {"epochs": [7, 20], "seconds": 1800.0, "machine": "Xeon, 16 cores, 1 GPU"}]}
-    assert report._machines(two) == ("AMD EPYC, 2 cores (epochs 1-6, 2.2 h); Xeon, 16 cores, 1 GPU (epochs 7-20, 0.5 h)")
+    assert report._machines(two) == ("AMD EPYC, 2 cores (epochs 1-6, 2.2 h); "
+                                     "Xeon, 16 cores, 1 GPU (epochs 7-20, 0.5 h)")
     assert "not recorded" in report._machines({})
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 pytest.importorskip("tensorflow")
 
 from test_convert import SIZE, _val_images, exports, run_dir  # noqa: E402,F401
+
 from edge_bloodcls.edge_runtime import commands  # noqa: E402
 from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle, manifest_sha256  # noqa: E402
 from edge_bloodcls.edge_runtime.classifier import Classifier  # noqa: E402

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from test_runtime_track import random_field
+
 from edge_bloodcls.edge_runtime.classifier import Prediction
 from edge_bloodcls.edge_runtime.counting import COUNT_VIEWS, CountingCore
 from edge_bloodcls.edge_runtime.locate import locate
@@ -141,7 +141,8 @@ def test_moving_and_blurred_frames_are_shown_not_classified():
 def test_a_jump_starts_a_segment_and_a_verified_return_rejoins_it():
     a, b = random_field(21), random_field(22)
     c, m = core(), FakeModel()
-    frames = [noisy(a, k) for k in range(5)] + [noisy(b, k) for k in range(5, 10)] + [noisy(a, k) for k in range(10, 15)]
+    frames = ([noisy(a, k) for k in range(5)] + [noisy(b, k) for k in range(5, 10)]
+              + [noisy(a, k) for k in range(10, 15)])
     counted, res = feed(c, frames, m)
     counted += c.flush()
     assert res[5].frame.new_segment and not res[5].frame.rejoined

@@ -6,15 +6,12 @@ import json
 import shutil
 from collections import Counter
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from conftest import make_dataset
 
 from edge_bloodcls.cli import main
 from edge_bloodcls.train.data import audit, make_split, read_split, scan, write_split
-
-from conftest import make_dataset
 
 
 @pytest.fixture
@@ -64,7 +61,8 @@ def test_split_invariants(defective, tmp_path):
     assert {"monocyte/MON_0001.jpg", "monocyte/MON_copy1.jpg", "monocyte/MON_copy2.jpg"} <= paths
     # Conflicts dropped and reported; unreadable excluded.
     assert "neutrophil/NEU_conflict.jpg" not in paths and "eosinophil/EOS_0002.jpg" not in paths
-    assert {d["path"] for d in report["dropped_conflicts"]} == {"neutrophil/NEU_conflict.jpg", "eosinophil/EOS_0002.jpg"}
+    assert ({d["path"] for d in report["dropped_conflicts"]}
+            == {"neutrophil/NEU_conflict.jpg", "eosinophil/EOS_0002.jpg"})
     assert not paths & {"ig/empty.jpg", "basophil/truncated.jpg", "neutrophil/.DS_000001.jpg"}
     # Stratified: every class in every split, near the requested shares.
     for label in {r["label"] for r in rows}:

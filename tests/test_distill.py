@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_train import _split, _train
 
 from edge_bloodcls.cli import main
-
-from test_train import _split, _train
 
 pytest.importorskip("tf_keras")
 

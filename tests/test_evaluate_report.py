@@ -8,8 +8,8 @@ import warnings
 
 import pytest
 from click.testing import CliRunner
-
 from runtime_fixtures import bundles, make_dataset  # noqa: F401
+
 from edge_bloodcls.edge_runtime.progress import Progress
 from edge_bloodcls.edge_runtime.spec import LABELS
 

@@ -67,8 +67,9 @@ def test_readme_without_markers_is_one_line_and_exit_1(tmp_path):
     results.write_text(json.dumps(_results(tmp_path).to_json()))
     readme = tmp_path / "README.md"
     readme.write_text("no markers here\n")
-    res = CliRunner().invoke(main, ["bench-report", str(results), "--out", str(tmp_path / "r"), "--readme", str(readme)])
-    assert res.exit_code == 1 and "no paper-table markers" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["bench-report", str(results), "--out", str(tmp_path / "r"),
+                                    "--readme", str(readme)])
+    assert res.exit_code == 2 and "no paper-table markers" in res.output and "Traceback" not in res.output
     assert readme.read_text() == "no markers here\n"
 
 

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_dataset
 
 from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, prepare, resize
 from edge_bloodcls.edge_runtime.spec import InputSpec
 
-from conftest import make_dataset
-
 
 @pytest.mark.parametrize("normalisation", ["symmetric", "caffe"])
 def test_training_eval_path_matches_runtime(tmp_path, normalisation):
-    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorflow")
     from edge_bloodcls.train.pipeline import eval_dataset, load_pixels
 
     root = make_dataset(tmp_path / "cells", n_per_class=2, size=80)
@@ -29,7 +28,7 @@ def test_training_eval_path_matches_runtime(tmp_path, normalisation):
 
 
 def test_augmentation_keeps_range_and_is_reproducible():
-    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorflow")
     from edge_bloodcls.train.pipeline import Augment, train_dataset
 
     rng = np.random.default_rng(0)
@@ -49,7 +48,7 @@ def test_augmentation_keeps_range_and_is_reproducible():
 
 
 def test_geometric_preset_only_moves_pixels():
-    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorflow")
     from edge_bloodcls.train.pipeline import augment_preset, train_dataset
 
     rng = np.random.default_rng(1)

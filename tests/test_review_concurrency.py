@@ -19,9 +19,9 @@ import urllib.error
 from dataclasses import dataclass, field
 
 import pytest
-
 from review_client import ReviewClient
 from test_runtime_report import REPO, make_session, run_cli
+
 from edge_bloodcls.edge_runtime.spec import LABELS
 from edge_bloodcls.edge_runtime.store import SessionStore
 

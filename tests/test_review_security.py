@@ -15,15 +15,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
-from runtime_fixtures import bundles  # noqa: F401
 from review_client import ReviewClient
+from runtime_fixtures import bundles  # noqa: F401
 from test_runtime_report import REPO, make_session, run_cli
 from test_runtime_review_browser import browser  # noqa: F401
+
 from edge_bloodcls.edge_runtime.webserve import allowed_hosts, json_for_html
 
 EVIL = '</script><script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'">\u2028&'
@@ -96,7 +95,7 @@ def test_every_answer_carries_the_security_headers(server):
                _get(port, "/nothing", extra=cookie), _get(port, "/static/review.js", extra=cookie),
                _get(port, "/", host="evil.example"), _get(port, "/report", extra=cookie)]
     assert [a[0] for a in answers] == [200, 200, 403, 404, 200, 421, 200]
-    for status, h, _ in answers:
+    for _, h, _ in answers:
         _security_headers(h)
     assert "script-src" not in answers[-1][1]["content-security-policy"]  # the report: no script at all
     assert answers[0][1]["set-cookie"].startswith(f"edge_bloodcls_{port}={tok}; Path=/; HttpOnly; SameSite=Strict")

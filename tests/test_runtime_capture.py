@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 from PIL import Image
-
 from runtime_fixtures import bundles, cli_env, synthetic_cell  # noqa: F401
 from test_runtime_locate import synthetic_field
 from test_runtime_sources import FakeCamera
+
 from edge_bloodcls.edge_runtime.bundle import load_bundle
 from edge_bloodcls.edge_runtime.capture import STAGES, CaptureOptions, format_summary, run_capture
 from edge_bloodcls.edge_runtime.classifier import Classifier
 from edge_bloodcls.edge_runtime.session import SessionLog, read_session
-from edge_bloodcls.edge_runtime.store import SessionFileError, SessionStore
 from edge_bloodcls.edge_runtime.sources import LiveSource, open_source
 from edge_bloodcls.edge_runtime.spec import LABELS, WBC_LABELS
+from edge_bloodcls.edge_runtime.store import SessionFileError, SessionStore
 
 
 def run(*args):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-
 from runtime_fixtures import bundles, make_dataset, synthetic_cell  # noqa: F401
+
 from edge_bloodcls.edge_runtime import commands
 from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL
 from edge_bloodcls.edge_runtime.spec import LABELS
@@ -69,7 +69,7 @@ def make_bad_inputs(d: Path) -> dict[str, Path]:
         "huge.png": _png(Image.new("1", (7000, 6000))),  # really decodable, 42 Mpx
         "gray.png": _png(cell.convert("L")),
         "alpha.png": _png(cell.convert("RGBA")),
-        "sixteen.png": _png(Image.fromarray((np.asarray(cell.convert("L"), np.uint16) * 257))),
+        "sixteen.png": _png(Image.fromarray(np.asarray(cell.convert("L"), np.uint16) * 257)),
     }
     out = {}
     for name, data in files.items():

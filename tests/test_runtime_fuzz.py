@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import synthetic_cell
+
 from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR
 from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
 

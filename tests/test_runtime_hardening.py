@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import make_dataset, synthetic_cell
 from PIL import Image
 
-from conftest import make_dataset, synthetic_cell
 from edge_bloodcls.edge_runtime import preprocess
 from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR
 from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, prepare

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from runtime_fixtures import bundles  # noqa: F401
 from test_runtime_hardening import _setpriv_nobody, cell_png, cli, errors, model, no_traceback, run  # noqa: F401
+
 from edge_bloodcls.edge_runtime.capture import STAGES, CaptureOptions, run_capture
 from edge_bloodcls.edge_runtime.capture_stats import TimingStats
 from edge_bloodcls.edge_runtime.classifier import Classifier

@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import numpy as np
-
 from runtime_fixtures import bundles, cli_env, make_dataset, synthetic_cell  # noqa: F401
 from test_runtime_locate import synthetic_field
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 
 import numpy as np
-
 from runtime_fixtures import PYTHON, bundles, cli_env, synthetic_cell  # noqa: F401
 
 XNNPACK = "Created TensorFlow Lite XNNPACK delegate"

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import synthetic_cell
 from review_client import ReviewClient
+
 from edge_bloodcls.edge_runtime import review
 from edge_bloodcls.edge_runtime.report import load, render, tally, wilson
 from edge_bloodcls.edge_runtime.session import CellRecord, SessionLog
-from edge_bloodcls.edge_runtime.store import SCHEMA_V0, SCHEMA_VERSION, Refusal, SessionStore
 from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.store import SCHEMA_V0, SCHEMA_VERSION, Refusal, SessionStore
 
 REPO = Path(__file__).resolve().parents[1]
 # (label, confidence, flagged, out of distribution)
@@ -201,7 +201,8 @@ def test_decide_undo_and_sign_off(tmp_path):
     assert "Signed off by ann" in page and "<td class='final'>6</td>" in page
     trail = [(a.action, a.reviewer, a.from_label, a.to_label, a.undoes) for a in store.audit(sid)]
     assert trail == [("confirm", "ann", None, "monocyte", None), ("reclassify", "ann", None, "neutrophil", None),
-                     ("reclassify", "bo", None, "lymphocyte", None), ("reclassify", "bo", "lymphocyte", "monocyte", None),
+                     ("reclassify", "bo", None, "lymphocyte", None),
+                     ("reclassify", "bo", "lymphocyte", "monocyte", None),
                      ("undo", "bo", "monocyte", "lymphocyte", 4), ("signoff", "ann", None, None, None)]
     assert "id='audit'" in page and page.count("<tr data-audit=") == 6
     store.close()

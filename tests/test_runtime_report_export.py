@@ -13,6 +13,8 @@ import subprocess
 import time
 
 import pytest
+from report_fixtures import make_big_session
+from test_runtime_report import CELLS, make_session, run_cli
 
 from edge_bloodcls.edge_runtime.reference import Intervals
 from edge_bloodcls.edge_runtime.report import load
@@ -23,8 +25,6 @@ from edge_bloodcls.edge_runtime.report_html import render
 from edge_bloodcls.edge_runtime.report_model import RESEARCH_USE, differential
 from edge_bloodcls.edge_runtime.report_pdf import find_chromium
 from edge_bloodcls.edge_runtime.store import SessionStore
-from report_fixtures import make_big_session
-from test_runtime_report import CELLS, make_session, run_cli
 
 # 10 white cells before review: neutrophil 5, lymphocyte 3, monocyte 1, eosinophil 1 (+ a platelet),
 # then 2 immature granulocytes and 1 erythroblast
@@ -121,7 +121,15 @@ def test_rules_eosinophilia_by_share_and_by_absolute_count():
 
 
 def test_audit_trail_and_amended_status_from_typed_records():
-    from edge_bloodcls.edge_runtime.report_model import AMENDED, FINAL, AuditEntry, CellRow, ReportData, SessionMeta, SignOff
+    from edge_bloodcls.edge_runtime.report_model import (
+        AMENDED,
+        FINAL,
+        AuditEntry,
+        CellRow,
+        ReportData,
+        SessionMeta,
+        SignOff,
+    )
 
     meta = SessionMeta(id=1, path="x", sample="S<1>", operator="o", started=0.0, ended=1.0, model="m",
                        model_sha256="h", counting="tracked")

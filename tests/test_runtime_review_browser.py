@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from test_runtime_report import REPO, make_session, run_cli
+
 from edge_bloodcls.edge_runtime.store import SessionStore
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

@@ -5,8 +5,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from runtime_fixtures import synthetic_cell
+
 from edge_bloodcls.edge_runtime import sources
 from edge_bloodcls.edge_runtime.sources import FolderSource, LiveSource, SourceError, open_source
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
-
 from runtime_fixtures import bundles  # noqa: F401
 from test_runtime_locate import BG, CYTO, NUC, RBC
+
 from edge_bloodcls.edge_runtime.counting import COUNT_VIEWS
+from edge_bloodcls.edge_runtime.field_motion import FieldDetector
 from edge_bloodcls.edge_runtime.locate import locate
 from edge_bloodcls.edge_runtime.session import read_session
 from edge_bloodcls.edge_runtime.spec import WBC_LABELS
-from edge_bloodcls.edge_runtime.field_motion import FieldDetector
 
 cv2 = pytest.importorskip("cv2")
 
@@ -125,7 +125,7 @@ def test_video_of_held_fields_counts_each_cell_once(bundles, tmp_path):
     assert len(s["cells_list"]) == 12 and {c["observations"] for c in s["cells_list"]} == {COUNT_VIEWS}
     assert len(s["frames_list"]) == 32 and sum(f["n_cells"] for f in s["frames_list"]) == 96
     assert s["counting"] == "tracked" and s["count_target"] == 100
-    assert f"each cell counted once: 12 cells from 96 detections in 4 field(s)" in r.stdout
+    assert "each cell counted once: 12 cells from 96 detections in 4 field(s)" in r.stdout
 
 
 def test_count_stops_at_exactly_n_white_cells(bundles, tmp_path):

@@ -4,8 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_bloodcls.edge_runtime.trust import (SessionGate, TrustError, TrustStats, apply_temperature, ece, nll,
-                                              trust_summary)
+from edge_bloodcls.edge_runtime.trust import (
+    SessionGate,
+    TrustError,
+    TrustStats,
+    apply_temperature,
+    ece,
+    nll,
+    trust_summary,
+)
 
 
 def test_gate_trips_when_ood_cells_dominate_and_latches():

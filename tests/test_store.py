@@ -9,13 +9,24 @@ import sqlite3  # only to play another program on the file, or to write an old o
 from pathlib import Path
 
 import pytest
-
 from runtime_fixtures import bundles  # noqa: F401
 from test_runtime_capture import cell_folder
 from test_runtime_report import REPO, make_session, run_cli
+
 from edge_bloodcls.edge_runtime.report import load, render
-from edge_bloodcls.edge_runtime.store import (MIGRATIONS, SCHEMA_V0, SCHEMA_VERSION, AuditEntry, Cell, Conflict,
-                                              Refusal, Session, SessionFileError, SessionStore, StaleCell)
+from edge_bloodcls.edge_runtime.store import (
+    MIGRATIONS,
+    SCHEMA_V0,
+    SCHEMA_VERSION,
+    AuditEntry,
+    Cell,
+    Conflict,
+    Refusal,
+    Session,
+    SessionFileError,
+    SessionStore,
+    StaleCell,
+)
 
 SQL = re.compile(r"sqlite3\.connect|\b(SELECT|INSERT\s+INTO|DELETE\s+FROM|CREATE\s+(TABLE|INDEX|TRIGGER)|PRAGMA)\b"
                  r"|\bUPDATE\s+\w+\s+SET\b")
@@ -58,7 +69,8 @@ def test_log_from_a_newer_version_is_refused_untouched(tmp_path, bundles):
     _future_log(db)
     cells = cell_folder(tmp_path / "cells", [0, 1])
     before, mtime = db.read_bytes(), db.stat().st_mtime_ns
-    line = f"error: {db}: written by a newer edge-bloodcls, version 99: upgrade (this one reads versions up to {SCHEMA_VERSION})\n"
+    line = (f"error: {db}: written by a newer edge-bloodcls, version 99: upgrade "
+            f"(this one reads versions up to {SCHEMA_VERSION})\n")
     for args in (["report", db, "--out", tmp_path / "r.html"], ["review", db, "--port", "0"],
                  ["capture", "--camera", cells, "--mode", "cell", "--db", db, "--no-preview",
                   "--model", bundles["float32"]]):

@@ -9,10 +9,9 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from conftest import make_dataset
 
 from edge_bloodcls.cli import main
-
-from conftest import make_dataset
 
 pytest.importorskip("tf_keras")
 

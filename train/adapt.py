@@ -16,20 +16,34 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 
 from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle, sha256_file, write_bundle
 from edge_bloodcls.edge_runtime.images import printable
-from .adapt_data import (DEFAULT_BASE, AdaptInputError, framing_of, load_labelled, load_unlabelled, paste, pbc_split,
-                         reframe_tight, resolve_base)
+from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, InputsFailed, require_train_extra
+
+from .adapt_data import (
+    DEFAULT_BASE,
+    AdaptInputError,
+    framing_of,
+    load_labelled,
+    load_unlabelled,
+    paste,
+    pbc_split,
+    reframe_tight,
+    resolve_base,
+)
+
+_log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".adapt-"
 @dataclass
@@ -132,6 +146,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     configure()  # before TensorFlow is first imported (adapt may run without the CLI)
     from edge_bloodcls.convert import calibrate, export
     from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb
+
     from . import adapt_core as core
     from . import adapt_eval as ev
     from . import adapt_ft as ft
@@ -160,7 +175,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
            if opts.unlabelled else None)
     if unl:
         log(f"unlabelled: {len(unl.crops)} crops ({unl.fields} fields located, {unl.crop_files} crop files"
-            + (f", fields of the --validate cells left out" if held_out_fields else "") + f"); "
+            + (", fields of the --validate cells left out" if held_out_fields else "") + f"); "
             f"{len(unl.skipped)} skipped")
     cells = _frame(opts.labelled, labels, opts.framing, opts, unl, spec, rng, log)
     val = _frame(opts.validate, labels, opts.framing, opts, unl, spec, rng, log, "validate") if opts.validate else None
@@ -190,7 +205,8 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     log(f"fine-tuning every layer: {cfg.steps} steps, Adam {cfg.lr:g}, batches of {cfg.batch} "
         f"({cfg.local_share:.0%} site cells, the rest of {len(pbc.labels)} PBC cells) ({time.time() - t0:.0f}s)")
     ft.train(model, spec, local, y, pbc_px, pbc.labels, cfg, soft, _progress("fine-tune", log))
-    pseudo = ft.self_train(model, spec, local, y, unl_px, pbc_px, pbc.labels, cfg, soft, _progress("self-training", log))
+    pseudo = ft.self_train(model, spec, local, y, unl_px, pbc_px, pbc.labels, cfg, soft,
+                           _progress("self-training", log))
     if cfg.pseudo and len(unl_px):
         log(f"self-training: {int((pseudo >= 0).sum())} of {len(unl_px)} unlabelled crops joined at confidence "
             f">= {cfg.pseudo}")
@@ -206,7 +222,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         pseudo = ft.pseudo_labels(ft.predict(model, spec, unl_px), 0.9, np.unique(y))
     log(f"trained ({time.time() - t0:.0f}s)")
 
-    site = {"adapted_on": {"sources": cells.sources, "counts": _counts(y, labels),
+    site: dict[str, Any] = {"adapted_on": {"sources": cells.sources, "counts": _counts(y, labels),
                            "files": [{"name": printable(n), "label": labels[c], "sha256": h}
                                      for n, c, h in zip(cells.names, y, cells.sha256)],
                            "skipped": cells.skipped,
@@ -267,6 +283,7 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_t
     from edge_bloodcls.convert import export
     from edge_bloodcls.edge_runtime.classifier import Classifier
     from edge_bloodcls.edge_runtime.preprocess import normalise
+
     from . import adapt_core as core
     from . import adapt_eval as ev
 
@@ -294,11 +311,11 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_t
         # statistics: capture's own crops of the site, so that its cells read as in distribution;
         # the second half is kept out to check that on cells the fit never saw.
         half = len(unl_px) // 2
-        for i in np.flatnonzero(pseudo[:half] >= 0) if pseudo is not None else []:
-            f = cells_dir / labels[pseudo[i]] / f"unlabelled_{i:05d}.png"
+        for j in np.flatnonzero(pseudo[:half] >= 0) if pseudo is not None else []:
+            f = cells_dir / labels[pseudo[j]] / f"unlabelled_{j:05d}.png"
             f.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(unl_px[i]).save(f)
-            rows.append({"path": str(f.resolve()), "label": labels[pseudo[i]], "split": "train", "sha256": ""})
+            Image.fromarray(unl_px[j]).save(f)
+            rows.append({"path": str(f.resolve()), "label": labels[pseudo[j]], "split": "train", "sha256": ""})
         for s, images in (("train", pbc), ("val", pbc_val)):
             for p, c in zip(images.paths if images else [], images.labels if images else []):
                 rows.append({"path": str(Path(p).resolve()), "label": labels[c], "split": s, "sha256": ""})
@@ -319,17 +336,19 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_t
                                   out=str(stage / "bundle"), split=str(csv_path), calibration=str(csv_path),
                                   trust_samples=None, name=name, seed=cfg.seed, data_root="/")
         try:
-            res = export.run(eo, log=lambda m: log(f"  convert: {m}"))
+            res = export.run(eo)
         except export.GateFailed as e:
             # Per-tensor int8 (the shipped format, 0.4 MB smaller) can lose more than the gate
             # allows once the trunk's statistics are the site's; per-channel int8 keeps a scale for
             # each channel and runs on the same runtime. The gate still decides.
             log(f"per-tensor int8 failed the gate ({e}); exporting per-channel int8")
-            res = export.run(replace(eo, per_tensor=False), log=lambda m: log(f"  convert: {m}"))
+            res = export.run(replace(eo, per_tensor=False))
         staged = load_bundle(res["bundle"])
         clf = Classifier(staged)
         checks = {"val_accuracy_int8": res["metrics"]["exported"]["accuracy"],
                   "val": "PBC val sample + the local cells (in-sample)"}
+        if staged.trust is None:
+            raise AdaptFailed(f"{res['bundle']}: the exported bundle has no trust statistics")
         thr = staged.trust.threshold
 
         def run(px):
@@ -360,10 +379,10 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_t
             f"(base model {base_test:.2%} float)")
         if val is not None:
             vr = seen["validate_held_out"]["raw"]
-            e = ev.estimate(val.labels, vr.argmax(1), labels)
-            site["validation"] = {**e.to_json(), "what": "the --validate cells (never trained on), int8 bundle, "
-                                                         "framed as capture crops them", "sources": val.sources}
-            log(f"validation (held out, int8, as capture crops them): {e.line()}")
+            est = ev.estimate(val.labels, vr.argmax(1), labels)
+            site["validation"] = {**est.to_json(), "what": "the --validate cells (never trained on), int8 bundle, "
+                                                           "framed as capture crops them", "sources": val.sources}
+            log(f"validation (held out, int8, as capture crops them): {est.line()}")
         manifest = dict(staged.manifest)
         v = run(core.to_model_size([load_rgb(p) for p in pbc_val.paths], src.spec.size))
         loc_raw = seen["validate_held_out"]["raw"] if val is not None else np.zeros((0, len(labels)), np.float32)
@@ -431,7 +450,8 @@ class AdaptFailed(RuntimeError):
                    "for a session log or square crops, else tight.")
 @click.option("--rbc-px", type=click.FloatRange(1), help="Red-cell diameter in pixels (tight framing).")
 @click.option("--steps", type=click.IntRange(1), default=400, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
+              help="Adam learning rate.")
 @click.option("--colour", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Stain/colour jitter strength (0: none).")
 @click.option("--distill", type=click.FloatRange(0), default=0.0, show_default=True,
@@ -452,30 +472,22 @@ class AdaptFailed(RuntimeError):
 def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px, steps, lr, colour, distill, bn, pseudo,
               prior, review_target, split, data_root, test_cells, seed):
     """Adapt the model to a new microscope; prints the new bundle's path last."""
-    try:
-        import tensorflow  # noqa: F401
-        import tf_keras  # noqa: F401
-    except ImportError:
-        click.echo("error: adapt trains a model and needs the full install with TensorFlow "
-                   "(`make setup`, or pip install 'edge-bloodcls[train]'); the edge install only runs bundles", err=True)
-        sys.exit(2)
+    require_train_extra("adapt")  # it trains a model; the edge install only runs bundles
     opts = AdaptOptions(labelled=list(labelled), validate=list(validate), out=out, unlabelled=unlabelled, model=model,
                         name=name, split=split, data_root=data_root, framing=framing, rbc_px=rbc_px,
                         test_cells=test_cells, review_target=review_target,
                         ft={"steps": steps, "lr": lr, "seed": seed, "colour": colour, "distill": distill, "bn": bn,
                             "pseudo": pseudo, "prior": prior})
     try:
-        res = adapt(opts, log=click.echo)
+        res = adapt(opts, log=_log.info)
     except AdaptInputError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        raise CliError(str(e)) from None
     except (AdaptFailed, BundleError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        raise CliError(str(e), EXIT_INPUTS_FAILED) from None
     except OSError as e:  # a full disk, an OUTDIR that cannot be written
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        raise CliError(str(e), EXIT_INPUTS_FAILED) from None
     if res["skipped"]:
         click.echo(f"{res['skipped']} unreadable input(s) skipped (listed above)")
     click.echo(res["bundle"])
-    sys.exit(1 if res["skipped"] else 0)
+    if res["skipped"]:
+        raise InputsFailed()

@@ -67,14 +67,14 @@ def backbone(model):
     """The nested application model inside the training head (archs.build)."""
     import tf_keras
 
-    nested = [l for l in model.layers if isinstance(l, tf_keras.Model)]
+    nested = [layer for layer in model.layers if isinstance(layer, tf_keras.Model)]
     if len(nested) != 1 or not _has(model, "pool") or not _has(model, "probs"):
         raise ValueError(f"{model.name}: not a model built by `edge-bloodcls train` (backbone + pool + probs)")
     return nested[0]
 
 
 def _has(model, name) -> bool:
-    return any(l.name == name for l in model.layers)
+    return any(layer.name == name for layer in model.layers)
 
 
 def foreign_images(n: int, size, seed: int = 0) -> np.ndarray:
@@ -87,6 +87,7 @@ def foreign_images(n: int, size, seed: int = 0) -> np.ndarray:
     out = []
     for i in range(n):
         kind = i % 4
+        x: np.ndarray
         if kind == 0:
             x = rng.integers(0, 256, (h, w, 3))
         elif kind == 1:

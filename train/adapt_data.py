@@ -246,7 +246,7 @@ def _wide(img: np.ndarray, det: Detection, rbc_px: float) -> tuple[np.ndarray, i
     """A crop around a located cell as capture cuts it (outside the frame filled alike), but
     WIDE_PER_RBC red cells across, and the cell's box side."""
     (cx, cy), half = det.center, WIDE_PER_RBC * rbc_px / CROP_PER_CELL / 2
-    box = tuple(int(round(v)) for v in (cx - half, cy - half, cx + half, cy + half))
+    box = (int(round(cx - half)), int(round(cy - half)), int(round(cx + half)), int(round(cy + half)))
     x0, y0, x1, y1 = det.box
     wide = crop(img, Detection(box, box, 0.0, 0.0), rbc_px)
     side = int(round(WIDE_PER_RBC * rbc_px))

@@ -99,8 +99,9 @@ def train(model, spec, local_px: np.ndarray, local_y: np.ndarray, pbc_px: np.nda
 
     soft_t = None
     if use_kd:
-        s = np.log(np.clip(pbc_soft, 1e-7, 1)) / t
-        soft_t = np.exp(s - s.max(1, keepdims=True))
+        assert pbc_soft is not None, "use_kd needs the teacher's soft targets"
+        logit = np.log(np.clip(pbc_soft, 1e-7, 1)) / t
+        soft_t = np.exp(logit - logit.max(1, keepdims=True))
         soft_t = (soft_t / soft_t.sum(1, keepdims=True)).astype(np.float32)
     k = pbc_y.shape[0]
     n_cls = model.output_shape[-1]

@@ -153,7 +153,8 @@ def build(arch: str, size: int, weights: str = "none", dropout: float = 0.2,
         if w == "imagenet":
             raise WeightsUnavailable(
                 f"cannot load ImageNet weights for {arch} ({type(e).__name__}: {e}); "
-                "they are downloaded on first use: connect to the internet once, or train from scratch with --weights none"
+                "they are downloaded on first use: connect to the internet once, "
+                "or train from scratch with --weights none"
             ) from None
         raise
     if bn_momentum is not None:

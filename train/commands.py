@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
+
+from edge_bloodcls.errors import CliError, require_train_extra
 
 from . import archs
 
@@ -33,7 +34,7 @@ def _ratios(ctx, param, value):
     try:
         r = tuple(float(x) for x in value.split(","))
     except ValueError:
-        raise click.BadParameter(f"{value!r}: three comma-separated numbers, e.g. 0.7,0.2,0.1")
+        raise click.BadParameter(f"{value!r}: three comma-separated numbers, e.g. 0.7,0.2,0.1") from None
     if len(r) != 3 or abs(sum(r) - 1) > 1e-6 or min(r) < 0:
         raise click.BadParameter(f"{value!r}: three non-negative numbers that sum to 1")
     return r
@@ -41,7 +42,8 @@ def _ratios(ctx, param, value):
 
 @data_group.command("split")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="split CSV to write (a .json report goes beside it)")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="split CSV to write (a .json report goes beside it)")
 @click.option("--ratios", default="0.7,0.2,0.1", callback=_ratios, show_default=True, help="train,val,test")
 @click.option("--seed", default=0, show_default=True)
 def split_cmd(directory, out, ratios, seed):
@@ -75,18 +77,22 @@ def split_cmd(directory, out, ratios, seed):
 @click.option("--patience", default=6, show_default=True, help="early stopping on validation loss")
 @click.option("--balance", type=click.Choice(["class_weights", "none"]), default="none", show_default=True,
               help="class_weights: 'balanced' loss weights n / (k * count), for strongly imbalanced data")
-@click.option("--augment", "augment", type=click.Choice(["full", "geometric", "none"]), default="geometric", show_default=True,
+@click.option("--augment", "augment", type=click.Choice(["full", "geometric", "none"]), default="geometric",
+              show_default=True,
               help="full: flips, quarter turns, zoom, colour jitter; geometric: flips and quarter turns only")
 @click.option("--no-augment", is_flag=True, help="same as --augment none")
 @click.option("--weight-decay", default=0.0, show_default=True, help="decoupled weight decay (AdamW) when > 0")
-@click.option("--time-budget", "time_budget", type=float, help="minutes; stop cleanly after the epoch that would overrun")
+@click.option("--time-budget", "time_budget", type=float,
+              help="minutes; stop cleanly after the epoch that would overrun")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--data-root", type=click.Path(file_okay=False), help="where the split's paths live (default: as recorded)")
+@click.option("--data-root", type=click.Path(file_okay=False),
+              help="where the split's paths live (default: as recorded)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="keep decoded pixels here between runs")
 @click.option("--teacher", type=click.Path(exists=True, dir_okay=False),
               help="distil from the soft targets in this .npz (from `edge-bloodcls teacher`)")
 @click.option("--distill-temperature", default=2.0, show_default=True, help="softmax temperature of the soft targets")
-@click.option("--distill-weight", default=0.7, show_default=True, help="weight of the soft-target loss (the rest: hard labels)")
+@click.option("--distill-weight", default=0.7, show_default=True,
+              help="weight of the soft-target loss (the rest: hard labels)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, width, bn_momentum, dropout,
               patience, balance, augment, no_augment, weight_decay, time_budget, seed, data_root, cache_dir,
@@ -98,8 +104,8 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
         try:  # before any data is read: an option the network does not take is a usage error
             archs.check_options(arch, width=width)
         except ValueError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            raise CliError(str(e)) from None
+    require_train_extra("train")
     from .archs import WeightsUnavailable
     from .fit import TrainConfig, train
 
@@ -110,10 +116,9 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
                       time_budget_min=time_budget, seed=seed, data_root=data_root, cache_dir=cache_dir,
                       teacher=teacher, distill_temperature=distill_temperature, distill_weight=distill_weight)
     try:
-        train(cfg, resume=resume, log=lambda m: click.echo(m, err=False))
+        train(cfg, resume=resume)
     except (WeightsUnavailable, FileNotFoundError, FileExistsError, ValueError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        raise CliError(str(e)) from None
 
 
 @click.command("teacher")
@@ -126,14 +131,13 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
 @click.option("--cache-dir", type=click.Path(file_okay=False))
 def teacher_cmd(models, split_csv, out, tta, data_root, cache_dir):
     """Soft targets for `train --teacher`: models averaged over views, scored on val and test."""
+    require_train_extra("teacher")
     from .teacher import build_teacher
 
     try:
-        build_teacher(list(models), split_csv, out, tta=tta, data_root=data_root, cache_dir=cache_dir,
-                      log=click.echo)
+        build_teacher(list(models), split_csv, out, tta=tta, data_root=data_root, cache_dir=cache_dir)
     except (FileNotFoundError, ValueError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        raise CliError(str(e)) from None
 
 
 from .adapt import adapt_cmd  # noqa: E402 - beside the commands it joins

@@ -82,7 +82,8 @@ def audit(records: list[FileRecord]) -> dict:
         # apart because it is a labelling conflict, not redundancy.
         "redundant_copies": sum(len(g) - 1 for g in groups if g not in conflicts),
         "conflicting_duplicates": [
-            {"sha256": g[0].sha256, "files": [{"path": r.path, "label": r.label} for r in sorted(g, key=lambda r: r.path)]}
+            {"sha256": g[0].sha256,
+             "files": [{"path": r.path, "label": r.label} for r in sorted(g, key=lambda r: r.path)]}
             for g in conflicts
         ],
         "size_histogram": dict(sizes.most_common()),
@@ -94,7 +95,8 @@ def format_audit(a: dict) -> str:
     out += [f"  {k:<14}{v:>6}" for k, v in a["per_class"].items()]
     out.append(f"unreadable: {len(a['unreadable'])}")
     out += [f"  {u['path']}: {u['reason']}" for u in a["unreadable"]]
-    out.append(f"exact duplicates: {len(a['duplicate_groups'])} groups; {a['redundant_copies']} redundant same-label copies")
+    out.append(f"exact duplicates: {len(a['duplicate_groups'])} groups; "
+               f"{a['redundant_copies']} redundant same-label copies")
     out.append(f"cross-label duplicates: {len(a['conflicting_duplicates'])}")
     for c in a["conflicting_duplicates"]:
         out.append("  " + " == ".join(f"{f['path']} ({f['label']})" for f in c["files"]))
@@ -114,27 +116,28 @@ def make_split(records: list[FileRecord], ratios=(0.7, 0.2, 0.1), seed: int = 0)
     for r in records:
         if r.error is None:
             by_hash[r.sha256].append(r)
-    dropped = []
+    dropped: list[dict] = []
     by_class: dict[str, list[list[FileRecord]]] = defaultdict(list)
     for digest in sorted(by_hash):
         g = sorted(by_hash[digest], key=lambda r: r.path)
         if len({r.label for r in g}) > 1:
-            dropped.extend({"path": r.path, "label": r.label, "sha256": digest, "reason": "cross-label duplicate"} for r in g)
+            dropped.extend({"path": r.path, "label": r.label, "sha256": digest, "reason": "cross-label duplicate"}
+                           for r in g)
             continue
         by_class[g[0].label].append(g)
     rng = np.random.default_rng(seed)
-    rows = []
+    rows: list[dict] = []
     for label in sorted(by_class):
         groups = by_class[label]
         order = rng.permutation(len(groups))
         n_files = sum(len(g) for g in groups)
         targets = np.array(ratios) * n_files
-        counts = np.zeros(3)
+        given = np.zeros(3)
         for gi in order:
             g = groups[gi]
             # Give the group to the split furthest below its target share of this class.
-            k = int(np.argmax(targets - counts))
-            counts[k] += len(g)
+            k = int(np.argmax(targets - given))
+            given[k] += len(g)
             rows.extend({"path": r.path, "label": label, "split": SPLITS[k], "sha256": r.sha256} for r in g)
     rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["label"], r["path"]))
     counts = {s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items())) for s in SPLITS}

@@ -10,6 +10,7 @@ out/
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -17,18 +18,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_bloodcls import __version__
-from edge_bloodcls.tfenv import configure
 from edge_bloodcls.edge_runtime.metrics import classification_metrics, format_metrics
 from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.tfenv import configure
+
 from . import archs
 from .data import read_split
 from .distill import distill_objects, distill_targets
 from .pipeline import augment_preset, cached_pixels, class_weights, eval_dataset, train_dataset
 from .teacher import load_teacher
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,7 +64,7 @@ class TrainConfig:
     distill_weight: float = 0.7  # weight of the soft-target term; 1 - it on the hard labels
 
     @classmethod
-    def from_saved(cls, saved: dict) -> tuple["TrainConfig", list[str]]:
+    def from_saved(cls, saved: dict) -> tuple[TrainConfig, list[str]]:
         """A config.json "train" record -> (config, the keys dropped). Rule: a key that is not a
         field any more is dropped, and so is an option the architecture never used. Fields are
         removed only when nothing reads them (e.g. label_smoothing and extra, never used by the
@@ -103,7 +108,7 @@ def _seed_everything(seed: int):
     tf_keras.utils.set_random_seed(seed)
 
 
-def _strategy(log):
+def _strategy():
     """MirroredStrategy over several GPUs, mixed precision on any GPU, plain CPU otherwise."""
     import tensorflow as tf
     import tf_keras
@@ -111,7 +116,7 @@ def _strategy(log):
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         tf_keras.mixed_precision.set_global_policy("mixed_float16")
-        log(f"GPUs: {len(gpus)}; mixed precision on")
+        _log.info(f"GPUs: {len(gpus)}; mixed precision on")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy(), len(gpus)
     return tf.distribute.get_strategy(), len(gpus)
@@ -155,9 +160,8 @@ def _current_lr(opt) -> float:
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
 
-def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
     configure()  # the CLI has done it; a caller from Python may not have
-    import tensorflow as tf
     import tf_keras
 
     out = Path(cfg.out)
@@ -171,10 +175,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         saved["time_budget_min"] = cfg.time_budget_min
         saved.update({k: v for k, v in (("data_root", cfg.data_root), ("cache_dir", cfg.cache_dir)) if v is not None})
         cfg, dropped = TrainConfig.from_saved(saved)
-        log(f"resuming {cfg.arch} in {out} from its saved configuration"
-            + (f" (ignoring settings no longer used: {', '.join(dropped)})" if dropped else ""))
+        _log.info(f"resuming {cfg.arch} in {out} from its saved configuration"
+                  + (f" (ignoring settings no longer used: {', '.join(dropped)})" if dropped else ""))
     elif state_file.exists():
-        raise FileExistsError(f"{out}: holds a checkpoint already; pass --resume to continue it or choose another --out")
+        raise FileExistsError(f"{out}: holds a checkpoint already; "
+                              "pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(exist_ok=True)
 
@@ -195,8 +200,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         if not paths:
             raise ValueError(f"{cfg.split}: the {name} split is empty")
         data[name] = (cached_pixels(paths, spec.size, cfg.cache_dir, key, progress=True), y)
-    log(f"data: {', '.join(f'{k} {len(v[1])}' for k, v in data.items())} images at {cfg.img_size}px "
-        f"({time.time() - t0:.0f}s)")
+    _log.info(f"data: {', '.join(f'{k} {len(v[1])}' for k, v in data.items())} images at {cfg.img_size}px "
+              f"({time.time() - t0:.0f}s)")
 
     aug = augment_preset(cfg.augment)
     if cfg.teacher and cfg.balance == "class_weights":
@@ -215,13 +220,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             if len(soft[name]) != len(targets[name]):
                 raise ValueError(f"{cfg.teacher}: {len(soft[name])} {name} targets for {len(targets[name])} images")
             targets[name] = distill_targets(targets[name], soft[name])
-    strategy, n_gpus = _strategy(log)
+    strategy, n_gpus = _strategy()
     batch = cfg.batch_size
     steps = len(data["train"][1]) // batch
     if steps == 0:
         raise ValueError(f"batch size {batch} is larger than the training set ({len(data['train'][1])} images)")
 
-    state = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0, "elapsed_s": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "best_val_loss": None, "best_epoch": None, "wait": 0, "elapsed_s": 0.0}
     with strategy.scope():
         if resume:
             warmup_cosine_class()
@@ -257,8 +262,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     }
     if not resume:
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    log(f"{cfg.arch}: {params:,} parameters, input {spec.size} {spec.color}, lr {lr}, batch {batch}, "
-        f"{steps} steps/epoch, epochs {state['epoch']}..{cfg.epochs}")
+    _log.info(f"{cfg.arch}: {params:,} parameters, input {spec.size} {spec.color}, lr {lr}, batch {batch}, "
+              f"{steps} steps/epoch, epochs {state['epoch']}..{cfg.epochs}")
 
     # One record per chunk (a first run or a --resume): its epochs, seconds and machine.
     chunks = state.setdefault("chunks", [])
@@ -273,15 +278,16 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     stop_reason = "completed all epochs"
 
     if state["epoch"] < cfg.epochs and state.get("stopped") != "early_stopping":
-        ds, _ = train_dataset(data["train"][0], targets["train"], spec, batch, aug, cfg.seed, state["epoch"], cfg.epochs)
-        loop = _EpochEnd(cfg, state, ckpt_dir, history_file, budget_s, log)
+        ds, _ = train_dataset(data["train"][0], targets["train"], spec, batch, aug, cfg.seed, state["epoch"],
+                              cfg.epochs)
+        loop = _EpochEnd(cfg, state, ckpt_dir, history_file, budget_s)
         # One fit call over a stream of all remaining epochs: Keras keeps one iterator across
         # epochs, so every batch is the one an uninterrupted run would draw.
         model.fit(ds, steps_per_epoch=steps, epochs=cfg.epochs, initial_epoch=state["epoch"],
                   validation_data=x_val, class_weight=weights_by_class, callbacks=[loop],
                   verbose=1 if sys.stdout.isatty() else 2)
         stop_reason = loop.stop_reason
-    log(stop_reason)
+    _log.info(stop_reason)
 
     best = tf_keras.models.load_model(ckpt_dir / "best.keras", compile=False)
     best.save(out / "model.keras")  # loaded without compile: no optimizer state
@@ -297,7 +303,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         "test": metrics, "val": {k: metrics_val[k] for k in ("n", "accuracy", "balanced_accuracy", "macro")},
     }
     _write_json(out / "metrics.json", result)
-    log("test split:\n" + format_metrics(metrics))
+    _log.info("test split:\n" + format_metrics(metrics))
     return result
 
 
@@ -307,10 +313,10 @@ def _epoch_end_class():
     class EpochEnd(tf_keras.callbacks.Callback):
         """Per epoch: history row, best and last checkpoints, early stopping, time budget."""
 
-        def __init__(self, cfg, state, ckpt_dir, history_file, budget_s, log):
+        def __init__(self, cfg, state, ckpt_dir, history_file, budget_s):
             super().__init__()
             self.cfg, self.state, self.ckpt_dir, self.history_file = cfg, state, ckpt_dir, history_file
-            self.budget_s, self.log = budget_s, log
+            self.budget_s = budget_s
             self.start = time.time()
             self.elapsed_before = state["elapsed_s"]
             self.epoch_times = []
@@ -334,8 +340,8 @@ def _epoch_end_class():
                    "lr": _current_lr(self.model.optimizer), "seconds": round(self.epoch_times[-1], 1),
                    "steps": self.steps_done}
             _append_csv(self.history_file, row)
-            self.log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
-                     f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} ({row['seconds']:.0f}s)")
+            _log.info(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
+                      f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} ({row['seconds']:.0f}s)")
             if state["best_val_loss"] is None or row["val_loss"] < state["best_val_loss"]:
                 state.update(best_val_loss=row["val_loss"], best_epoch=epoch + 1, wait=0)
                 self.model.save(self.ckpt_dir / "best.keras")
@@ -355,8 +361,9 @@ def _epoch_end_class():
                 self.stop_reason = f"early stopping: validation loss did not improve for {cfg.patience} epochs"
                 state["stopped"] = "early_stopping"
             elif self.model.stop_training:
-                self.stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached during epoch {epoch + 1} after "
-                                    f"{self.steps_done} steps (history.csv 'steps'); --resume continues with the next epoch")
+                self.stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached during epoch {epoch + 1} "
+                                    f"after {self.steps_done} steps (history.csv 'steps'); "
+                                    "--resume continues with the next epoch")
                 state["stopped"] = "time_budget"
             elif self.budget_s and epoch + 1 < cfg.epochs and time.time() - self.start + mean_epoch > self.budget_s:
                 self.stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached after epoch {epoch + 1} "

@@ -186,5 +186,5 @@ def class_weights(labels, n_classes: int) -> dict[int, float]:
     return out
 
 
-__all__ = ["Augment", "NO_AUGMENT", "GEOMETRIC", "AUGMENT_PRESETS", "augment_preset", "load_pixels", "cached_pixels", "train_dataset", "eval_dataset",
-           "class_weights", "normalise_tf", "ImageError"]
+__all__ = ["Augment", "NO_AUGMENT", "GEOMETRIC", "AUGMENT_PRESETS", "augment_preset", "load_pixels", "cached_pixels",
+           "train_dataset", "eval_dataset", "class_weights", "normalise_tf", "ImageError"]

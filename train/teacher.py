@@ -14,16 +14,22 @@ validation and test accuracy, alone and per member.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_bloodcls.edge_runtime.metrics import classification_metrics
 from edge_bloodcls.edge_runtime.preprocess import normalise
 from edge_bloodcls.edge_runtime.spec import InputSpec
+
 from .data import read_split
 from .pipeline import cached_pixels
+
+_log = logging.getLogger(__name__)
+
 
 PARTS = ("train", "val", "test")
 
@@ -50,7 +56,7 @@ def log_probs(model, pixels: np.ndarray, spec: InputSpec, tta: bool = True, batc
 
 
 def build_teacher(models: list[str], split_csv: str, out: str, tta: bool = True, data_root: str | None = None,
-                  cache_dir: str | None = None, parts=PARTS, log=print) -> dict:
+                  cache_dir: str | None = None, parts=PARTS) -> dict:
     """Score every part of the split with every model; write out.npz and out.json."""
     from edge_bloodcls.tfenv import configure
 
@@ -59,7 +65,9 @@ def build_teacher(models: list[str], split_csv: str, out: str, tta: bool = True,
 
     split = read_split(split_csv, data_root)
     key = split.sha256[:12]
-    members, per_member, totals = [], {}, {p: None for p in parts}
+    members: list[dict] = []
+    per_member: dict[str, dict[str, float]] = {}
+    totals: dict[str, np.ndarray] = {}
     t0 = time.time()
     for path in models:
         model = tf_keras.models.load_model(path, compile=False)
@@ -72,23 +80,24 @@ def build_teacher(models: list[str], split_csv: str, out: str, tta: bool = True,
             paths, y = split.items(p)
             t = time.time()
             lp = log_probs(model, cached_pixels(paths, spec.size, cache_dir, key, progress=True), spec, tta)
-            totals[p] = lp if totals[p] is None else totals[p] + lp
+            totals[p] = totals[p] + lp if p in totals else lp
             acc = float(np.mean(lp.argmax(1) == np.asarray(y)))
             per_member[str(path)][p] = round(acc, 5)
-            log(f"{path} {p}: accuracy {acc:.4f}{' (8-view TTA)' if tta else ''} ({time.time() - t:.0f}s)")
+            _log.info(f"{path} {p}: accuracy {acc:.4f}{' (8-view TTA)' if tta else ''} ({time.time() - t:.0f}s)")
     logits = {p: totals[p] / len(models) for p in parts}
-    result = {"members": members, "tta": "D4 (8 views)" if tta else "none", "split_sha256": split.sha256,
-              "per_member_accuracy": per_member, "seconds": round(time.time() - t0, 1)}
+    result: dict[str, Any] = {"members": members, "tta": "D4 (8 views)" if tta else "none",
+                              "split_sha256": split.sha256, "per_member_accuracy": per_member,
+                              "seconds": round(time.time() - t0, 1)}
     for p in parts:
         _, y = split.items(p)
         m = classification_metrics(np.asarray(y), logits[p].argmax(1))
         result[p] = {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro")}
-        log(f"teacher {p}: accuracy {m['accuracy']:.4f}, balanced {m['balanced_accuracy']:.4f}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out.with_suffix(".npz"), split_sha256=np.array(split.sha256),
-                        **{f"{p}_logits": logits[p] for p in parts})
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        _log.info(f"teacher {p}: accuracy {m['accuracy']:.4f}, balanced {m['balanced_accuracy']:.4f}")
+    dest = Path(out)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {f"{p}_logits": logits[p] for p in parts}
+    np.savez_compressed(dest.with_suffix(".npz"), split_sha256=np.array(split.sha256), **arrays)
+    dest.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -155,21 +155,19 @@ function header() {
   $("amend").hidden = !signed() || amendReason !== "";
   $("signoff").hidden = k.closed;
   $("signoff").textContent = signed() ? `Sign version ${k.next_version}…` : "Sign…";
-  const b = $("banner");
+  const b = $("banner"), parts = [];
   if (s.unvalidated) {
-    b.hidden = false; b.className = "";
     // the first clause of the trust gate's message; the whole of it is the banner's tooltip and in the report
     const msg = s.trust_message || "many cells are unlike the cells the model was trained on";
-    b.textContent = "UNVALIDATED differential (" + msg.split(";")[0] + "): review every cell before signing.";
+    parts.push("UNVALIDATED differential (" + msg.split(";")[0] + "): review every cell before signing.");
     b.title = msg;
-  } else if (k.closed) {
-    b.hidden = false; b.className = "ok";
-    b.textContent = `Signed off by ${k.signed_by} (version ${k.signed_version}): read-only. Amend… to change it ` +
-      "(with a reason; it makes a new version).";
-  } else if (amendReason) {
-    b.hidden = false; b.className = "warn";
-    b.textContent = `Amending version ${k.signed_version}: ${amendReason}`;
-  } else b.hidden = true;
+  }
+  if (k.closed) parts.push(`Signed off by ${k.signed_by} (version ${k.signed_version}): read-only. Amend… to ` +
+    "change it (with a reason; it makes a new version).");
+  else if (amendReason) parts.push(`Amending version ${k.signed_version}: ${amendReason}`);
+  b.hidden = !parts.length;
+  b.textContent = parts.join(" ");
+  b.className = s.unvalidated ? "" : k.closed ? "ok" : "warn";
 }
 
 function side() {
@@ -234,7 +232,7 @@ function diffTable(table) {
   const t = tallies();
   const pct = (n, d) => d ? (100 * n / d).toFixed(1) + "%" : "-";
   const head = document.createElement("tr");
-  ["", "analyser", "after review", "%"].forEach(h => head.appendChild(el("th", h)));
+  ["", "analyser", "review", "%"].forEach(h => head.appendChild(el("th", h)));
   const rows = [head];
   S.classes.filter(k => k.role === "wbc" && (k.model || t.fin[k.label])).forEach(k => {
     const r = row([k.label.replace("_", " "), k.model ? t.machine[k.label] || 0 : "-", t.fin[k.label] || 0,

@@ -116,7 +116,8 @@ def _differential(d: Differential, iv: Intervals) -> list[str]:
         ref = iv.interval(r.label)
         mark = iv.mark(r.label, r.per_100_wbc)
         cls = " class='changed'" if r.machine != r.final else ""
-        row = (f"<tr data-label='{r.label}'{cls}><td>{_name(r.label)}{'' if r.model else ' (reviewer)'}</td><td>{r.machine}</td><td>{mp}</td>"
+        added = "" if r.model else " (reviewer)"  # a class the model lacks: only a person put cells in it
+        row = (f"<tr data-label='{r.label}'{cls}><td>{_name(r.label)}{added}</td><td>{r.machine}</td><td>{mp}</td>"
                f"<td class='muted'>{mci}</td><td class='final'>{r.final}</td><td>{fp}</td><td class='muted'>{fci}</td>"
                f"<td class='muted'>{_range(ref)}</td><td class='hl mark'>{mark}</td>")
         if absolute:

@@ -19,7 +19,10 @@ let anchor = null;       // where a Shift+arrow selection started
 let amendReason = "";    // set by the amend dialog: decisions then go to api/amend with it
 let tiles = new Map();   // cell id -> tile element
 let observer = null;     // loads a tile's crop when it scrolls into view
-let busy = false;
+// Decisions and undos run one after another, in the order of the keys or taps that asked for them:
+// a key pressed while the previous decision is on its way applies to the cell the page then shows.
+let queue = Promise.resolve();
+function serial(fn) { queue = queue.then(fn, fn); return queue; }
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -120,8 +123,9 @@ function tile(c) {
   t.type = "button";
   t.tabIndex = -1;
   t.dataset.cell = String(c.id);
+  t.setAttribute("aria-label", `cell ${c.id}`);
   const im = document.createElement("img");
-  im.alt = `cell ${c.id}`;
+  im.alt = "";  // the button is labelled; an alt text would be laid out in every tile not yet loaded
   im.dataset.src = "crop/" + c.id;  // loaded when it scrolls into view (IntersectionObserver)
   t.append(im, el("span", `#${c.id}`, "n"));
   paint(t, c);
@@ -182,7 +186,8 @@ function side() {
   $("crop").className = c.ood ? "ood" : "";
   const head = el("div");
   head.id = "cell-id"; head.dataset.cell = String(c.id);
-  head.append(el("b", `cell #${c.id}`), ` (${order.indexOf(c.id) + 1} of ${order.length} shown)`);
+  // #id is the log's cell id, as in capture's summary and the report; the position is only where it is here
+  head.append(el("b", `cell #${c.id}`), ` · ${order.indexOf(c.id) + 1}/${order.length} here`);
   const who = el("div");
   who.append("analyser: ", el("b", c.label), ` ${c.confidence.toFixed(2)} · ${c.observations || 1} frame(s)`);
   if (c.ood) who.append(" · ", el("span", "out of distribution", "err"));
@@ -211,7 +216,7 @@ function labels() {
     b.title = `${k.name} → ${target} (key ${k.key})`;
     b.className = (c && k.label === c.label ? "machine" : "") + (c && k.label === c.reviewed_label ? " chosen" : "") +
       (k.role === "removed" ? " removed" : k.role === "apart" ? " apart" : "");
-    b.addEventListener("click", () => decideAll(k.label));
+    b.addEventListener("click", () => serial(() => decideAll(k.label)));
     return b;
   });
   box.replaceChildren(...buttons);
@@ -350,7 +355,7 @@ function apply(cellJson) {  // the server's view of a cell replaces ours
 
 // label: one class for every target; null: confirm each target's own label.
 async function decideAll(label) {
-  if (busy || !S) return;
+  if (!S) return;
   if (!canDecide()) {
     say(S.check.closed ? `signed off by ${S.check.signed_by}: read-only (Amend… to change it)`
       : "give the amendment's reason first (Amend…)", true);
@@ -358,7 +363,6 @@ async function decideAll(label) {
   }
   const targets = selected.size ? order.filter(id => selected.has(id)) : (cur !== null ? [cur] : []);
   if (!targets.length) return;
-  busy = true;
   let last = null, done = 0;
   try {
     for (const id of targets) {
@@ -381,10 +385,8 @@ async function decideAll(label) {
     build();
     if (e.cell) move(e.cell.id);
     say((done ? `saved ${done} of ${targets.length}; then refused: ` : "") + e.message, true);
-  } finally {
-    busy = false;
-    await refreshCheck();
   }
+  await refreshCheck();
 }
 
 // The next cell not reviewed after `id` in the display order (before the decision moved it).
@@ -396,8 +398,7 @@ function nextTodo(id) {
 }
 
 async function undo() {
-  if (busy || !canDecide() || amendReason) { say("nothing to undo here: the session is signed", true); return; }
-  busy = true;
+  if (!canDecide() || amendReason) { say("nothing to undo here: the session is signed", true); return; }
   try {
     const r = await post("api/undo", {});
     const c = byId.get(r.cell);
@@ -407,7 +408,8 @@ async function undo() {
   } catch (e) {
     if (e.cell) { apply(e.cell); build(); move(e.cell.id); }
     say(e.message, true);
-  } finally { busy = false; await refreshCheck(); }
+  }
+  await refreshCheck();
 }
 
 // ------------------------------------------------------------------ dialogs
@@ -526,17 +528,17 @@ document.addEventListener("keydown", e => {
   else if ((key === "a" || key === "A") && (e.ctrlKey || e.metaKey)) { order.forEach(x => selected.add(x)); tiles.forEach((tt, k) => paint(tt, byId.get(k))); selectionText(); labels(); }
   else if (e.ctrlKey || e.metaKey || e.altKey) return;
   else if (key === "Enter" && t.tagName === "BUTTON" && !t.classList.contains("tile")) return;  // the button's own
-  else if (key === "Enter" || key === "c") decideAll(null);
-  else if (key === "u") undo();
+  else if (key === "Enter" || key === "c") serial(() => decideAll(null));
+  else if (key === "u") serial(undo);
   else if (key === "v") zoom();
   else if (key === "f") cycle("filter");
   else if (key === "g") cycle("reviewed");
-  else if (key === "S") { if (!S.check.closed) openConfirm(); }
+  else if (key === "S") { if (!S.check.closed) serial(openConfirm); }
   else if (key === "?") help();
   else {
     const k = S.classes.find(x => x.key === key);
     if (!k) return;
-    decideAll(k.label);
+    serial(() => decideAll(k.label));
   }
   e.preventDefault();
 });
@@ -549,7 +551,7 @@ $("select-mode").addEventListener("click", () => {
   const on = $("select-mode").getAttribute("aria-pressed") !== "true";
   $("select-mode").setAttribute("aria-pressed", String(on));
 });
-$("signoff").addEventListener("click", openConfirm);
+$("signoff").addEventListener("click", () => serial(openConfirm));
 $("confirm-sign").addEventListener("click", sign);
 $("confirm-cancel").addEventListener("click", () => $("confirm").close());
 $("amend").addEventListener("click", openAmend);

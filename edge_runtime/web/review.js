@@ -56,8 +56,10 @@ async function load(keepId) {
 }
 
 async function refreshCheck() {
-  const r = await fetch("api/check", {cache: "no-store"});
-  if (r.ok) { S.check = await r.json(); header(); rules(); labels(); }
+  try {
+    const r = await fetch("api/check", {cache: "no-store"});
+    if (r.ok) { S.check = await r.json(); header(); rules(); labels(); }
+  } catch (e) { /* the server went away: the decision itself was answered; the rules show as they were */ }
 }
 
 function visible(c) {
@@ -377,6 +379,7 @@ async function decideAll(label) {
     const after = nextTodo(targets[targets.length - 1]);
     build();
     if (after !== null && order.includes(after)) move(after);
+    await refreshCheck();  // the rules and progress agree with the page before it says saved
     if (done === 1) say(`saved: cell ${last.cell} ${last.reviewed_label === last.machine_label
       ? "confirmed " + last.reviewed_label : last.machine_label + " → " + last.reviewed_label}`);
     else say(`saved: ${done} cells` + (label ? ` → ${label}` : " confirmed"));
@@ -384,9 +387,9 @@ async function decideAll(label) {
     if (e.cell) apply(e.cell);
     build();
     if (e.cell) move(e.cell.id);
+    await refreshCheck();
     say((done ? `saved ${done} of ${targets.length}; then refused: ` : "") + e.message, true);
   }
-  await refreshCheck();
 }
 
 // The next cell not reviewed after `id` in the display order (before the decision moved it).
@@ -404,12 +407,13 @@ async function undo() {
     const c = byId.get(r.cell);
     if (c) { c.reviewed_label = r.reviewed_label; c.reviewer = r.reviewer; c.version = r.version; }
     build(); move(r.cell);
+    await refreshCheck();
     say(`undone: cell ${r.cell}`);
   } catch (e) {
     if (e.cell) { apply(e.cell); build(); move(e.cell.id); }
+    await refreshCheck();
     say(e.message, true);
   }
-  await refreshCheck();
 }
 
 // ------------------------------------------------------------------ dialogs

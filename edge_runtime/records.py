@@ -176,6 +176,52 @@ class SignOff:
     audit_id: int
     signed_by: str
     signed_at: float
+    version: int = 1  # 1: the first sign-off; 2, 3, ...: each signed amendment
+    short_count: bool = False  # signed with a short count acknowledged
+
+
+@dataclass(frozen=True)
+class SignCheck:
+    """Where a session stands against the sign-off rules (store.SessionStore.sign_check): what the
+    review page states, and what sign_off() enforces."""
+    signed_version: int  # the last signed version (0: never signed)
+    signed_by: Optional[str]
+    pending: int  # amendments since the last signed version (a new version to sign)
+    cells: int
+    flagged: int
+    flagged_left: int  # flagged cells not reviewed
+    unreviewed: int  # cells not reviewed at all
+    unvalidated: bool  # the trust gate tripped: every cell must be reviewed
+    wbc: int  # white cells after review
+    count_target: Optional[int]
+
+    @property
+    def closed(self) -> bool:
+        """Signed, and nothing amended since: read-only (a change is an amendment with a reason)."""
+        return self.signed_version > 0 and self.pending == 0
+
+    @property
+    def next_version(self) -> int:
+        return self.signed_version + 1
+
+    @property
+    def short(self) -> bool:
+        return self.count_target is not None and self.wbc < self.count_target
+
+    def blockers(self, short_count: bool = False) -> list[str]:
+        """Why a sign-off now is refused (empty: it may be signed)."""
+        if self.closed:
+            return [f"signed off by {self.signed_by} (version {self.signed_version}): the session is read-only; "
+                    "amend with a reason to make a new version"]
+        out = []
+        if self.flagged_left:
+            out.append(f"{self.flagged_left} flagged cell(s) not reviewed yet")
+        if self.unvalidated and self.unreviewed:
+            out.append(f"UNVALIDATED session: every cell must be reviewed ({self.unreviewed} not reviewed yet)")
+        if self.short and not short_count:
+            out.append(f"short count: {self.wbc} white cells after review, below the session's target of "
+                       f"{self.count_target}: acknowledge the short count to sign")
+        return out
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from .report_csv import SafeWriter, write_summary
 from .report_fhir import bundle
 from .report_gallery import write_crops
 from .report_pdf import PdfError, html_to_pdf
-from .spec import LABELS, WBC_LABELS
+from .spec import APART_LABELS, DIFFERENTIAL_LABELS, LABELS, REMOVED_LABELS, WBC_LABELS
 from .store import AuditEntry, Cell, SessionData, SessionFileError, SessionStore
 
 Z95 = 1.959964
@@ -57,13 +57,15 @@ def final_label(c: Cell) -> str:
 
 
 def tally(cells: list[Cell]) -> dict:
-    """Machine and reviewed (final) counts, white-cell totals and review progress."""
+    """Machine and reviewed (final) counts, white-cell totals (after review: the white-cell classes
+    of spec.REVIEW_CLASSES), cells removed (artefact, duplicate) or apart (smudge), review progress."""
     machine = Counter(c.label for c in cells)
     final = Counter(c.final_label for c in cells)
     flagged = [c for c in cells if c.review]
     return {
         "machine": machine, "final": final,
-        "wbc_machine": sum(machine[k] for k in WBC_LABELS), "wbc_final": sum(final[k] for k in WBC_LABELS),
+        "wbc_machine": sum(machine[k] for k in WBC_LABELS), "wbc_final": sum(final[k] for k in DIFFERENTIAL_LABELS),
+        "removed": sum(final[k] for k in REMOVED_LABELS), "apart": sum(final[k] for k in APART_LABELS),
         "flagged": len(flagged), "flagged_reviewed": sum(c.reviewed_label is not None for c in flagged),
         "reviewed": sum(c.reviewed_label is not None for c in cells),
         "changed": sum(c.reviewed_label not in (None, c.label) for c in cells),

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from .reference import Intervals
 from .report_model import RESEARCH_USE, ReportData, differential, iso
 from .report_rules import flags
-from .spec import WBC_LABELS
+from .spec import ADDED_WBC_LABELS, WBC_LABELS
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
@@ -47,7 +47,9 @@ def summary_columns() -> list[str]:
              "model", "model_sha256", "trust", "cells", "wbc_counted", "count_target", "flagged", "flagged_reviewed",
              "wbc_count_1e9_per_l"]
             + [f"pct_{k}" for k in WBC_LABELS] + [f"abs_{k}" for k in WBC_LABELS]
-            + ["nrbc_per_100_wbc", "platelets_counted", "flags", "note"])
+            + ["nrbc_per_100_wbc", "platelets_counted"]
+            + [f"pct_{k}" for k in ADDED_WBC_LABELS] + [f"abs_{k}" for k in ADDED_WBC_LABELS]
+            + ["smudge_cells", "removed_cells", "signed_version", "flags", "note"])
 
 
 def summary_row(data: ReportData, iv: Intervals) -> list[Any]:
@@ -62,8 +64,10 @@ def summary_row(data: ReportData, iv: Intervals) -> list[Any]:
              m.count_target or "", len(flagged), sum(c.reviewed_label is not None for c in flagged),
              "" if data.wbc_count is None else f"{data.wbc_count:g}"]
             + [pct[k] for k in WBC_LABELS] + [ab[k] for k in WBC_LABELS]
-            + [pct["erythroblast"], d.row("platelet").final, "; ".join(f.rule for f in flags(data, d, iv)),
-               RESEARCH_USE])
+            + [pct["erythroblast"], d.row("platelet").final]
+            + [pct[k] for k in ADDED_WBC_LABELS] + [ab[k] for k in ADDED_WBC_LABELS]
+            + [d.apart, d.removed, (len(data.versions) or 1) if data.signoff else "",
+               "; ".join(f.rule for f in flags(data, d, iv)), RESEARCH_USE])
 
 
 def write_summary(data: ReportData, iv: Intervals, path) -> None:

@@ -7,7 +7,9 @@ validate the output with fhir.resources (R4B models) from the `fhir` extra.
 
 Codes: LOINC only where a code was checked against a public page (README, "Handing results to a
 laboratory system", lists each with its source). A class without a checked LOINC code
-(lymphocytes in %) carries this toolkit's own code (system CLASS_SYSTEM) and a text; a
+(lymphocytes in %, and of the classes a reviewer adds: band neutrophils, reactive lymphocytes,
+plasma cells, unidentified white cells; blasts have one) carries this toolkit's own code (system
+CLASS_SYSTEM) and a text; a
 laboratory maps it to its own catalogue. Ids are derived from the session (uuid5), so exporting
 the same session again gives the same resources: a laboratory system updates instead of
 duplicating, and sees status 'amended' when a decision changed after the sign-off.
@@ -21,6 +23,7 @@ from typing import Any, Optional
 from .reference import Intervals
 from .report_model import RESEARCH_USE, ClassRow, ReportData, differential, iso
 from .report_rules import flags
+from .spec import OTHER, WBC
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -35,6 +38,7 @@ PERCENT_CODES: dict[str, tuple[str, str]] = {
     "basophil": ("30180-4", "Basophils/100 leukocytes in Blood"),
     "ig": ("71695-1", "Immature granulocytes/100 leukocytes in Blood by Automated count"),
     "erythroblast": ("58413-6", "Nucleated erythrocytes/100 leukocytes in Blood by Automated count"),
+    "blast": ("26446-5", "Blasts/100 leukocytes in Blood"),
 }
 # label -> (LOINC code, display) of the absolute count, x10^9/L.
 ABSOLUTE_CODES: dict[str, tuple[str, str]] = {
@@ -44,11 +48,14 @@ ABSOLUTE_CODES: dict[str, tuple[str, str]] = {
     "eosinophil": ("711-2", "Eosinophils [#/volume] in Blood by Automated count"),
     "basophil": ("704-7", "Basophils [#/volume] in Blood by Automated count"),
     "ig": ("51584-1", "Immature granulocytes [#/volume] in Blood"),
+    "blast": ("30376-8", "Blasts [#/volume] in Blood"),
 }
 PANEL = ("69738-3", "Differential panel, method unspecified - Blood")
 NAMES = {"neutrophil": "Neutrophils", "lymphocyte": "Lymphocytes", "monocyte": "Monocytes",
          "eosinophil": "Eosinophils", "basophil": "Basophils", "ig": "Immature granulocytes",
-         "erythroblast": "Nucleated red cells"}
+         "erythroblast": "Nucleated red cells", "band_neutrophil": "Band neutrophils",
+         "reactive_lymphocyte": "Reactive lymphocytes", "blast": "Blasts", "plasma_cell": "Plasma cells",
+         "unidentified": "Unidentified white cells"}
 
 
 def _id(*parts: Any) -> str:
@@ -115,14 +122,23 @@ def bundle(data: ReportData, iv: Optional[Intervals] = None, now: Optional[float
 
     results = []
     for r in d.rows:
-        if r.label == "platelet" or r.per_100_wbc is None:
+        # platelets: a count only; smudge cells, artefacts, duplicates: not a result (the conclusion
+        # says how many); a class the reviewer adds: only when a cell was put in it (a 0 % of a
+        # class the model cannot see would look like a finding)
+        if (r.label == "platelet" or r.role not in (WBC, OTHER) or r.per_100_wbc is None
+                or (not r.model and not r.final)):
             continue
         results.append(add(_observation(r, False, iv, d.wbc_final, status, effective, issued, specimen_id, device_id,
                                         performers, key, m.unvalidated)))
         if r.absolute is not None and r.in_differential:
             results.append(add(_observation(r, True, iv, d.wbc_final, status, effective, issued, specimen_id,
                                             device_id, performers, key, m.unvalidated, data.wbc_count)))
-    conclusion = [f.message for f in flags(data, d, iv)] + [RESEARCH_USE]
+    review = []
+    if d.apart:
+        review.append(f"Smudge cells: {d.apart} (reported apart, not in the differential).")
+    if d.removed:
+        review.append(f"Removed by the reviewer from the count: {d.removed} (artefacts, duplicates).")
+    conclusion = [f.message for f in flags(data, d, iv)] + review + [RESEARCH_USE]
     report = {
         "resourceType": "DiagnosticReport", "id": _id("report", *key), "status": status,
         "identifier": [{"system": "urn:edge-bloodcls:session", "value": _id("session", *key)}],

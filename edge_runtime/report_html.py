@@ -20,9 +20,9 @@ from typing import Optional
 
 from .reference import Intervals
 from .report_gallery import THUMB, Gallery, build
-from .report_model import RESEARCH_USE, Differential, ReportData, differential, iso
+from .report_model import RESEARCH_USE, Differential, ReportData, counts_differential, differential, iso
 from .report_rules import Flag, flags
-from .spec import LABELS, WBC_LABELS
+from .spec import APART, CLASS_BY_LABEL, REMOVED, REVIEW_LABELS, WBC_LABELS
 
 PAPER = {"a4": "A4", "letter": "letter"}
 
@@ -80,9 +80,13 @@ def banners(data: ReportData, d: Differential) -> list[tuple[str, str, str]]:
                                      "counted)."))
     flagged = [c for c in data.cells if c.review]
     if data.signoff:
-        amended = sum(a.action == "amend" for a in data.audit)
-        out.append(("signed", "ok", f"Signed off by {data.signoff.by} at {iso(data.signoff.at)}."
-                    + (f" Amended {amended} time(s) since (see the audit trail)." if amended else "")))
+        n = len(data.versions) or 1
+        pending = data.pending_amendments
+        out.append(("signed", "ok" if not pending else "warn",
+                    f"Signed off by {data.signoff.by} at {iso(data.signoff.at)}"
+                    + (f" (version {n}; the earlier version(s) are kept below)." if n > 1 else ".")
+                    + (f" Amended {pending} time(s) since, not yet signed as version {n + 1} (see the audit trail)."
+                       if pending else "")))
     else:
         done = sum(c.reviewed_label is not None for c in flagged)
         out.append(("unsigned", "warn", f"Not signed off: {done} of {len(flagged)} flagged cells reviewed "
@@ -105,14 +109,15 @@ def _differential(d: Differential, iv: Intervals) -> list[str]:
            "<th>after review</th><th>%</th><th>95% CI</th><th>reference %</th><th></th>"
            + ("<th>x10<sup>9</sup>/L</th><th>reference</th><th></th>" if absolute else "") + "</tr>"]
     for r in d.rows:
-        if not r.in_differential:
+        if not r.in_differential or (not r.model and not r.final):  # an added class nobody used: no row
             continue
         mp, mci = _pct(r.machine, d.wbc_machine)
         fp, fci = _pct(r.final, d.wbc_final)
         ref = iv.interval(r.label)
         mark = iv.mark(r.label, r.per_100_wbc)
         cls = " class='changed'" if r.machine != r.final else ""
-        row = (f"<tr data-label='{r.label}'{cls}><td>{r.label}</td><td>{r.machine}</td><td>{mp}</td>"
+        added = "" if r.model else " (reviewer)"  # a class the model lacks: only a person put cells in it
+        row = (f"<tr data-label='{r.label}'{cls}><td>{_name(r.label)}{added}</td><td>{r.machine}</td><td>{mp}</td>"
                f"<td class='muted'>{mci}</td><td class='final'>{r.final}</td><td>{fp}</td><td class='muted'>{fci}</td>"
                f"<td class='muted'>{_range(ref)}</td><td class='hl mark'>{mark}</td>")
         if absolute:
@@ -125,13 +130,53 @@ def _differential(d: Differential, iv: Intervals) -> list[str]:
                f"<th id='wbc-final'>{d.wbc_final}</th><th></th><th></th><th></th><th></th>"
                + (f"<th id='wbc-count'>{d.wbc_count:g}</th><th></th><th></th>" if absolute else "") + "</tr>")
     for r in d.rows:
-        if r.in_differential:
+        if r.in_differential or (r.role in (APART, REMOVED) and not r.final):
             continue
-        extra = (f" ({r.per_100_wbc:.1f} per 100 white cells)" if r.label == "erythroblast" and r.per_100_wbc
-                 else "")
-        out.append(f"<tr data-label='{r.label}' class='muted'><td>{r.label} (not in the differential)</td>"
+        extra = (f" ({r.per_100_wbc:.1f} per 100 white cells)" if r.label in ("erythroblast", "smudge")
+                 and r.per_100_wbc else "")
+        what = {APART: "reported apart, not in the differential", REMOVED: "removed from the count"}.get(
+            r.role, "not in the differential")
+        out.append(f"<tr data-label='{r.label}' class='muted'><td>{_name(r.label)} ({what})</td>"
                    f"<td>{r.machine}</td><td></td><td></td><td class='final'>{r.final}</td><td colspan='4'>{extra}</td>"
                    + ("<td></td><td></td><td></td>" if absolute else "") + "</tr>")
+    out.append("</table>")
+    return out
+
+
+def _name(label: str) -> str:
+    return label.replace("_", " ")
+
+
+def _listed(data: ReportData) -> str:
+    """The cells of a listed class (unidentified white cells) by number: counted, to be seen again."""
+    e = html.escape
+    parts = []
+    for label, rc in CLASS_BY_LABEL.items():
+        ids = [c.id for c in data.cells if c.final_label == label] if rc.listed else []
+        if ids:
+            parts.append(f"<p id='listed-{label}'><b>{e(rc.name)}s</b> ({len(ids)}, counted among the white cells, "
+                         "to be looked at again): " + ", ".join(f"#{i}" for i in ids) + "</p>")
+    return "".join(parts)
+
+
+def _versions(data: ReportData) -> list[str]:
+    """Every signed version, oldest first: an amendment makes a new one, the old ones stay."""
+    e = html.escape
+    if not data.versions:
+        return []
+    out = [f"<h2>Signed versions ({len(data.versions)})</h2><table id='versions' class='meta'><tr><th>version</th>"
+           "<th>signed by</th><th>signed at</th><th>white cells</th><th>differential (% of white cells)</th>"
+           "<th>not counted</th><th>why amended</th></tr>"]
+    last = len(data.versions)
+    for v in data.versions:
+        d = counts_differential({}, v.final)
+        shares = ", ".join(f"{_name(r.label)} {r.per_100_wbc:.1f}%" for r in d.rows
+                           if r.in_differential and r.final and r.per_100_wbc is not None)
+        other = ", ".join(f"{_name(r.label)} {r.final}" for r in d.rows if r.role in (APART, REMOVED) and r.final)
+        state = "" if v.version == last else f" (superseded by version {v.version + 1})"
+        out.append(f"<tr data-version='{v.version}'><td>{v.version}{state}</td><td>{e(v.by)}</td><td>{iso(v.at)}</td>"
+                   f"<td class='wbc'>{d.wbc_final}</td><td>{e(shares)}</td><td>{e(other or '-')}</td>"
+                   f"<td>{e('; '.join(v.reasons) + ('; ' if v.reasons and v.note else '') + v.note)}</td></tr>")
     out.append("</table>")
     return out
 
@@ -160,6 +205,7 @@ def render(data: ReportData, iv: Optional[Intervals] = None, paper: str = "a4",
     rows = [("sample", sample), ("operator", m.operator or "-"),
             ("reviewer (signed by)", data.signoff.by if data.signoff else "- (not signed)"),
             ("signed at", iso(data.signoff.at) if data.signoff else "-"),
+            ("signed version", str(len(data.versions) or 1) if data.signoff else "-"),
             ("report status", data.status), ("model", m.model or "-"), ("model sha256", m.model_sha256 or "-"),
             ("trust", trust), ("count", target),
             ("WBC count (analyser)", f"{data.wbc_count:g} x10^9/L" if data.wbc_count is not None else "not given"),
@@ -176,11 +222,16 @@ def render(data: ReportData, iv: Optional[Intervals] = None, paper: str = "a4",
                f"review, {sum(c.review and c.reviewed_label is not None for c in data.cells)} of them reviewed; "
                f"{sum(c.reviewed_label is not None for c in data.cells)} reviewed in all, "
                f"{sum(c.reviewed_label not in (None, c.label) for c in data.cells)} reclassified; "
-               f"{sum(c.ood for c in data.cells)} out of distribution. Intervals: 95% Wilson score. Reference "
+               f"{sum(c.ood for c in data.cells)} out of distribution"
+               + (f"; {d.removed} removed from the count by the reviewer (artefacts, duplicates)" if d.removed else "")
+               + (f"; {d.apart} smudge cell(s), reported apart" if d.apart else "")
+               + ". Intervals: 95% Wilson score. Reference "
                f"intervals: {e(iv.source)}."
                + (" Absolute counts: the share after review x the analyser's WBC count." if data.wbc_count is not None
                   else "") + "</p>")
+    out.append(_listed(data))
     out.append(_signature(data))
+    out += _versions(data)
     gallery = build(data.cells)
     out += _flagged(data, gallery, crop_href)
     out += _classes(data, gallery, crop_href)
@@ -203,7 +254,8 @@ def _signature(data: ReportData) -> str:
     e = html.escape
     if data.signoff:
         body = (f"<div>Reviewed and signed by: <b id='signed-by'>{e(data.signoff.by)}</b></div>"
-                f"<div>Signed at: <b id='signed-at'>{iso(data.signoff.at)}</b></div>"
+                f"<div>Signed at: <b id='signed-at'>{iso(data.signoff.at)}</b>"
+                f" (version <b id='signed-version'>{len(data.versions) or 1}</b>)</div>"
                 f"<div>Status: {data.status}</div>")
     else:
         body = "<div><b>NOT SIGNED</b>: preliminary; flagged cells must be reviewed and signed (edge-bloodcls review).</div>"
@@ -240,7 +292,7 @@ def _classes(data: ReportData, gallery: Gallery, crop_href: Optional[str]) -> li
     out = ["<div class='gallery-pages' id='classes'><h2>All cells by class</h2>"
            "<p class='muted'>Thumbnails by class after review" + (", click one for the full crop" if crop_href else "")
            + ". Hover shows the cell's number and the analyser's call.</p>"]
-    order = {k: i for i, k in enumerate(LABELS)}
+    order = {k: i for i, k in enumerate(REVIEW_LABELS)}
     current = None
     for sh in sorted(gallery.sheets, key=lambda s: order.get(s.label, len(order))):
         if sh.label != current:

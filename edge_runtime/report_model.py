@@ -7,11 +7,12 @@ the store's SessionData into a ReportData.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Optional
+from typing import Mapping, Optional
 
-from .spec import LABELS, WBC_LABELS
+from .spec import APART, LABELS, OTHER, REMOVED, REVIEW_CLASSES, WBC, WBC_LABELS
 
 RESEARCH_USE = "Research use only: not a medical device, not for diagnosis."
 
@@ -83,6 +84,18 @@ class SignOff:
 
 
 @dataclass(frozen=True)
+class SignedVersion:
+    """One signed version of the session's differential: version 1 is the first sign-off, each
+    later one signs the amendments made since the one before (whose reasons it carries)."""
+    version: int
+    by: str
+    at: float
+    final: dict[str, int]  # cells per class after review, as this version signed them
+    reasons: tuple[str, ...] = ()  # why it was amended (version 2 on)
+    note: str = ""  # e.g. the short count its signer acknowledged
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     """One decision of the review's append-only trail."""
     at: float
@@ -104,6 +117,17 @@ class ReportData:
     signoff: Optional[SignOff] = None
     audit: list[AuditEntry] = field(default_factory=list)
     wbc_count: Optional[float] = None  # the analyser's white-cell count, x10^9/L, if entered
+    versions: list[SignedVersion] = field(default_factory=list)  # oldest first; the last one is `signoff`
+
+    @property
+    def pending_amendments(self) -> int:
+        """Amendments made since the last signed version (not signed yet)."""
+        if self.signoff is None:
+            return 0
+        last = max((a.id or 0 for a in self.audit if a.action == "signoff"), default=0)
+        if last:
+            return sum(a.action == "amend" and (a.id or 0) > last for a in self.audit)
+        return sum(a.action == "amend" and a.at > self.signoff.at for a in self.audit)
 
     @property
     def status(self) -> str:
@@ -125,6 +149,8 @@ class ClassRow:
     per_100_wbc: Optional[float]  # final / white cells x 100: the % of the differential (or NRBC/100 WBC)
     ci: tuple[float, float] = (0.0, 0.0)  # 95% Wilson interval of per_100_wbc, in %
     absolute: Optional[float] = None  # x10^9/L, when the analyser's WBC count is known
+    role: str = WBC  # spec.REVIEW_CLASSES: wbc, other, apart (smudge), removed (artefact, duplicate)
+    model: bool = True  # one of the model's classes (else added by a reviewer)
 
 
 @dataclass(frozen=True)
@@ -137,22 +163,39 @@ class Differential:
     def row(self, label: str) -> ClassRow:
         return next(r for r in self.rows if r.label == label)
 
+    @property
+    def removed(self) -> int:
+        """Cells the review took out of every count (artefacts, duplicates)."""
+        return sum(r.final for r in self.rows if r.role == REMOVED)
+
+    @property
+    def apart(self) -> int:
+        """Smudge cells: reported apart."""
+        return sum(r.final for r in self.rows if r.role == APART)
+
 
 def differential(data: ReportData) -> Differential:
+    return counts_differential(Counter(c.label for c in data.cells), Counter(c.final_label for c in data.cells),
+                               data.wbc_count)
+
+
+def counts_differential(machine: Mapping[str, int], final: Mapping[str, int],
+                        wbc_count: Optional[float] = None) -> Differential:
+    """The differential of cells per class (the analyser's and after review): white cells are the
+    classes of role wbc (spec.REVIEW_CLASSES), the model's and those a reviewer added; smudge
+    cells and erythroblasts are given per 100 white cells, outside the differential; artefacts and
+    duplicates are in no count."""
     from .report import wilson  # one Wilson interval for every output
 
-    machine = {k: 0 for k in LABELS}
-    final = {k: 0 for k in LABELS}
-    for c in data.cells:
-        machine[c.label] = machine.get(c.label, 0) + 1
-        final[c.final_label] = final.get(c.final_label, 0) + 1
-    wbc_m = sum(machine[k] for k in WBC_LABELS)
-    wbc_f = sum(final[k] for k in WBC_LABELS)
+    wbc_m = sum(machine.get(k, 0) for k in WBC_LABELS)
+    wbc_f = sum(final.get(c.label, 0) for c in REVIEW_CLASSES if c.role == WBC)
     rows = []
-    for k in LABELS:
-        share = 100 * final[k] / wbc_f if wbc_f and k != "platelet" else None
-        lo, hi = wilson(final[k], wbc_f) if wbc_f and k in WBC_LABELS else (0.0, 0.0)
-        absolute = (data.wbc_count * final[k] / wbc_f
-                    if data.wbc_count is not None and wbc_f and k in WBC_LABELS else None)
-        rows.append(ClassRow(k, machine[k], final[k], k in WBC_LABELS, share, (100 * lo, 100 * hi), absolute))
-    return Differential(rows, wbc_m, wbc_f, data.wbc_count)
+    for rc in REVIEW_CLASSES:
+        k, n = rc.label, final.get(rc.label, 0)
+        per = wbc_f and rc.role in (WBC, OTHER, APART) and k != "platelet"
+        share = 100 * n / wbc_f if per else None
+        lo, hi = wilson(n, wbc_f) if wbc_f and rc.role == WBC else (0.0, 0.0)
+        absolute = wbc_count * n / wbc_f if wbc_count is not None and wbc_f and rc.role == WBC else None
+        rows.append(ClassRow(k, machine.get(k, 0), n, rc.role == WBC, share, (100 * lo, 100 * hi), absolute,
+                             rc.role, rc.model))
+    return Differential(rows, wbc_m, wbc_f, wbc_count)

@@ -42,6 +42,11 @@ def flags(data: ReportData, d: Differential, iv: Intervals) -> list[Flag]:
     elif eos.per_100_wbc is not None and eos.per_100_wbc > r["eosinophil_pct"]:
         out.append(Flag("EOSINOPHILIA", f"Eosinophilia: {eos.per_100_wbc:.1f}% eosinophils (above "
                                         f"{r['eosinophil_pct']:g}%; no WBC count given for an absolute count)."))
+    unidentified = [c.id for c in data.cells if c.final_label == "unidentified"]
+    if unidentified:
+        out.append(Flag("UNIDENTIFIED", f"{len(unidentified)} white cell(s) the reviewer could not identify "
+                                        f"(cells {', '.join(f'#{i}' for i in unidentified[:20])}"
+                                        + (", ..." if len(unidentified) > 20 else "") + ")."))
     unreviewed = sum(1 for c in data.cells if c.review and c.reviewed_label is None)
     if unreviewed:
         out.append(Flag("UNREVIEWED", f"{unreviewed} flagged cell(s) not reviewed by a person."))

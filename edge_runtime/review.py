@@ -1,17 +1,28 @@
-"""`edge-bloodcls review`: a web page where a technologist checks the flagged cells of a session,
-confirms or reclassifies each (keys 1-8, Enter, u to undo) and signs the differential.
+"""`edge-bloodcls review`: the page where a technologist reviews a whole session as a lab does
+and signs it: every cell in a gallery grouped by class, with filters (flagged, out of
+distribution, low confidence, reviewed or not), multi-select, reclassification into the model's
+eight classes or the classes a reviewer adds (spec.REVIEW_CLASSES: band neutrophil, blast, smudge
+cell, artefact, duplicate, ...) by key, click or touch, the differential recomputed as you go,
+and a confirmation screen before signing.
+
+Sign-off rules are the store's (SessionStore.sign_off), not the page's: every flagged cell
+reviewed; an UNVALIDATED session (the trust gate tripped) has every cell reviewed; a short count is
+acknowledged. A signed session is read-only (decisions are refused with 409); an amendment carries
+a reason, and signing it makes the next version (2, 3, ...), the earlier ones kept in the trail
+and in the report.
 
 Every decision goes through the session store (store.py): its own SQLite transaction, committed
 (synchronous=FULL, WAL) before the page is told it is saved, so a server killed right after loses
 nothing. Several servers (or a capture still writing) may share one log: a decision carries the
 version of the cell it was made on, and one made on a version someone has since changed is
 refused (409) with who changed it; the page then shows the cell as it now is. Decisions, undos,
-sign-off and amendments are rows of the append-only audit trail.
+sign-offs and amendments are rows of the append-only audit trail.
 
 Served by Starlette on uvicorn behind webserve.Guard (token, Host allow-list, Origin on writes,
-security headers, request limits). Who decides is the server's `--reviewer`, never the page's.
-The page (web/review.html, review.js, review.css) has no inline script and puts every value in
-the DOM as text.
+security headers, request limits). Who decides and who signs is the server's `--reviewer`, never
+the page's. The page (web/review.html, review.js, review.css) has no inline script or style and
+puts every value in the DOM as text. Cell numbers are the store's cell ids, as in capture's
+summary, the report and the CSVs.
 """
 from __future__ import annotations
 
@@ -22,7 +33,8 @@ from pathlib import Path
 import click
 
 from .report import load, render, tally
-from .spec import LABELS, WBC_LABELS
+from .records import SignCheck
+from .spec import LABELS, REVIEW_CLASSES, REVIEW_LABELS, WBC_LABELS
 from .store import Cell, Decision, Refusal, SessionFileError, SessionStore, StaleCell
 from .webserve import CSP, CSP_REPORT, BadRequest, Field, WebServer, json_for_html, read_json
 
@@ -32,9 +44,10 @@ MAX_CELL = 2 ** 31 - 1
 
 ReviewError = Refusal  # what a review action the log refuses raises (HTTP status, one line)
 
-DECIDE = {"cell": Field(int, 1, MAX_CELL), "label": Field(str, choices=tuple(LABELS)),
+DECIDE = {"cell": Field(int, 1, MAX_CELL), "label": Field(str, choices=REVIEW_LABELS),
           "version": Field(int, 0, MAX_CELL)}
 AMEND = {**DECIDE, "reason": Field(str, max_len=500)}
+SIGNOFF = {"short_count": Field(int, 0, 1)}  # 1: the reviewer acknowledges a short count
 EMPTY: dict[str, Field] = {}
 
 
@@ -42,24 +55,44 @@ def state(store: SessionStore, sid: int, all_cells: bool) -> dict:
     d = store.load(sid, crops=False)
     t = tally(d.cells)
     s = d.session
+    signs = [a for a in d.audit if a.action == "signoff"]
     return {
         "session": {"id": s.id, "sample": s.sample, "operator": s.operator, "model": s.model, "started": s.started,
                     "ended": s.ended, "signed_by": s.signed_by, "signed_at": s.signed_at,
-                    "unvalidated": int(s.unvalidated), "count_target": s.count_target},
+                    "unvalidated": int(s.unvalidated), "count_target": s.count_target,
+                    "review_threshold": s.review_threshold,
+                    "trust_message": str(s.trust.get("message") or "").removeprefix("WARNING: ")},
         "labels": list(LABELS), "wbc_labels": list(WBC_LABELS), "all": all_cells,
+        "classes": [{"label": c.label, "name": c.name, "role": c.role, "key": c.key, "model": c.model}
+                    for c in REVIEW_CLASSES],
         "cells": [cell_json(c) for c in d.cells if all_cells or c.review],
+        "check": check_json(store.sign_check(sid)),
+        "versions": [{"version": k, "by": a.reviewer, "at": a.at, "note": a.reason or ""}
+                     for k, a in enumerate(signs, 1)],
         "tally": {"machine": dict(t["machine"]), "final": dict(t["final"]), "wbc_machine": t["wbc_machine"],
                   "wbc_final": t["wbc_final"], "flagged": t["flagged"], "flagged_reviewed": t["flagged_reviewed"],
-                  "cells": len(d.cells)},
+                  "removed": t["removed"], "apart": t["apart"], "cells": len(d.cells)},
     }
 
 
+def check_json(c: SignCheck) -> dict:
+    """The sign-off rules as the page states them: each rule, whether it holds, and the reasons a
+    sign-off now would be refused."""
+    return {"signed_version": c.signed_version, "signed_by": c.signed_by, "pending": c.pending,
+            "closed": c.closed, "next_version": c.next_version, "cells": c.cells, "flagged": c.flagged,
+            "flagged_left": c.flagged_left, "unreviewed": c.unreviewed, "unvalidated": c.unvalidated,
+            "wbc": c.wbc, "count_target": c.count_target, "short": c.short,
+            "blockers": c.blockers(short_count=True), "blockers_unacknowledged": c.blockers()}
+
+
 def cell_json(c: Cell) -> dict:
+    top = sorted(c.probs.items(), key=lambda kv: -float(kv[1]))[:3]
     return {"id": c.id, "label": c.label, "confidence": c.confidence, "review": int(c.review),
             "review_reason": c.review_reason, "ood": int(c.ood), "ood_score": c.ood_score,
             "observations": c.observations, "first_frame": c.first_frame, "last_frame": c.last_frame,
+            "frame": c.frame_index, "box": [c.x0, c.y0, c.x1, c.y1],
             "reviewed_label": c.reviewed_label, "reviewer": c.reviewer, "reviewed_at": c.reviewed_at,
-            "version": c.version, "probs": c.probs, "has_crop": c.has_crop}
+            "version": c.version, "top": [[k, round(float(p), 3)] for k, p in top], "has_crop": c.has_crop}
 
 
 def decision_json(d: Decision) -> dict:
@@ -71,8 +104,8 @@ def check_labels(store: SessionStore, sid: int) -> None:
     """Every label in the session is one of the label set: anything else was not written by
     capture (whose bundle's labels are checked at load) and is refused before it reaches a page."""
     for c in store.cells(sid):
-        for label in (c.label, c.reviewed_label):
-            if label is not None and label not in LABELS:
+        for label, allowed in ((c.label, LABELS), (c.reviewed_label, REVIEW_LABELS)):
+            if label is not None and label not in allowed:
                 raise SessionFileError(f"{store.path}: cell {c.id} has label {label[:40]!r}, not one of the "
                                        "label set; refusing to serve it")
 
@@ -145,11 +178,17 @@ def make_app(store: SessionStore, sid: int, all_cells: bool, reviewer: str):
         return decision_json(await run_in_threadpool(store.undo, sid, reviewer))
 
     async def signoff(request: Request):
-        await read_json(request, EMPTY)
-        r = await run_in_threadpool(store.sign_off, sid, reviewer)
-        return {"signed_by": r.signed_by, "signed_at": r.signed_at, "audit_id": r.audit_id}
+        b = await read_json(request, SIGNOFF)
+        # the signer is this server's reviewer: the body carries only the acknowledgement
+        r = await run_in_threadpool(store.sign_off, sid, reviewer, bool(b["short_count"]))
+        return {"signed_by": r.signed_by, "signed_at": r.signed_at, "audit_id": r.audit_id, "version": r.version,
+                "short_count": r.short_count}
+
+    async def get_check(request: Request):
+        return check_json(await run_in_threadpool(store.sign_check, sid))
 
     routes = [Route("/", index), Route("/static/{name}", static), Route("/api/state", answer(get_state)),
+              Route("/api/check", answer(get_check)),
               Route("/crop/{cell:int}", crop), Route("/report", report),
               Route("/api/decide", answer(decide), methods=["POST"]), Route("/api/amend", answer(amend), methods=["POST"]),
               Route("/api/undo", answer(undo), methods=["POST"]), Route("/api/signoff", answer(signoff), methods=["POST"])]
@@ -179,17 +218,19 @@ def make_server(path, sid: int, host: str = "127.0.0.1", port: int = 8765, all_c
               help="Address to listen on. Another machine on the lab network: 0.0.0.0 (README: the URL with "
                    "its token is the key; anyone who has it can review).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port.")
-@click.option("--all", "all_cells", is_flag=True, help="Step through every counted cell, not only the flagged.")
+@click.option("--all", "all_cells", is_flag=True, help="Open the gallery on every cell, not on the flagged ones.")
 @click.option("--session", "session_id", type=int, default=None, help="Session ID (default: the last one).")
 @click.option("--reviewer", default=None, help="Your name, put on each decision [default: the login name].")
 @click.option("--allow-host", "allow", multiple=True,
               help="Another name the browser may use for this machine (repeatable), e.g. pi.lab.example.")
 def review_command(db, host, port, all_cells, session_id, reviewer, allow):
-    """Check the flagged cells of a session in the browser, reclassify, sign off.
+    """Review a session's cells in the browser (a gallery by class), reclassify, sign off.
 
-    Keys: 1-8 reclassify (basophil, eosinophil, erythroblast, ig, lymphocyte, monocyte,
-    neutrophil, platelet), Enter or c confirms, u undoes, arrows move. Each decision is saved at once.
-    Open the URL printed at start: it carries this server's token.
+    Keys: 1-8 the model's classes (basophil, eosinophil, erythroblast, ig, lymphocyte, monocyte,
+    neutrophil, platelet); n band neutrophil, r reactive lymphocyte, b blast, p plasma cell,
+    x unidentified, s smudge, a artefact, d duplicate; Enter or c confirms, u undoes, arrows
+    move, Space selects, v the larger view, ? all keys. Each decision is saved at once. Open the
+    URL printed at start: it carries this server's token.
     """
     try:
         d = load(db, session_id, crops=False)

@@ -12,7 +12,9 @@ process under a lock; every write is one short explicit transaction (BEGIN IMMED
 Schema versions (PRAGMA user_version): 0 is the first release's three tables; 1 adds counted cells
 with crops, review columns and sign-off; 2 adds each cell's version (optimistic concurrency of
 decisions) and the `audit` table: decisions, undos, sign-offs and amendments as append-only rows
-(triggers refuse UPDATE and DELETE). An older file is backed up (SQLite's backup API) and migrated
+(triggers refuse UPDATE and DELETE). Signed versions need no table of their own: the k-th
+'signoff' row of a session is its version k, and the labels each version signed are read back
+from the trail (report_adapt.py). An older file is backed up (SQLite's backup API) and migrated
 in one transaction; a newer one is refused untouched.
 
 Records cross the store's boundary as dataclasses (records.py: Session, Frame, Cell, AuditEntry, Decision).
@@ -33,7 +35,9 @@ from urllib.parse import quote
 from .dbfaults import (LOCK_RETRY_BACKOFF, SessionFileError, _check_writable, _locked, _p, busy_timeout_s,
                        db_reason, text)
 from .records import (AuditEntry, Cell, CellRecord, Conflict, Decision, Frame, NewerLogError,  # noqa: F401
-                      NotFound, Refusal, Session, SessionData, SignOff, StaleCell, _cell, _record, _session)
+                      NotFound, Refusal, Session, SessionData, SignCheck, SignOff, StaleCell, _cell, _record,
+                      _session)
+from .spec import DIFFERENTIAL_LABELS, REVIEW_LABELS
 
 SCHEMA_VERSION = 2
 
@@ -369,14 +373,17 @@ class SessionStore:
     def decide(self, sid: int, cell_id: int, label: str, reviewer: str, version: int) -> Decision:
         """Confirm (label = the analyser's) or reclassify a cell, made on `version` of it: refused
         (StaleCell) when the cell has changed since; a signed session refuses (amend instead)."""
+        _check_label(label)
         with self._tx() as con:
             self._open_session(con, sid)
             c = self._fresh_cell(con, sid, cell_id, version)
             return self._change(con, c, "confirm" if label == c.label else "reclassify", label, reviewer, None)
 
     def amend(self, sid: int, cell_id: int, label: str, reviewer: str, version: int, reason: str) -> Decision:
-        """Change a decision of a signed session: the sign-off stays, the amendment and its reason
-        join the trail."""
+        """Change a decision of a signed session, with a reason: the signed versions stay as they
+        were (the trail holds them), the amendment and its reason join the trail, and sign_off()
+        then signs the amended differential as the next version."""
+        _check_label(label)
         if not reason.strip():
             raise Refusal("an amendment of a signed session needs a reason")
         with self._tx() as con:
@@ -404,19 +411,47 @@ class SessionStore:
                 raise StaleCell(_changed(c, f"cell {c.id} was changed since your decision"), c)
             return self._change(con, c, "undo", entry.from_label, reviewer, None, restore=entry)
 
-    def sign_off(self, sid: int, reviewer: str) -> SignOff:
+    def sign_check(self, sid: int) -> SignCheck:
+        """The session against the sign-off rules, as it is now."""
+        with self._read() as con:
+            return self._sign_check(con, sid)
+
+    @staticmethod
+    def _sign_check(con, sid: int) -> SignCheck:
+        s = con.execute("SELECT signed_by, unvalidated, count_target FROM sessions WHERE id = ?", (sid,)).fetchone()
+        if s is None:
+            raise NotFound(f"no session {sid}")
+        signs = con.execute("SELECT COUNT(*), MAX(id) FROM audit WHERE session_id = ? AND action = 'signoff'",
+                            (sid,)).fetchone()
+        pending = con.execute("SELECT COUNT(*) FROM audit WHERE session_id = ? AND action = 'amend' AND id > ?",
+                              (sid, signs[1] or 0)).fetchone()[0] if signs[0] else 0
+        marks = ", ".join("?" * len(DIFFERENTIAL_LABELS))
+        n = con.execute(
+            "SELECT COUNT(*), COALESCE(SUM(review), 0), COALESCE(SUM(review = 1 AND reviewed_label IS NULL), 0), "
+            "COALESCE(SUM(reviewed_label IS NULL), 0), "
+            f"COALESCE(SUM(COALESCE(reviewed_label, label) IN ({marks})), 0) FROM cells WHERE session_id = ?",
+            (*DIFFERENTIAL_LABELS, sid)).fetchone()
+        return SignCheck(signs[0], s["signed_by"], pending, n[0], n[1], n[2], n[3], bool(s["unvalidated"]), n[4],
+                         s["count_target"])
+
+    def sign_off(self, sid: int, reviewer: str, short_count: bool = False) -> SignOff:
+        """Sign the session's differential as it now is, as version 1, or a signed session's
+        amendments as the next version. Refused (Conflict, every reason at once) unless: every
+        flagged cell is reviewed; an UNVALIDATED session has every cell reviewed; a short count
+        (white cells after review below the session's target) is acknowledged (short_count)."""
         with self._tx() as con:
-            self._open_session(con, sid)
-            left = con.execute("SELECT COUNT(*) FROM cells WHERE session_id = ? AND review = 1 "
-                               "AND reviewed_label IS NULL", (sid,)).fetchone()[0]
-            if left:
-                raise Conflict(f"{left} flagged cell(s) not reviewed yet")
+            check = self._sign_check(con, sid)
+            blockers = check.blockers(short_count)
+            if blockers:
+                raise Conflict("; ".join(blockers))
             now = time.time()
-            cur = con.execute("INSERT INTO audit (session_id, action, reviewer, at) VALUES (?, 'signoff', ?, ?)",
-                              (sid, reviewer, now))
+            ack = (f"short count acknowledged: {check.wbc} of {check.count_target} white cells"
+                   if check.short else None)
+            cur = con.execute("INSERT INTO audit (session_id, action, reviewer, at, reason) "
+                              "VALUES (?, 'signoff', ?, ?, ?)", (sid, reviewer, now, ack))
             con.execute("UPDATE sessions SET signed_by = ?, signed_at = ? WHERE id = ?", (reviewer, now, sid))
         assert cur.lastrowid is not None
-        return SignOff(cur.lastrowid, reviewer, now)
+        return SignOff(cur.lastrowid, reviewer, now, check.next_version, check.short)
 
     def _session_row(self, con, sid: int) -> sqlite3.Row:
         s = con.execute("SELECT signed_by, signed_at FROM sessions WHERE id = ?", (sid,)).fetchone()
@@ -460,6 +495,11 @@ class SessionStore:
                     (*new, version, c.id))
         assert cur.lastrowid is not None
         return Decision(cur.lastrowid, c.id, c.label, new[0], new[1], now, version, action)
+
+
+def _check_label(label: str) -> None:
+    if label not in REVIEW_LABELS:
+        raise Refusal(f"{label[:40]!r} is not a review class ({', '.join(REVIEW_LABELS)})")
 
 
 def _changed(c: Cell, head: str) -> str:

@@ -94,19 +94,20 @@ def test_review_page_keys_reclassify_undo_and_survive_kill_9(browser, tmp_path):
         line = proc.stdout.readline()
         assert line.startswith("review http://127.0.0.1:"), line + proc.stderr.read()
         browser.get(line.split()[1])
-        _wait(browser, lambda d: d.find_element(By.ID, "cell-id").get_attribute("data-cell") == "9")
-        assert "analyser: monocyte" in _text(browser, "#info")
+        # the flagged cells, by class: eosinophil #10, monocyte #9, platelet #11
+        _wait(browser, lambda d: d.find_element(By.ID, "cell-id").get_attribute("data-cell") == "10")
+        assert "analyser: eosinophil" in _text(browser, "#info")
 
         def press(key, status):
             ActionChains(browser).send_keys(key).perform()
             _wait(browser, lambda d: d.find_element(By.ID, "status").text == status)
 
         browser.find_element(By.ID, "crop").click()  # focus on the page, not in the name field
-        press(Keys.ENTER, "saved: cell 9 confirmed monocyte")
-        assert browser.find_element(By.ID, "cell-id").get_attribute("data-cell") == "10"  # moved on
-        press("u", "undone: cell 9")
-        assert _db(db, 9) == (None, None)
-        press("2", "saved: cell 9 monocyte → eosinophil")
+        press(Keys.ENTER, "saved: cell 10 confirmed eosinophil")
+        assert browser.find_element(By.ID, "cell-id").get_attribute("data-cell") == "9"  # moved on
+        press("u", "undone: cell 10")
+        assert _db(db, 10) == (None, None)
+        press("6", "saved: cell 10 eosinophil → monocyte")
         assert _text(browser, "#progress").startswith("1/3 flagged reviewed")
         if SHOTS:
             browser.save_screenshot(str(Path(SHOTS) / "review.png"))
@@ -117,17 +118,17 @@ def test_review_page_keys_reclassify_undo_and_survive_kill_9(browser, tmp_path):
             proc.kill()
         proc.stdout.close()
         proc.stderr.close()
-    assert _db(db, 9) == ("eosinophil", "ann")
+    assert _db(db, 10) == ("monocyte", "ann")
     with SessionStore(db) as store:
         assert store.integrity_check() == "ok"
     out = tmp_path / "report.html"
     assert run_cli("report", db, "--out", out).exit_code == 0
     browser.get(out.as_uri())
-    # analyser: monocyte 1, eosinophil 1; after review: monocyte 0, eosinophil 2
-    assert _text(browser, "tr[data-label=monocyte]").split()[:2] == ["monocyte", "1"]
-    assert _text(browser, "tr[data-label=monocyte] td.final") == "0"
-    assert _text(browser, "tr[data-label=eosinophil] td.final") == "2"
-    assert "→ eosinophil (ann)" in _text(browser, "#gallery")
+    # analyser: monocyte 1, eosinophil 1; after review: monocyte 2, eosinophil 0
+    assert _text(browser, "tr[data-label=eosinophil]").split()[:2] == ["eosinophil", "1"]
+    assert _text(browser, "tr[data-label=eosinophil] td.final") == "0"
+    assert _text(browser, "tr[data-label=monocyte] td.final") == "2"
+    assert "→ monocyte (ann)" in _text(browser, "#gallery")
 
 
 def test_review_page_refuses_sign_off_with_cells_left(browser, tmp_path):
@@ -141,8 +142,13 @@ def test_review_page_refuses_sign_off_with_cells_left(browser, tmp_path):
     try:
         browser.get(server.url)
         _wait(browser, lambda d: d.find_element(By.ID, "cell-id"))
-        browser.find_element(By.ID, "signoff").click()
-        _wait(browser, lambda d: d.find_element(By.ID, "status").text == "3 flagged cell(s) not reviewed yet")
+        browser.find_element(By.ID, "signoff").click()  # the confirmation screen states the rules
+        _wait(browser, lambda d: d.find_element(By.ID, "confirm").is_displayed())
+        assert "✗" not in _text(browser, "#confirm-rules")  # marks are CSS, the text is the rule
+        assert "every flagged cell reviewed (0 of 3)" in _text(browser, "#confirm-rules")
+        browser.find_element(By.ID, "confirm-sign").click()  # the server refuses
+        _wait(browser, lambda d: d.find_element(By.ID, "confirm-status").text.startswith(
+            "Refused: 3 flagged cell(s) not reviewed yet; short count: 10 white cells after review"))
         assert _db_signed(db) is None
     finally:
         server.stop()

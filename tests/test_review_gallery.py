@@ -12,10 +12,10 @@ import urllib.error
 from urllib.parse import urlsplit
 
 import pytest
-
 from review_client import ReviewClient
 from test_runtime_report import CELLS, make_session
 from test_runtime_review_browser import browser  # noqa: F401
+
 from edge_bloodcls.edge_runtime import review
 from edge_bloodcls.edge_runtime.session import CellRecord, SessionLog
 from edge_bloodcls.edge_runtime.spec import LABELS
@@ -201,7 +201,7 @@ def test_sign_off_is_refused_until_the_rules_hold_then_read_only(browser, served
     browser.find_element(_by().ID, "crop").click()  # the keys to the page, not to the filter
     for k in range(1, 4):
         _keys(browser, "c")
-        _wait(browser, lambda d: f"{k}/3 flagged" in d.find_element(_by().ID, "progress").text)
+        _wait(browser, lambda d, k=k: f"{k}/3 flagged" in d.find_element(_by().ID, "progress").text)
     try_sign("UNVALIDATED session: every cell must be reviewed (8 not reviewed yet)")
     assert _signed(db) == []
     # every cell: select all shown and confirm
@@ -308,8 +308,8 @@ def test_keyboard_only_review_of_a_100_cell_session(browser, served):  # noqa: F
         _keys(browser, key)
         _status(browser, f"saved: cell {cid} ")
         plan[cid] = label
-        _wait(browser, lambda d: d.find_element(_by().ID, "cell-id").get_attribute("data-cell") != str(cid)
-              or n == 99)
+        _wait(browser, lambda d, cid=cid, n=n: d.find_element(_by().ID, "cell-id").get_attribute("data-cell")
+              != str(cid) or n == 99)
     assert len(plan) == 100
     _wait(browser, lambda d: "100/100 cells" in d.find_element(_by().ID, "progress").text)
     # 98 white cells after review (artefact and duplicate out; the blast and the unidentified in):

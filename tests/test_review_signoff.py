@@ -9,16 +9,23 @@ import json
 import urllib.error
 
 import pytest
-
 from review_client import ReviewClient
 from test_runtime_report import make_session, run_cli
+
 from edge_bloodcls.edge_runtime import review
 from edge_bloodcls.edge_runtime.report import load, tally
 from edge_bloodcls.edge_runtime.report_adapt import from_store
 from edge_bloodcls.edge_runtime.report_fhir import CLASS_SYSTEM, LOINC, bundle
 from edge_bloodcls.edge_runtime.report_model import differential
-from edge_bloodcls.edge_runtime.spec import (ADDED_WBC_LABELS, DIFFERENTIAL_LABELS, LABELS, REMOVED_LABELS,
-                                             REVIEW_CLASSES, REVIEW_LABELS, WBC_LABELS)
+from edge_bloodcls.edge_runtime.spec import (
+    ADDED_WBC_LABELS,
+    DIFFERENTIAL_LABELS,
+    LABELS,
+    REMOVED_LABELS,
+    REVIEW_CLASSES,
+    REVIEW_LABELS,
+    WBC_LABELS,
+)
 from edge_bloodcls.edge_runtime.store import Conflict, Refusal, SessionStore
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any
 
 from .dbfaults import SessionFileError
 
@@ -38,7 +38,7 @@ class Conflict(Refusal):
 class StaleCell(Conflict):
     """The decision was made on a version of the cell that someone has since changed."""
 
-    def __init__(self, message: str, cell: "Cell"):
+    def __init__(self, message: str, cell: Cell):
         super().__init__(message)
         self.cell = cell
 
@@ -69,28 +69,28 @@ class CellRecord:
 class Session:
     id: int
     started: float
-    ended: Optional[float]
-    source: Optional[str]
-    mode: Optional[str]
-    model: Optional[str]
-    model_sha256: Optional[str]
-    interpreter: Optional[str]
-    device: Optional[str]
-    threads: Optional[int]
-    review_threshold: Optional[float]
+    ended: float | None
+    source: str | None
+    mode: str | None
+    model: str | None
+    model_sha256: str | None
+    interpreter: str | None
+    device: str | None
+    threads: int | None
+    review_threshold: float | None
     frames: int
     cells: int
-    end_reason: Optional[str]
-    summary: Optional[str]
-    sample: Optional[str]
-    operator: Optional[str]
+    end_reason: str | None
+    summary: str | None
+    sample: str | None
+    operator: str | None
     versions: dict
-    count_target: Optional[int]
-    counting: Optional[str]
+    count_target: int | None
+    counting: str | None
     unvalidated: bool
     trust: dict
-    signed_by: Optional[str]
-    signed_at: Optional[float]
+    signed_by: str | None
+    signed_at: float | None
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,11 @@ class Frame:
     session_id: int
     frame_index: int
     timestamp: float
-    name: Optional[str]
-    width: Optional[int]
-    height: Optional[int]
+    name: str | None
+    width: int | None
+    height: int | None
     n_cells: int
-    timing: Optional[str]
+    timing: str | None
 
 
 @dataclass(frozen=True)
@@ -113,28 +113,28 @@ class Cell:
     frame_id: int
     frame_index: int
     timestamp: float
-    x0: Optional[int]
-    y0: Optional[int]
-    x1: Optional[int]
-    y1: Optional[int]
+    x0: int | None
+    y0: int | None
+    x1: int | None
+    y1: int | None
     label: str
     confidence: float
     review: bool
     model_sha256: str
     probs: dict
-    crop_path: Optional[str]
+    crop_path: str | None
     observations: int
-    first_frame: Optional[int]
-    last_frame: Optional[int]
-    ood_score: Optional[float]
+    first_frame: int | None
+    last_frame: int | None
+    ood_score: float | None
     ood: bool
-    review_reason: Optional[str]
-    reviewed_label: Optional[str]
-    reviewer: Optional[str]
-    reviewed_at: Optional[float]
+    review_reason: str | None
+    reviewed_label: str | None
+    reviewer: str | None
+    reviewed_at: float | None
     version: int
     has_crop: bool
-    crop: Optional[bytes] = None  # only when asked for (report); the review page fetches crops one by one
+    crop: bytes | None = None  # only when asked for (report); the review page fetches crops one by one
 
     @property
     def final_label(self) -> str:
@@ -145,17 +145,17 @@ class Cell:
 class AuditEntry:
     id: int
     session_id: int
-    cell_id: Optional[int]
+    cell_id: int | None
     action: str
-    from_label: Optional[str]
-    to_label: Optional[str]
-    prev_reviewer: Optional[str]
-    prev_at: Optional[float]
+    from_label: str | None
+    to_label: str | None
+    prev_reviewer: str | None
+    prev_at: float | None
     reviewer: str
     at: float
-    reason: Optional[str]
-    cell_version: Optional[int]
-    undoes: Optional[int]
+    reason: str | None
+    cell_version: int | None
+    undoes: int | None
 
 
 @dataclass(frozen=True)
@@ -164,8 +164,8 @@ class Decision:
     audit_id: int
     cell_id: int
     machine_label: str
-    reviewed_label: Optional[str]
-    reviewer: Optional[str]
+    reviewed_label: str | None
+    reviewer: str | None
     at: float
     version: int
     action: str
@@ -185,7 +185,7 @@ class SignCheck:
     """Where a session stands against the sign-off rules (store.SessionStore.sign_check): what the
     review page states, and what sign_off() enforces."""
     signed_version: int  # the last signed version (0: never signed)
-    signed_by: Optional[str]
+    signed_by: str | None
     pending: int  # amendments since the last signed version (a new version to sign)
     cells: int
     flagged: int
@@ -193,7 +193,7 @@ class SignCheck:
     unreviewed: int  # cells not reviewed at all
     unvalidated: bool  # the trust gate tripped: every cell must be reviewed
     wbc: int  # white cells after review
-    count_target: Optional[int]
+    count_target: int | None
 
     @property
     def closed(self) -> bool:

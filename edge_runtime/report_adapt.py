@@ -4,14 +4,13 @@ Every report output (HTML, PDF, CSV summary, FHIR) is rendered from the latter o
 from __future__ import annotations
 
 from collections import Counter
-from typing import Optional
 
 from .records import AuditEntry as StoreAudit
 from .records import Cell, SessionData
 from .report_model import AuditEntry, CellRow, ReportData, SessionMeta, SignedVersion, SignOff
 
 
-def from_store(d: SessionData, wbc_count: Optional[float] = None) -> ReportData:
+def from_store(d: SessionData, wbc_count: float | None = None) -> ReportData:
     s = d.session
     meta = SessionMeta(
         id=s.id, path=d.path, sample=s.sample, operator=s.operator, started=s.started, ended=s.ended,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import csv
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .reference import Intervals
 from .report_model import RESEARCH_USE, ReportData, differential, iso

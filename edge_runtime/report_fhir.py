@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any
 
 from .reference import Intervals
 from .report_model import RESEARCH_USE, ClassRow, ReportData, differential, iso
@@ -85,7 +85,7 @@ def _interp(mark: str) -> list[dict]:
                          "code": mark, "display": "High" if mark == "H" else "Low"}]}]
 
 
-def bundle(data: ReportData, iv: Optional[Intervals] = None, now: Optional[float] = None) -> dict:
+def bundle(data: ReportData, iv: Intervals | None = None, now: float | None = None) -> dict:
     iv = iv or Intervals()
     now = time.time() if now is None else now
     m = data.meta
@@ -161,7 +161,7 @@ def bundle(data: ReportData, iv: Optional[Intervals] = None, now: Optional[float
 
 def _observation(r: ClassRow, absolute: bool, iv: Intervals, wbc_final: int, status: str, effective: str,
                  issued: str, specimen_id: str, device_id: str, performers: list, key: tuple, unvalidated: bool,
-                 wbc_count: Optional[float] = None) -> dict:
+                 wbc_count: float | None = None) -> dict:
     if absolute:
         assert r.absolute is not None
         value = {"value": round(r.absolute, 3), "unit": "10*9/L", "system": UCUM, "code": "10*9/L"}

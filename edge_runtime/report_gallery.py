@@ -23,7 +23,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from PIL import Image
 
@@ -47,7 +47,7 @@ class Sheet:
     height: int
 
 
-def _open(jpeg: bytes, px: int) -> Optional[Image.Image]:
+def _open(jpeg: bytes, px: int) -> Image.Image | None:
     try:
         src = Image.open(io.BytesIO(jpeg))
         src.draft("RGB", (px, px))
@@ -70,7 +70,7 @@ class Gallery:
     flagged: dict[int, str]  # cell id -> data URI of a flagged cell's crop
 
 
-def _flagged_uri(c: CellRow) -> Optional[str]:
+def _flagged_uri(c: CellRow) -> str | None:
     """A flagged cell's crop for the page, at most FLAGGED_PX (smaller crops are kept as they are)."""
     if not c.crop:
         return None
@@ -85,7 +85,7 @@ def _flagged_uri(c: CellRow) -> Optional[str]:
     return _uri(im, 85) if im is not None else None
 
 
-def _thumb(c: CellRow) -> Optional[Image.Image]:
+def _thumb(c: CellRow) -> Image.Image | None:
     return _open(c.crop, THUMB) if c.crop else None
 
 

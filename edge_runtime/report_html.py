@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import html
 import time
-from typing import Optional
 
 from .reference import Intervals
 from .report_gallery import THUMB, Gallery, build
@@ -181,12 +180,12 @@ def _versions(data: ReportData) -> list[str]:
     return out
 
 
-def _range(r: Optional[tuple[float, float]]) -> str:
+def _range(r: tuple[float, float] | None) -> str:
     return f"{r[0]:g}-{r[1]:g}" if r else ""
 
 
-def render(data: ReportData, iv: Optional[Intervals] = None, paper: str = "a4",
-           crop_href: Optional[str] = None) -> str:
+def render(data: ReportData, iv: Intervals | None = None, paper: str = "a4",
+           crop_href: str | None = None) -> str:
     """The page. crop_href: a format string with {id} for each cell's full crop (None: no links)."""
     iv = iv or Intervals()
     e = html.escape
@@ -195,7 +194,8 @@ def render(data: ReportData, iv: Optional[Intervals] = None, paper: str = "a4",
     fl = flags(data, d, iv)
     sample = m.sample or "(no sample ID)"
     title = f"White-cell differential: sample {sample}"
-    target = f"{d.wbc_machine} of {m.count_target} white cells" if m.count_target else f"{d.wbc_machine} white cells (no target)"
+    target = (f"{d.wbc_machine} of {m.count_target} white cells" if m.count_target
+              else f"{d.wbc_machine} white cells (no target)")
     trust = ("UNVALIDATED: the model's trust gate tripped (the warning below)" if m.unvalidated else
              f"within the model's domain ({sum(c.ood for c in data.cells)} cell(s) out of distribution, flagged)")
     out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
@@ -258,13 +258,14 @@ def _signature(data: ReportData) -> str:
                 f" (version <b id='signed-version'>{len(data.versions) or 1}</b>)</div>"
                 f"<div>Status: {data.status}</div>")
     else:
-        body = "<div><b>NOT SIGNED</b>: preliminary; flagged cells must be reviewed and signed (edge-bloodcls review).</div>"
+        body = ("<div><b>NOT SIGNED</b>: preliminary; flagged cells must be reviewed and signed "
+                "(edge-bloodcls review).</div>")
     return (f"<div class='signature' id='signature'><b>Signature</b>{body}"
             f"<div>Operator (capture): {e(data.meta.operator or '-')}</div><div class='line'></div>"
             "<div class='muted'>signature of the reviewing technologist</div></div>")
 
 
-def _flagged(data: ReportData, gallery: Gallery, crop_href: Optional[str]) -> list[str]:
+def _flagged(data: ReportData, gallery: Gallery, crop_href: str | None) -> list[str]:
     e = html.escape
     flagged = [c for c in data.cells if c.review]
     out = [f"<h2>Flagged cells ({len(flagged)})</h2><div id='gallery' class='gallery'>"]
@@ -286,7 +287,7 @@ def _flagged(data: ReportData, gallery: Gallery, crop_href: Optional[str]) -> li
     return out
 
 
-def _classes(data: ReportData, gallery: Gallery, crop_href: Optional[str]) -> list[str]:
+def _classes(data: ReportData, gallery: Gallery, crop_href: str | None) -> list[str]:
     """Every cell as a thumbnail, by class after review; a click opens the full crop."""
     e = html.escape
     out = ["<div class='gallery-pages' id='classes'><h2>All cells by class</h2>"
@@ -311,7 +312,7 @@ def _classes(data: ReportData, gallery: Gallery, crop_href: Optional[str]) -> li
     return out
 
 
-def _hit(c, crop_href: Optional[str]) -> str:
+def _hit(c, crop_href: str | None) -> str:
     href = f" href='{html.escape(crop_href.format(id=c.id))}'" if crop_href else ""
     return f"<a{href} title='#{c.id} {html.escape(c.label)} {c.confidence:.2f}'></a>"
 
@@ -329,7 +330,8 @@ def _audit(data: ReportData) -> list[str]:
         out.append(f"<tr data-audit='{a.id if a.id is not None else ''}'{' class=muted' if a.undone else ''}>"
                    f"<td>{'' if a.id is None else a.id}</td><td>{iso(a.at)}</td><td>{e(a.reviewer)}</td>"
                    f"<td>{action}</td><td>{a.cell_id if a.cell_id is not None else ''}"
-                   f"</td><td>{e(a.from_label or '')}</td><td>{e(a.to_label or '')}</td><td>{e(a.reason or '')}</td></tr>")
+                   f"</td><td>{e(a.from_label or '')}</td><td>{e(a.to_label or '')}</td>"
+                   f"<td>{e(a.reason or '')}</td></tr>")
     out.append("</table>")
     return out
 

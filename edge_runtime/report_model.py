@@ -8,9 +8,9 @@ the store's SessionData into a ReportData.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping, Optional
 
 from .spec import APART, LABELS, OTHER, REMOVED, REVIEW_CLASSES, WBC, WBC_LABELS
 
@@ -24,7 +24,7 @@ NON_WBC = tuple(k for k in LABELS if k not in WBC_LABELS)
 PRELIMINARY, FINAL, AMENDED = "preliminary", "final", "amended"
 
 
-def iso(t: Optional[float]) -> str:
+def iso(t: float | None) -> str:
     """ISO 8601 with the local UTC offset (2024-05-01T14:03:07+02:00): a time a reader in another
     time zone (or a laboratory system) reads without guessing; '' when unknown."""
     if t is None:
@@ -36,22 +36,22 @@ def iso(t: Optional[float]) -> str:
 class SessionMeta:
     id: int
     path: str
-    sample: Optional[str]
-    operator: Optional[str]
+    sample: str | None
+    operator: str | None
     started: float
-    ended: Optional[float]
-    model: Optional[str]
-    model_sha256: Optional[str]
-    interpreter: Optional[str] = None
-    device: Optional[str] = None
-    threads: Optional[int] = None
-    review_threshold: Optional[float] = None
-    source: Optional[str] = None
-    mode: Optional[str] = None
-    frames: Optional[int] = None
-    end_reason: Optional[str] = None
-    count_target: Optional[int] = None
-    counting: Optional[str] = None  # 'tracked', 'per-frame', None: an old per-frame log
+    ended: float | None
+    model: str | None
+    model_sha256: str | None
+    interpreter: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    review_threshold: float | None = None
+    source: str | None = None
+    mode: str | None = None
+    frames: int | None = None
+    end_reason: str | None = None
+    count_target: int | None = None
+    counting: str | None = None  # 'tracked', 'per-frame', None: an old per-frame log
     versions: dict = field(default_factory=dict)
     unvalidated: bool = False  # the trust gate tripped: the model cannot back this differential
     trust_message: str = ""
@@ -65,12 +65,12 @@ class CellRow:
     review: bool  # flagged for a person
     review_reason: str = ""
     ood: bool = False
-    ood_score: Optional[float] = None
+    ood_score: float | None = None
     observations: int = 1
-    reviewed_label: Optional[str] = None
-    reviewer: Optional[str] = None
-    reviewed_at: Optional[float] = None
-    crop: Optional[bytes] = None  # JPEG, when loaded
+    reviewed_label: str | None = None
+    reviewer: str | None = None
+    reviewed_at: float | None = None
+    crop: bytes | None = None  # JPEG, when loaded
 
     @property
     def final_label(self) -> str:
@@ -101,22 +101,22 @@ class AuditEntry:
     at: float
     reviewer: str
     action: str  # confirm | reclassify | undo | signoff | amend (store.py)
-    cell_id: Optional[int] = None
-    from_label: Optional[str] = None
-    to_label: Optional[str] = None
-    reason: Optional[str] = None
+    cell_id: int | None = None
+    from_label: str | None = None
+    to_label: str | None = None
+    reason: str | None = None
     undone: bool = False  # a later undo took it back
-    id: Optional[int] = None  # the store's audit row
-    undoes: Optional[int] = None  # an undo: the row it takes back
+    id: int | None = None  # the store's audit row
+    undoes: int | None = None  # an undo: the row it takes back
 
 
 @dataclass(frozen=True)
 class ReportData:
     meta: SessionMeta
     cells: list[CellRow]
-    signoff: Optional[SignOff] = None
+    signoff: SignOff | None = None
     audit: list[AuditEntry] = field(default_factory=list)
-    wbc_count: Optional[float] = None  # the analyser's white-cell count, x10^9/L, if entered
+    wbc_count: float | None = None  # the analyser's white-cell count, x10^9/L, if entered
     versions: list[SignedVersion] = field(default_factory=list)  # oldest first; the last one is `signoff`
 
     @property
@@ -146,9 +146,9 @@ class ClassRow:
     machine: int
     final: int
     in_differential: bool  # a white-cell class (share of the white cells)
-    per_100_wbc: Optional[float]  # final / white cells x 100: the % of the differential (or NRBC/100 WBC)
+    per_100_wbc: float | None  # final / white cells x 100: the % of the differential (or NRBC/100 WBC)
     ci: tuple[float, float] = (0.0, 0.0)  # 95% Wilson interval of per_100_wbc, in %
-    absolute: Optional[float] = None  # x10^9/L, when the analyser's WBC count is known
+    absolute: float | None = None  # x10^9/L, when the analyser's WBC count is known
     role: str = WBC  # spec.REVIEW_CLASSES: wbc, other, apart (smudge), removed (artefact, duplicate)
     model: bool = True  # one of the model's classes (else added by a reviewer)
 
@@ -158,7 +158,7 @@ class Differential:
     rows: list[ClassRow]
     wbc_machine: int
     wbc_final: int
-    wbc_count: Optional[float]
+    wbc_count: float | None
 
     def row(self, label: str) -> ClassRow:
         return next(r for r in self.rows if r.label == label)
@@ -180,7 +180,7 @@ def differential(data: ReportData) -> Differential:
 
 
 def counts_differential(machine: Mapping[str, int], final: Mapping[str, int],
-                        wbc_count: Optional[float] = None) -> Differential:
+                        wbc_count: float | None = None) -> Differential:
     """The differential of cells per class (the analyser's and after review): white cells are the
     classes of role wbc (spec.REVIEW_CLASSES), the model's and those a reviewer added; smudge
     cells and erythroblasts are given per 100 white cells, outside the differential; artefacts and

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 TIMEOUT_S = 300
@@ -23,7 +22,7 @@ class PdfError(Exception):
     """No way to print, or the print failed; the message is one line for the user."""
 
 
-def find_chromium() -> Optional[str]:
+def find_chromium() -> str | None:
     """$CHROMIUM if set (an empty value: none), else the first browser on PATH or in /usr/bin."""
     env = os.environ.get("CHROMIUM")
     if env is not None:
@@ -50,7 +49,7 @@ def html_to_pdf(page: str, out: Path, timeout: float = TIMEOUT_S) -> None:
                "--disable-sync", f"--user-data-dir={Path(tmp) / 'profile'}", "--no-pdf-header-footer",
                f"--print-to-pdf={target}", src.as_uri()]
         try:
-            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+            r = subprocess.run(cmd, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise PdfError(f"{browser}: printing took longer than {timeout:g} s") from None
         except OSError as e:

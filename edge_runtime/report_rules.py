@@ -18,9 +18,9 @@ def flags(data: ReportData, d: Differential, iv: Intervals) -> list[Flag]:
     r = iv.rules
     out: list[Flag] = []
     if data.meta.unvalidated:
-        out.append(Flag("TRUST_GATE", "Differential not validated: too many cells unlike the model's training "
-                                      "data (" + (data.meta.trust_message.removeprefix("WARNING: ") or "trust gate tripped")
-                        + ")."))
+        why = data.meta.trust_message.removeprefix("WARNING: ") or "trust gate tripped"
+        out.append(Flag("TRUST_GATE", f"Differential not validated: too many cells unlike the model's training data "
+                                      f"({why})."))
     target = data.meta.count_target
     need = target if target else int(r["min_wbc"])
     if d.wbc_final < need:

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import click
 
-from .report import load, render, tally
 from .records import SignCheck
+from .report import load, render, tally
 from .spec import LABELS, REVIEW_CLASSES, REVIEW_LABELS, WBC_LABELS
 from .store import Cell, Decision, Refusal, SessionFileError, SessionStore, StaleCell
 from .webserve import CSP, CSP_REPORT, BadRequest, Field, WebServer, json_for_html, read_json
@@ -112,10 +112,10 @@ def check_labels(store: SessionStore, sid: int) -> None:
 
 def make_app(store: SessionStore, sid: int, all_cells: bool, reviewer: str):
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
-    from starlette.concurrency import run_in_threadpool
 
     page = (WEB / "review.html").read_text(encoding="utf-8").replace(
         "{{CONFIG}}", json_for_html({"all": all_cells, "reviewer": reviewer}))
@@ -190,8 +190,10 @@ def make_app(store: SessionStore, sid: int, all_cells: bool, reviewer: str):
     routes = [Route("/", index), Route("/static/{name}", static), Route("/api/state", answer(get_state)),
               Route("/api/check", answer(get_check)),
               Route("/crop/{cell:int}", crop), Route("/report", report),
-              Route("/api/decide", answer(decide), methods=["POST"]), Route("/api/amend", answer(amend), methods=["POST"]),
-              Route("/api/undo", answer(undo), methods=["POST"]), Route("/api/signoff", answer(signoff), methods=["POST"])]
+              Route("/api/decide", answer(decide), methods=["POST"]),
+              Route("/api/amend", answer(amend), methods=["POST"]),
+              Route("/api/undo", answer(undo), methods=["POST"]),
+              Route("/api/signoff", answer(signoff), methods=["POST"])]
     return Starlette(routes=routes)
 
 

@@ -94,7 +94,7 @@ class InputSpec:
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)
 
     @classmethod
-    def named(cls, size: int | tuple[int, int], normalisation: str = "symmetric") -> "InputSpec":
+    def named(cls, size: int | tuple[int, int], normalisation: str = "symmetric") -> InputSpec:
         if isinstance(size, int):
             size = (size, size)
         h, w = size
@@ -109,6 +109,6 @@ class InputSpec:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "InputSpec":
+    def from_json(cls, d: dict) -> InputSpec:
         return cls(size=tuple(d["size"]), color=d.get("color", "RGB"),
                    mean=tuple(d["mean"]), std=tuple(d["std"]))

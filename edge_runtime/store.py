@@ -26,17 +26,42 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 from urllib.parse import quote
 
-from .dbfaults import (LOCK_RETRY_BACKOFF, SessionFileError, _check_writable, _locked, _p, busy_timeout_s,
-                       db_reason, text)
-from .records import (AuditEntry, Cell, CellRecord, Conflict, Decision, Frame, NewerLogError,  # noqa: F401
-                      NotFound, Refusal, Session, SessionData, SignCheck, SignOff, StaleCell, _cell, _record,
-                      _session)
+from .dbfaults import (
+    LOCK_RETRY_BACKOFF,
+    SessionFileError,
+    _check_writable,
+    _locked,
+    _p,
+    busy_timeout_s,
+    db_reason,
+    text,
+)
+from .records import (  # noqa: F401
+    AuditEntry,
+    Cell,
+    CellRecord,
+    Conflict,
+    Decision,
+    Frame,
+    NewerLogError,
+    NotFound,
+    Refusal,
+    Session,
+    SessionData,
+    SignCheck,
+    SignOff,
+    StaleCell,
+    _cell,
+    _record,
+    _session,
+)
 from .spec import DIFFERENTIAL_LABELS, REVIEW_LABELS
 
 SCHEMA_VERSION = 2
@@ -176,7 +201,7 @@ class SessionStore:
             self.con.close()
             raise
 
-    def __enter__(self) -> "SessionStore":
+    def __enter__(self) -> SessionStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -476,7 +501,7 @@ class SessionStore:
                 restore: AuditEntry | None = None) -> Decision:
         now = time.time()
         version = c.version + 1
-        new: tuple[Optional[str], Optional[str], Optional[float]]  # the cell's review after the change
+        new: tuple[str | None, str | None, float | None]  # the cell's review after the change
         if restore is None:
             new = (label, reviewer, now)
             cur = con.execute(
@@ -607,7 +632,8 @@ def _migrate(con: sqlite3.Connection, path: Path) -> tuple[int, Path | None]:
     try:
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if version < SCHEMA_VERSION:
-            has_data = con.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = ?", (_REQUIRED_TABLE,)).fetchone()[0]
+            has_data = con.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = ?",
+                                   (_REQUIRED_TABLE,)).fetchone()[0]
             if has_data:
                 backup = _backup(path, version)
             if version == 0:

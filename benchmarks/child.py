@@ -53,9 +53,9 @@ def _timed(call, x, warmup: int, runs: int) -> tuple[list[float], list[float]]:
 
 
 def run_tflite(spec: dict) -> dict:
-    from edge_bloodcls.edge_runtime.bundle import load_bundle
-    from edge_bloodcls.edge_runtime.classifier import Classifier
-    from edge_bloodcls.edge_runtime.preprocess import prepare
+    from edge_bloodcls.edge_runtime.core.bundle import load_bundle
+    from edge_bloodcls.edge_runtime.core.classifier import Classifier
+    from edge_bloodcls.edge_runtime.core.preprocess import prepare
 
     t0 = time.perf_counter()
     bundle = load_bundle(spec["path"])  # sha256 verified, as the runtime does
@@ -68,12 +68,12 @@ def run_tflite(spec: dict) -> dict:
     out = {"load_s": load_s, "latency_ms": percentiles(wall), "invoke_ms": percentiles(invoke),
            "peak_rss_mb": peak_rss_mb(), "interpreter": clf.describe()}
     if spec.get("pixels"):
-        from edge_bloodcls.edge_runtime.preprocess import normalise
+        from edge_bloodcls.edge_runtime.core.preprocess import normalise
 
         pixels = _pixels(spec)
         res = clf.predict_many(_progress(spec, len(pixels), (normalise(np.asarray(p), clf.spec) for p in pixels)))
         out["predictions"] = res["probs"].argmax(1).tolist()
-        # Calibrated confidence, for ECE in the bench (edge_runtime.trust.ece).
+        # Calibrated confidence, for ECE in the bench (edge_runtime.core.trust.ece).
         out["confidences"] = [round(float(c), 6) for c in res["probs"].max(1)]
     return out
 
@@ -92,8 +92,8 @@ def run_keras(spec: dict) -> dict:
         # Fixed before TensorFlow creates its thread pools, i.e. before the first op runs.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from edge_bloodcls.edge_runtime.preprocess import prepare
-    from edge_bloodcls.edge_runtime.spec import InputSpec
+    from edge_bloodcls.edge_runtime.core.preprocess import prepare
+    from edge_bloodcls.edge_runtime.core.spec import InputSpec
 
     t0 = time.perf_counter()
     model = tf_keras.models.load_model(spec["path"], compile=False)
@@ -121,7 +121,7 @@ def _progress(spec: dict, total: int, items):
     fd = spec.get("progress_fd")
     if fd is None:
         return items
-    from edge_bloodcls.edge_runtime.progress import Progress
+    from edge_bloodcls.edge_runtime.core.progress import Progress
 
     return Progress(total, spec.get("progress_label", "accuracy"), os.fdopen(fd, "w", closefd=False)).iterate(items)
 

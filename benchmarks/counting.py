@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.classifier import Classifier
+from edge_bloodcls.edge_runtime.core.classifier import Classifier
 
 from .machine import cpu_model
 
@@ -86,7 +86,7 @@ class Slide:
     def __init__(self, bccd: Path, names: list[str]):
         import cv2
 
-        from edge_bloodcls.edge_runtime.preprocess import load_rgb
+        from edge_bloodcls.edge_runtime.core.preprocess import load_rgb
 
         self.names = names
         fields = []
@@ -290,9 +290,9 @@ class Row:
 
 
 def make_classify(clf) -> tuple[Callable, dict[str, float]]:
-    from edge_bloodcls.edge_runtime.locate import background, crop
-    from edge_bloodcls.edge_runtime.preprocess import prepare
-    from edge_bloodcls.edge_runtime.track import Observation
+    from edge_bloodcls.edge_runtime.capture.locate import background, crop
+    from edge_bloodcls.edge_runtime.capture.track import Observation
+    from edge_bloodcls.edge_runtime.core.preprocess import prepare
 
     state = {"interp_ms": 0.0}
 
@@ -312,9 +312,9 @@ def make_classify(clf) -> tuple[Callable, dict[str, float]]:
 
 
 def run_scenario(name, what, slide: Slide, shots: list[Shot], fps: float, clf) -> Row:
-    from edge_bloodcls.edge_runtime.counting import CountingCore
-    from edge_bloodcls.edge_runtime.locate import default_rbc_px, locate
-    from edge_bloodcls.edge_runtime.track import CellCounter
+    from edge_bloodcls.edge_runtime.capture.counting import CountingCore
+    from edge_bloodcls.edge_runtime.capture.locate import default_rbc_px, locate
+    from edge_bloodcls.edge_runtime.capture.track import CellCounter
 
     cam = Camera(slide)
     rbc_px = default_rbc_px((H, W))
@@ -369,13 +369,13 @@ class _NoModel:
     review_threshold = 0.5
 
     def __init__(self):
-        from edge_bloodcls.edge_runtime.spec import LABELS
+        from edge_bloodcls.edge_runtime.core.spec import LABELS
 
         self.labels = list(LABELS)
         self.spec = None
 
     def classify_input(self, x, top_k):
-        from edge_bloodcls.edge_runtime.classifier import Prediction
+        from edge_bloodcls.edge_runtime.core.classifier import Prediction
 
         probs = {k: 0.05 / 7 for k in self.labels}
         probs["neutrophil"] = 0.95
@@ -399,7 +399,7 @@ def main(argv=None) -> int:
         return 2
     if args.no_model:
         clf: _NoModel | Classifier = _NoModel()
-        import edge_bloodcls.edge_runtime.preprocess as pp
+        import edge_bloodcls.edge_runtime.core.preprocess as pp
 
         pp_prepare = pp.prepare
 
@@ -408,7 +408,7 @@ def main(argv=None) -> int:
         pp.prepare = prepare  # type: ignore[assignment]
         model = "none (--no-model)"
     else:
-        from edge_bloodcls.edge_runtime.bundle import load_bundle
+        from edge_bloodcls.edge_runtime.core.bundle import load_bundle
 
         classifier = Classifier(load_bundle(args.model), threads=1)
         model = classifier.describe().get("model", "")

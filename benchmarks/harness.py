@@ -6,7 +6,7 @@ runs/exports/RUN/, else one made here by convert's own export), then measures ea
 configuration in a fresh process (benchmarks/child.py): load time, latency percentiles after
 warm-up through the runtime's Classifier (or Keras for the float reference), peak resident
 memory, and, once per model and format, the predictions on the test images. The parent turns
-predictions into metrics with edge_runtime.metrics and keeps everything in one results JSON,
+predictions into metrics with edge_runtime.core.metrics and keeps everything in one results JSON,
 saved after every configuration: a rerun skips what is already there, so a long benchmark can
 run in pieces (--redo measures again).
 
@@ -29,9 +29,9 @@ from typing import Callable
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
-from edge_bloodcls.edge_runtime.metrics import classification_metrics
-from edge_bloodcls.edge_runtime.spec import InputSpec
+from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
+from edge_bloodcls.edge_runtime.core.metrics import classification_metrics
+from edge_bloodcls.edge_runtime.core.spec import InputSpec
 
 from .machine import machine_info
 from .models import MACS_METHOD, ModelSource, bundles_for, graph_macs, resolve_model

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
+from edge_bloodcls.edge_runtime.core.spec import LABELS
 
 from .options import UNTRAINED_CALIBRATION, UNTRAINED_EVAL, BenchOptions, one_line
 

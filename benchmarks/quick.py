@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.preprocess import normalise
-from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
+from edge_bloodcls.edge_runtime.core.preprocess import normalise
+from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
 
 SIZE = 32
 QUICK_ARCH = "tiny"

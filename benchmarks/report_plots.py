@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.core.spec import LABELS
 
 from .report_common import FORMAT_ORDER, model_order, pareto, threads_for_plots
 from .results import Results

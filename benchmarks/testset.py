@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.core.spec import LABELS
 
 from .options import BenchError
 
@@ -46,7 +46,7 @@ def load_test_images(data: Path, data_root, max_images: int | None, seed: int) -
     from edge_bloodcls.convert import calibrate
 
     if data.is_dir():
-        # The same files as `edge-bloodcls evaluate DIR` (edge_runtime.images.list_class_images);
+        # The same files as `edge-bloodcls evaluate DIR` (edge_runtime.core.images.list_class_images);
         # those that are not images by their header are left out and counted in `source`.
         try:
             images = calibrate.from_directory(data)

@@ -23,12 +23,12 @@ import click
 import numpy as np
 
 from edge_bloodcls.convert.trust_fit import coverage_curve
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, load_bundle
-from edge_bloodcls.edge_runtime.classifier import Classifier
-from edge_bloodcls.edge_runtime.locate import Detection, crop, default_rbc_px
-from edge_bloodcls.edge_runtime.locate_eval import read_voc
-from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, prepare
-from edge_bloodcls.edge_runtime.trust import ece, nll
+from edge_bloodcls.edge_runtime.capture.locate import Detection, crop, default_rbc_px
+from edge_bloodcls.edge_runtime.capture.locate_eval import read_voc
+from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, load_bundle
+from edge_bloodcls.edge_runtime.core.classifier import Classifier
+from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, prepare
+from edge_bloodcls.edge_runtime.core.trust import ece, nll
 
 # The two shipped int8 bundles first, then their float32 twins (whatever else is bundled).
 SHIPPED = tuple(sorted((p.stem for p in MODELS_DIR.glob("*.tflite")),
@@ -226,8 +226,8 @@ def trust_report_cmd(models, split_csv, data_root, bccd, site, out):
     """Calibration, review coverage and out-of-distribution detection of bundles (the trust report)."""
     import sys
 
-    from edge_bloodcls.edge_runtime.interpreter import backend_name
-    from edge_bloodcls.edge_runtime.spec import LABELS
+    from edge_bloodcls.edge_runtime.core.interpreter import backend_name
+    from edge_bloodcls.edge_runtime.core.spec import LABELS
 
     test = pbc_test(split_csv, data_root)
     cells = bccd_field_cells(bccd) if (bccd / "Annotations").is_dir() else []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
+from edge_bloodcls.edge_runtime.core.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
 from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, require_train_extra
 
 from .calibrate import DEFAULT_SAMPLES

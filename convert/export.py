@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.bundle import Bundle, sha256_file, write_bundle
-from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
-from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET, TrustStats
+from edge_bloodcls.edge_runtime.core.bundle import Bundle, sha256_file, write_bundle
+from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
+from edge_bloodcls.edge_runtime.core.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET, TrustStats
 
 from . import calibrate, formats, gate, trust_fit
 
@@ -73,7 +73,7 @@ def load_source(path) -> Source:
         if tuple(spec.size) != shape:
             raise ExportError(f"{cfg_file}: input size {list(spec.size)} differs from the model's {list(shape)}")
     else:
-        # Every model trained from scratch here uses [-1, 1] (edge_runtime.spec.NORMALISATIONS).
+        # Every model trained from scratch here uses [-1, 1] (edge_runtime.core.spec.NORMALISATIONS).
         spec = InputSpec.named(shape, "symmetric")
     labels = list(config.get("labels") or LABELS)
     if model.output_shape[-1] != len(labels):

@@ -1,6 +1,6 @@
 """The accuracy gate: the float Keras model and the exported TFLite model on the same images.
 
-The exported model is run by the runtime's own Classifier (edge_runtime.classifier), so the
+The exported model is run by the runtime's own Classifier (edge_runtime.core.classifier), so the
 quantization of inputs and outputs under test is the code the Pi runs. Also here: which ops of
 an integer export stayed float, and the per-layer error report of the quantization debugger.
 """
@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.bundle import Bundle
-from edge_bloodcls.edge_runtime.classifier import Classifier
-from edge_bloodcls.edge_runtime.metrics import classification_metrics
-from edge_bloodcls.edge_runtime.preprocess import normalise
-from edge_bloodcls.edge_runtime.spec import InputSpec
+from edge_bloodcls.edge_runtime.core.bundle import Bundle
+from edge_bloodcls.edge_runtime.core.classifier import Classifier
+from edge_bloodcls.edge_runtime.core.metrics import classification_metrics
+from edge_bloodcls.edge_runtime.core.preprocess import normalise
+from edge_bloodcls.edge_runtime.core.spec import InputSpec
 
 FLOAT_DTYPES = ("float32", "float16", "float64")
 

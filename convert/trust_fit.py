@@ -1,4 +1,4 @@
-"""Fit a bundle's trust statistics on the exported model's own outputs (edge_runtime.trust).
+"""Fit a bundle's trust statistics on the exported model's own outputs (edge_runtime.core.trust).
 
 Run at convert time, after the accuracy gate, through the runtime's Classifier on the exported
 TFLite file, so the statistics describe the features the Pi will compute (int8 included):
@@ -15,7 +15,7 @@ import io
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.trust import (
+from edge_bloodcls.edge_runtime.core.trust import (
     DEFAULT_FALSE_ALARM,
     DEFAULT_REVIEW_TARGET,
     TrustStats,

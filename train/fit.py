@@ -4,7 +4,7 @@ out/
   model.keras     final float model (best validation loss), no optimizer state
   history.csv     one row per epoch
   config.json     every option, library versions, split hash, input spec
-  metrics.json    test-split metrics (edge_runtime.metrics, scikit-learn definitions)
+  metrics.json    test-split metrics (edge_runtime.core.metrics, scikit-learn definitions)
   ckpt/           last epoch with optimizer state and loop state, for --resume (not committed)
 """
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from edge_bloodcls import __version__
-from edge_bloodcls.edge_runtime.metrics import classification_metrics, format_metrics
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.core.metrics import classification_metrics, format_metrics
+from edge_bloodcls.edge_runtime.core.spec import LABELS
+from edge_bloodcls.host import cpu_model, usable_cores
 from edge_bloodcls.tfenv import configure
 
 from . import archs
@@ -94,8 +95,6 @@ def _versions() -> dict:
 def _machine(n_gpus: int) -> str:
     """What this chunk of training ran on, for the cost a report quotes: runs are resumed across
     sessions, and sessions' machines differ (the same ResNet50 epoch took 5 min on one, 22 on another)."""
-    from edge_bloodcls.benchmarks.machine import cpu_model, usable_cores
-
     return f"{cpu_model()}, {usable_cores()} cores" + (f", {n_gpus} GPU{'s' if n_gpus > 1 else ''}" if n_gpus else "")
 
 

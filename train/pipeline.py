@@ -1,4 +1,4 @@
-"""tf.data input: cached uint8 pixels from edge_runtime.preprocess, augmentation, normalisation.
+"""tf.data input: cached uint8 pixels from edge_runtime.core.preprocess, augmentation, normalisation.
 
 Images are decoded and resized once by the runtime's own functions (so training sees the
 pixels the Pi sees), kept in memory as uint8, and augmented with stateless ops seeded by
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, resize
-from edge_bloodcls.edge_runtime.spec import InputSpec
+from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, resize
+from edge_bloodcls.edge_runtime.core.spec import InputSpec
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def cached_pixels(paths, size, cache_dir=None, key: str = "", progress: bool = F
 
 
 def normalise_tf(x, spec: InputSpec):
-    """The TensorFlow twin of edge_runtime.preprocess.normalise (x: float32 pixels 0..255)."""
+    """The TensorFlow twin of edge_runtime.core.preprocess.normalise (x: float32 pixels 0..255)."""
     import tensorflow as tf
 
     if spec.color == "BGR":

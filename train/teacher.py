@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.metrics import classification_metrics
-from edge_bloodcls.edge_runtime.preprocess import normalise
-from edge_bloodcls.edge_runtime.spec import InputSpec
+from edge_bloodcls.edge_runtime.core.metrics import classification_metrics
+from edge_bloodcls.edge_runtime.core.preprocess import normalise
+from edge_bloodcls.edge_runtime.core.spec import InputSpec
 
 from .data import read_split
 from .pipeline import cached_pixels

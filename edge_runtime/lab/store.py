@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..core.spec import DIFFERENTIAL_LABELS, REVIEW_LABELS
 from .dbfaults import (
     LOCK_RETRY_BACKOFF,
     SessionFileError,
@@ -62,7 +63,6 @@ from .records import (  # noqa: F401
     _record,
     _session,
 )
-from .spec import DIFFERENTIAL_LABELS, REVIEW_LABELS
 
 SCHEMA_VERSION = 2
 

@@ -1,6 +1,6 @@
 """How well `locate` finds the annotated white cells of BCCD (Pascal VOC boxes).
 
-    python -m edge_bloodcls.edge_runtime.locate_eval /path/to/bccd --json benchmarks/results/locate_bccd.json
+    python -m edge_bloodcls.edge_runtime.capture.locate_eval /path/to/bccd --json benchmarks/results/locate_bccd.json
 
 A white cell counts as found when a detection overlaps its box with IoU >= 0.3 (one detection
 per box, greedy by IoU). Precision is detections matched / detections made; BCCD annotates most
@@ -20,8 +20,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..core.preprocess import ImageError, load_rgb
 from .locate import LocateParams, iou, locate
-from .preprocess import ImageError, load_rgb
 
 IOU_MIN = 0.3
 DEFAULT_PARAMS = LocateParams()  # frozen: one shared default is safe

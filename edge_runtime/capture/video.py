@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .images import printable
+from ..core.images import printable
 from .sources import Source, SourceError, bgr_to_rgb
 
 # Consecutive undecodable frames before a video is given up: one damaged frame is skipped, a run of

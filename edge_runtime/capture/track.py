@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .session import CellRecord
-from .spec import WBC_LABELS
-from .trust import SessionGate
+from ..core.spec import WBC_LABELS
+from ..core.trust import SessionGate
+from .sink import CellRecord
 
 if TYPE_CHECKING:
-    from .classifier import Prediction
+    from ..core.classifier import Prediction
 
 MIN_IOU = 0.30
 MAX_CENTRE_SHIFT = 0.5  # of the box side

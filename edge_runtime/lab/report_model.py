@@ -7,12 +7,29 @@ the store's SessionData into a ReportData.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .spec import APART, LABELS, OTHER, REMOVED, REVIEW_CLASSES, WBC, WBC_LABELS
+from ..core.spec import APART, LABELS, OTHER, REMOVED, REVIEW_CLASSES, WBC, WBC_LABELS
+
+Z95 = 1.959964
+
+
+# One Wilson interval for every output (HTML, CSV, FHIR, the review page).
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n: honest at small n and near 0 or 1, where
+    the normal approximation gives intervals below 0 or above 1."""
+    if n <= 0:
+        return 0.0, 0.0
+    p = k / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
 
 RESEARCH_USE = "Research use only: not a medical device, not for diagnosis."
 
@@ -185,7 +202,6 @@ def counts_differential(machine: Mapping[str, int], final: Mapping[str, int],
     classes of role wbc (spec.REVIEW_CLASSES), the model's and those a reviewer added; smudge
     cells and erythroblasts are given per 100 white cells, outside the differential; artefacts and
     duplicates are in no count."""
-    from .report import wilson  # one Wilson interval for every output
 
     wbc_m = sum(machine.get(k, 0) for k in WBC_LABELS)
     wbc_f = sum(final.get(c.label, 0) for c in REVIEW_CLASSES if c.role == WBC)

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import click
 
+from ..capture.webserve import CSP, CSP_REPORT, BadRequest, Field, WebServer, json_for_html, read_json
+from ..core.spec import LABELS, REVIEW_CLASSES, REVIEW_LABELS, WBC_LABELS
 from .records import SignCheck
 from .report import load, render, tally
-from .spec import LABELS, REVIEW_CLASSES, REVIEW_LABELS, WBC_LABELS
 from .store import Cell, Decision, Refusal, SessionFileError, SessionStore, StaleCell
-from .webserve import CSP, CSP_REPORT, BadRequest, Field, WebServer, json_for_html, read_json
 
 WEB = Path(__file__).parent / "web"
 STATIC = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8"}

@@ -9,7 +9,8 @@ import sqlite3
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .dbfaults import SessionFileError
+# CellRecord: what capture hands to the log, defined on capture's side of the border.
+from ..capture.sink import CellRecord, SessionFileError  # noqa: F401  (re-exported)
 
 
 class NewerLogError(SessionFileError):
@@ -41,28 +42,6 @@ class StaleCell(Conflict):
     def __init__(self, message: str, cell: Cell):
         super().__init__(message)
         self.cell = cell
-
-
-@dataclass
-class CellRecord:
-    """One counted cell as capture hands it to the log: in field mode a track over frames, in
-    cell mode one frame."""
-    box: tuple[int, int, int, int]
-    label: str
-    confidence: float
-    review: bool
-    probs: dict[str, float]
-    crop_path: str | None = None
-    crop_jpeg: bytes | None = None
-    observations: int = 1
-    frame_index: int | None = None  # frame the crop is from; None: the frame being logged
-    first_frame: int | None = None
-    last_frame: int | None = None
-    timestamp: float | None = None
-    ood_score: float | None = None
-    ood: bool = False
-    review_reason: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

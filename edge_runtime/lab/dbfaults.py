@@ -9,9 +9,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-
-class SessionFileError(Exception):
-    """A file that cannot be used (or no longer be written) as a session log; str() is one line."""
+# Defined beside the capture loop, which catches it and may not import the lab (capture/sink.py).
+from ..capture.sink import SessionFileError
 
 
 def busy_timeout_s() -> float:

@@ -17,11 +17,19 @@ from __future__ import annotations
 import html
 import time
 
+from ..core.spec import APART, CLASS_BY_LABEL, REMOVED, REVIEW_LABELS, WBC_LABELS
 from .reference import Intervals
 from .report_gallery import THUMB, Gallery, build
-from .report_model import RESEARCH_USE, Differential, ReportData, counts_differential, differential, iso
+from .report_model import (
+    RESEARCH_USE,
+    Differential,
+    ReportData,
+    counts_differential,
+    differential,
+    iso,
+    wilson,
+)
 from .report_rules import Flag, flags
-from .spec import APART, CLASS_BY_LABEL, REMOVED, REVIEW_LABELS, WBC_LABELS
 
 PAPER = {"a4": "A4", "letter": "letter"}
 
@@ -94,7 +102,6 @@ def banners(data: ReportData, d: Differential) -> list[tuple[str, str, str]]:
 
 
 def _pct(k: int, n: int) -> tuple[str, str]:
-    from .report import wilson
 
     if not n:
         return "-", "-"

@@ -20,10 +20,10 @@ import time
 import uuid
 from typing import Any
 
+from ..core.spec import OTHER, WBC
 from .reference import Intervals
 from .report_model import RESEARCH_USE, ClassRow, ReportData, differential, iso
 from .report_rules import flags
-from .spec import OTHER, WBC
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

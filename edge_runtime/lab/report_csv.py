@@ -14,10 +14,10 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from ..core.spec import ADDED_WBC_LABELS, WBC_LABELS
 from .reference import Intervals
 from .report_model import RESEARCH_USE, ReportData, differential, iso
 from .report_rules import flags
-from .spec import ADDED_WBC_LABELS, WBC_LABELS
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 

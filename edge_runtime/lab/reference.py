@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .spec import WBC_LABELS
+from ..core.spec import WBC_LABELS
 
 DEFAULT_PERCENT: dict[str, tuple[float, float]] = {
     "neutrophil": (45.0, 70.0), "lymphocyte": (20.0, 40.0), "monocyte": (1.0, 10.0),

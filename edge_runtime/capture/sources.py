@@ -21,12 +21,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from .images import IMAGE_SUFFIXES, list_images, printable
-from .preprocess import ImageError, load_rgb
+from ..core.images import IMAGE_SUFFIXES, list_images, printable
+from ..core.preprocess import ImageError, load_rgb
 
 # Seconds before each reopen of a live source that stopped; a USB camera re-enumerates within a
 # few seconds of a loose cable being pushed back.
@@ -301,39 +301,6 @@ def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
     if frame.shape[2] == 4:
         return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-
-
-def open_source(spec: str, fps: float | None = None, backoff=DEFAULT_BACKOFF,
-                sleep: Callable[[float], None] = time.sleep, warn: Callable[[str], None] = _stderr,
-                size: tuple[int, int] | None = None, read_timeout: float | None = READ_TIMEOUT_S) -> Source:
-    """The source named by `spec` (see the module docstring); raises SourceError. `size`
-    (width, height) is asked of cameras; recorded sources keep their own."""
-    from .cameras import cv2_camera, picamera2
-
-    kw: dict[str, Any] = {"fps": fps, "sleep": sleep, "warn": warn}
-    live = {"backoff": backoff, "read_timeout": read_timeout, "size": size}
-    spec = str(spec)
-    # ASCII digits only: str.isdigit() accepts '²', which int() refuses.
-    if spec.isascii() and spec.isdigit():
-        return cv2_camera(int(spec), f"camera {spec}", **live, **kw)
-    if spec == "picamera2" or spec.startswith("picamera2:"):
-        num = spec.partition(":")[2]
-        if num and not (num.isascii() and num.isdigit()):
-            raise SourceError(f"{spec}: expected picamera2 or picamera2:N with N a camera number")
-        return picamera2(int(num) if num else 0, **live, **kw)
-    if "://" in spec or spec.startswith("/dev/"):
-        return cv2_camera(spec, spec, **live, **kw)
-    p = Path(spec)
-    if p.is_dir():
-        return FolderSource(p, **kw)
-    if p.is_file():
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            return ImageSource(p, **kw)
-        from .video import VideoSource
-
-        return VideoSource(p, **kw)
-    raise SourceError(f"{spec}: no such camera, file or folder "
-                      "(use a camera index such as 0, picamera2, a video file or a folder of images)")
 
 
 def has_display() -> bool:

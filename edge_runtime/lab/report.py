@@ -10,7 +10,6 @@ session is read through the store (store.py) and turned into report records once
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections import Counter
@@ -19,29 +18,16 @@ from urllib.parse import quote
 
 import click
 
+from ..core.spec import APART_LABELS, DIFFERENTIAL_LABELS, LABELS, REMOVED_LABELS, WBC_LABELS
 from . import report_html
 from .reference import Intervals, RangesError, load_intervals
 from .report_adapt import from_store
 from .report_csv import SafeWriter, write_summary
 from .report_fhir import bundle
 from .report_gallery import write_crops
+from .report_model import Z95, wilson  # noqa: F401  (report.wilson: what tests and scripts name)
 from .report_pdf import PdfError, html_to_pdf
-from .spec import APART_LABELS, DIFFERENTIAL_LABELS, LABELS, REMOVED_LABELS, WBC_LABELS
 from .store import AuditEntry, Cell, SessionData, SessionFileError, SessionStore
-
-Z95 = 1.959964
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n: honest at small n and near 0 or 1, where
-    the normal approximation gives intervals below 0 or above 1."""
-    if n <= 0:
-        return 0.0, 0.0
-    p = k / n
-    d = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / d
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def load(path, session_id: int | None = None, crops: bool = True) -> SessionData:

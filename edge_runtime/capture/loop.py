@@ -4,8 +4,9 @@ differential and, at the end, a CaptureSummary.
   count    field mode: locate white cells, and let the counting core (counting.py; motion, focus
            and position on the slide in slide.py) decide which are classified and when each is
            counted, once; cell mode: the frame is one centred cell, counted at once.
-  store    the session log (session.py): one call per frame with the cells counted at it, one
-           at the end for the cells still open, one when the trust gate trips, one to close.
+  store    the session log (a SessionSink, sink.py: the lab's SessionLog): one call per frame
+           with the cells counted at it, one at the end for the cells still open, one when the
+           trust gate trips, one to close.
   display  the OpenCV window and/or the web live view (preview.py).
 
 Each frame's time is split into the stages outside the interpreter (decode, locate, motion =
@@ -26,16 +27,16 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .capture_stats import CaptureSummary, TimingStats
-from .classifier import Classifier
+from ..core.classifier import Classifier
+from ..core.images import printable
+from ..core.preprocess import prepare
+from ..core.spec import WBC_LABELS
 from .counting import CountingCore, ShownCell
-from .images import printable
 from .locate import Detection, LocateParams, background, crop, default_rbc_px, locate
-from .preprocess import prepare
-from .session import SessionFileError, SessionLog
+from .sink import SessionFileError, SessionSink
 from .slide import COUNTING, LOST
 from .sources import Frame, Source, has_display
-from .spec import WBC_LABELS
+from .summary import CaptureSummary, TimingStats
 from .track import (
     MIN_OBSERVATIONS,
     CellCounter,
@@ -114,14 +115,14 @@ class _Signals:
             raise exc()
 
 
-def run_capture(source: Source, clf: Classifier, log: SessionLog | None, opts: CaptureOptions) -> CaptureSummary:
+def run_capture(source: Source, clf: Classifier, log: SessionSink | None, opts: CaptureOptions) -> CaptureSummary:
     """Run until the source ends, max_frames, --count white cells, q in the preview, Ctrl-C or
     SIGTERM; return the summary."""
     return _Capture(source, clf, log, opts).run()
 
 
 class _Capture:
-    def __init__(self, source: Source, clf: Classifier, log: SessionLog | None, opts: CaptureOptions):
+    def __init__(self, source: Source, clf: Classifier, log: SessionSink | None, opts: CaptureOptions):
         self.source, self.clf, self.log, self.opts = source, clf, log, opts
         self.counter = CellCounter(clf.labels, clf.review_threshold, opts.count)
         self.core = (CountingCore(clf.labels, clf.review_threshold, opts.rbc_px, opts.min_observations)
@@ -245,7 +246,7 @@ class _Capture:
         save_jpeg(best.crop, path)
         return path
 
-    # --- store: the session log (the only calls into session.py) ---
+    # --- store: the session log (the only calls into the SessionSink) ---
 
     def store(self, frame: Frame, records: list, n_located: int, t: dict) -> bool:
         """Log the frame and the cells counted at it; False when the log failed (session ends)."""

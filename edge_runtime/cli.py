@@ -13,15 +13,28 @@ from edge_bloodcls import logs
 from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, InputsFailed
 
 from .capture.locate_eval import locate_eval_command
+from .capture.loop import (
+    DEFAULT_COUNT,
+    CaptureOptions,
+    crop_folder_problem,
+    format_summary,
+    run_capture,
+    runtime_versions,
+)
+from .capture.opener import open_source
+from .capture.preview import LiveView
+from .capture.sources import SourceError
 from .core.bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, BundleError, load_bundle
 from .core.classifier import DEFAULT_REVIEW_THRESHOLD, Classifier
 from .core.images import expand_inputs, list_class_images, printable
 from .core.interpreter import InterpreterUnavailable
+from .core.metrics import classification_metrics, format_metrics
 from .core.preprocess import ImageError
 from .core.progress import Progress
 from .core.trust import GATE_ADVICE, trust_summary
 from .lab.report import report_command
 from .lab.review import review_command
+from .lab.session import SessionFileError, SessionLog
 
 
 def load_classifier(model, threads=None, device="cpu", review_threshold=None) -> Classifier:
@@ -164,8 +177,6 @@ def evaluate(directory, model, threads, device, json_path):
     Unreadable images are listed and left out of the metrics; they do not stop the run. Folders
     that cannot be read are listed too, and make the exit status 1.
     """
-    from .core.metrics import classification_metrics, format_metrics
-
     clf = load_classifier(model, threads, device)
     index = {lab: i for i, lab in enumerate(clf.labels)}
     y_true, y_pred, failed, latencies = [], [], [], []
@@ -346,17 +357,6 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
     or closing the preview, on Ctrl-C or SIGTERM, or when a camera stops delivering frames and
     reopening it fails. Then: `edge-bloodcls review DB` and `edge-bloodcls report DB`.
     """
-    from .capture.loop import (
-        DEFAULT_COUNT,
-        CaptureOptions,
-        crop_folder_problem,
-        format_summary,
-        run_capture,
-        runtime_versions,
-    )
-    from .capture.opener import open_source
-    from .capture.sources import SourceError
-    from .lab.session import SessionFileError, SessionLog
 
     if (width is None) != (height is None):
         raise CliError("--width and --height go together")
@@ -380,8 +380,6 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
                        f"{printable(db)}: cannot write the session log ({e.strerror})") from None
     live = None
     if live_port is not None:
-        from .capture.preview import LiveView
-
         try:
             live = LiveView(live_host, live_port)
         except OSError as e:

@@ -12,6 +12,7 @@ from .sources import LiveSource, SourceError, _stderr, bgr_to_rgb
 
 
 def cv2_camera(spec, name, size=None, **kw) -> LiveSource:
+    # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
     warned: list[tuple[int, int]] = []
@@ -39,6 +40,7 @@ class _Picamera2Device:
 
     def __init__(self, num: int, size=None):
         try:
+            # only on a Pi with its camera module (apt's python3-picamera2)
             from picamera2 import Picamera2
         except ImportError:
             raise SourceError(

@@ -29,6 +29,7 @@ CORRELATE_WIDTH = 160
 
 def grey_small(rgb: np.ndarray) -> np.ndarray:
     """The frame as float32 grey, CORRELATE_WIDTH px wide (the one copy both measures use)."""
+    # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
     h, w = rgb.shape[:2]
@@ -42,6 +43,7 @@ _grey_small = grey_small  # the old private name
 
 def sharpness(grey: np.ndarray) -> float:
     """Variance of the Laplacian: high-frequency energy, which blur and fades take away."""
+    # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
     _, sd = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_32F))
@@ -66,6 +68,7 @@ class Correlator:
         self.window: np.ndarray | None = None
 
     def register(self, a: np.ndarray, b: np.ndarray) -> Registration:
+        # OpenCV: the [edge] extra; classify, review and report run without it
         import cv2
 
         if a.shape != b.shape:
@@ -103,6 +106,7 @@ class FieldDetector:
 def _overlap_ncc(prev: np.ndarray, cur: np.ndarray, dx: float, dy: float) -> float:
     """NCC of cur and prev moved by (dx, dy), over their overlap, after a high-pass; -1 when
     the overlap is under half of each side (too little to judge: a new field)."""
+    # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
     h, w = cur.shape

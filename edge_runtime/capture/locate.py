@@ -81,6 +81,7 @@ def default_rbc_px(shape) -> float:
 
 def locate(rgb: np.ndarray, rbc_px: float | None = None, params: LocateParams = LocateParams()) -> list[Detection]:
     """White cells in an RGB uint8 frame, largest nucleus first."""
+    # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
     h, w = rgb.shape[:2]
@@ -156,6 +157,7 @@ def _split_touching(cluster: list, labels: np.ndarray, r: float, params: LocateP
     bridge of cytoplasm or overlap). Erode it until it falls apart into nucleus-sized cores, then
     grow each core back by the erosion radius. Pieces carry no component ids: their pixels are
     the mask inside their box."""
+    # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
     x0, y0, x1, y1, area, ids = cluster
@@ -206,6 +208,7 @@ def crop(rgb: np.ndarray, det: Detection, rbc_px: float | None = None, fill=None
         out = np.empty((side, side, 3), np.uint8)
         out[:] = fill
         return out
+    # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
     return cv2.copyMakeBorder(np.ascontiguousarray(rgb[sy0:sy1, sx0:sx1]), sy0 - y0, y0 + side - sy1,
@@ -213,6 +216,7 @@ def crop(rgb: np.ndarray, det: Detection, rbc_px: float | None = None, fill=None
 
 
 def _disc(radius: int):
+    # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))

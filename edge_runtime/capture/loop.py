@@ -16,16 +16,20 @@ this shows which.
 """
 from __future__ import annotations
 
+import platform
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
+
+from edge_bloodcls import __version__
 
 from ..core.classifier import Classifier
 from ..core.images import printable
@@ -33,6 +37,7 @@ from ..core.preprocess import prepare
 from ..core.spec import WBC_LABELS
 from .counting import CountingCore, ShownCell
 from .locate import Detection, LocateParams, background, crop, default_rbc_px, locate
+from .preview import Box, LiveView, Window, annotate
 from .sink import SessionFileError, SessionSink
 from .slide import COUNTING, LOST
 from .sources import Frame, Source, has_display
@@ -46,9 +51,6 @@ from .track import (
     save_jpeg,
     single_track,
 )
-
-if TYPE_CHECKING:
-    from .preview import LiveView
 
 STAGES = ("decode", "locate", "motion", "crop", "preprocess", "tensor_io", "interpreter", "log", "preview",
           "other")
@@ -130,8 +132,6 @@ class _Capture:
         self.timings = TimingStats(STAGES)  # constant memory: a session may run for a whole shift
         self.window = None
         if opts.preview and has_display():
-            from .preview import Window
-
             self.window = Window(opts.echo)
         self.sig = _Signals()
         self.end_reason = ""
@@ -278,8 +278,6 @@ class _Capture:
     def display(self, frame: Frame, records: list, shown: list[ShownCell], t: dict) -> None:
         opts = self.opts
         if self.window is not None or (opts.live is not None and opts.live.due()):
-            from .preview import Box, annotate
-
             t0 = time.perf_counter()
             status = self._status()
             if self.core is not None:
@@ -360,8 +358,6 @@ _STATE_TEXT = {COUNTING: "COUNTING", "moving": "MOVING: not counting", "out of f
 def crop_folder_problem(folder) -> str | None:
     """Why crops cannot be saved in `folder` (created if missing), or None. Checked before the
     session starts: finding out at the first counted cell would end the session there."""
-    import tempfile
-
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         return "is a file, not a folder"
@@ -438,14 +434,10 @@ def format_summary(summary: CaptureSummary | dict) -> str:
 
 def runtime_versions(clf: Classifier) -> dict:
     """What a signed report must name: the software and the exact model that produced it."""
-    import platform
-
-    from edge_bloodcls import __version__
-
     v = {"edge_bloodcls": __version__, "python": platform.python_version(), "numpy": np.__version__,
          "bundle": str(clf.bundle.tflite), "quantization": clf.bundle.quantization}
     try:
-        import cv2
+        import cv2  # OpenCV is optional (the [edge] extra): named when installed
 
         v["opencv"] = cv2.__version__
     except ImportError:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .webserve import CSP, WebServer
+
 WINDOW = "edge-bloodcls"
 # BGR
 GREEN, ORANGE, RED, GREY, WHITE = (0, 170, 0), (0, 140, 255), (40, 40, 220), (110, 110, 110), (255, 255, 255)
@@ -59,6 +61,7 @@ def annotate(rgb: np.ndarray, boxes: list[Box], status: list[str], banner: str =
     """BGR image at most `screen` (800x480) in size: boxes coloured by what happened to the cell
     (see LEGEND), the frame's state (counting / moving / out of focus / lost) at the top, status
     lines at the bottom, a red banner when the session is unvalidated."""
+    # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
     img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
@@ -92,6 +95,7 @@ def annotate(rgb: np.ndarray, boxes: list[Box], status: list[str], banner: str =
 
 
 def _legend(img, top, fs, line_h) -> None:
+    # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
     w = img.shape[1]
@@ -105,6 +109,7 @@ def _legend(img, top, fs, line_h) -> None:
 
 
 def _text(img, s, org, fs, colour, bg=WHITE):
+    # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
     if bg is not None:
@@ -126,6 +131,7 @@ class Window:
         cells of this field now), or None."""
         if not self.on:
             return None
+        # OpenCV: the [edge] extra; classify, review and report run without it
         import cv2
 
         try:
@@ -149,6 +155,7 @@ class Window:
     def close(self):
         if self.on and self.shown:
             try:
+                # OpenCV: the [edge] extra; classify, review and report run without it
                 import cv2
 
                 cv2.destroyAllWindows()
@@ -163,11 +170,10 @@ class LiveView:
     `url` is what to open (with the token), `base` the address without it."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, max_fps: float = 5.0):
+        # Starlette (the [edge] extra) only when the live page is asked for; a bare install captures without it.
         from starlette.applications import Starlette
         from starlette.responses import JSONResponse, Response
         from starlette.routing import Route
-
-        from .webserve import CSP, WebServer
 
         self.jpeg = b""
         self.seq = 0
@@ -211,6 +217,7 @@ class LiveView:
             with self.lock:
                 self.text, self.state = text, state
             return
+        # OpenCV: the [edge] extra; classify, review and report run without it
         import cv2
 
         ok, enc = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 80])

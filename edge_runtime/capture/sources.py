@@ -294,6 +294,7 @@ class _Reader:
 
 def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
     """What OpenCV delivers (BGR, or grey / BGRA from some USB cameras) -> RGB uint8."""
+    # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
     if frame.ndim == 2 or frame.shape[2] == 1:

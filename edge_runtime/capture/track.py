@@ -7,11 +7,13 @@ differential, the trust gate, the review list and the CellRecord a store writes)
 """
 from __future__ import annotations
 
+import io
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+from PIL import Image
 
 from ..core.spec import WBC_LABELS
 from ..core.trust import SessionGate
@@ -229,18 +231,12 @@ def _float_box(box: tuple[int, int, int, int]) -> tuple[float, float, float, flo
 
 
 def save_jpeg(rgb: np.ndarray, path: str) -> None:
-    from PIL import Image
-
     Image.fromarray(rgb).save(path, quality=92)
 
 
 def _jpeg_bytes(rgb: np.ndarray | None) -> bytes | None:
     if rgb is None:
         return None
-    import io
-
-    from PIL import Image
-
     im = Image.fromarray(rgb)
     if max(im.size) > CROP_STORE_PX:
         # Image.BILINEAR, not Image.Resampling (Pillow >= 9.1 only): Pillow sets the module

@@ -23,6 +23,7 @@ class VideoSource(Source):
 
     def __init__(self, path, max_bad_run: int = MAX_BAD_FRAMES_IN_A_ROW, **kw):
         super().__init__(printable(path), **kw)
+        # OpenCV: the [edge] extra; classify, review and report run without it
         import cv2
 
         self.cap = cv2.VideoCapture(str(path))
@@ -33,6 +34,7 @@ class VideoSource(Source):
         self.bad_frames = 0
 
     def _position(self) -> int:
+        # OpenCV: the [edge] extra; classify, review and report run without it
         import cv2
 
         return int(self.cap.get(cv2.CAP_PROP_POS_FRAMES) or 0)

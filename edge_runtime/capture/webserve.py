@@ -254,6 +254,7 @@ def bind(host: str, port: int) -> socket.socket:
 def _protocol() -> type:
     """uvicorn's h11 protocol with a time limit on the request head: uvicorn times out idle
     keep-alive connections but not a client that sends its headers a byte at a time."""
+    # the web server's dependencies: the [edge] extra, only when a page is served
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -298,6 +299,7 @@ class WebServer:
 
     def __init__(self, app, host: str, port: int, csp: Callable[[str], str], allow: tuple[str, ...] = (),
                  on_close: Callable[[], None] | None = None):
+        # the web server's dependencies: the [edge] extra, only when a page is served
         import uvicorn
 
         self.host = host
@@ -330,6 +332,7 @@ class WebServer:
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
+        # the web server's dependencies: the [edge] extra, only when a page is served
         import anyio.to_thread
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_bloodcls import __version__
+
 from .spec import LABELS, InputSpec
 from .trust import TrustError, TrustStats
 
@@ -194,8 +196,6 @@ def write_bundle(tflite_bytes: bytes, manifest: dict, out_dir, name: str | None 
                  trust_bytes: bytes | None = None) -> Bundle:
     """Write NAME.tflite, NAME.trust.npz (when given) and NAME.json; the manifest gets schema,
     name, hashes and time. The manifest goes last: a bundle is complete once it exists."""
-    from edge_bloodcls import __version__
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or manifest["name"]

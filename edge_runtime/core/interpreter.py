@@ -7,8 +7,11 @@ import ctypes
 import importlib
 import logging
 import os
+import platform
 import sys
 import tempfile
+
+import numpy as np
 
 # (name reported, module, how to install)
 BACKENDS = (
@@ -87,8 +90,6 @@ def backend_name() -> str:
 
 
 def _edgetpu_delegate(mod):
-    import platform
-
     lib = EDGETPU_LIB.get(platform.system(), "libedgetpu.so.1")
     load_delegate = getattr(mod, "load_delegate", None)
     if load_delegate is None:
@@ -128,7 +129,6 @@ def make_interpreter(model_path, threads: int | None = None, device: str = "cpu"
         raise InterpreterUnavailable(f"{model_path}: the interpreter cannot load this model ({e})") from None
     except (SystemError, ImportError) as e:
         # tflite_runtime 2.14 imports under NumPy 2 but fails here, when it first builds an array.
-        import numpy as np
         first = (str(e).splitlines() or [""])[0]
         raise InterpreterUnavailable(
             f"{name} could not start ({type(e).__name__}: {first}) with NumPy {np.__version__}; "

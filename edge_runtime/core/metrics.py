@@ -19,6 +19,7 @@ from .spec import LABELS
 
 def classification_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                            labels: Sequence[str] = LABELS) -> dict:
+    # scikit-learn: the [edge]/[train] extras, only for metrics
     from sklearn.metrics import (
         accuracy_score,
         balanced_accuracy_score,

@@ -103,9 +103,11 @@ def load_intervals(path: Path | None) -> Intervals:
 
 def _toml(raw: bytes) -> dict:
     if sys.version_info >= (3, 11):
+        # standard library from Python 3.11; tomli before
         import tomllib
     else:  # pragma: no cover - Python 3.9/3.10: tomli if installed, else JSON only
         try:
+            # standard library from Python 3.11; tomli before
             import tomli as tomllib
         except ImportError:
             raise ValueError("TOML needs Python 3.11 or the tomli package; use a .json file") from None

@@ -111,6 +111,7 @@ def check_labels(store: SessionStore, sid: int) -> None:
 
 
 def make_app(store: SessionStore, sid: int, all_cells: bool, reviewer: str):
+    # Starlette: the [edge] extra, only when the review page is served
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request

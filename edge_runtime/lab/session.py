@@ -9,6 +9,7 @@ synchronous=FULL); a reader (report, review) can query it while capture runs.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -70,8 +71,6 @@ def read_session(path, session_id: int | None = None) -> dict:
     """A session with its frames and cells (crops left out) as plain dicts, for scripts and tests
     (the last session by default): the store's records, with the JSON columns as text as they
     are in the file."""
-    import json
-
     with SessionStore(path) as store:
         data = store.load(session_id, crops=False, frames=True)
     s = asdict(data.session)

@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edge_bloodcls import __version__
+from edge_bloodcls.edge_runtime.core.interpreter import backend_name
 
 # cpu_model, usable_cores: re-exported for the benchmarks that name them here.
 from edge_bloodcls.host import cpu_model, cpuinfo, usable_cores  # noqa: F401
@@ -40,7 +41,6 @@ def machine_info() -> dict:
         except metadata.PackageNotFoundError:
             pass
     try:
-        from edge_bloodcls.edge_runtime.core.interpreter import backend_name
         backend = backend_name()
     except Exception as e:  # recorded, not fatal: the children report what they used
         backend = f"unavailable ({one_line(e)})"

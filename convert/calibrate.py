@@ -16,6 +16,7 @@ import numpy as np
 from edge_bloodcls.edge_runtime.core.images import list_class_images, printable
 from edge_bloodcls.edge_runtime.core.preprocess import ImageError, normalise, prepare, probe
 from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
+from edge_bloodcls.train.data import read_split
 
 DEFAULT_SAMPLES = 300
 MIN_COVERAGE = 0.75  # of the spec's input range that the quantized input must represent
@@ -31,8 +32,6 @@ class ImageSet:
 
 
 def from_split(csv_path, split: str = "train", data_root=None) -> ImageSet:
-    from edge_bloodcls.train.data import read_split
-
     s = read_split(csv_path, data_root)
     paths, labels = s.items(split)
     if not paths:

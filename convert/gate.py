@@ -21,14 +21,18 @@ from edge_bloodcls.edge_runtime.core.metrics import classification_metrics
 from edge_bloodcls.edge_runtime.core.preprocess import normalise
 from edge_bloodcls.edge_runtime.core.spec import InputSpec
 
+from .calibrate import representative
+
 FLOAT_DTYPES = ("float32", "float16", "float64")
 
 
 def _interpreter(tflite_bytes: bytes):
     """An interpreter without the default XNNPACK delegate, so every op is listed by its own name."""
     try:
+        # the LiteRT interpreter: the [edge] extra, only to run a .tflite
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:
+        # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
         import tensorflow as tf
         Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
     it = Interpreter(model_content=tflite_bytes,
@@ -144,9 +148,9 @@ class LayerError:
 def debug_report(make_converter, samples: np.ndarray, path, top: int = 10, n: int = 64) -> list[LayerError]:
     """tf.lite QuantizationDebugger: per-layer error of the quantized model against float,
     written as CSV (all layers, worst first); returns the `top` worst."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
-    from .calibrate import representative
 
     debug_set = samples[: max(1, min(n, len(samples)))]
     dbg = tf.lite.experimental.QuantizationDebugger(converter=make_converter(),

@@ -34,6 +34,7 @@ METHOD = "class-conditional Mahalanobis distance, tied covariance (Ledoit-Wolf),
 
 def fit_ood(features: np.ndarray, y: np.ndarray, n_classes: int, dims: int = MAX_DIMS):
     """(mean, proj, centres) such that distances in proj space are Mahalanobis distances."""
+    # scikit-learn: the [edge]/[train] extras, only for this step
     from sklearn.covariance import ledoit_wolf
 
     f = features.astype(np.float64)

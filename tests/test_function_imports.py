@@ -2,16 +2,17 @@
 inside a function is allowed only for a module that may be missing at run time (an optional
 extra, the Pi's camera, a newer standard library), and it says why in a comment.
 
-Scanned: edge_runtime/ (every room) and app/. train/, convert/ and benchmarks/ still import
-TensorFlow-heavy parts of their own inside commands; they join this list once that is sorted out
-(issue 24)."""
+Scanned: the whole package (app/, edge_runtime/, train/, convert/, benchmarks/) except
+train/adapt*.py, which is being reworked on another branch: its imports of convert/ (and the
+train <-> convert cycle they make, ignored in .importlinter) move with that work (issue 24)."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SCANNED = ("edge_runtime", "app")
+SCANNED = ("app", "edge_runtime", "train", "convert", "benchmarks")
+NOT_YET = ("train/adapt*.py",)
 
 # Top-level names of the modules that may be imported inside a function: each is optional at
 # run time (pyproject.toml's extras, or not on PyPI at all).
@@ -23,6 +24,15 @@ OPTIONAL = {
     "tomllib", "tomli",  # the standard library from Python 3.11, tomli before
     "tensorflow", "tf_keras", "keras", "tensorflow_model_optimization",  # the [train] extra
     "ai_edge_litert", "tflite_runtime", "pycoral",  # interpreters, one of which is installed
+    "matplotlib", "tqdm",  # plots and progress bars: the [train] extra
+    "fcntl",  # Unix only
+}
+
+
+# One of our own modules imported inside a function, where the reason is what the process may
+# hold in memory: the benchmark's TFLite child measures the edge runtime alone.
+OWN_EXCEPTIONS = {
+    ("benchmarks/child.py", "edge_bloodcls.convert.gate"),
 }
 
 
@@ -50,8 +60,9 @@ def _has_why(lines: list[str], lineno: int) -> bool:
 
 
 def _files():
+    skip = {f for pattern in NOT_YET for f in REPO.glob(pattern)}
     for top in SCANNED:
-        yield from sorted((REPO / top).rglob("*.py"))
+        yield from (f for f in sorted((REPO / top).rglob("*.py")) if f not in skip)
 
 
 def test_function_level_imports_are_optional_modules_with_a_reason():
@@ -60,7 +71,8 @@ def test_function_level_imports_are_optional_modules_with_a_reason():
         lines = path.read_text(encoding="utf-8").splitlines()
         for lineno, module in _function_imports(path):
             where = f"{path.relative_to(REPO)}:{lineno}: {module}"
-            if module.startswith(".") or module.split(".")[0] not in OPTIONAL:
+            own = (str(path.relative_to(REPO)), module) in OWN_EXCEPTIONS
+            if not own and (module.startswith(".") or module.split(".")[0] not in OPTIONAL):
                 wrong.append(where)
             elif not _has_why(lines, lineno):
                 silent.append(where)

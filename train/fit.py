@@ -9,6 +9,7 @@ out/
 """
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -82,6 +83,7 @@ class TrainConfig:
 
 
 def _versions() -> dict:
+    # scikit-learn: the [edge]/[train] extras, only for this step
     import sklearn
     import tensorflow as tf
     import tf_keras
@@ -100,6 +102,7 @@ def _machine(n_gpus: int) -> str:
 
 def _seed_everything(seed: int):
 
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
     os.environ["PYTHONHASHSEED"] = str(seed)
@@ -109,6 +112,7 @@ def _seed_everything(seed: int):
 
 def _strategy():
     """MirroredStrategy over several GPUs, mixed precision on any GPU, plain CPU otherwise."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
     import tf_keras
 
@@ -127,6 +131,7 @@ def warmup_cosine_class():
     global _WarmupCosine
     if _WarmupCosine is not None:
         return _WarmupCosine
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
     import tf_keras
 
@@ -161,6 +166,7 @@ def _current_lr(opt) -> float:
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     configure()  # the CLI has done it; a caller from Python may not have
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
     out = Path(cfg.out)
@@ -307,6 +313,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
 
 def _epoch_end_class():
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
     class EpochEnd(tf_keras.callbacks.Callback):
@@ -387,8 +394,6 @@ def _truncate_history(path: Path, epochs: int):
 
 
 def _append_csv(path: Path, row: dict):
-    import csv
-
     new = not path.exists()
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(row), lineterminator="\n")

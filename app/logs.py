@@ -55,4 +55,4 @@ def configure(verbosity: int = NORMAL) -> None:
     # line (sources.SourceError). An OPENCV_LOG_LEVEL the user set is kept.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "INFO" if loud else "ERROR")
     # The TFLite runtime's INFO lines are written by C++ to the file descriptor; the interpreter
-    # lets them through when its logger is at DEBUG (edge_runtime.interpreter).
+    # lets them through when its logger is at DEBUG (edge_runtime.core.interpreter).

@@ -18,6 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_bloodcls.edge_runtime.core.bundle import load_bundle
+from edge_bloodcls.edge_runtime.core.classifier import Classifier
+from edge_bloodcls.edge_runtime.core.preprocess import normalise, prepare
+from edge_bloodcls.edge_runtime.core.progress import Progress
+from edge_bloodcls.edge_runtime.core.spec import InputSpec
+from edge_bloodcls.tfenv import configure
+
 
 def peak_rss_mb() -> float:
     """The process's high-water resident set (VmHWM), in MB; ru_maxrss where /proc is absent."""
@@ -53,10 +60,6 @@ def _timed(call, x, warmup: int, runs: int) -> tuple[list[float], list[float]]:
 
 
 def run_tflite(spec: dict) -> dict:
-    from edge_bloodcls.edge_runtime.bundle import load_bundle
-    from edge_bloodcls.edge_runtime.classifier import Classifier
-    from edge_bloodcls.edge_runtime.preprocess import prepare
-
     t0 = time.perf_counter()
     bundle = load_bundle(spec["path"])  # sha256 verified, as the runtime does
     clf = Classifier(bundle, threads=spec["threads"])
@@ -68,21 +71,18 @@ def run_tflite(spec: dict) -> dict:
     out = {"load_s": load_s, "latency_ms": percentiles(wall), "invoke_ms": percentiles(invoke),
            "peak_rss_mb": peak_rss_mb(), "interpreter": clf.describe()}
     if spec.get("pixels"):
-        from edge_bloodcls.edge_runtime.preprocess import normalise
-
         pixels = _pixels(spec)
         res = clf.predict_many(_progress(spec, len(pixels), (normalise(np.asarray(p), clf.spec) for p in pixels)))
         out["predictions"] = res["probs"].argmax(1).tolist()
-        # Calibrated confidence, for ECE in the bench (edge_runtime.trust.ece).
+        # Calibrated confidence, for ECE in the bench (edge_runtime.core.trust.ece).
         out["confidences"] = [round(float(c), 6) for c in res["probs"].max(1)]
     return out
 
 
 def run_keras(spec: dict) -> dict:
-    from edge_bloodcls.tfenv import configure
-
     configure()  # this process did not start through the CLI
     t0 = time.perf_counter()
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
     import tf_keras
 
@@ -92,9 +92,6 @@ def run_keras(spec: dict) -> dict:
         # Fixed before TensorFlow creates its thread pools, i.e. before the first op runs.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from edge_bloodcls.edge_runtime.preprocess import prepare
-    from edge_bloodcls.edge_runtime.spec import InputSpec
-
     t0 = time.perf_counter()
     model = tf_keras.models.load_model(spec["path"], compile=False)
     load_s = time.perf_counter() - t0
@@ -108,6 +105,8 @@ def run_keras(spec: dict) -> dict:
            "interpreter": {"interpreter": "tf_keras", "interpreter_version": tf_keras.__version__,
                            "tensorflow": tf.__version__, "threads": threads or os.cpu_count(), "device": "cpu"}}
     if spec.get("pixels"):
+        # Here, not at the top: a TFLite child imports the edge runtime only, as the Pi does (its
+        # memory is what the Pi pays); convert/ is for the Keras child alone.
         from edge_bloodcls.convert.gate import predict_keras
 
         out["predictions"] = predict_keras(model, _pixels(spec), ispec).argmax(1).tolist()
@@ -121,7 +120,6 @@ def _progress(spec: dict, total: int, items):
     fd = spec.get("progress_fd")
     if fd is None:
         return items
-    from edge_bloodcls.edge_runtime.progress import Progress
 
     return Progress(total, spec.get("progress_label", "accuracy"), os.fdopen(fd, "w", closefd=False)).iterate(items)
 

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import click
 
 from edge_bloodcls.errors import CliError
 
+from .harness import BenchError, BenchOptions, run_bench
 from .options import BASELINE, DEFAULT_ARCHS, FORMATS, RESULTS_NAME
+from .report import check_readme, update_readme, write_report
+from .report_pareto import write_pareto
+from .results import Results
 from .trust import trust_report_cmd
 
 _log = logging.getLogger(__name__)
@@ -66,8 +71,6 @@ def bench_cmd(models, formats, threads, data, data_root, calibration, runs, warm
 
     Each configuration runs in a process of its own; results go to OUT/bench.json after each
     one, and a rerun measures only what is missing (--redo: everything again)."""
-    from .harness import BenchError, BenchOptions, run_bench
-
     opts = BenchOptions(out=out, models=_csv(models), formats=_csv(formats), threads=_csv(threads), data=data,
                         data_root=data_root, calibration=calibration, runs=runs, warmup=warmup, max_images=max_images,
                         size=size, runs_dir=runs_dir, exports_dir=exports_dir or None, cache_dir=cache_dir,
@@ -91,12 +94,6 @@ def bench_cmd(models, formats, threads, data, data_root, calibration, runs, warm
               help="also write the paper table into this README, between its paper-table markers")
 def bench_report_cmd(results, out, pareto, readme):
     """Markdown report and PNG plots from a bench results JSON."""
-    from pathlib import Path
-
-    from .report import check_readme, update_readme, write_report
-    from .report_pareto import write_pareto
-    from .results import Results
-
     folder = Path(out) if out else Path(results).parent
     if readme:  # before anything is written: a README it cannot update is a usage error
         try:

@@ -33,7 +33,14 @@ from typing import Callable
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.classifier import Classifier
+import edge_bloodcls.edge_runtime.core.preprocess as pp
+from edge_bloodcls.edge_runtime.capture.counting import CountingCore
+from edge_bloodcls.edge_runtime.capture.locate import background, crop, default_rbc_px, locate
+from edge_bloodcls.edge_runtime.capture.track import CellCounter, Observation
+from edge_bloodcls.edge_runtime.core.bundle import load_bundle
+from edge_bloodcls.edge_runtime.core.classifier import Classifier, Prediction
+from edge_bloodcls.edge_runtime.core.preprocess import load_rgb, prepare
+from edge_bloodcls.edge_runtime.core.spec import LABELS
 
 from .machine import cpu_model
 
@@ -84,9 +91,9 @@ def pick_fields(bccd: Path, n: int, start: int = 0) -> list[str]:
 
 class Slide:
     def __init__(self, bccd: Path, names: list[str]):
+        # OpenCV: the [edge] extra; only this step needs it
         import cv2
 
-        from edge_bloodcls.edge_runtime.preprocess import load_rgb
 
         self.names = names
         fields = []
@@ -147,6 +154,7 @@ class Camera:
         return c[yi:yi + H, xi:xi + W]
 
     def render(self, s: Shot) -> np.ndarray:
+        # OpenCV: the [edge] extra; only this step needs it
         import cv2
 
         img: np.ndarray
@@ -290,10 +298,6 @@ class Row:
 
 
 def make_classify(clf) -> tuple[Callable, dict[str, float]]:
-    from edge_bloodcls.edge_runtime.locate import background, crop
-    from edge_bloodcls.edge_runtime.preprocess import prepare
-    from edge_bloodcls.edge_runtime.track import Observation
-
     state = {"interp_ms": 0.0}
 
     def for_frame(index: int, rgb: np.ndarray, rbc_px: float):
@@ -312,10 +316,6 @@ def make_classify(clf) -> tuple[Callable, dict[str, float]]:
 
 
 def run_scenario(name, what, slide: Slide, shots: list[Shot], fps: float, clf) -> Row:
-    from edge_bloodcls.edge_runtime.counting import CountingCore
-    from edge_bloodcls.edge_runtime.locate import default_rbc_px, locate
-    from edge_bloodcls.edge_runtime.track import CellCounter
-
     cam = Camera(slide)
     rbc_px = default_rbc_px((H, W))
     core = CountingCore(clf.labels, clf.review_threshold, rbc_px)
@@ -369,14 +369,10 @@ class _NoModel:
     review_threshold = 0.5
 
     def __init__(self):
-        from edge_bloodcls.edge_runtime.spec import LABELS
-
         self.labels = list(LABELS)
         self.spec = None
 
     def classify_input(self, x, top_k):
-        from edge_bloodcls.edge_runtime.classifier import Prediction
-
         probs = {k: 0.05 / 7 for k in self.labels}
         probs["neutrophil"] = 0.95
         return Prediction("neutrophil", 0.95, probs, 0.0, False)
@@ -390,6 +386,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-model", action="store_true", help="count without classifying (fast)")
     ap.add_argument("--only", help="run the scenarios whose name contains this")
     args = ap.parse_args(argv)
+    # OpenCV: the [edge] extra; only this step needs it
     import cv2
 
     cv2.setNumThreads(1)  # the cost is reported for one thread
@@ -399,8 +396,6 @@ def main(argv=None) -> int:
         return 2
     if args.no_model:
         clf: _NoModel | Classifier = _NoModel()
-        import edge_bloodcls.edge_runtime.preprocess as pp
-
         pp_prepare = pp.prepare
 
         def prepare(patch, spec):
@@ -408,8 +403,6 @@ def main(argv=None) -> int:
         pp.prepare = prepare  # type: ignore[assignment]
         model = "none (--no-model)"
     else:
-        from edge_bloodcls.edge_runtime.bundle import load_bundle
-
         classifier = Classifier(load_bundle(args.model), threads=1)
         model = classifier.describe().get("model", "")
         clf = classifier

@@ -6,7 +6,7 @@ runs/exports/RUN/, else one made here by convert's own export), then measures ea
 configuration in a fresh process (benchmarks/child.py): load time, latency percentiles after
 warm-up through the runtime's Classifier (or Keras for the float reference), peak resident
 memory, and, once per model and format, the predictions on the test images. The parent turns
-predictions into metrics with edge_runtime.metrics and keeps everything in one results JSON,
+predictions into metrics with edge_runtime.core.metrics and keeps everything in one results JSON,
 saved after every configuration: a rerun skips what is already there, so a long benchmark can
 run in pieces (--redo measures again).
 
@@ -29,13 +29,15 @@ from typing import Callable
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
-from edge_bloodcls.edge_runtime.metrics import classification_metrics
-from edge_bloodcls.edge_runtime.spec import InputSpec
+from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
+from edge_bloodcls.edge_runtime.core.metrics import classification_metrics
+from edge_bloodcls.edge_runtime.core.spec import InputSpec
 
 from .machine import machine_info
 from .models import MACS_METHOD, ModelSource, bundles_for, graph_macs, resolve_model
 from .options import BASELINE, DEFAULT_ARCHS, FORMATS, REFERENCE, RESULTS_NAME, BenchError, BenchOptions, one_line, rel
+from .quick import make_quick_run
+from .report import write_report
 from .results import SCHEMA, ConfigRow, Results, now
 from .testset import TestImages, load_test_images
 
@@ -87,8 +89,6 @@ def _threads_n(t: str) -> int:
 
 def prepare_quick(opts: BenchOptions, log) -> BenchOptions:
     """--quick: a tiny model trained on generated images, every format, a few runs."""
-    from .quick import make_quick_run
-
     base = Path(opts.out) / "quick_inputs"
     log(f"--quick: generated cells and a tiny model in {base}")
     run, split_csv = make_quick_run(base, opts.seed)
@@ -108,6 +108,7 @@ def run_bench(opts: BenchOptions, log=print) -> Path:
     digest = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
     with open(Path(tempfile.gettempdir()) / f"edge-bloodcls-bench-{digest}.lock", "w") as lock:
         try:
+            # Unix only
             import fcntl
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # not POSIX: no guard
@@ -182,8 +183,6 @@ def _run_bench(opts: BenchOptions, log) -> Path:
         _bench_model(s, spec)
     log(f"results: {s.path}")
     if opts.report:
-        from .report import write_report
-
         for f in write_report(s.path, Path(opts.out)):
             log(f"wrote {f}")
     return s.path

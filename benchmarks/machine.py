@@ -7,6 +7,10 @@ from importlib import metadata
 from pathlib import Path
 
 from edge_bloodcls import __version__
+from edge_bloodcls.edge_runtime.core.interpreter import backend_name
+
+# cpu_model, usable_cores: re-exported for the benchmarks that name them here.
+from edge_bloodcls.host import cpu_model, cpuinfo, usable_cores  # noqa: F401
 
 from .options import one_line
 
@@ -14,30 +18,8 @@ CPU_FLAGS_OF_INTEREST = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx
                          "avx512_fp16", "avx_vnni", "amx_int8", "amx_bf16", "asimd", "asimddp", "fphp", "i8mm")
 
 
-def _cpuinfo() -> dict:
-    cpu = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            k, _, v = line.partition(":")
-            k, v = k.strip(), v.strip()
-            if k in ("model name", "flags", "Features", "cpu MHz", "Model") and k not in cpu:
-                cpu[k] = v
-    except OSError:
-        pass
-    return cpu
-
-
-def cpu_model(cpu: dict | None = None) -> str:
-    cpu = _cpuinfo() if cpu is None else cpu
-    return cpu.get("model name") or cpu.get("Model") or platform.processor() or platform.machine()
-
-
-def usable_cores() -> int | None:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def machine_info() -> dict:
-    cpu = _cpuinfo()
+    cpu = cpuinfo()
     flags = (cpu.get("flags") or cpu.get("Features") or "").split()
     os_name = platform.platform()
     try:
@@ -59,7 +41,6 @@ def machine_info() -> dict:
         except metadata.PackageNotFoundError:
             pass
     try:
-        from edge_bloodcls.edge_runtime.interpreter import backend_name
         backend = backend_name()
     except Exception as e:  # recorded, not fatal: the children report what they used
         backend = f"unavailable ({one_line(e)})"

@@ -4,6 +4,7 @@ export already made, else one made here by convert's own export); and the multip
 of a graph, counted from its TFLite ops."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -12,8 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.convert.export import ExportOptions, arch_label, run
+from edge_bloodcls.convert.formats import FORMATS as TABLE
+from edge_bloodcls.convert.gate import op_shapes  # no default delegate: every op is listed as itself
+from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL, MODELS_DIR, BundleError, load_bundle, sha256_file
+from edge_bloodcls.edge_runtime.core.spec import LABELS
+from edge_bloodcls.train import archs
 
 from .options import UNTRAINED_CALIBRATION, UNTRAINED_EVAL, BenchOptions, one_line
 
@@ -98,8 +103,6 @@ def run_convergence(run: Path, stop_reason) -> dict:
     """{"converged": bool, "convergence": why} of a run directory, from its history.csv."""
     val_acc = []
     if (run / "history.csv").exists():
-        import csv
-
         with open(run / "history.csv") as h:
             val_acc = [float(row["val_accuracy"]) for row in csv.DictReader(h)]
     done, why = converged(stop_reason, val_acc)
@@ -158,9 +161,9 @@ def untrained_build(src: ModelSource, opts: BenchOptions, calib_csv: Path, log) 
     f = d / "model.keras"
     if f.exists():
         return f
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
-    from edge_bloodcls.train import archs
 
     log(f"{src.key}: building an untrained {src.arch} at {src.size} px")
     tf_keras.utils.set_random_seed(opts.seed)
@@ -183,7 +186,6 @@ def bundles_for(src: ModelSource, formats: list[str], opts: BenchOptions, calib_
     if src.kind == "bundle":
         assert src.formats, "a bundle source carries its one format (_bundle_source)"
         return {src.formats[0]: src.path.with_suffix(".tflite")}, [], None
-    from edge_bloodcls.convert.formats import FORMATS as TABLE
 
     keras_path = src.path if src.kind == "run" else untrained_build(src, opts, calib_csv, log)
     sha = sha256_file(keras_path)
@@ -234,7 +236,6 @@ def bundles_for(src: ModelSource, formats: list[str], opts: BenchOptions, calib_
 def _convert_name(src: ModelSource, suffix: str) -> str:
     """The name `convert` gives an export of this run by default (convert.export.default_name)."""
     cfg_file = src.path.parent / "config.json"
-    from edge_bloodcls.convert.export import arch_label
 
     width = (json.loads(cfg_file.read_text()).get("train") or {}).get("width") if cfg_file.exists() else None
     return f"{arch_label(src.arch, width)}_{src.size}_{suffix}"
@@ -242,8 +243,6 @@ def _convert_name(src: ModelSource, suffix: str) -> str:
 
 def _export(keras_path: Path, fmt: str, name: str, out_dir: Path, calib_csv: Path, opts: BenchOptions,
             untrained: bool, log) -> Path:
-    from edge_bloodcls.convert.export import ExportOptions, run
-
     log(f"exporting {name} from {keras_path} (convert.export)")
     eo = ExportOptions(
         model=str(keras_path), quantize="int8" if fmt in ("int8", "qat-int8") else fmt, out=str(out_dir),
@@ -263,8 +262,6 @@ def _export(keras_path: Path, fmt: str, name: str, out_dir: Path, calib_csv: Pat
 
 def graph_macs(tflite_path) -> dict:
     """Multiply-accumulates of one inference, from the TFLite graph's op list and tensor shapes."""
-    from edge_bloodcls.convert.gate import op_shapes  # no default delegate: every op is listed as itself
-
     by_op: dict[str, int] = {}
     for op in op_shapes(Path(tflite_path).read_bytes()):
         name, ins, outs = op["op"], op["inputs"], op["outputs"]

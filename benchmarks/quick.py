@@ -11,9 +11,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-from edge_bloodcls.edge_runtime.preprocess import normalise
-from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
+from edge_bloodcls.edge_runtime.core.preprocess import normalise
+from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
+from edge_bloodcls.train.data import make_split, read_split, scan, write_split
+from edge_bloodcls.train.pipeline import load_pixels
 
 SIZE = 32
 QUICK_ARCH = "tiny"
@@ -23,8 +26,6 @@ _COLOURS = [(120, 40, 160), (220, 90, 60), (60, 30, 90), (90, 140, 200),
 
 
 def synthetic_cells(root: Path, n_per_class: int = 24, size: int = 48, seed: int = 0) -> Path:
-    from PIL import Image, ImageDraw
-
     rng = np.random.default_rng(seed)
     for i, label in enumerate(LABELS):
         (root / label).mkdir(parents=True, exist_ok=True)
@@ -42,6 +43,7 @@ def synthetic_cells(root: Path, n_per_class: int = 24, size: int = 48, seed: int
 def tiny_model(size: int = SIZE):
     """A few conv layers: small enough to train and convert in seconds, shaped like the real
     networks (conv-BN-ReLU, depthwise conv, pooling, dense softmax) so every format applies."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras as k
 
     inp = k.Input((size, size, 3), name="image")
@@ -67,10 +69,8 @@ def make_quick_run(base: Path, seed: int = 0, epochs: int = 40) -> tuple[Path, P
     split_csv = base / "split.csv"
     if (run / "model.keras").exists() and split_csv.exists():
         return run, split_csv
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
-
-    from edge_bloodcls.train.data import make_split, read_split, scan, write_split
-    from edge_bloodcls.train.pipeline import load_pixels
 
     cells = synthetic_cells(base / "cells", seed=seed)
     # Unequal val and test sizes: the pixel cache names files by split hash, size and count.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL
+from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL
 from edge_bloodcls.train import archs
 
 from .models import initialisation, run_convergence
@@ -243,7 +243,7 @@ def markdown(r: Results, plots: dict) -> str:
              f"{d['n']} images from `{d['source']}`"
              + (f" (a stratified subset of {d['n_total']})" if d["subset"] else "")
              + ": " + ", ".join(f"{k} {v}" for k, v in d["per_class"].items()) + ". Every model and format is scored "
-             "on the same images; metrics by `edge_runtime.metrics.classification_metrics` (scikit-learn "
+             "on the same images; metrics by `edge_runtime.core.metrics.classification_metrics` (scikit-learn "
              "definitions, macro averages over the 8 classes).", ""]
     if untrained:
         lines += [f"**Not trained:** {', '.join(f'`{k}`' for k in untrained)} had no `model.keras` when measured; "
@@ -291,7 +291,7 @@ def markdown(r: Results, plots: dict) -> str:
             lines.append(f"| {lab} | " + " | ".join(str(v) for v in row) + " |")
         lines.append("")
     else:
-        lines += [f"The runtime's default bundle (edge_runtime/models/{DEFAULT_MODEL}) was not present or not "
+        lines += [f"The runtime's default bundle (edge_runtime/core/models/{DEFAULT_MODEL}) was not present or not "
                   "measured on the test images when this report was made.", ""]
     lines += [*_edge_section(r), ""]
     lines += ["## Method", "",

@@ -92,8 +92,10 @@ def plot(r: Results, out: Path) -> Path | None:
     ref, rs = rows(r)
     if not rs:
         return None
+    # matplotlib: the [train] extra, only for plots
     import matplotlib
     matplotlib.use("Agg")
+    # matplotlib: the [train] extra, only for plots
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -2,24 +2,28 @@
 accuracy, and the shipped model's confusion matrix. matplotlib is imported only here."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.core.spec import LABELS
 
 from .report_common import FORMAT_ORDER, model_order, pareto, threads_for_plots
 from .results import Results
 
 
 def _plt():
+    # matplotlib: the [train] extra, only for plots
     import matplotlib
     matplotlib.use("Agg")
+    # matplotlib: the [train] extra, only for plots
     import matplotlib.pyplot as plt
     return plt
 
 
 def _log_x(ax):
+    # matplotlib: the [train] extra, only for plots
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
@@ -108,7 +112,6 @@ def plot_confusion(title: str, m: dict, path: Path):
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    import textwrap
 
     ax.set_title(textwrap.fill(f"{title}: accuracy {m['accuracy'] * 100:.2f}% (n={m['n']})", 70), fontsize=9)
     fig.tight_layout()

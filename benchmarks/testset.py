@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.convert import calibrate
+from edge_bloodcls.edge_runtime.core.spec import LABELS
+from edge_bloodcls.train.pipeline import cached_pixels
 
 from .options import BenchError
 
@@ -26,8 +28,6 @@ class TestImages:
         """The test images decoded and resized by the runtime's functions, as a uint8 .npy file
         (training's cache of the same split is reused)."""
         if size not in self._pixels:
-            from edge_bloodcls.train.pipeline import cached_pixels
-
             arr = cached_pixels(self.paths, (size, size), cache_dir, self.key)
             filename = getattr(arr, "filename", None)  # a memmap's file
             if filename is None:  # just written: read back as a memmap
@@ -43,10 +43,8 @@ class TestImages:
 
 
 def load_test_images(data: Path, data_root, max_images: int | None, seed: int) -> TestImages:
-    from edge_bloodcls.convert import calibrate
-
     if data.is_dir():
-        # The same files as `edge-bloodcls evaluate DIR` (edge_runtime.images.list_class_images);
+        # The same files as `edge-bloodcls evaluate DIR` (edge_runtime.core.images.list_class_images);
         # those that are not images by their header are left out and counted in `source`.
         try:
             images = calibrate.from_directory(data)

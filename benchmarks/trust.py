@@ -16,6 +16,7 @@ Writes OUT.json, OUT.md and OUT_coverage.png.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,12 +24,15 @@ import click
 import numpy as np
 
 from edge_bloodcls.convert.trust_fit import coverage_curve
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, load_bundle
-from edge_bloodcls.edge_runtime.classifier import Classifier
-from edge_bloodcls.edge_runtime.locate import Detection, crop, default_rbc_px
-from edge_bloodcls.edge_runtime.locate_eval import read_voc
-from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, prepare
-from edge_bloodcls.edge_runtime.trust import ece, nll
+from edge_bloodcls.edge_runtime.capture.locate import Detection, crop, default_rbc_px
+from edge_bloodcls.edge_runtime.capture.locate_eval import read_voc
+from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, load_bundle
+from edge_bloodcls.edge_runtime.core.classifier import Classifier
+from edge_bloodcls.edge_runtime.core.interpreter import backend_name
+from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, prepare
+from edge_bloodcls.edge_runtime.core.spec import LABELS
+from edge_bloodcls.edge_runtime.core.trust import ece, nll
+from edge_bloodcls.train.data import read_split
 
 # The two shipped int8 bundles first, then their float32 twins (whatever else is bundled).
 SHIPPED = tuple(sorted((p.stem for p in MODELS_DIR.glob("*.tflite")),
@@ -36,8 +40,6 @@ SHIPPED = tuple(sorted((p.stem for p in MODELS_DIR.glob("*.tflite")),
 
 
 def pbc_test(split_csv: Path, data_root: Path | None):
-    from edge_bloodcls.train.data import read_split
-
     s = read_split(split_csv, data_root)
     paths, y = s.items("test")
     return [str(p) for p in paths], np.asarray(y), s.sha256
@@ -92,6 +94,7 @@ def ood_cost(clf: Classifier, x: np.ndarray, runs: int = 300) -> dict:
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    # scikit-learn: the [edge]/[train] extras, only for this step
     from sklearn.metrics import roc_auc_score
 
     y = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
@@ -187,9 +190,11 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
+    # matplotlib: the [train] extra, only for plots
     import matplotlib
 
     matplotlib.use("Agg")
+    # matplotlib: the [train] extra, only for plots
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
@@ -224,11 +229,6 @@ def plot(report: dict, path: Path) -> None:
               show_default=True, help="path prefix: OUT.json, OUT.md, OUT_coverage.png")
 def trust_report_cmd(models, split_csv, data_root, bccd, site, out):
     """Calibration, review coverage and out-of-distribution detection of bundles (the trust report)."""
-    import sys
-
-    from edge_bloodcls.edge_runtime.interpreter import backend_name
-    from edge_bloodcls.edge_runtime.spec import LABELS
-
     test = pbc_test(split_csv, data_root)
     cells = bccd_field_cells(bccd) if (bccd / "Annotations").is_dir() else []
     site_set = site_cells(site, LABELS) if site.is_dir() else None

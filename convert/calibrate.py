@@ -1,7 +1,7 @@
 """Representative data for full-integer quantization, and the checks that it is the right data.
 
 Calibration images come from the TRAINING split (or a class-folder directory), stratified by
-class, and go through edge_runtime.preprocess.prepare with the model's InputSpec: the ranges
+class, and go through edge_runtime.core.preprocess.prepare with the model's InputSpec: the ranges
 the converter measures are those of the pixels the runtime will feed the model. A calibration
 set prepared any other way (0..1 scaling, BGR, unnormalised) quantizes the input tensor to a
 range the runtime's pixels fall outside of; `input_coverage` measures exactly that.
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.images import list_class_images, printable
-from edge_bloodcls.edge_runtime.preprocess import ImageError, normalise, prepare, probe
-from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
+from edge_bloodcls.edge_runtime.core.images import list_class_images, printable
+from edge_bloodcls.edge_runtime.core.preprocess import ImageError, normalise, prepare, probe
+from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
+from edge_bloodcls.train.data import read_split
 
 DEFAULT_SAMPLES = 300
 MIN_COVERAGE = 0.75  # of the spec's input range that the quantized input must represent
@@ -31,8 +32,6 @@ class ImageSet:
 
 
 def from_split(csv_path, split: str = "train", data_root=None) -> ImageSet:
-    from edge_bloodcls.train.data import read_split
-
     s = read_split(csv_path, data_root)
     paths, labels = s.items(split)
     if not paths:
@@ -43,7 +42,7 @@ def from_split(csv_path, split: str = "train", data_root=None) -> ImageSet:
 def from_directory(root) -> ImageSet:
     """root/<label>/..., labels from LABELS (folders with other names are an error).
 
-    The files are those `edge-bloodcls evaluate` reads (edge_runtime.images.list_class_images).
+    The files are those `edge-bloodcls evaluate` reads (edge_runtime.core.images.list_class_images).
     A folder that cannot be read is an error: the set would silently lack it. A file that is not
     an image by its header (a stray ".DS_…jpg", an AppleDouble "._x.jpg") is left out and listed
     in info["unreadable"]; evaluate reports the same files as failed.

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import click
 
-from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
+from edge_bloodcls.edge_runtime.core.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET
 from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, require_train_extra
 
 from .calibrate import DEFAULT_SAMPLES
+from .export import EdgeTPUUnavailable, ExportError, ExportOptions, GateFailed, run
 from .formats import IO_TYPES, QUANTIZE_CHOICES
 
 
@@ -56,7 +57,6 @@ def convert_cmd(model, quantize, qat, qat_epochs, qat_lr, batch_size, calibratio
     Exit status 1: the export failed its checks (nothing written but the error report); 2: bad
     options or inputs, or the Edge TPU compiler is missing (the CPU model is written)."""
     require_train_extra("convert")
-    from .export import EdgeTPUUnavailable, ExportError, ExportOptions, GateFailed, run
 
     opts = ExportOptions(model=model, quantize=quantize, out=out, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr,
                          batch_size=batch_size, calibration=calibration, calibration_samples=calibration_samples,

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.bundle import Bundle, sha256_file, write_bundle
-from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
-from edge_bloodcls.edge_runtime.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET, TrustStats
+from edge_bloodcls.edge_runtime.core.bundle import Bundle, sha256_file, write_bundle
+from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
+from edge_bloodcls.edge_runtime.core.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET, TrustStats
+from edge_bloodcls.train.pipeline import Augment, cached_pixels
 
-from . import calibrate, formats, gate, trust_fit
+from . import calibrate, edgetpu, formats, gate, qat, trust_fit
 
 _log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Source:
 
 def load_source(path) -> Source:
     """The .keras model and what its training recorded in config.json beside it."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
     path = Path(path)
@@ -73,7 +75,7 @@ def load_source(path) -> Source:
         if tuple(spec.size) != shape:
             raise ExportError(f"{cfg_file}: input size {list(spec.size)} differs from the model's {list(shape)}")
     else:
-        # Every model trained from scratch here uses [-1, 1] (edge_runtime.spec.NORMALISATIONS).
+        # Every model trained from scratch here uses [-1, 1] (edge_runtime.core.spec.NORMALISATIONS).
         spec = InputSpec.named(shape, "symmetric")
     labels = list(config.get("labels") or LABELS)
     if model.output_shape[-1] != len(labels):
@@ -147,8 +149,6 @@ def _eval_split(opts: ExportOptions, src: Source) -> Path:
 
 
 def _pixels(images: calibrate.ImageSet, spec: InputSpec, cache_dir, whole_split: bool) -> np.ndarray:
-    from edge_bloodcls.train.pipeline import cached_pixels
-
     # Same cache key as training (split hash, size, count), so a training cache is reused.
     key = (images.split_sha256 or "dir")[:12]
     return cached_pixels(images.paths, spec.size, cache_dir if whole_split else None, key)
@@ -158,6 +158,7 @@ def with_features(model):
     """The model with a second output, its pooled features (the layer the training head names
     "pool"), from the same graph: the runtime's out-of-distribution score needs them. Models
     without that layer are exported with one output (no trust statistics)."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
     try:
@@ -168,6 +169,7 @@ def with_features(model):
 
 
 def _converter(model, spec: InputSpec, fixed_batch: bool):
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
     if not fixed_batch:
@@ -207,6 +209,7 @@ def _fmt(x) -> str:
 
 
 def run(opts: ExportOptions) -> dict:
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
     try:
@@ -237,10 +240,6 @@ def run(opts: ExportOptions) -> dict:
 
     model, qat_rows, qat_info = src.model, None, None
     if fmt.qat:
-        from edge_bloodcls.train.pipeline import Augment
-
-        from . import qat
-
         train_set = calibrate.from_split(split_csv, "train", opts.data_root)
         train_pixels = _pixels(train_set, spec, opts.cache_dir, True)
         aug = Augment(**src.config["augment"]) if src.config.get("augment") else Augment()
@@ -382,8 +381,6 @@ def _write_rows(path: Path, rows: list[dict]):
 
 
 def _compile_edgetpu(bundle: Bundle, manifest: dict, out: Path) -> Bundle:
-    from . import edgetpu
-
     try:
         data, text, info = edgetpu.compile_model(bundle.tflite)
     except edgetpu.CompilerMissing as e:

@@ -86,6 +86,7 @@ def resolve(quantize: str, qat: bool = False, edgetpu: bool = False, per_tensor:
 
 def apply(converter, fmt: Format, io: str, representative=None, allow_float_ops: bool = False):
     """Set a tf.lite.TFLiteConverter's options for one format; returns the converter."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
     if io not in IO_TYPES:

@@ -1,6 +1,6 @@
 """The accuracy gate: the float Keras model and the exported TFLite model on the same images.
 
-The exported model is run by the runtime's own Classifier (edge_runtime.classifier), so the
+The exported model is run by the runtime's own Classifier (edge_runtime.core.classifier), so the
 quantization of inputs and outputs under test is the code the Pi runs. Also here: which ops of
 an integer export stayed float, and the per-layer error report of the quantization debugger.
 """
@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.bundle import Bundle
-from edge_bloodcls.edge_runtime.classifier import Classifier
-from edge_bloodcls.edge_runtime.metrics import classification_metrics
-from edge_bloodcls.edge_runtime.preprocess import normalise
-from edge_bloodcls.edge_runtime.spec import InputSpec
+from edge_bloodcls.edge_runtime.core.bundle import Bundle
+from edge_bloodcls.edge_runtime.core.classifier import Classifier
+from edge_bloodcls.edge_runtime.core.metrics import classification_metrics
+from edge_bloodcls.edge_runtime.core.preprocess import normalise
+from edge_bloodcls.edge_runtime.core.spec import InputSpec
+
+from .calibrate import representative
 
 FLOAT_DTYPES = ("float32", "float16", "float64")
 
@@ -27,8 +29,10 @@ FLOAT_DTYPES = ("float32", "float16", "float64")
 def _interpreter(tflite_bytes: bytes):
     """An interpreter without the default XNNPACK delegate, so every op is listed by its own name."""
     try:
+        # the LiteRT interpreter: the [edge] extra, only to run a .tflite
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:
+        # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
         import tensorflow as tf
         Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
     it = Interpreter(model_content=tflite_bytes,
@@ -144,9 +148,9 @@ class LayerError:
 def debug_report(make_converter, samples: np.ndarray, path, top: int = 10, n: int = 64) -> list[LayerError]:
     """tf.lite QuantizationDebugger: per-layer error of the quantized model against float,
     written as CSV (all layers, worst first); returns the `top` worst."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
-    from .calibrate import representative
 
     debug_set = samples[: max(1, min(n, len(samples)))]
     dbg = tf.lite.experimental.QuantizationDebugger(converter=make_converter(),

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from edge_bloodcls.train.pipeline import Augment, class_weights, eval_dataset, train_dataset
+
 _log = logging.getLogger(__name__)
 
 
@@ -59,6 +61,7 @@ def _flatten_config(cfg: dict) -> dict:
 
 def flatten(model):
     """The same network as one flat functional model, weights copied by layer name."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
     if not any(isinstance(layer, tf_keras.Model) for layer in model.layers):
@@ -81,6 +84,7 @@ def flatten(model):
 
 def quantize(model):
     """Flatten and wrap every layer with tfmot's default 8-bit fake quantization."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow_model_optimization as tfmot
 
     return tfmot.quantization.keras.quantize_model(flatten(model))
@@ -90,9 +94,9 @@ def fine_tune(qmodel, train: tuple, val: tuple, spec, epochs: int = 2, batch_siz
               augment=None, class_weight: dict | None = None, seed: int = 0) -> list[dict]:
     """A few epochs on the training split with the training pipeline (same augmentation and class
     weights); train/val are (uint8 pixels, labels). Returns one history row an epoch."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
-    from edge_bloodcls.train.pipeline import Augment, eval_dataset, train_dataset
 
     pixels, labels = train
     batch_size = max(1, min(batch_size, len(labels)))
@@ -130,6 +134,5 @@ def class_weight_from_config(config: dict, labels: np.ndarray, n_classes: int) -
     recorded = config.get("class_weights")
     if recorded:
         return {int(k): float(v) for k, v in recorded.items()}
-    from edge_bloodcls.train.pipeline import class_weights
 
     return class_weights(labels, n_classes)

@@ -1,7 +1,7 @@
 """Summarise the bundles exported from one model, and ship the best int8 with its float32 twin.
 
     edge-bloodcls convert-summary runs/exports/mobilenetv2_96 \
-        --out benchmarks/results/convert_mobilenetv2_96 [--ship edge_runtime/models]
+        --out benchmarks/results/convert_mobilenetv2_96 [--ship edge_runtime/core/models]
 
 (`python -m edge_bloodcls.convert.summary` takes the same arguments.) Reads every NAME.json
 manifest in the directory (written by `edge-bloodcls convert`, with --eval-test for the test
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle, write_bundle
+from edge_bloodcls.edge_runtime.core.bundle import BundleError, load_bundle, write_bundle
 from edge_bloodcls.errors import CliError, InputsFailed
 
 from .formats import ORDER
@@ -134,8 +134,8 @@ def markdown(summary: dict) -> str:
                      f"{_pct(r['val']['agreement'])} | {'pass' if r['gate_passed'] else 'FAIL'} |")
     trust = [r for r in summary["rows"] if r.get("trust")]
     if trust:
-        lines += ["", "Trust statistics (edge_runtime/trust.py): ECE (15 bins, calibrated; raw in brackets) and NLL; "
-                  "OOD flagged = share of PBC cells over the OOD threshold; coverage = share of cells not "
+        lines += ["", "Trust statistics (edge_runtime/core/trust.py): ECE (15 bins, calibrated; raw in brackets) "
+                  "and NLL; OOD flagged = share of PBC cells over the OOD threshold; coverage = share of cells not "
                   "flagged for review, and their accuracy.", "",
                   "| bundle | T | val ECE | val NLL | test ECE | test NLL | test OOD flagged | review threshold "
                   "| test coverage | test accepted acc. |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

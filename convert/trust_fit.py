@@ -1,4 +1,4 @@
-"""Fit a bundle's trust statistics on the exported model's own outputs (edge_runtime.trust).
+"""Fit a bundle's trust statistics on the exported model's own outputs (edge_runtime.core.trust).
 
 Run at convert time, after the accuracy gate, through the runtime's Classifier on the exported
 TFLite file, so the statistics describe the features the Pi will compute (int8 included):
@@ -15,7 +15,7 @@ import io
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.trust import (
+from edge_bloodcls.edge_runtime.core.trust import (
     DEFAULT_FALSE_ALARM,
     DEFAULT_REVIEW_TARGET,
     TrustStats,
@@ -34,6 +34,7 @@ METHOD = "class-conditional Mahalanobis distance, tied covariance (Ledoit-Wolf),
 
 def fit_ood(features: np.ndarray, y: np.ndarray, n_classes: int, dims: int = MAX_DIMS):
     """(mean, proj, centres) such that distances in proj space are Mahalanobis distances."""
+    # scikit-learn: the [edge]/[train] extras, only for this step
     from sklearn.covariance import ledoit_wolf
 
     f = features.astype(np.float64)

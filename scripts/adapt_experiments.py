@@ -36,8 +36,8 @@ configure()
 import numpy as np  # noqa: E402
 
 from edge_bloodcls.convert import calibrate  # noqa: E402
-from edge_bloodcls.edge_runtime.preprocess import load_rgb  # noqa: E402
-from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec  # noqa: E402
+from edge_bloodcls.edge_runtime.core.preprocess import load_rgb  # noqa: E402
+from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec  # noqa: E402
 from edge_bloodcls.train import adapt_eval as ev  # noqa: E402
 from edge_bloodcls.train import adapt_ft as ft  # noqa: E402
 from edge_bloodcls.train.adapt_core import to_model_size  # noqa: E402

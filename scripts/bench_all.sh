@@ -66,7 +66,7 @@ if [ "${PARETO:-1}" != 0 ]; then
   models=${CANDIDATES:-runs/student_a035_96,runs/student_a035_96_c2,runs/student_a035_112,runs/student_a050_96,runs/mobilenetv2_96,runs/mobilenetv2_128_ft,runs/mobilenetv2_160_ft,runs/student_a100_160}
   keep=$(for m in ${models//,/ }; do [ -f "$m/model.keras" ] && printf '%s,' "$m"; done)
   # The shipped int8 bundles themselves, as the runtime loads them (per-tensor where shipped so).
-  keep+=$(ls edge_runtime/models/*_int8.json | tr '\n' ',')
+  keep+=$(ls edge_runtime/core/models/*_int8.json | tr '\n' ',')
   # A fresh file (so nothing is kept to --redo): rows of models no longer listed (a bundle since
   # replaced) must not survive from an older run, timed on another day or machine.
   rm -f "$P/bench.json"

@@ -3,7 +3,7 @@
 # split too, summarise, and ship the best accepted int8 bundle with its float32 twin.
 # Usage: scripts/export_all.sh [RUN_DIR]   (default runs/mobilenetv2_160_ft, the final model)
 #   DATA=dir  data root of runs/split.csv (default ../shared/data/pbc256)
-#   SHIP=dir  where the accepted bundles go (default edge_runtime/models; SHIP= to skip)
+#   SHIP=dir  where the accepted bundles go (default edge_runtime/core/models; SHIP= to skip)
 #   FORMATS="float32 int8 int8_pt"  a subset of: float32 float16 dynamic int8 int8_pt qat edgetpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ RUN=${1:-runs/mobilenetv2_160_ft}
 NAME=$(basename "$RUN")
 DATA=${DATA:-../shared/data/pbc256}
 OUT=${OUT:-runs/exports/$NAME}
-SHIP=${SHIP-edge_runtime/models}
+SHIP=${SHIP-edge_runtime/core/models}
 CLI=${CLI:-.venv/bin/edge-bloodcls}
 [ -f "$RUN/model.keras" ] || { echo "$RUN/model.keras: not trained yet" >&2; exit 2; }
 

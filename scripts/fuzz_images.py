@@ -4,7 +4,7 @@
 Every seed image (each format Pillow saves here, in several modes and variants) is damaged by
 byte flips, truncation, splices of one file's header onto another's body, extreme values poked
 into header fields, and cut or repeated slices. Each damaged file goes through
-edge_runtime.preprocess (probe, load_rgb, prepare): the only exception allowed out is ImageError,
+edge_runtime.core.preprocess (probe, load_rgb, prepare): the only exception allowed out is ImageError,
 with a one-line message. Deterministic for a given --seed.
 
     python scripts/fuzz_images.py --seconds 600 --out runs/fuzz   # long run, keeps failing inputs
@@ -121,7 +121,7 @@ def mutate(data: bytes, rng: np.random.Generator, seeds: list[bytes]) -> tuple[s
 def check(data: bytes, spec) -> str | None:
     """None when every preprocessing entry point either works or raises a one-line ImageError;
     otherwise what went wrong."""
-    from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, prepare, probe
+    from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, prepare, probe
 
     for fn in (probe, load_rgb, lambda d, name: prepare(d, spec, name=name)):
         try:
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="Write each failing input here.")
     args = ap.parse_args(argv)
-    from edge_bloodcls.edge_runtime.spec import InputSpec
+    from edge_bloodcls.edge_runtime.core.spec import InputSpec
 
     spec = InputSpec.named(96)
     print(f"{len(seed_images())} seed images", flush=True)

@@ -23,12 +23,12 @@ sys.path.insert(0, str(REPO))
 from edge_bloodcls.benchmarks.trust import auroc  # noqa: E402
 from edge_bloodcls.convert import calibrate  # noqa: E402
 from edge_bloodcls.convert.trust_fit import fit_ood  # noqa: E402
-from edge_bloodcls.edge_runtime.bundle import load_bundle  # noqa: E402
-from edge_bloodcls.edge_runtime.classifier import Classifier  # noqa: E402
-from edge_bloodcls.edge_runtime.locate import Detection, crop, default_rbc_px  # noqa: E402
-from edge_bloodcls.edge_runtime.locate_eval import read_voc  # noqa: E402
-from edge_bloodcls.edge_runtime.preprocess import load_rgb, prepare  # noqa: E402
-from edge_bloodcls.edge_runtime.trust import TrustStats  # noqa: E402
+from edge_bloodcls.edge_runtime.capture.locate import Detection, crop, default_rbc_px  # noqa: E402
+from edge_bloodcls.edge_runtime.capture.locate_eval import read_voc  # noqa: E402
+from edge_bloodcls.edge_runtime.core.bundle import load_bundle  # noqa: E402
+from edge_bloodcls.edge_runtime.core.classifier import Classifier  # noqa: E402
+from edge_bloodcls.edge_runtime.core.preprocess import load_rgb, prepare  # noqa: E402
+from edge_bloodcls.edge_runtime.core.trust import TrustStats  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 

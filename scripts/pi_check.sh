@@ -47,7 +47,7 @@ MIRROR=${PI_MIRROR:-http://deb.debian.org/debian}
 MAX_FRAMES=${PI_MAX_FRAMES:-6}
 NATIVE_PY=${PI_NATIVE_PYTHON:-python3}
 STEP_TIMEOUT=${PI_STEP_TIMEOUT:-3600}
-DEFAULT_MODEL=$(sed -n 's/^DEFAULT_MODEL = "\(.*\)"/\1/p' "$REPO/edge_runtime/bundle.py")
+DEFAULT_MODEL=$(sed -n 's/^DEFAULT_MODEL = "\(.*\)"/\1/p' "$REPO/edge_runtime/core/bundle.py")
 GUEST=/tmp/pi_check            # the work directory inside each root file system
 GUEST_VENV=/opt/edge-bloodcls   # virtual environments inside each root file system
 
@@ -267,9 +267,9 @@ if [ -n "$MODEL" ]; then
     MODEL_ARG=model/$(basename "$MODEL_TFLITE")
     note "$COMMON" "model: $MODEL_TFLITE (PI_MODEL; passed as --model), sha256 $(sha256sum "$MODEL_TFLITE" | cut -c1-16)…"
 else
-    MODEL_JSON=$REPO/edge_runtime/models/$DEFAULT_MODEL.json
+    MODEL_JSON=$REPO/edge_runtime/core/models/$DEFAULT_MODEL.json
     [ -f "$MODEL_JSON" ] && [ -f "${MODEL_JSON%.json}.tflite" ] \
-        || die "the bundled default model edge_runtime/models/$DEFAULT_MODEL.{tflite,json} is not there; export it first, or set PI_MODEL=PATH/NAME.tflite"
+        || die "the bundled default model edge_runtime/core/models/$DEFAULT_MODEL.{tflite,json} is not there; export it first, or set PI_MODEL=PATH/NAME.tflite"
     MODEL_ARG=
     note "$COMMON" "model: bundled default $DEFAULT_MODEL (installed from the wheel, no --model), sha256 $(sha256sum "${MODEL_JSON%.json}.tflite" | cut -c1-16)…"
 fi
@@ -293,8 +293,8 @@ step "$COMMON" "build-wheel" "$NVENV/bin/pip" wheel --no-deps -w "$WORK/dist" "$
 WHEEL=$(ls "$WORK"/dist/edge_bloodcls-*.whl)
 note "$COMMON" "  wheel $(basename "$WHEEL"), sha256 $(sha256sum "$WHEEL" | cut -c1-16)…, $(du -k "$WHEEL" | cut -f1) KiB"
 if [ -z "$MODEL" ]; then
-    "$NATIVE_PY" -m zipfile -l "$WHEEL" | grep "edge_runtime/models/$DEFAULT_MODEL.tflite" >/dev/null \
-        || die "the wheel does not contain edge_runtime/models/$DEFAULT_MODEL.tflite"
+    "$NATIVE_PY" -m zipfile -l "$WHEEL" | grep "edge_runtime/core/models/$DEFAULT_MODEL.tflite" >/dev/null \
+        || die "the wheel does not contain edge_runtime/core/models/$DEFAULT_MODEL.tflite"
 fi
 
 # Inputs, a fixed selection copied into the work directory (never into the repository).

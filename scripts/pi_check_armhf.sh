@@ -98,7 +98,7 @@ run N "$W/native" "$NVENV" "$W/inputs"
 say ""
 set +e
 python3 "$REPO/scripts/pi_compare.py" compare --native "$W/native" --emulated "armhf-tflite-runtime=$W/armhf" \
-    --manifest "$REPO/edge_runtime/models/$(sed -n 's/^DEFAULT_MODEL = "\(.*\)"/\1/p' "$REPO/edge_runtime/bundle.py").json" --log "$W/compare.log" >/dev/null
+    --manifest "$REPO/edge_runtime/core/models/$(sed -n 's/^DEFAULT_MODEL = "\(.*\)"/\1/p' "$REPO/edge_runtime/core/bundle.py").json" --log "$W/compare.log" >/dev/null
 set -e
 cat "$W/head.log" "$W/compare.log" >"$LOG"
 grep '^RESULT' "$LOG"

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 # The pieces, standard library only like this file, sit beside it:
-#   pi_compare_inputs.py     the fixed input selection (labels from edge_runtime/spec.py)
+#   pi_compare_inputs.py     the fixed input selection (labels from edge_runtime/core/spec.py)
 #   pi_compare_synthetic.py  PNG stand-ins when the data set is not there
 #   pi_compare_verdict.py    compare: tolerance, versions table, verdict
 #   pi_compare_sides.py      compare: one emulated run vs native, command by command

@@ -16,15 +16,15 @@ from pi_compare_synthetic import synthetic_cell, synthetic_field
 
 
 def _labels() -> tuple:
-    """The runtime's labels, from their one list (edge_runtime/spec.py). pi_check.sh runs this
+    """The runtime's labels, from their one list (edge_runtime/core/spec.py). pi_check.sh runs this
     with the machine's own python3, where edge_bloodcls is not installed: then spec.py (standard
     library only) is loaded from this checkout by path."""
     try:
-        from edge_bloodcls.edge_runtime.spec import LABELS as labels
+        from edge_bloodcls.edge_runtime.core.spec import LABELS as labels
     except ImportError:
         import importlib.util
 
-        spec_py = Path(__file__).resolve().parents[1] / "edge_runtime" / "spec.py"
+        spec_py = Path(__file__).resolve().parents[1] / "edge_runtime" / "core" / "spec.py"
         spec = importlib.util.spec_from_file_location("_bloodcls_spec", spec_py)
         sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)  # dataclasses looks it up
         spec.loader.exec_module(module)

@@ -92,7 +92,7 @@ def _classify(r: Report, native: Path, emu: Path, name: str, step: float, tol: f
             continue
         dp = _max_dp(x["probs"], y["probs"])
         worst = max(worst, dp)
-        # The trust outputs (edge_runtime/trust.py) must agree too: the same cells flagged as out
+        # The trust outputs (edge_runtime/core/trust.py) must agree too: the same cells flagged as out
         # of distribution and for review; the OOD score differs at most by float rounding.
         if x.get("ood_score") is not None or y.get("ood_score") is not None:
             dood = abs((x.get("ood_score") or 0.0) - (y.get("ood_score") or 0.0))

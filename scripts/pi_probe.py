@@ -56,7 +56,7 @@ def _cpu_features() -> list[str] | None:
 
 
 def info(model: str | None) -> dict:
-    from edge_bloodcls.edge_runtime.classifier import Classifier
+    from edge_bloodcls.edge_runtime.core.classifier import Classifier
 
     osr = _os_release()
     d = {
@@ -113,7 +113,7 @@ def info(model: str | None) -> dict:
 
 
 def session(db: str) -> dict:
-    from edge_bloodcls.edge_runtime.session import read_session
+    from edge_bloodcls.edge_runtime.lab.session import read_session
 
     s = read_session(db)
     keep = ("frames", "cells", "end_reason", "model", "model_sha256", "interpreter", "device", "threads", "mode")

@@ -1,6 +1,6 @@
 """Soak benchmark of `capture` (not a test): does the process stay flat over hours at the microscope?
 
-Runs the real capture loop (edge_runtime.capture.run_capture with a SessionLog, the bundled
+Runs the real capture loop (edge_runtime.capture.loop.run_capture with a SessionLog, the bundled
 default model unless --model) on a folder of field images replayed in a loop at --fps for
 --minutes, and samples the process's resident memory (VmRSS from /proc/self/status: no psutil on
 a Pi) and the per-frame time (the capture loop's own work, from handing out a frame to asking for
@@ -60,8 +60,8 @@ def synthetic_fields(folder: Path, n: int = 40) -> Path:
 
 
 def make_source(folder: Path, fps: float, deadline: float, per_frame: list):
-    from edge_bloodcls.edge_runtime.preprocess import load_rgb
-    from edge_bloodcls.edge_runtime.sources import FolderSource
+    from edge_bloodcls.edge_runtime.capture.sources import FolderSource
+    from edge_bloodcls.edge_runtime.core.preprocess import load_rgb
 
     class LoopingFolder(FolderSource):
         """The folder replayed until the deadline; records how long the loop worked on each frame."""
@@ -107,9 +107,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
 
-    from edge_bloodcls.edge_runtime.capture import STAGES, CaptureOptions, run_capture, runtime_versions
-    from edge_bloodcls.edge_runtime.commands import load_classifier
-    from edge_bloodcls.edge_runtime.session import SessionLog
+    from edge_bloodcls.edge_runtime.capture.loop import STAGES, CaptureOptions, run_capture, runtime_versions
+    from edge_bloodcls.edge_runtime.cli import load_classifier
+    from edge_bloodcls.edge_runtime.lab.session import SessionLog
 
     tmp = tempfile.TemporaryDirectory(prefix="soak_capture_")
     source_dir = args.source

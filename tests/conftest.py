@@ -14,7 +14,7 @@ from edge_bloodcls.tfenv import configure
 # only through the CLI that sets its environment: set it before any of them can.
 configure()
 
-from edge_bloodcls.edge_runtime.spec import LABELS  # noqa: E402
+from edge_bloodcls.edge_runtime.core.spec import LABELS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EDGE_BLOODCLS_DATA", REPO.parent / "shared" / "data"))

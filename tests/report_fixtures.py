@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from edge_bloodcls.edge_runtime.session import CellRecord, SessionLog
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.core.spec import LABELS
+from edge_bloodcls.edge_runtime.lab.session import CellRecord, SessionLog
 
 
 def _crop_pool(n: int = 64, size: int = 360) -> list[bytes]:

@@ -5,7 +5,7 @@ edge install, the Pi's root file system in `make pi-check`). `python tests/runti
 rebuilds them (needs the train extra). A 32x32 conv net is trained for a few seconds on the
 synthetic cells of conftest (each class a disc of its own colour), so that a working pipeline
 gets them right and a broken one (labels out of order, wrong normalisation, colour swapped) does
-not. Converted to float32 and full-int8 TFLite and written with edge_runtime.bundle.write_bundle.
+not. Converted to float32 and full-int8 TFLite and written with edge_runtime.core.bundle.write_bundle.
 TensorFlow is imported here only.
 
 Test modules do `from runtime_fixtures import bundles  # noqa: F401`; the fixture copies the
@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from conftest import make_dataset, synthetic_cell  # noqa: F401  (re-exported for the test modules)
 
-from edge_bloodcls.edge_runtime.bundle import load_bundle, write_bundle
-from edge_bloodcls.edge_runtime.preprocess import load_rgb, normalise, resize
-from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
+from edge_bloodcls.edge_runtime.core.bundle import load_bundle, write_bundle
+from edge_bloodcls.edge_runtime.core.preprocess import load_rgb, normalise, resize
+from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
 from edge_bloodcls.tfenv import configure
 
 SIZE = 32

@@ -15,12 +15,12 @@ tf_keras = pytest.importorskip("tf_keras")
 from conftest import make_dataset, synthetic_cell  # noqa: E402
 
 from edge_bloodcls.cli import main  # noqa: E402
-from edge_bloodcls.edge_runtime.bundle import load_bundle, sha256_file  # noqa: E402
-from edge_bloodcls.edge_runtime.classifier import Classifier  # noqa: E402
-from edge_bloodcls.edge_runtime.preprocess import normalise, resize  # noqa: E402
-from edge_bloodcls.edge_runtime.session import CellRecord, SessionLog  # noqa: E402
-from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec  # noqa: E402
-from edge_bloodcls.edge_runtime.store import SessionStore  # noqa: E402
+from edge_bloodcls.edge_runtime.core.bundle import load_bundle, sha256_file  # noqa: E402
+from edge_bloodcls.edge_runtime.core.classifier import Classifier  # noqa: E402
+from edge_bloodcls.edge_runtime.core.preprocess import normalise, resize  # noqa: E402
+from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec  # noqa: E402
+from edge_bloodcls.edge_runtime.lab.session import CellRecord, SessionLog  # noqa: E402
+from edge_bloodcls.edge_runtime.lab.store import SessionStore  # noqa: E402
 from edge_bloodcls.train.adapt_data import AdaptInputError, load_labelled  # noqa: E402
 from edge_bloodcls.train.data import make_split, read_split, scan, write_split  # noqa: E402
 from edge_bloodcls.train.pipeline import load_pixels  # noqa: E402
@@ -187,7 +187,7 @@ def test_empty_folder_is_a_clear_error(base, tmp_path):
 
 def test_stopped_adapt_leaves_no_bundle(base, tmp_path, monkeypatch):
     """Stopped after convert has staged a complete bundle but before it is moved into OUTDIR."""
-    import edge_bloodcls.edge_runtime.classifier as classifier
+    import edge_bloodcls.edge_runtime.core.classifier as classifier
 
     def killed(*a, **k):
         raise KeyboardInterrupt

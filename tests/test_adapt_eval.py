@@ -63,8 +63,8 @@ def test_field_stem():
 def test_capture_view_of_a_labelled_bccd_crop():
     """A bccd_site crop is found in its own field, capture's locate finds the same cell, and the
     view is capture's crop of it (square, about 3.9 red cells wide)."""
-    from edge_bloodcls.edge_runtime.locate import default_rbc_px
-    from edge_bloodcls.edge_runtime.preprocess import load_rgb
+    from edge_bloodcls.edge_runtime.capture.locate import default_rbc_px
+    from edge_bloodcls.edge_runtime.core.preprocess import load_rgb
 
     f = sorted((DATA / "bccd_site" / "lymphocyte").glob("*.jpg"))[0]
     tight = load_rgb(f)

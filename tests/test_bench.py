@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from edge_bloodcls.benchmarks import harness, report
 from edge_bloodcls.benchmarks.child import percentiles
 from edge_bloodcls.benchmarks.results import ConfigRow, Results
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.core.spec import LABELS
 
 FORMATS = ["keras", "float32", "float16", "dynamic", "int8", "qat-int8"]
 

@@ -49,7 +49,7 @@ def test_one_switch_sets_the_levels_results_stay_on_stdout(probe, flags, message
 def test_verbose_lets_the_libraries_speak(probe):
     import os
 
-    from edge_bloodcls.edge_runtime import interpreter
+    from edge_bloodcls.edge_runtime.core import interpreter
 
     CliRunner().invoke(probe, ["work"])
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2" and not interpreter.verbose()

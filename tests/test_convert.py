@@ -16,10 +16,10 @@ from conftest import make_dataset  # noqa: E402
 
 from edge_bloodcls.cli import main  # noqa: E402
 from edge_bloodcls.convert import calibrate, edgetpu, formats, gate  # noqa: E402
-from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle  # noqa: E402
-from edge_bloodcls.edge_runtime.classifier import Classifier  # noqa: E402
-from edge_bloodcls.edge_runtime.preprocess import load_rgb, normalise, resize  # noqa: E402
-from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec  # noqa: E402
+from edge_bloodcls.edge_runtime.core.bundle import BundleError, load_bundle  # noqa: E402
+from edge_bloodcls.edge_runtime.core.classifier import Classifier  # noqa: E402
+from edge_bloodcls.edge_runtime.core.preprocess import load_rgb, normalise, resize  # noqa: E402
+from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec  # noqa: E402
 from edge_bloodcls.train.data import make_split, read_split, scan, write_split  # noqa: E402
 from edge_bloodcls.train.pipeline import load_pixels  # noqa: E402
 

@@ -14,9 +14,9 @@ pytest.importorskip("tensorflow")
 
 from test_convert import SIZE, _val_images, exports, run_dir  # noqa: E402,F401
 
-from edge_bloodcls.edge_runtime import commands  # noqa: E402
-from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle, manifest_sha256  # noqa: E402
-from edge_bloodcls.edge_runtime.classifier import Classifier  # noqa: E402
+from edge_bloodcls.edge_runtime import cli as commands  # noqa: E402
+from edge_bloodcls.edge_runtime.core.bundle import BundleError, load_bundle, manifest_sha256  # noqa: E402
+from edge_bloodcls.edge_runtime.core.classifier import Classifier  # noqa: E402
 
 
 def _copy(bundle, dest):
@@ -100,7 +100,7 @@ def test_statistics_that_do_not_match_the_feature_size_are_refused(exports, tmp_
     np.savez(npz, **arrays)
     j = p.with_suffix(".json")
     m = json.loads(j.read_text())
-    from edge_bloodcls.edge_runtime.bundle import sha256_file
+    from edge_bloodcls.edge_runtime.core.bundle import sha256_file
 
     m["trust"]["sha256"] = sha256_file(npz)
     m["manifest_sha256"] = manifest_sha256(m)

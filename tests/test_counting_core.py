@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from test_runtime_track import random_field
 
-from edge_bloodcls.edge_runtime.classifier import Prediction
-from edge_bloodcls.edge_runtime.counting import COUNT_VIEWS, CountingCore
-from edge_bloodcls.edge_runtime.locate import locate
-from edge_bloodcls.edge_runtime.slide import BLURRED, COUNTING, LOST, MOVING, SlidePosition
-from edge_bloodcls.edge_runtime.spec import LABELS
-from edge_bloodcls.edge_runtime.track import Observation
+from edge_bloodcls.edge_runtime.capture.counting import COUNT_VIEWS, CountingCore
+from edge_bloodcls.edge_runtime.capture.locate import locate
+from edge_bloodcls.edge_runtime.capture.slide import BLURRED, COUNTING, LOST, MOVING, SlidePosition
+from edge_bloodcls.edge_runtime.capture.track import Observation
+from edge_bloodcls.edge_runtime.core.classifier import Prediction
+from edge_bloodcls.edge_runtime.core.spec import LABELS
 
 cv2 = pytest.importorskip("cv2")
 

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from runtime_fixtures import bundles, make_dataset  # noqa: F401
 
-from edge_bloodcls.edge_runtime.progress import Progress
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.core.progress import Progress
+from edge_bloodcls.edge_runtime.core.spec import LABELS
 
 
 def run(*args):
@@ -83,7 +83,7 @@ def test_bench_accuracy_pass_counts_on_the_terminal(bundles, tmp_path):
     import numpy as np
 
     from edge_bloodcls.benchmarks import child
-    from edge_bloodcls.edge_runtime.bundle import load_bundle
+    from edge_bloodcls.edge_runtime.core.bundle import load_bundle
 
     size = load_bundle(bundles["int8"]).spec.size
     pixels = tmp_path / "pixels.npy"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from conftest import make_dataset
 
-from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, prepare, resize
-from edge_bloodcls.edge_runtime.spec import InputSpec
+from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, prepare, resize
+from edge_bloodcls.edge_runtime.core.spec import InputSpec
 
 
 @pytest.mark.parametrize("normalisation", ["symmetric", "caffe"])

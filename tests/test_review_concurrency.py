@@ -22,8 +22,8 @@ import pytest
 from review_client import ReviewClient
 from test_runtime_report import REPO, make_session, run_cli
 
-from edge_bloodcls.edge_runtime.spec import LABELS
-from edge_bloodcls.edge_runtime.store import SessionStore
+from edge_bloodcls.edge_runtime.core.spec import LABELS
+from edge_bloodcls.edge_runtime.lab.store import SessionStore
 
 SECONDS = 3.0  # of decisions, per run
 DISJOINT = range(1, 81)  # cell k % 4 is client k's alone
@@ -34,7 +34,7 @@ CONTESTED = 81  # all four decide it at once on version 0: one is taken, three a
 # with one cell every few milliseconds until told to stop; prints its session and its frame count.
 CAPTURE = """
 import os, sys, time
-from edge_bloodcls.edge_runtime.session import CellRecord, SessionLog
+from edge_bloodcls.edge_runtime.lab.session import CellRecord, SessionLog
 db, stop = sys.argv[1], sys.argv[2]
 log = SessionLog(db, "stress", "cell", {"model": "m", "model_sha256": "ab"}, 0.8, counting="per-frame")
 print(log.id, flush=True)

@@ -16,10 +16,10 @@ from review_client import ReviewClient
 from test_runtime_report import CELLS, make_session
 from test_runtime_review_browser import browser  # noqa: F401
 
-from edge_bloodcls.edge_runtime import review
-from edge_bloodcls.edge_runtime.session import CellRecord, SessionLog
-from edge_bloodcls.edge_runtime.spec import LABELS
-from edge_bloodcls.edge_runtime.store import SessionStore
+from edge_bloodcls.edge_runtime.core.spec import LABELS
+from edge_bloodcls.edge_runtime.lab import review
+from edge_bloodcls.edge_runtime.lab.session import CellRecord, SessionLog
+from edge_bloodcls.edge_runtime.lab.store import SessionStore
 
 
 def _by():

@@ -23,7 +23,7 @@ from runtime_fixtures import bundles  # noqa: F401
 from test_runtime_report import REPO, make_session, run_cli
 from test_runtime_review_browser import browser  # noqa: F401
 
-from edge_bloodcls.edge_runtime.webserve import allowed_hosts, json_for_html
+from edge_bloodcls.edge_runtime.capture.webserve import allowed_hosts, json_for_html
 
 EVIL = '</script><script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'">\u2028&'
 TIMEOUT_S = 1.0  # EDGE_BLOODCLS_HTTP_TIMEOUT_S of the server under test
@@ -221,7 +221,7 @@ def test_labels_with_markup_are_refused_at_load(tmp_path, bundles):  # noqa: F81
     assert r.stderr == (f"error: {db}: cell 2 has label '<img src=x onerror=alert(1)>', not one of the label set; "
                         "refusing to serve it\n")
     # a bundle whose labels are not the label set, hash and all
-    from edge_bloodcls.edge_runtime.bundle import manifest_sha256
+    from edge_bloodcls.edge_runtime.core.bundle import manifest_sha256
 
     for change, match in [(lambda m: m["labels"].__setitem__(0, "<b>x</b>"), "is not one of the label set"),
                           (lambda m: m.pop("manifest_sha256"), "has no manifest_sha256")]:
@@ -240,7 +240,7 @@ def test_labels_with_markup_are_refused_at_load(tmp_path, bundles):  # noqa: F81
 def test_live_view_has_token_host_check_and_headers():
     import numpy as np
 
-    from edge_bloodcls.edge_runtime.preview import LiveView
+    from edge_bloodcls.edge_runtime.capture.preview import LiveView
 
     live = LiveView(port=0, max_fps=100)
     try:
@@ -251,7 +251,7 @@ def test_live_view_has_token_host_check_and_headers():
         status, h, body = _get(port, f"/status.json?token={live.token}")
         assert status == 200 and json.loads(body)["text"] == '<img src=x onerror="alert(1)">'
         _security_headers(h)
-        assert "textContent" in (REPO / "edge_runtime" / "web" / "live.js").read_text()
+        assert "textContent" in (REPO / "edge_runtime" / "capture" / "web" / "live.js").read_text()
     finally:
         live.close()
 

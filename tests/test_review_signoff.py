@@ -12,12 +12,7 @@ import pytest
 from review_client import ReviewClient
 from test_runtime_report import make_session, run_cli
 
-from edge_bloodcls.edge_runtime import review
-from edge_bloodcls.edge_runtime.report import load, tally
-from edge_bloodcls.edge_runtime.report_adapt import from_store
-from edge_bloodcls.edge_runtime.report_fhir import CLASS_SYSTEM, LOINC, bundle
-from edge_bloodcls.edge_runtime.report_model import differential
-from edge_bloodcls.edge_runtime.spec import (
+from edge_bloodcls.edge_runtime.core.spec import (
     ADDED_WBC_LABELS,
     DIFFERENTIAL_LABELS,
     LABELS,
@@ -26,7 +21,12 @@ from edge_bloodcls.edge_runtime.spec import (
     REVIEW_LABELS,
     WBC_LABELS,
 )
-from edge_bloodcls.edge_runtime.store import Conflict, Refusal, SessionStore
+from edge_bloodcls.edge_runtime.lab import review
+from edge_bloodcls.edge_runtime.lab.report import load, tally
+from edge_bloodcls.edge_runtime.lab.report_adapt import from_store
+from edge_bloodcls.edge_runtime.lab.report_fhir import CLASS_SYSTEM, LOINC, bundle
+from edge_bloodcls.edge_runtime.lab.report_model import differential
+from edge_bloodcls.edge_runtime.lab.store import Conflict, Refusal, SessionStore
 
 
 def test_review_classes_are_defined_once_and_extend_the_models():

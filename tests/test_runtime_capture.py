@@ -18,13 +18,14 @@ from runtime_fixtures import bundles, cli_env, synthetic_cell  # noqa: F401
 from test_runtime_locate import synthetic_field
 from test_runtime_sources import FakeCamera
 
-from edge_bloodcls.edge_runtime.bundle import load_bundle
-from edge_bloodcls.edge_runtime.capture import STAGES, CaptureOptions, format_summary, run_capture
-from edge_bloodcls.edge_runtime.classifier import Classifier
-from edge_bloodcls.edge_runtime.session import SessionLog, read_session
-from edge_bloodcls.edge_runtime.sources import LiveSource, open_source
-from edge_bloodcls.edge_runtime.spec import LABELS, WBC_LABELS
-from edge_bloodcls.edge_runtime.store import SessionFileError, SessionStore
+from edge_bloodcls.edge_runtime.capture.loop import STAGES, CaptureOptions, format_summary, run_capture
+from edge_bloodcls.edge_runtime.capture.opener import open_source
+from edge_bloodcls.edge_runtime.capture.sources import LiveSource
+from edge_bloodcls.edge_runtime.core.bundle import load_bundle
+from edge_bloodcls.edge_runtime.core.classifier import Classifier
+from edge_bloodcls.edge_runtime.core.spec import LABELS, WBC_LABELS
+from edge_bloodcls.edge_runtime.lab.session import SessionLog, read_session
+from edge_bloodcls.edge_runtime.lab.store import SessionFileError, SessionStore
 
 
 def run(*args):
@@ -176,7 +177,7 @@ def test_db_that_is_not_a_log_is_one_line_exit_2(bundles, tmp_path):
 def test_preview_draws_boxes_flags_and_banner_and_serves_live_view():
     import urllib.request
 
-    from edge_bloodcls.edge_runtime.preview import Box, LiveView, annotate
+    from edge_bloodcls.edge_runtime.capture.preview import Box, LiveView, annotate
 
     rgb = np.full((240, 320, 3), 230, np.uint8)
     img = annotate(rgb, [Box((20, 40, 120, 140), "monocyte", 0.55, review=True),
@@ -201,7 +202,7 @@ def test_preview_draws_boxes_flags_and_banner_and_serves_live_view():
 def test_live_view_shows_state_legend_and_already_counted_and_fits_the_pi_screen():
     import urllib.request
 
-    from edge_bloodcls.edge_runtime.preview import BLUE, GREEN, GREY, ORANGE, SCREEN, Box, LiveView, annotate
+    from edge_bloodcls.edge_runtime.capture.preview import BLUE, GREEN, GREY, ORANGE, SCREEN, Box, LiveView, annotate
 
     rgb = np.full((960, 1280, 3), 230, np.uint8)  # a camera bigger than the 800x480 touch screen
     boxes = [Box((200, 300, 400, 500), "neutrophil", 0.95, note="counted"),

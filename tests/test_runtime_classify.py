@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 from runtime_fixtures import bundles, make_dataset, synthetic_cell  # noqa: F401
 
-from edge_bloodcls.edge_runtime import commands
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime import cli as commands
+from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL
+from edge_bloodcls.edge_runtime.core.spec import LABELS
 
 # name -> should it be classified (True) or fail with a reason containing the text
 BAD_INPUTS = {
@@ -158,7 +158,7 @@ def test_missing_default_model_and_invalid_bundle_exit_2(bundles, tmp_path, monk
     img = tmp_path / "c.png"
     synthetic_cell(0, np.random.default_rng(0)).save(img)
     monkeypatch.setattr(commands, "MODELS_DIR", tmp_path / "no_models")
-    monkeypatch.setattr("edge_bloodcls.edge_runtime.bundle.MODELS_DIR", tmp_path / "no_models")
+    monkeypatch.setattr("edge_bloodcls.edge_runtime.core.bundle.MODELS_DIR", tmp_path / "no_models")
     r = run("classify", img)
     assert r.exit_code == 2
     assert r.stderr.count("\n") == 1 and f"bundled default {DEFAULT_MODEL} is not installed" in r.stderr

@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import synthetic_cell
 
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR
-from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
+from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL, MODELS_DIR
+from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
 
 REPO = Path(__file__).resolve().parents[1]
 PREPROCESS_CASES = 3000  # about 5 s here; every seed format is damaged about 50 times

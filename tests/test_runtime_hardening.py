@@ -25,10 +25,10 @@ from click.testing import CliRunner
 from conftest import make_dataset, synthetic_cell
 from PIL import Image
 
-from edge_bloodcls.edge_runtime import preprocess
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, MODELS_DIR
-from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, prepare
-from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
+from edge_bloodcls.edge_runtime.core import preprocess
+from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL, MODELS_DIR
+from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, prepare
+from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -179,7 +179,7 @@ def _setpriv_nobody() -> str | None:
     if shutil.which("setpriv") is None:
         pytest.skip("running as root and setpriv is missing: permissions cannot be tested (root ignores them)")
     probe = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
-                            "-c", "import edge_bloodcls.edge_runtime.preprocess"], capture_output=True)
+                            "-c", "import edge_bloodcls.edge_runtime.core.preprocess"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"user nobody cannot run this checkout's Python: {probe.stderr.decode()[-200:]}")
     return "nobody"
@@ -288,8 +288,8 @@ def test_runtime_near_limit_image_peak_memory(tmp_path):
     del arr
     # VmHWM, not getrusage: ru_maxrss carries the forking parent's peak over into the child.
     code = ("import re, sys\n"
-            "from edge_bloodcls.edge_runtime.preprocess import prepare\n"
-            "from edge_bloodcls.edge_runtime.spec import InputSpec\n"
+            "from edge_bloodcls.edge_runtime.core.preprocess import prepare\n"
+            "from edge_bloodcls.edge_runtime.core.spec import InputSpec\n"
             "def peak():\n"
             "    return int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1]) * 1024\n"
             "spec = InputSpec.named(160)\n"
@@ -329,8 +329,9 @@ def test_runtime_non_utf8_names_in_every_output_format(model, tmp_path, fmt):
 # --- 5. one listing of images -----------------------------------------------------------------
 
 def test_runtime_list_images_rules(tmp_path):
-    from edge_bloodcls.edge_runtime import images, sources
-    from edge_bloodcls.edge_runtime.images import list_images
+    from edge_bloodcls.edge_runtime.capture import sources
+    from edge_bloodcls.edge_runtime.core import images
+    from edge_bloodcls.edge_runtime.core.images import list_images
 
     d = tmp_path / "d"
     for rel in ("b.png", "a/z.JPG", ".hidden.jpg", ".dir/x.tif", "a b/y.webp", "notes.txt"):

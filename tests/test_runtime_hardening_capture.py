@@ -21,11 +21,12 @@ import pytest
 from runtime_fixtures import bundles  # noqa: F401
 from test_runtime_hardening import _setpriv_nobody, cell_png, cli, errors, model, no_traceback, run  # noqa: F401
 
-from edge_bloodcls.edge_runtime.capture import STAGES, CaptureOptions, run_capture
-from edge_bloodcls.edge_runtime.capture_stats import TimingStats
-from edge_bloodcls.edge_runtime.classifier import Classifier
-from edge_bloodcls.edge_runtime.session import SessionFileError, SessionLog, read_session
-from edge_bloodcls.edge_runtime.sources import FolderSource, open_source
+from edge_bloodcls.edge_runtime.capture.loop import STAGES, CaptureOptions, run_capture
+from edge_bloodcls.edge_runtime.capture.opener import open_source
+from edge_bloodcls.edge_runtime.capture.sources import FolderSource
+from edge_bloodcls.edge_runtime.capture.summary import TimingStats
+from edge_bloodcls.edge_runtime.core.classifier import Classifier
+from edge_bloodcls.edge_runtime.lab.session import SessionFileError, SessionLog, read_session
 
 FAST_LOCK = {"EDGE_BLOODCLS_DB_BUSY_S": "0.3"}  # busy timeout: ~1.5 s of waiting in all, not ~40
 
@@ -334,9 +335,9 @@ def test_runtime_capture_of_folder_with_unreadable_subfolder_as_a_user(model):
 def test_runtime_review_list_is_bounded_but_counts_every_flagged_cell(monkeypatch):
     from types import SimpleNamespace
 
-    from edge_bloodcls.edge_runtime import track
-    from edge_bloodcls.edge_runtime.spec import LABELS
-    from edge_bloodcls.edge_runtime.track import CellCounter, Observation, single_track
+    from edge_bloodcls.edge_runtime.capture import track
+    from edge_bloodcls.edge_runtime.capture.track import CellCounter, Observation, single_track
+    from edge_bloodcls.edge_runtime.core.spec import LABELS
 
     monkeypatch.setattr(track, "REVIEW_KEEP", 5)
     clf = SimpleNamespace(labels=list(LABELS), review_threshold=0.9)

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from edge_bloodcls.edge_runtime import interpreter
+from edge_bloodcls.edge_runtime.core import interpreter
 
 
 def _fake_tflite_runtime(monkeypatch, error):

@@ -7,9 +7,9 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-from edge_bloodcls.edge_runtime.locate import CROP_PER_RBC, crop, crop_side, locate
-from edge_bloodcls.edge_runtime.locate_eval import iou, locate_eval_command, match, read_voc
-from edge_bloodcls.edge_runtime.preprocess import load_rgb
+from edge_bloodcls.edge_runtime.capture.locate import CROP_PER_RBC, crop, crop_side, locate
+from edge_bloodcls.edge_runtime.capture.locate_eval import iou, locate_eval_command, match, read_voc
+from edge_bloodcls.edge_runtime.core.preprocess import load_rgb
 
 BG, RBC, CYTO, NUC = (226, 222, 214), (205, 150, 160), (214, 198, 212), (95, 60, 165)
 

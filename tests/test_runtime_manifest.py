@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from runtime_fixtures import bundles  # noqa: F401
 
-from edge_bloodcls.edge_runtime import commands
-from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle, manifest_sha256
-from edge_bloodcls.edge_runtime.classifier import Classifier
+from edge_bloodcls.edge_runtime import cli as commands
+from edge_bloodcls.edge_runtime.core.bundle import BundleError, load_bundle, manifest_sha256
+from edge_bloodcls.edge_runtime.core.classifier import Classifier
 
 
 def _copy(src, dest, name=None):

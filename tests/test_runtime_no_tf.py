@@ -33,11 +33,11 @@ SCRIPT = BLOCKER + textwrap.dedent("""
     import json, pkgutil, importlib
     from click.testing import CliRunner
     import edge_bloodcls.edge_runtime as er
-    from edge_bloodcls.edge_runtime.commands import COMMANDS
+    from edge_bloodcls.edge_runtime.cli import COMMANDS
 
-    # every runtime module imports without TensorFlow
-    for m in pkgutil.iter_modules(er.__path__):
-        importlib.import_module(f"edge_bloodcls.edge_runtime.{m.name}")
+    # every runtime module, in every room, imports without TensorFlow
+    for m in pkgutil.walk_packages(er.__path__, prefix="edge_bloodcls.edge_runtime."):
+        importlib.import_module(m.name)
     cmds = {c.name: c for c in COMMANDS}
     img, bundle, cells, fields, db = sys.argv[1:6]
     results = {}

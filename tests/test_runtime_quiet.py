@@ -34,7 +34,7 @@ def test_interpreter_info_line_only_with_verbose(bundles, tmp_path):
 def test_other_stderr_output_is_kept(tmp_path, capfd):
     import os
 
-    from edge_bloodcls.edge_runtime.interpreter import _without_info_lines
+    from edge_bloodcls.edge_runtime.core.interpreter import _without_info_lines
 
     with _without_info_lines():
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\nERROR: a real problem\n")

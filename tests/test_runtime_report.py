@@ -22,11 +22,11 @@ from click.testing import CliRunner
 from conftest import synthetic_cell
 from review_client import ReviewClient
 
-from edge_bloodcls.edge_runtime import review
-from edge_bloodcls.edge_runtime.report import load, render, tally, wilson
-from edge_bloodcls.edge_runtime.session import CellRecord, SessionLog
-from edge_bloodcls.edge_runtime.spec import LABELS
-from edge_bloodcls.edge_runtime.store import SCHEMA_V0, SCHEMA_VERSION, Refusal, SessionStore
+from edge_bloodcls.edge_runtime.core.spec import LABELS
+from edge_bloodcls.edge_runtime.lab import review
+from edge_bloodcls.edge_runtime.lab.report import load, render, tally, wilson
+from edge_bloodcls.edge_runtime.lab.session import CellRecord, SessionLog
+from edge_bloodcls.edge_runtime.lab.store import SCHEMA_V0, SCHEMA_VERSION, Refusal, SessionStore
 
 REPO = Path(__file__).resolve().parents[1]
 # (label, confidence, flagged, out of distribution)

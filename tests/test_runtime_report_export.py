@@ -16,15 +16,15 @@ import pytest
 from report_fixtures import make_big_session
 from test_runtime_report import CELLS, make_session, run_cli
 
-from edge_bloodcls.edge_runtime.reference import Intervals
-from edge_bloodcls.edge_runtime.report import load
-from edge_bloodcls.edge_runtime.report_adapt import from_store
-from edge_bloodcls.edge_runtime.report_csv import neutralise
-from edge_bloodcls.edge_runtime.report_fhir import bundle
-from edge_bloodcls.edge_runtime.report_html import render
-from edge_bloodcls.edge_runtime.report_model import RESEARCH_USE, differential
-from edge_bloodcls.edge_runtime.report_pdf import find_chromium
-from edge_bloodcls.edge_runtime.store import SessionStore
+from edge_bloodcls.edge_runtime.lab.reference import Intervals
+from edge_bloodcls.edge_runtime.lab.report import load
+from edge_bloodcls.edge_runtime.lab.report_adapt import from_store
+from edge_bloodcls.edge_runtime.lab.report_csv import neutralise
+from edge_bloodcls.edge_runtime.lab.report_fhir import bundle
+from edge_bloodcls.edge_runtime.lab.report_html import render
+from edge_bloodcls.edge_runtime.lab.report_model import RESEARCH_USE, differential
+from edge_bloodcls.edge_runtime.lab.report_pdf import find_chromium
+from edge_bloodcls.edge_runtime.lab.store import SessionStore
 
 # 10 white cells before review: neutrophil 5, lymphocyte 3, monocyte 1, eosinophil 1 (+ a platelet),
 # then 2 immature granulocytes and 1 erythroblast
@@ -103,8 +103,8 @@ def test_ranges_file_json_and_toml_override_defaults_and_bad_files_are_one_line(
 
 
 def test_rules_eosinophilia_by_share_and_by_absolute_count():
-    from edge_bloodcls.edge_runtime.report_model import CellRow, ReportData, SessionMeta
-    from edge_bloodcls.edge_runtime.report_rules import flags
+    from edge_bloodcls.edge_runtime.lab.report_model import CellRow, ReportData, SessionMeta
+    from edge_bloodcls.edge_runtime.lab.report_rules import flags
 
     meta = SessionMeta(id=1, path="x", sample="S", operator="o", started=0.0, ended=1.0, model="m",
                        model_sha256="h", counting="tracked")
@@ -121,7 +121,7 @@ def test_rules_eosinophilia_by_share_and_by_absolute_count():
 
 
 def test_audit_trail_and_amended_status_from_typed_records():
-    from edge_bloodcls.edge_runtime.report_model import (
+    from edge_bloodcls.edge_runtime.lab.report_model import (
         AMENDED,
         FINAL,
         AuditEntry,

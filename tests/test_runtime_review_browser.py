@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_runtime_report import REPO, make_session, run_cli
 
-from edge_bloodcls.edge_runtime.store import SessionStore
+from edge_bloodcls.edge_runtime.lab.store import SessionStore
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -134,7 +134,7 @@ def test_review_page_keys_reclassify_undo_and_survive_kill_9(browser, tmp_path):
 def test_review_page_refuses_sign_off_with_cells_left(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    from edge_bloodcls.edge_runtime import review
+    from edge_bloodcls.edge_runtime.lab import review
 
     db = tmp_path / "s.db"
     sid = make_session(db)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from runtime_fixtures import PYTHON
 
-from edge_bloodcls.edge_runtime.bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, load_bundle
-from edge_bloodcls.edge_runtime.classifier import Classifier
-from edge_bloodcls.edge_runtime.images import list_images
+from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL, FAST_MODEL, MODELS_DIR, load_bundle
+from edge_bloodcls.edge_runtime.core.classifier import Classifier
+from edge_bloodcls.edge_runtime.core.images import list_images
 
 DEMO = Path(__file__).resolve().parents[1] / "demo"
 SHIPPED = sorted(p.stem for p in MODELS_DIR.glob("*.tflite"))

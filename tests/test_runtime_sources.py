@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from runtime_fixtures import synthetic_cell
 
-from edge_bloodcls.edge_runtime import sources
-from edge_bloodcls.edge_runtime.sources import FolderSource, LiveSource, SourceError, open_source
+from edge_bloodcls.edge_runtime.capture import sources
+from edge_bloodcls.edge_runtime.capture.opener import open_source
+from edge_bloodcls.edge_runtime.capture.sources import FolderSource, LiveSource, SourceError
 
 
 def test_folder_source_sorted_and_skips_corrupt_with_warning(tmp_path):
@@ -142,7 +143,7 @@ def test_fps_paces_replay(tmp_path):
     for i in range(4):
         synthetic_cell(i, rng).save(tmp_path / f"{i}.png")
     sleeps = []
-    src = sources.open_source(str(tmp_path), fps=20, sleep=lambda s: (sleeps.append(s), time.sleep(s)))
+    src = open_source(str(tmp_path), fps=20, sleep=lambda s: (sleeps.append(s), time.sleep(s)))
     t = time.monotonic()
     frames = list(src)
     assert len(frames) == 4 and 1 <= len(sleeps) <= 3  # never a wait before the first frame

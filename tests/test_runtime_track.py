@@ -13,11 +13,11 @@ from PIL import Image, ImageDraw
 from runtime_fixtures import bundles  # noqa: F401
 from test_runtime_locate import BG, CYTO, NUC, RBC
 
-from edge_bloodcls.edge_runtime.counting import COUNT_VIEWS
-from edge_bloodcls.edge_runtime.field_motion import FieldDetector
-from edge_bloodcls.edge_runtime.locate import locate
-from edge_bloodcls.edge_runtime.session import read_session
-from edge_bloodcls.edge_runtime.spec import WBC_LABELS
+from edge_bloodcls.edge_runtime.capture.counting import COUNT_VIEWS
+from edge_bloodcls.edge_runtime.capture.field_motion import FieldDetector
+from edge_bloodcls.edge_runtime.capture.locate import locate
+from edge_bloodcls.edge_runtime.core.spec import WBC_LABELS
+from edge_bloodcls.edge_runtime.lab.session import read_session
 
 cv2 = pytest.importorskip("cv2")
 
@@ -148,7 +148,7 @@ BCCD_FIELDS = ("BloodImage_00000.jpg", "BloodImage_00010.jpg", "BloodImage_00020
 
 
 def test_bccd_fields_held_in_a_video_count_once(bundles, bccd_dir, tmp_path):
-    from edge_bloodcls.edge_runtime.preprocess import load_rgb
+    from edge_bloodcls.edge_runtime.core.preprocess import load_rgb
 
     paths = [bccd_dir / "JPEGImages" / n for n in BCCD_FIELDS]
     if not all(p.exists() for p in paths):

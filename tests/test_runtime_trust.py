@@ -1,10 +1,10 @@
-"""edge_runtime.trust without a model: the session gate, the statistics' checks, the metrics."""
+"""edge_runtime.core.trust without a model: the session gate, the statistics' checks, the metrics."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edge_bloodcls.edge_runtime.trust import (
+from edge_bloodcls.edge_runtime.core.trust import (
     SessionGate,
     TrustError,
     TrustStats,

@@ -1,5 +1,5 @@
 """Each list the toolkit keys on is defined once: the export formats (convert/formats.py), the
-architectures (train/archs.py's registry) and the labels (edge_runtime/spec.py). Everything
+architectures (train/archs.py's registry) and the labels (edge_runtime/core/spec.py). Everything
 else derives its list from those, so a new format, network or class reaches every command."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_bloodcls.convert.formats import FORMATS
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.core.spec import LABELS
 from edge_bloodcls.train.archs import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def test_architecture_names_are_listed_only_by_the_registry():
 
 def test_the_label_list_is_written_out_once():
     found = _literals(len(LABELS), set(LABELS))
-    assert [f.rsplit(":", 1)[0] for f in found] == ["edge_runtime/spec.py"], found
+    assert [f.rsplit(":", 1)[0] for f in found] == ["edge_runtime/core/spec.py"], found
 
 
 def test_the_lists_reach_the_commands():
@@ -87,10 +87,10 @@ def test_pi_compare_takes_the_runtime_labels_even_without_the_package(tmp_path):
     import sys
 
     script = REPO / "scripts" / "pi_compare.py"
-    if not (REPO / "edge_runtime" / "spec.py").exists():
+    if not (REPO / "edge_runtime" / "core" / "spec.py").exists():
         # Inside pi-check's root file system only tests/, scripts/ and demo/ are copied beside
         # the installed wheel; this test is about the source checkout.
-        pytest.skip("needs the source checkout (edge_runtime/spec.py beside scripts/)")
+        pytest.skip("needs the source checkout (edge_runtime/core/spec.py beside scripts/)")
     # -I -S: no site-packages, no current directory: edge_bloodcls cannot be imported, as with
     # the machine's own python3 in scripts/pi_check.sh.
     code = ("import runpy, sys; g = runpy.run_path(sys.argv[1]); "

@@ -1,4 +1,4 @@
-"""The session store (edge_runtime/store.py): the one owner of the log's SQL; schema versions
+"""The session store (edge_runtime/lab/store.py): the one owner of the log's SQL; schema versions
 (newer refused untouched, older backed up and migrated), optimistic concurrency of decisions, the
 append-only audit trail, amendments, typed records."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ from runtime_fixtures import bundles  # noqa: F401
 from test_runtime_capture import cell_folder
 from test_runtime_report import REPO, make_session, run_cli
 
-from edge_bloodcls.edge_runtime.report import load, render
-from edge_bloodcls.edge_runtime.store import (
+from edge_bloodcls.edge_runtime.lab.report import load, render
+from edge_bloodcls.edge_runtime.lab.store import (
     MIGRATIONS,
     SCHEMA_V0,
     SCHEMA_VERSION,
@@ -37,13 +37,13 @@ def test_sql_lives_only_in_the_store():
     found = []
     for top in ("edge_runtime", "train", "convert", "benchmarks", "app", "scripts"):
         for f in sorted((REPO / top).rglob("*")):
-            if f.suffix not in (".py", ".html", ".sh") or f.name == "store.py" and f.parent.name == "edge_runtime":
+            if f.suffix not in (".py", ".html", ".sh") or f.name == "store.py" and f.parent.name == "lab":
                 continue
             for n, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
                 if SQL.search(line):
                     found.append(f"{f.relative_to(REPO)}:{n}: {line.strip()}")
     assert found == []
-    assert SQL.search((REPO / "edge_runtime" / "store.py").read_text())  # the pattern does find SQL
+    assert SQL.search((REPO / "edge_runtime" / "lab" / "store.py").read_text())  # the pattern does find SQL
 
 
 def test_records_are_typed(tmp_path):

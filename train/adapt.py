@@ -27,8 +27,8 @@ from typing import Any
 import click
 import numpy as np
 
-from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle, sha256_file, write_bundle
-from edge_bloodcls.edge_runtime.images import printable
+from edge_bloodcls.edge_runtime.core.bundle import BundleError, load_bundle, sha256_file, write_bundle
+from edge_bloodcls.edge_runtime.core.images import printable
 from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, InputsFailed, require_train_extra
 
 from .adapt_data import (
@@ -145,7 +145,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
 
     configure()  # before TensorFlow is first imported (adapt may run without the CLI)
     from edge_bloodcls.convert import calibrate, export
-    from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb
+    from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb
 
     from . import adapt_core as core
     from . import adapt_eval as ev
@@ -281,8 +281,8 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_t
     from PIL import Image
 
     from edge_bloodcls.convert import export
-    from edge_bloodcls.edge_runtime.classifier import Classifier
-    from edge_bloodcls.edge_runtime.preprocess import normalise
+    from edge_bloodcls.edge_runtime.core.classifier import Classifier
+    from edge_bloodcls.edge_runtime.core.preprocess import normalise
 
     from . import adapt_core as core
     from . import adapt_eval as ev
@@ -369,7 +369,7 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_t
                 seen[what] = o = run(px)
                 checks[f"ood_{what}"] = float((o["ood_score"] > thr).mean())
         # What the home site keeps: the int8 bundle on the PBC test split, as the runtime runs it.
-        from edge_bloodcls.edge_runtime.preprocess import load_rgb
+        from edge_bloodcls.edge_runtime.core.preprocess import load_rgb
 
         test_raw = run(core.to_model_size([load_rgb(p) for p in pbc_test.paths], src.spec.size))["raw"]
         site["pbc_test"] = {"accuracy_int8": float((test_raw.argmax(1) == pbc_test.labels).mean()),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.preprocess import resize
+from edge_bloodcls.edge_runtime.core.preprocess import resize
 
 
 def to_model_size(images, size) -> np.ndarray:
@@ -113,7 +113,7 @@ def site_operating_point(pbc_raw, pbc_y, pbc_ood, local_raw, local_y, local_ood,
     in-distribution cells reach `target` at the one-sided 90% Wilson bound), met by PBC val and by
     the site's held-out cells each on their own (the higher threshold of the two)."""
     from edge_bloodcls.convert import trust_fit
-    from edge_bloodcls.edge_runtime.trust import apply_temperature, ece
+    from edge_bloodcls.edge_runtime.core.trust import apply_temperature, ece
 
     raw = np.concatenate([pbc_raw, local_raw])
     y = np.concatenate([pbc_y, local_y])

@@ -13,11 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.bundle import BundleError, load_bundle
-from edge_bloodcls.edge_runtime.images import list_class_images, list_images, printable
-from edge_bloodcls.edge_runtime.locate import CROP_PER_CELL, CROP_PER_RBC, Detection, crop, default_rbc_px, locate
-from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb
-from edge_bloodcls.edge_runtime.store import SessionFileError, SessionStore
+from edge_bloodcls.edge_runtime.capture.locate import (
+    CROP_PER_CELL,
+    CROP_PER_RBC,
+    Detection,
+    crop,
+    default_rbc_px,
+    locate,
+)
+from edge_bloodcls.edge_runtime.core.bundle import BundleError, load_bundle
+from edge_bloodcls.edge_runtime.core.images import list_class_images, list_images, printable
+from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb
+from edge_bloodcls.edge_runtime.lab.store import SessionFileError, SessionStore
 
 
 class AdaptInputError(ValueError):

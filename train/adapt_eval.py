@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.images import list_images
-from edge_bloodcls.edge_runtime.locate import background, default_rbc_px, iou, locate
-from edge_bloodcls.edge_runtime.locate import crop as capture_crop_of
-from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb
+from edge_bloodcls.edge_runtime.capture.locate import background, default_rbc_px, iou, locate
+from edge_bloodcls.edge_runtime.capture.locate import crop as capture_crop_of
+from edge_bloodcls.edge_runtime.core.images import list_images
+from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb
 
 # A located box must overlap the labelled box this much to be "the same cell" (capture's boxes
 # come from the nucleus grown by a margin, so they are looser than a hand-drawn box).

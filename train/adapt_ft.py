@@ -70,7 +70,7 @@ def train(model, spec, local_px: np.ndarray, local_y: np.ndarray, pbc_px: np.nda
     import tensorflow as tf
     import tf_keras
 
-    from edge_bloodcls.edge_runtime.preprocess import normalise
+    from edge_bloodcls.edge_runtime.core.preprocess import normalise
 
     rng = np.random.default_rng(cfg.seed + seed_offset)
     set_bn(model, cfg)
@@ -127,7 +127,7 @@ def train(model, spec, local_px: np.ndarray, local_y: np.ndarray, pbc_px: np.nda
 
 
 def predict(model, spec, px: np.ndarray, batch: int = 64) -> np.ndarray:
-    from edge_bloodcls.edge_runtime.preprocess import normalise
+    from edge_bloodcls.edge_runtime.core.preprocess import normalise
 
     out = [model(normalise(px[i:i + batch], spec), training=False).numpy() for i in range(0, len(px), batch)]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)

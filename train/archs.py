@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from edge_bloodcls.edge_runtime.spec import LABELS, InputSpec
+from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ def register(name: str, imagenet_normalisation: str, lr: float, paper: str | Non
 
 
 def _apps():
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
     return tf_keras.applications
 
@@ -70,6 +71,7 @@ _VGG_BLOCKS = {"vgg16_bn": (2, 2, 3, 3, 3), "vgg19_bn": (2, 2, 4, 4, 4)}
 
 
 def _vgg_bn(name, input_shape, weights):
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
     layers = tf_keras.layers
     x = inputs = layers.Input(input_shape)
@@ -133,6 +135,7 @@ class WeightsUnavailable(RuntimeError):
 def build(arch: str, size: int, weights: str = "none", dropout: float = 0.2,
           bn_momentum: float | None = 0.9, n_classes: int = len(LABELS), **options):
     """Backbone + head. weights: 'imagenet', 'none' or a path to a .keras/.h5 model or weights."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
     check_options(arch, **options)

@@ -9,6 +9,10 @@ import click
 from edge_bloodcls.errors import CliError, require_train_extra
 
 from . import archs
+from .archs import WeightsUnavailable
+from .data import audit, format_audit, make_split, scan, write_split
+from .fit import TrainConfig, train
+from .teacher import build_teacher
 
 
 @click.group("data")
@@ -21,8 +25,6 @@ def data_group():
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report here.")
 def audit_cmd(directory, json_out):
     """Counts, unreadable files, exact and cross-label duplicates, image sizes."""
-    from .data import audit, format_audit, scan
-
     a = audit(scan(directory))
     click.echo(format_audit(a))
     if json_out:
@@ -48,8 +50,6 @@ def _ratios(ctx, param, value):
 @click.option("--seed", default=0, show_default=True)
 def split_cmd(directory, out, ratios, seed):
     """Stratified, deduplicated train/val/test split -> CSV (path, label, split, sha256)."""
-    from .data import make_split, scan, write_split
-
     records = scan(directory)
     rows, report = make_split(records, ratios, seed)
     digest = write_split(rows, report, out, directory)
@@ -106,9 +106,6 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
         except ValueError as e:
             raise CliError(str(e)) from None
     require_train_extra("train")
-    from .archs import WeightsUnavailable
-    from .fit import TrainConfig, train
-
     cfg = TrainConfig(arch=arch or "", split=split_csv or "", out=out, img_size=img_size, epochs=epochs,
                       batch_size=batch_size, weights=weights, lr=lr, width=width, bn_momentum=bn_momentum,
                       dropout=dropout, patience=patience, balance=balance,
@@ -132,7 +129,6 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
 def teacher_cmd(models, split_csv, out, tta, data_root, cache_dir):
     """Soft targets for `train --teacher`: models averaged over views, scored on val and test."""
     require_train_extra("teacher")
-    from .teacher import build_teacher
 
     try:
         build_teacher(list(models), split_csv, out, tta=tta, data_root=data_root, cache_dir=cache_dir)

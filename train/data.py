@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.bundle import sha256_file as file_sha256
-from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.core.bundle import sha256_file as file_sha256
+from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb
+from edge_bloodcls.edge_runtime.core.spec import LABELS
 
 SPLITS = ("train", "val", "test")
 

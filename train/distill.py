@@ -25,6 +25,7 @@ def distill_objects():
     global _OBJECTS
     if _OBJECTS is not None:
         return _OBJECTS
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
     import tf_keras
 

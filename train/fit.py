@@ -4,11 +4,12 @@ out/
   model.keras     final float model (best validation loss), no optimizer state
   history.csv     one row per epoch
   config.json     every option, library versions, split hash, input spec
-  metrics.json    test-split metrics (edge_runtime.metrics, scikit-learn definitions)
+  metrics.json    test-split metrics (edge_runtime.core.metrics, scikit-learn definitions)
   ckpt/           last epoch with optimizer state and loop state, for --resume (not committed)
 """
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -23,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from edge_bloodcls import __version__
-from edge_bloodcls.edge_runtime.metrics import classification_metrics, format_metrics
-from edge_bloodcls.edge_runtime.spec import LABELS
+from edge_bloodcls.edge_runtime.core.metrics import classification_metrics, format_metrics
+from edge_bloodcls.edge_runtime.core.spec import LABELS
+from edge_bloodcls.host import cpu_model, usable_cores
 from edge_bloodcls.tfenv import configure
 
 from . import archs
@@ -81,6 +83,7 @@ class TrainConfig:
 
 
 def _versions() -> dict:
+    # scikit-learn: the [edge]/[train] extras, only for this step
     import sklearn
     import tensorflow as tf
     import tf_keras
@@ -94,13 +97,12 @@ def _versions() -> dict:
 def _machine(n_gpus: int) -> str:
     """What this chunk of training ran on, for the cost a report quotes: runs are resumed across
     sessions, and sessions' machines differ (the same ResNet50 epoch took 5 min on one, 22 on another)."""
-    from edge_bloodcls.benchmarks.machine import cpu_model, usable_cores
-
     return f"{cpu_model()}, {usable_cores()} cores" + (f", {n_gpus} GPU{'s' if n_gpus > 1 else ''}" if n_gpus else "")
 
 
 def _seed_everything(seed: int):
 
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
     os.environ["PYTHONHASHSEED"] = str(seed)
@@ -110,6 +112,7 @@ def _seed_everything(seed: int):
 
 def _strategy():
     """MirroredStrategy over several GPUs, mixed precision on any GPU, plain CPU otherwise."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
     import tf_keras
 
@@ -128,6 +131,7 @@ def warmup_cosine_class():
     global _WarmupCosine
     if _WarmupCosine is not None:
         return _WarmupCosine
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
     import tf_keras
 
@@ -162,6 +166,7 @@ def _current_lr(opt) -> float:
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     configure()  # the CLI has done it; a caller from Python may not have
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
     out = Path(cfg.out)
@@ -308,6 +313,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
 
 def _epoch_end_class():
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
     class EpochEnd(tf_keras.callbacks.Callback):
@@ -388,8 +394,6 @@ def _truncate_history(path: Path, epochs: int):
 
 
 def _append_csv(path: Path, row: dict):
-    import csv
-
     new = not path.exists()
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(row), lineterminator="\n")

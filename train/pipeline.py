@@ -1,4 +1,4 @@
-"""tf.data input: cached uint8 pixels from edge_runtime.preprocess, augmentation, normalisation.
+"""tf.data input: cached uint8 pixels from edge_runtime.core.preprocess, augmentation, normalisation.
 
 Images are decoded and resized once by the runtime's own functions (so training sees the
 pixels the Pi sees), kept in memory as uint8, and augmented with stateless ops seeded by
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.preprocess import ImageError, load_rgb, resize
-from edge_bloodcls.edge_runtime.spec import InputSpec
+from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, resize
+from edge_bloodcls.edge_runtime.core.spec import InputSpec
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ def load_pixels(paths, size: tuple[int, int], workers: int | None = None, progre
     with ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 2)) as ex:
         results = ex.map(one, it)
         if progress:
+            # tqdm: the [train] extra, only for progress bars
             from tqdm import tqdm
             results = tqdm(results, total=len(paths), desc=f"decode {size[0]}px", unit="img", mininterval=5)
         for _ in results:
@@ -86,7 +87,8 @@ def cached_pixels(paths, size, cache_dir=None, key: str = "", progress: bool = F
 
 
 def normalise_tf(x, spec: InputSpec):
-    """The TensorFlow twin of edge_runtime.preprocess.normalise (x: float32 pixels 0..255)."""
+    """The TensorFlow twin of edge_runtime.core.preprocess.normalise (x: float32 pixels 0..255)."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
     if spec.color == "BGR":
@@ -96,6 +98,7 @@ def normalise_tf(x, spec: InputSpec):
 
 def _augment(img, aug: Augment, seed):
     """img float32 RGB in [0, 1]; colour ops expect that range, so normalisation comes after."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
     s = lambda k: tf.stack([seed[0], seed[1] * 16 + k])  # noqa: E731 - one stream per op
@@ -125,6 +128,7 @@ def _augment(img, aug: Augment, seed):
 def train_dataset(pixels: np.ndarray, labels: np.ndarray, spec: InputSpec, batch_size: int,
                   aug: Augment, seed: int, first_epoch: int, epochs: int):
     """An endless-until-`epochs` stream of batches; epoch e is a fixed function of (seed, e)."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
     n = len(labels)
@@ -155,6 +159,7 @@ def train_dataset(pixels: np.ndarray, labels: np.ndarray, spec: InputSpec, batch
 
 def eval_dataset(pixels: np.ndarray, labels, spec: InputSpec, batch_size: int):
     """Unaugmented, in order: the training side of the train/serve parity test."""
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
     h, w = pixels.shape[1:3]
@@ -177,6 +182,7 @@ def _as_targets(labels) -> np.ndarray:
 
 def class_weights(labels, n_classes: int) -> dict[int, float]:
     """'balanced' weights n / (k * count): each class contributes equally to the loss."""
+    # scikit-learn: the [edge]/[train] extras, only for this step
     from sklearn.utils.class_weight import compute_class_weight
 
     present = np.unique(labels)

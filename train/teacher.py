@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.metrics import classification_metrics
-from edge_bloodcls.edge_runtime.preprocess import normalise
-from edge_bloodcls.edge_runtime.spec import InputSpec
+from edge_bloodcls.edge_runtime.core.metrics import classification_metrics
+from edge_bloodcls.edge_runtime.core.preprocess import normalise
+from edge_bloodcls.edge_runtime.core.spec import InputSpec
+from edge_bloodcls.tfenv import configure
 
 from .data import read_split
 from .pipeline import cached_pixels
@@ -58,9 +59,8 @@ def log_probs(model, pixels: np.ndarray, spec: InputSpec, tta: bool = True, batc
 def build_teacher(models: list[str], split_csv: str, out: str, tta: bool = True, data_root: str | None = None,
                   cache_dir: str | None = None, parts=PARTS) -> dict:
     """Score every part of the split with every model; write out.npz and out.json."""
-    from edge_bloodcls.tfenv import configure
-
     configure()
+    # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
     split = read_split(split_csv, data_root)

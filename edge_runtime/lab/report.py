@@ -10,13 +10,14 @@ session is read through the store (store.py) and turned into report records once
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
 
 import click
+
+from edge_bloodcls.errors import CliError
 
 from ..core.spec import APART_LABELS, DIFFERENTIAL_LABELS, LABELS, REMOVED_LABELS, WBC_LABELS
 from . import report_html
@@ -177,11 +178,9 @@ def report_command(db, fmt, out, csv_path, trail_path, wbc_count, ranges, paper,
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 write(d, dest)
     except (SessionFileError, RangesError, PdfError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        raise CliError(str(e)) from None
     except OSError as e:
-        click.echo(f"error: {e.filename or out}: {e.strerror}", err=True)
-        sys.exit(2)
+        raise CliError(f"{e.filename or out}: {e.strerror}") from None
     t = tally(d.cells)
     s = d.session
     click.echo(f"report: {out} ({fmt}, {time.perf_counter() - t0:.1f} s; session {s.id}, sample {s.sample or '-'}: "

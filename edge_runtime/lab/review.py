@@ -32,6 +32,8 @@ from pathlib import Path
 
 import click
 
+from edge_bloodcls.errors import CliError
+
 from ..capture.webserve import CSP, CSP_REPORT, BadRequest, Field, WebServer, json_for_html, read_json
 from ..core.spec import LABELS, REVIEW_CLASSES, REVIEW_LABELS, WBC_LABELS
 from .records import SignCheck
@@ -238,15 +240,10 @@ def review_command(db, host, port, all_cells, session_id, reviewer, allow):
     try:
         d = load(db, session_id, crops=False)
         server = make_server(db, d.session.id, host, port, all_cells, reviewer or _login(), tuple(allow))
-    except SessionFileError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except ValueError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    except (SessionFileError, ValueError) as e:
+        raise CliError(str(e)) from None
     except OSError as e:
-        click.echo(f"error: {host}:{port}: cannot listen ({e.strerror})", err=True)
-        sys.exit(2)
+        raise CliError(f"{host}:{port}: cannot listen ({e.strerror})") from None
     t = tally(d.cells)
     click.echo(f"review {server.url} (session {d.session.id}, sample {d.session.sample or '-'}: {len(d.cells)} "
                f"cells, {t['flagged']} flagged, {t['flagged_reviewed']} reviewed); Ctrl-C to stop")

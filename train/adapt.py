@@ -187,13 +187,18 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     base_test = _base_test(base, pbc_test, opts.test_cells, lambda: ft.predict(
         model, spec, core.to_model_size([load_rgb(p) for p in pbc_test.paths], spec.size)))
     soft = ft.predict(model, spec, pbc_px) if cfg.distill else None
+    base_weights = model.get_weights() if cfg.wise != 1.0 or cfg.anchor > 0 else None
     log(f"fine-tuning every layer: {cfg.steps} steps, Adam {cfg.lr:g}, batches of {cfg.batch} "
         f"({cfg.local_share:.0%} site cells, the rest of {len(pbc.labels)} PBC cells) ({time.time() - t0:.0f}s)")
-    ft.train(model, spec, local, y, pbc_px, pbc.labels, cfg, soft, _progress("fine-tune", log))
-    pseudo = ft.self_train(model, spec, local, y, unl_px, pbc_px, pbc.labels, cfg, soft, _progress("self-training", log))
+    ft.train(model, spec, local, y, pbc_px, pbc.labels, cfg, soft, _progress("fine-tune", log), base_weights=base_weights)
+    pseudo = ft.self_train(model, spec, local, y, unl_px, pbc_px, pbc.labels, cfg, soft, _progress("self-training", log),
+                           base_weights)
     if cfg.pseudo and len(unl_px):
         log(f"self-training: {int((pseudo >= 0).sum())} of {len(unl_px)} unlabelled crops joined at confidence "
             f">= {cfg.pseudo}")
+    if cfg.wise != 1.0:
+        ft.wise(model, base_weights, cfg.wise)
+        log(f"weight-space ensemble: {1 - cfg.wise:g} x base + {cfg.wise:g} x fine-tuned")
     prior = None
     if cfg.prior == "em" and len(unl_px):
         train_prior = ft.training_prior(y, pbc.labels, len(labels), cfg)
@@ -434,6 +439,11 @@ class AdaptFailed(RuntimeError):
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True, help="Adam learning rate.")
 @click.option("--colour", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Stain/colour jitter strength (0: none).")
+@click.option("--colour-mode", type=click.Choice(["stain", "light", "hed"]), default="stain", show_default=True,
+              help="stain: per-channel stain/colour mix; light: brightness, contrast, gamma only (keeps hue); "
+                   "hed: stain amounts in haematoxylin-eosin space.")
+@click.option("--wise", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Weight-space ensemble: (1 - WISE) x base + WISE x fine-tuned weights (1: fine-tuned only).")
 @click.option("--distill", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Weight of distillation from the base model on the PBC cells (keeps the home site).")
 @click.option("--bn", type=click.Choice(["train", "frozen"]), default="train", show_default=True,
@@ -449,7 +459,8 @@ class AdaptFailed(RuntimeError):
 @click.option("--test-cells", type=click.IntRange(0), default=0, show_default=True,
               help="PBC test cells scored for the home site (0: the whole test split).")
 @click.option("--seed", default=0, show_default=True)
-def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px, steps, lr, colour, distill, bn, pseudo,
+def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px, steps, lr, colour, colour_mode, wise,
+              distill, bn, pseudo,
               prior, review_target, split, data_root, test_cells, seed):
     """Adapt the model to a new microscope; prints the new bundle's path last."""
     try:
@@ -462,7 +473,8 @@ def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px,
     opts = AdaptOptions(labelled=list(labelled), validate=list(validate), out=out, unlabelled=unlabelled, model=model,
                         name=name, split=split, data_root=data_root, framing=framing, rbc_px=rbc_px,
                         test_cells=test_cells, review_target=review_target,
-                        ft={"steps": steps, "lr": lr, "seed": seed, "colour": colour, "distill": distill, "bn": bn,
+                        ft={"steps": steps, "lr": lr, "seed": seed, "colour": colour, "colour_mode": colour_mode,
+                            "wise": wise, "distill": distill, "bn": bn,
                             "pseudo": pseudo, "prior": prior})
     try:
         res = adapt(opts, log=click.echo)

@@ -210,6 +210,12 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     if not cfg.pseudo and len(unl_px):  # labels for the trust statistics of the site's crops (below)
         pseudo = ft.pseudo_labels(ft.predict(model, spec, unl_px), 0.9, np.unique(y))
     log(f"trained ({time.time() - t0:.0f}s)")
+    val_float = None
+    if val is not None:
+        # The same held-out cells through the float model: beside the int8 figure below, what
+        # quantisation costs the site.
+        val_float = ev.estimate(val.labels, ft.predict(model, spec, val.px).argmax(1), labels)
+        log(f"validation (held out, float, as capture crops them): {val_float.line()}")
 
     site = {"adapted_on": {"sources": cells.sources, "counts": _counts(y, labels),
                            "files": [{"name": printable(n), "label": labels[c], "sha256": h}
@@ -228,6 +234,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if val is not None:
         site["validation_sources"] = val.sources
+        site["validation_float"] = val_float.to_json()
     bundle = _export(opts, src, model, out, local, y, cfg, rng, calibrate.sample(pbc, 600, cfg.seed), pbc_val,
                      pbc_test, site, unl_px, labels, log, val, pseudo, base_test)
     site["seconds"] = round(time.time() - t0, 1)
@@ -446,10 +453,14 @@ class AdaptFailed(RuntimeError):
               help="Weight-space ensemble: (1 - WISE) x base + WISE x fine-tuned weights (1: fine-tuned only).")
 @click.option("--distill", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Weight of distillation from the base model on the PBC cells (keeps the home site).")
+@click.option("--anchor", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="L2-SP: pull of the weights towards the base model's (keeps the home site; 0: off).")
 @click.option("--bn", type=click.Choice(["train", "frozen"]), default="train", show_default=True,
               help="BatchNorm statistics: follow the mixed batches, or keep the base's.")
 @click.option("--pseudo", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Self-training: unlabelled local crops at least this sure join training (0: off).")
+@click.option("--pseudo-per-class", type=click.IntRange(0), default=0, show_default=True,
+              help="Self-training: at most this many pseudo-labelled crops per class, the surest (0: no cap).")
 @click.option("--prior", type=click.Choice(["none", "em"]), default="none", show_default=True,
               help="em: the output answers under the site's class proportions, estimated from the unlabelled crops.")
 @click.option("--review-target", type=click.FloatRange(0.5, 1, max_open=True), default=0.90, show_default=True,
@@ -460,8 +471,7 @@ class AdaptFailed(RuntimeError):
               help="PBC test cells scored for the home site (0: the whole test split).")
 @click.option("--seed", default=0, show_default=True)
 def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px, steps, lr, colour, colour_mode, wise,
-              distill, bn, pseudo,
-              prior, review_target, split, data_root, test_cells, seed):
+              distill, anchor, bn, pseudo, pseudo_per_class, prior, review_target, split, data_root, test_cells, seed):
     """Adapt the model to a new microscope; prints the new bundle's path last."""
     try:
         import tensorflow  # noqa: F401
@@ -474,8 +484,8 @@ def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px,
                         name=name, split=split, data_root=data_root, framing=framing, rbc_px=rbc_px,
                         test_cells=test_cells, review_target=review_target,
                         ft={"steps": steps, "lr": lr, "seed": seed, "colour": colour, "colour_mode": colour_mode,
-                            "wise": wise, "distill": distill, "bn": bn,
-                            "pseudo": pseudo, "prior": prior})
+                            "wise": wise, "distill": distill, "anchor": anchor, "bn": bn, "pseudo": pseudo,
+                            "pseudo_per_class": pseudo_per_class, "prior": prior})
     try:
         res = adapt(opts, log=click.echo)
     except AdaptInputError as e:

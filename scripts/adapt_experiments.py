@@ -243,7 +243,7 @@ def table(results: dict, variants=("none", "em", "tta"), only=None) -> str:
     """The markdown table of docs/adapt.md, from the JSON: every experiment (or those in `only`) and
     checkpoint, as trained (none), with the EM prior (em) and with test-time augmentation (tta), on
     part A (choose), part B (report) and all 60."""
-    rows = ["| experiment @ steps | prior | A (choose): acc / balanced | B (report): acc / balanced | "
+    rows = ["| experiment @ steps | variant | A (choose): acc / balanced | B (report): acc / balanced | "
             "all 60: acc / balanced | PBC test |", "|---|---|---|---|---|---:|"]
     for name, r in results.items():
         if name.startswith("_") or (only and name not in only):

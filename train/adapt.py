@@ -224,8 +224,11 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
                            "unlabelled": ({"source": printable(opts.unlabelled), "crops": len(unl.crops),
                                            "fields": unl.fields, "fields_left_out": len(held_out_fields)}
                                           if unl else None)},
-            "method": "every layer fine-tuned; batches half site cells (framed as capture crops them), half PBC "
-                      "training cells; flips, rotations, zoom, blur, stain/colour jitter",
+            "method": f"every layer fine-tuned; batches {cfg.local_share:.0%} site cells (framed as capture crops "
+                      f"them), the rest PBC training cells; flips, rotations, zoom, blur, colour ({cfg.colour_mode})"
+                      + (f"; distillation {cfg.distill:g}" if cfg.distill else "")
+                      + (f"; L2-SP anchor {cfg.anchor:g}" if cfg.anchor else "")
+                      + (f"; WiSE {cfg.wise:g}" if cfg.wise != 1.0 else ""),
             "prior": prior,
             "base_model": {"path": str(base), "sha256": src.sha256},
             "options": {**cfg.to_json(), "rbc_px": opts.rbc_px, "pbc_cells": opts.pbc_cells,
@@ -442,11 +445,11 @@ class AdaptFailed(RuntimeError):
                    "a local neighbourhood, or padded) as capture crops; capture: as capture crops; auto: capture "
                    "for a session log or square crops, else tight.")
 @click.option("--rbc-px", type=click.FloatRange(1), help="Red-cell diameter in pixels (tight framing).")
-@click.option("--steps", type=click.IntRange(1), default=400, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=600, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True, help="Adam learning rate.")
 @click.option("--colour", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Stain/colour jitter strength (0: none).")
-@click.option("--colour-mode", type=click.Choice(["stain", "light", "hed"]), default="stain", show_default=True,
+@click.option("--colour-mode", type=click.Choice(["stain", "light", "hed"]), default="hed", show_default=True,
               help="stain: per-channel stain/colour mix; light: brightness, contrast, gamma only (keeps hue); "
                    "hed: stain amounts in haematoxylin-eosin space.")
 @click.option("--wise", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,

@@ -448,7 +448,7 @@ class AdaptFailed(RuntimeError):
 @click.option("--steps", type=click.IntRange(1), default=600, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True, help="Adam learning rate.")
 @click.option("--colour", type=click.FloatRange(0), default=1.0, show_default=True,
-              help="Stain/colour jitter strength (0: none).")
+              help="Strength of the colour augmentation (--colour-mode; 0: none).")
 @click.option("--colour-mode", type=click.Choice(["stain", "light", "hed"]), default="hed", show_default=True,
               help="stain: per-channel stain/colour mix; light: brightness, contrast, gamma only (keeps hue); "
                    "hed: stain amounts in haematoxylin-eosin space.")

@@ -73,6 +73,9 @@ EXPERIMENTS = {
     # The anchor kept the kernels 4x closer to the base and PBC no better: more PBC rehearsal instead
     # (a quarter of each batch from the site).
     "hed_pbc75": (replace(PLAIN, colour_mode="hed", local_share=0.25), "capture", (600,)),
+    # A second seed of the chosen setting and of plain at 600 steps: how far one run is from another.
+    "hed_seed1": (replace(PLAIN, colour_mode="hed", seed=1), "capture", (600,)),
+    "plain_600_seed1": (replace(PLAIN, seed=1), "capture", (600,)),
 }
 
 

@@ -49,6 +49,7 @@ FIELDS = DATA / "bccd" / "JPEGImages"
 CACHE = Path(os.path.expanduser("~/.cache/edge-bloodcls/adapt_v2"))
 MODEL = REPO / "runs" / "mobilenetv2_160_ft" / "model.keras"
 PLAIN = ft.FinetuneConfig()  # full fine-tune, Adam 1e-4, 1:1 PBC, flips/rotation/zoom/blur/colour
+WISE = (0.3, 0.5, 0.7, 0.8)  # weight-space mixes (1 - a) * base + a * fine-tuned scored beside a = 1
 
 # name -> (config, training framing, checkpoints). One change from "plain" each, unless it says.
 EXPERIMENTS = {
@@ -59,6 +60,23 @@ EXPERIMENTS = {
     "self_train": (replace(PLAIN, pseudo=0.9, pseudo_steps=200), "capture", (400,)),
     "pasted": (PLAIN, "pasted", (400,)),
     "plain_seed1": (replace(PLAIN, seed=1), "capture", (400,)),
+    # Second round (after the first one's eosinophil failure): WiSE-FT mixes at the marked
+    # checkpoints, longer schedules, colour augmentation that keeps the hue, balanced self-training.
+    "long": (PLAIN, "capture", (600, 900, 1200), {600: WISE, 1200: WISE}),
+    "colour_light": (replace(PLAIN, colour_mode="light"), "capture", (600,), {600: WISE}),
+    "colour_hed": (replace(PLAIN, colour_mode="hed"), "capture", (600,), {600: WISE}),
+    "self_train_bal": (replace(PLAIN, pseudo=0.9, pseudo_per_class=30, pseudo_steps=200), "capture", (600,),
+                       {600: WISE}),
+    # Keeping home: HED stain augmentation (kept PBC best in the second round) with distillation,
+    # and with an L2-SP pull towards the base weights too.
+    "hed_distill": (replace(PLAIN, colour_mode="hed", distill=1.0), "capture", (600,)),
+    "hed_distill_anchor": (replace(PLAIN, colour_mode="hed", distill=1.0, anchor=0.1), "capture", (600,)),
+    # The anchor kept the kernels 4x closer to the base and PBC no better: more PBC rehearsal instead
+    # (a quarter of each batch from the site).
+    "hed_pbc75": (replace(PLAIN, colour_mode="hed", local_share=0.25), "capture", (600,)),
+    # A second seed of the chosen setting and of plain at 600 steps: how far one run is from another.
+    "hed_seed1": (replace(PLAIN, colour_mode="hed", seed=1), "capture", (600,)),
+    "plain_600_seed1": (replace(PLAIN, seed=1), "capture", (600,)),
 }
 
 
@@ -129,17 +147,22 @@ def inputs(spec):
     return site_cells, cached("site", site), ses, cached("unlabelled", unlabelled), cached("pbc", pbc)
 
 
-def score(model, spec, ses, unl, pbc, prior_train) -> dict:
+def score(model, spec, ses, unl, pbc, prior_train, em: bool = True) -> dict:
+    """em=False (the WiSE mixes): no EM prior variant, so no pass over the unlabelled crops."""
     p = ft.predict(model, spec, ses["x"])
-    pu = ft.predict(model, spec, unl["x"])
-    site_prior = ev.em_priors(pu, prior_train)
     y = ses["y"]
     pt = ft.predict(model, spec, pbc["test"])
-    out = {"pbc_test_accuracy": float((pt.argmax(1) == pbc["test_y"]).mean()),
-           "pbc_test_accuracy_em": float((ev.adjust(pt, prior_train, site_prior).argmax(1) == pbc["test_y"]).mean()),
-           "pbc_test_n": int(len(pbc["test_y"])),
-           "em_site_prior": {LABELS[c]: round(float(v), 4) for c, v in enumerate(site_prior)}}
-    for variant, q in (("none", p), ("em", ev.adjust(p, prior_train, site_prior))):
+    out = {"pbc_test_accuracy": float((pt.argmax(1) == pbc["test_y"]).mean()), "pbc_test_n": int(len(pbc["test_y"]))}
+    variants = [("none", p)]
+    if em:  # test-time augmentation, the 8 flips and quarter turns averaged: 8x the runtime per cell
+        views = [np.rot90(ses["x"], k, axes=(1, 2)) for k in range(4)]
+        views += [v[:, :, ::-1] for v in views]
+        variants.append(("tta", np.mean([ft.predict(model, spec, np.ascontiguousarray(v)) for v in views], 0)))
+        site_prior = ev.em_priors(ft.predict(model, spec, unl["x"]), prior_train)
+        out["pbc_test_accuracy_em"] = float((ev.adjust(pt, prior_train, site_prior).argmax(1) == pbc["test_y"]).mean())
+        out["em_site_prior"] = {LABELS[c]: round(float(v), 4) for c, v in enumerate(site_prior)}
+        variants.insert(1, ("em", ev.adjust(p, prior_train, site_prior)))
+    for variant, q in variants:
         pred = q.argmax(1)
         out[f"confusion_{variant}"] = {LABELS[c]: {LABELS[k]: int(((y == c) & (pred == k)).sum())
                                                   for k in np.unique(pred[y == c])} for c in np.unique(y)}
@@ -149,12 +172,14 @@ def score(model, spec, ses, unl, pbc, prior_train) -> dict:
     return out
 
 
-def run(name, cfg, framing, checkpoints, site_cells, site, ses, unl, pbc, spec) -> dict:
+def run(name, cfg, framing, checkpoints, site_cells, site, ses, unl, pbc, spec, wise_at=None) -> dict:
     import tf_keras
 
     t0 = time.time()
     tf_keras.utils.set_random_seed(cfg.seed)
     model = tf_keras.models.load_model(MODEL, compile=False)
+    base_weights = model.get_weights()
+    wise_at = wise_at or {}
     rng = np.random.default_rng(cfg.seed)
     if framing == "pasted":  # tight crops pasted into other cells' neighbourhoods (no own field)
         bgs = list(zip(unl["bg"], unl["bg_side"]))
@@ -174,22 +199,38 @@ def run(name, cfg, framing, checkpoints, site_cells, site, ses, unl, pbc, spec) 
             last[0] = time.time()
 
     for c in checkpoints:
+        wise_alphas = wise_at.get(c, ())
         ft.train(model, spec, local, y, pbc["train"], pbc["train_y"], cfg, soft, progress, steps=c - done,
-                 seed_offset=done)
+                 seed_offset=done, base_weights=base_weights)
         done = c
         if cfg.pseudo:
-            lab = ft.self_train(model, spec, local, y, unl["x"], pbc["train"], pbc["train_y"], cfg, soft, progress)
+            lab = ft.self_train(model, spec, local, y, unl["x"], pbc["train"], pbc["train_y"], cfg, soft, progress,
+                                base_weights)
             res["pseudo_labelled"] = {LABELS[k]: int((lab == k).sum()) for k in np.unique(lab[lab >= 0])}
             c = f"{c}+{cfg.pseudo_steps}"
         res["checkpoints"][str(c)] = r = score(model, spec, ses, unl, pbc, prior_train)
         r["seconds"] = round(time.time() - t0, 1)
-        for v in ("none", "em"):
-            print(f"{name} @{c} [{v}] A: {ev.Estimate(**_est(r[v]['A'])).line()}", flush=True)
-            print(f"{name} @{c} [{v}] B: {ev.Estimate(**_est(r[v]['B'])).line()}", flush=True)
-        print(f"{name} @{c}: PBC test {r['pbc_test_accuracy']:.4f} (em {r['pbc_test_accuracy_em']:.4f}); "
-              f"site prior (EM) {r['em_site_prior']}", flush=True)
+        # How far the weights moved from the base (sum of squares over the kernels, L2-SP's measure).
+        r["kernel_drift"] = float(sum(((w.numpy() - base_weights[i]) ** 2).sum() for i, w in enumerate(model.weights)
+                                      if "kernel" in w.name))
+        _print(name, c, r)
+        for a in wise_alphas:
+            tuned = ft.wise(model, base_weights, a)
+            res["checkpoints"][f"{c} wise {a:g}"] = r = score(model, spec, ses, unl, pbc, prior_train, em=False)
+            model.set_weights(tuned)
+            r["seconds"] = round(time.time() - t0, 1)
+            _print(name, f"{c} wise {a:g}", r)
     res["seconds"] = round(time.time() - t0, 1)
     return res
+
+
+def _print(name, c, r) -> None:
+    for v in ("none", "em", "tta"):
+        if v in r:
+            print(f"{name} @{c} [{v}] A: {ev.Estimate(**_est(r[v]['A'])).line()}", flush=True)
+            print(f"{name} @{c} [{v}] B: {ev.Estimate(**_est(r[v]['B'])).line()}", flush=True)
+    em = f" (em {r['pbc_test_accuracy_em']:.4f}); site prior (EM) {r['em_site_prior']}" if "em" in r else ""
+    print(f"{name} @{c}: PBC test {r['pbc_test_accuracy']:.4f}{em} [{r['seconds']:.0f}s]", flush=True)
 
 
 def _est(d: dict) -> dict:
@@ -202,17 +243,20 @@ def _cell(e: dict) -> str:
             f"[{b[0]:.0%}, {b[1]:.0%}]")
 
 
-def table(results: dict) -> str:
-    """The markdown table of docs/adapt.md, from the JSON: every experiment and checkpoint, with and
-    without the EM prior, on part A (choose), part B (report) and all 60."""
-    rows = ["| experiment @ steps | prior | A (choose): acc / balanced | B (report): acc / balanced | "
+def table(results: dict, variants=("none", "em", "tta"), only=None) -> str:
+    """The markdown table of docs/adapt.md, from the JSON: every experiment (or those in `only`) and
+    checkpoint, as trained (none), with the EM prior (em) and with test-time augmentation (tta), on
+    part A (choose), part B (report) and all 60."""
+    rows = ["| experiment @ steps | variant | A (choose): acc / balanced | B (report): acc / balanced | "
             "all 60: acc / balanced | PBC test |", "|---|---|---|---|---|---:|"]
     for name, r in results.items():
-        if name.startswith("_"):
+        if name.startswith("_") or (only and name not in only):
             continue
         for c, v in r["checkpoints"].items():
-            for variant in ("none", "em"):
-                pbc = v["pbc_test_accuracy"] if variant == "none" else v.get("pbc_test_accuracy_em")
+            for variant in variants:
+                if variant not in v:  # WiSE mixes are scored without the EM prior or TTA
+                    continue
+                pbc = {"none": v["pbc_test_accuracy"], "em": v.get("pbc_test_accuracy_em")}.get(variant)
                 rows.append(f"| `{name}` @{c} | {variant} | {_cell(v[variant]['A'])} | {_cell(v[variant]['B'])} | "
                             f"{_cell(v[variant]['all'])} | {'-' if pbc is None else f'{pbc:.1%}'} |")
     return "\n".join(rows)
@@ -223,9 +267,10 @@ def main():
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "adapt_validation.json"))
     ap.add_argument("--table", action="store_true", help="print docs/adapt.md's table from --out and stop")
+    ap.add_argument("--variants", nargs="*", default=["none", "em", "tta"], help="with --table: which rows")
     args = ap.parse_args()
     if args.table:
-        print(table(json.loads(Path(args.out).read_text())))
+        print(table(json.loads(Path(args.out).read_text()), args.variants, args.only))
         return 0
     spec = InputSpec.named(160)
     site_cells, site, ses, unl, pbc = inputs(spec)
@@ -236,10 +281,10 @@ def main():
         "validation": {"A": int((ses["part"] == 0).sum()), "B": int((ses["part"] == 1).sum()),
                        "counts": {LABELS[c]: int((ses["y"] == c).sum()) for c in np.unique(ses["y"])}},
         "unlabelled_crops": int(len(unl["x"])), "training_cells": int(len(site["y"]))}
-    for name, (cfg, framing, cps) in EXPERIMENTS.items():
+    for name, (cfg, framing, cps, *wise_at) in EXPERIMENTS.items():
         if args.only and name not in args.only:
             continue
-        r = run(name, cfg, framing, cps, site_cells, site, ses, unl, pbc, spec)
+        r = run(name, cfg, framing, cps, site_cells, site, ses, unl, pbc, spec, *wise_at)
         r["command"] = " ".join([".venv/bin/python", "scripts/adapt_experiments.py", "--only", name])
         results[name] = r
         out.parent.mkdir(parents=True, exist_ok=True)

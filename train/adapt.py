@@ -198,18 +198,23 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
 
     import tf_keras
     tf_keras.utils.set_random_seed(cfg.seed)
-    model = src.model
+    model: Any = src.model  # a tf_keras Model (tf_keras is untyped)
     base_test = _base_test(base, pbc_test, opts.test_cells, lambda: ft.predict(
         model, spec, core.to_model_size([load_rgb(p) for p in pbc_test.paths], spec.size)))
     soft = ft.predict(model, spec, pbc_px) if cfg.distill else None
+    base_weights = model.get_weights() if cfg.wise != 1.0 or cfg.anchor > 0 else None
     log(f"fine-tuning every layer: {cfg.steps} steps, Adam {cfg.lr:g}, batches of {cfg.batch} "
         f"({cfg.local_share:.0%} site cells, the rest of {len(pbc.labels)} PBC cells) ({time.time() - t0:.0f}s)")
-    ft.train(model, spec, local, y, pbc_px, pbc.labels, cfg, soft, _progress("fine-tune", log))
+    ft.train(model, spec, local, y, pbc_px, pbc.labels, cfg, soft, _progress("fine-tune", log),
+             base_weights=base_weights)
     pseudo = ft.self_train(model, spec, local, y, unl_px, pbc_px, pbc.labels, cfg, soft,
-                           _progress("self-training", log))
+                           _progress("self-training", log), base_weights)
     if cfg.pseudo and len(unl_px):
         log(f"self-training: {int((pseudo >= 0).sum())} of {len(unl_px)} unlabelled crops joined at confidence "
             f">= {cfg.pseudo}")
+    if base_weights is not None and cfg.wise != 1.0:
+        ft.wise(model, base_weights, cfg.wise)
+        log(f"weight-space ensemble: {1 - cfg.wise:g} x base + {cfg.wise:g} x fine-tuned")
     prior = None
     if cfg.prior == "em" and len(unl_px):
         train_prior = ft.training_prior(y, pbc.labels, len(labels), cfg)
@@ -221,6 +226,12 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     if not cfg.pseudo and len(unl_px):  # labels for the trust statistics of the site's crops (below)
         pseudo = ft.pseudo_labels(ft.predict(model, spec, unl_px), 0.9, np.unique(y))
     log(f"trained ({time.time() - t0:.0f}s)")
+    val_float = None
+    if val is not None:
+        # The same held-out cells through the float model: beside the int8 figure below, what
+        # quantisation costs the site.
+        val_float = ev.estimate(val.labels, ft.predict(model, spec, val.px).argmax(1), labels)
+        log(f"validation (held out, float, as capture crops them): {val_float.line()}")
 
     site: dict[str, Any] = {"adapted_on": {"sources": cells.sources, "counts": _counts(y, labels),
                            "files": [{"name": printable(n), "label": labels[c], "sha256": h}
@@ -229,16 +240,20 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
                            "unlabelled": ({"source": printable(opts.unlabelled), "crops": len(unl.crops),
                                            "fields": unl.fields, "fields_left_out": len(held_out_fields)}
                                           if unl else None)},
-            "method": "every layer fine-tuned; batches half site cells (framed as capture crops them), half PBC "
-                      "training cells; flips, rotations, zoom, blur, stain/colour jitter",
+            "method": f"every layer fine-tuned; batches {cfg.local_share:.0%} site cells (framed as capture crops "
+                      f"them), the rest PBC training cells; flips, rotations, zoom, blur, colour ({cfg.colour_mode})"
+                      + (f"; distillation {cfg.distill:g}" if cfg.distill else "")
+                      + (f"; L2-SP anchor {cfg.anchor:g}" if cfg.anchor else "")
+                      + (f"; WiSE {cfg.wise:g}" if cfg.wise != 1.0 else ""),
             "prior": prior,
             "base_model": {"path": str(base), "sha256": src.sha256},
             "options": {**cfg.to_json(), "rbc_px": opts.rbc_px, "pbc_cells": opts.pbc_cells,
                         "trust_copies": opts.trust_copies, "val_cells": opts.val_cells,
                         "review_target": opts.review_target},
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if val is not None:
+    if val is not None and val_float is not None:
         site["validation_sources"] = val.sources
+        site["validation_float"] = val_float.to_json()
     bundle = _export(opts, src, model, out, local, y, cfg, rng, calibrate.sample(pbc, 600, cfg.seed), pbc_val,
                      pbc_test, site, unl_px, labels, log, val, pseudo, base_test)
     site["seconds"] = round(time.time() - t0, 1)
@@ -449,17 +464,26 @@ class AdaptFailed(RuntimeError):
                    "a local neighbourhood, or padded) as capture crops; capture: as capture crops; auto: capture "
                    "for a session log or square crops, else tight.")
 @click.option("--rbc-px", type=click.FloatRange(1), help="Red-cell diameter in pixels (tight framing).")
-@click.option("--steps", type=click.IntRange(1), default=400, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=600, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
               help="Adam learning rate.")
 @click.option("--colour", type=click.FloatRange(0), default=1.0, show_default=True,
-              help="Stain/colour jitter strength (0: none).")
+              help="Strength of the colour augmentation (--colour-mode; 0: none).")
+@click.option("--colour-mode", type=click.Choice(["stain", "light", "hed"]), default="hed", show_default=True,
+              help="stain: per-channel stain/colour mix; light: brightness, contrast, gamma only (keeps hue); "
+                   "hed: stain amounts in haematoxylin-eosin space.")
+@click.option("--wise", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Weight-space ensemble: (1 - WISE) x base + WISE x fine-tuned weights (1: fine-tuned only).")
 @click.option("--distill", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Weight of distillation from the base model on the PBC cells (keeps the home site).")
+@click.option("--anchor", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="L2-SP: pull of the weights towards the base model's (keeps the home site; 0: off).")
 @click.option("--bn", type=click.Choice(["train", "frozen"]), default="train", show_default=True,
               help="BatchNorm statistics: follow the mixed batches, or keep the base's.")
 @click.option("--pseudo", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Self-training: unlabelled local crops at least this sure join training (0: off).")
+@click.option("--pseudo-per-class", type=click.IntRange(0), default=0, show_default=True,
+              help="Self-training: at most this many pseudo-labelled crops per class, the surest (0: no cap).")
 @click.option("--prior", type=click.Choice(["none", "em"]), default="none", show_default=True,
               help="em: the output answers under the site's class proportions, estimated from the unlabelled crops.")
 @click.option("--review-target", type=click.FloatRange(0.5, 1, max_open=True), default=0.90, show_default=True,
@@ -469,15 +493,16 @@ class AdaptFailed(RuntimeError):
 @click.option("--test-cells", type=click.IntRange(0), default=0, show_default=True,
               help="PBC test cells scored for the home site (0: the whole test split).")
 @click.option("--seed", default=0, show_default=True)
-def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px, steps, lr, colour, distill, bn, pseudo,
-              prior, review_target, split, data_root, test_cells, seed):
+def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px, steps, lr, colour, colour_mode, wise,
+              distill, anchor, bn, pseudo, pseudo_per_class, prior, review_target, split, data_root, test_cells, seed):
     """Adapt the model to a new microscope; prints the new bundle's path last."""
     require_train_extra("adapt")  # it trains a model; the edge install only runs bundles
     opts = AdaptOptions(labelled=list(labelled), validate=list(validate), out=out, unlabelled=unlabelled, model=model,
                         name=name, split=split, data_root=data_root, framing=framing, rbc_px=rbc_px,
                         test_cells=test_cells, review_target=review_target,
-                        ft={"steps": steps, "lr": lr, "seed": seed, "colour": colour, "distill": distill, "bn": bn,
-                            "pseudo": pseudo, "prior": prior})
+                        ft={"steps": steps, "lr": lr, "seed": seed, "colour": colour, "colour_mode": colour_mode,
+                            "wise": wise, "distill": distill, "anchor": anchor, "bn": bn, "pseudo": pseudo,
+                            "pseudo_per_class": pseudo_per_class, "prior": prior})
     try:
         res = adapt(opts, log=_log.info)
     except AdaptInputError as e:

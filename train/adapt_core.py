@@ -28,9 +28,39 @@ def _stain_jitter(x: np.ndarray, rng, strength: float) -> np.ndarray:
     return np.clip(grey + (x - grey) * rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength), 0, 1)
 
 
+def _light_jitter(x: np.ndarray, rng, strength: float) -> np.ndarray:
+    """Brightness, contrast and gamma only, the same for the three channels: the lamp and the
+    camera's exposure change, the hue does not (an eosinophil's orange granules stay orange)."""
+    x = np.clip(x * rng.uniform(1 - 0.15 * strength, 1 + 0.15 * strength), 0, 1)
+    mean = x.mean()
+    x = np.clip(mean + (x - mean) * rng.uniform(1 - 0.2 * strength, 1 + 0.2 * strength), 0, 1)
+    return x ** rng.uniform(1 - 0.2 * strength, 1 + 0.2 * strength)
+
+
+# Ruifrok & Johnston (2001) stain vectors, haematoxylin / eosin / DAB in optical density: the
+# rows of scikit-image's `rgb_from_hed` (not a dependency for nine numbers).
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_RGB_FROM_HED = _RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
+
+
+def _hed_jitter(x: np.ndarray, rng, strength: float) -> np.ndarray:
+    """Stain augmentation in HED space (Tellez et al. 2019): each stain's amount scaled by
+    U(1-s, 1+s) and shifted by U(-s, s) with s = 0.05 * strength, so the stains vary in amount
+    but each keeps its own colour."""
+    od = -np.log(np.clip(x, 1 / 255, 1))
+    hed = od @ _HED_FROM_RGB
+    s = 0.05 * strength
+    hed = hed * rng.uniform(1 - s, 1 + s, 3) + rng.uniform(-s, s, 3)
+    return np.exp(-np.clip(hed @ _RGB_FROM_HED, 0, 6))
+
+
+_COLOUR = {"stain": _stain_jitter, "light": _light_jitter, "hed": _hed_jitter}
+
+
 def augment(img: np.ndarray, rng, cfg) -> np.ndarray:
-    """One random, label-preserving variant of a uint8 crop at model size; cfg: scale, blur and
-    colour (adapt_ft.FinetuneConfig)."""
+    """One random, label-preserving variant of a uint8 crop at model size; cfg: scale, blur,
+    colour and colour_mode (adapt_ft.FinetuneConfig)."""
     import cv2
 
     x = np.rot90(img, rng.integers(4))
@@ -47,7 +77,7 @@ def augment(img: np.ndarray, rng, cfg) -> np.ndarray:
     if cfg.blur and rng.random() < 0.5:
         x = cv2.GaussianBlur(np.ascontiguousarray(x), (0, 0), float(rng.uniform(0.3, cfg.blur)))
     if cfg.colour:
-        x = _stain_jitter(x.astype(np.float32) / 255, rng, cfg.colour) * 255
+        x = _COLOUR[getattr(cfg, "colour_mode", "stain")](x.astype(np.float32) / 255, rng, cfg.colour) * 255
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 

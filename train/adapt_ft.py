@@ -9,7 +9,7 @@ help on natural-proportion validation cells (docs/adapt.md).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -22,14 +22,18 @@ class FinetuneConfig:
     lr: float = 1e-4
     batch: int = 32
     local_share: float = 0.5  # share of each batch drawn from the site's cells, the rest PBC
-    colour: float = 1.0  # stain/colour jitter strength (adapt_core._stain_jitter; 0: none)
+    colour: float = 1.0  # colour jitter strength (0: none)
+    colour_mode: str = "stain"  # adapt_core: "stain" (hue mix), "light" (brightness/contrast only), "hed"
     scale: float = 0.15  # random zoom in/out
     blur: float = 1.0  # largest Gaussian blur sigma (0: none)
     bn: str = "train"  # "train": BatchNorm statistics follow the mixed batches; "frozen": the base's
     distill: float = 0.0  # weight of the KL to the base model's answers on the PBC half (0: off)
     temperature: float = 2.0  # of the distillation
+    anchor: float = 0.0  # L2-SP (Li et al. 2018): anchor / 2 * ||w - w_base||^2 over the kernels (0: off)
     pseudo: float = 0.0  # self-training: unlabelled site crops this sure join training (0: off)
     pseudo_steps: int = 200  # further steps with them
+    pseudo_per_class: int = 0  # > 0: at most this many pseudo-labelled crops per class, the surest (balance)
+    wise: float = 1.0  # weight-space ensemble: (1 - wise) * base + wise * fine-tuned (1: the fine-tuned model)
     prior: str = "none"  # "em": output bias shifted to the site's class proportions (adapt_eval.em_priors)
     seed: int = 0
 
@@ -63,10 +67,12 @@ def _all_layers(model):
 
 def train(model, spec, local_px: np.ndarray, local_y: np.ndarray, pbc_px: np.ndarray, pbc_y: np.ndarray,
           cfg: FinetuneConfig, pbc_soft: np.ndarray | None = None, progress=None, steps: int | None = None,
-          seed_offset: int = 0) -> list[float]:
+          seed_offset: int = 0, base_weights: list | None = None) -> list[float]:
     """Adam on every layer. local_px/pbc_px: uint8 at model size; each step draws local cells
     uniformly (the site's own proportions) and PBC cells, and augments both. pbc_soft: the base
-    model's probabilities on pbc_px, for distillation (cfg.distill > 0)."""
+    model's probabilities on pbc_px, for distillation (cfg.distill > 0). base_weights: the base
+    model's get_weights(), the anchor of cfg.anchor (taken before the first call: a later call,
+    e.g. self-training, still pulls towards the base and not towards where the last one ended)."""
     import tensorflow as tf
     import tf_keras
 
@@ -79,6 +85,11 @@ def train(model, spec, local_px: np.ndarray, local_y: np.ndarray, pbc_px: np.nda
     n_pbc = cfg.batch - n_local
     t = cfg.temperature
     use_kd = cfg.distill > 0 and pbc_soft is not None and n_pbc > 0
+    anchored = []
+    if cfg.anchor > 0 and base_weights is not None:
+        where = {id(w): i for i, w in enumerate(model.weights)}
+        anchored = [(v, tf.constant(base_weights[where[id(v)]])) for v in model.trainable_variables
+                    if "kernel" in v.name and id(v) in where]
 
     @tf.function(reduce_retracing=True)
     def step(x, y, soft, kd_mask):
@@ -93,6 +104,9 @@ def train(model, spec, local_px: np.ndarray, local_y: np.ndarray, pbc_px: np.nda
                 logp = logp - tf.reduce_logsumexp(logp, axis=1, keepdims=True)
                 kl = tf.reduce_sum(soft * (tf.math.log(tf.clip_by_value(soft, 1e-7, 1.0)) - logp), axis=1)
                 loss = ce + cfg.distill * t * t * tf.reduce_sum(kl * kd_mask) / tf.maximum(tf.reduce_sum(kd_mask), 1.0)
+            if anchored:
+                # Pull towards the base model's weights: what PBC taught stays unless the site needs it moved.
+                loss = loss + cfg.anchor / 2 * tf.add_n([tf.reduce_sum(tf.square(v - w0)) for v, w0 in anchored])
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -133,26 +147,44 @@ def predict(model, spec, px: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def pseudo_labels(probs: np.ndarray, threshold: float, allowed) -> np.ndarray:
+def pseudo_labels(probs: np.ndarray, threshold: float, allowed, per_class: int = 0) -> np.ndarray:
     """Label of each unlabelled crop the model is at least `threshold` sure of, as one of the
-    `allowed` classes (those the site labelled); -1 elsewhere."""
+    `allowed` classes (those the site labelled); -1 elsewhere. per_class > 0: only the `per_class`
+    surest crops of each class keep theirs, so the majority class (a neutrophil-rich site) does not
+    drown the others in the pseudo-labelled set."""
     lab = probs.argmax(1)
-    keep = (probs.max(1) >= threshold) & np.isin(lab, list(allowed))
+    conf = probs.max(1)
+    keep = (conf >= threshold) & np.isin(lab, list(allowed))
+    if per_class > 0:
+        for c in np.unique(lab[keep]):
+            idx = np.flatnonzero(keep & (lab == c))
+            keep[idx[np.argsort(-conf[idx], kind="stable")[per_class:]]] = False
     return np.where(keep, lab, -1)
 
 
+def wise(model, base_weights: list, alpha: float) -> list:
+    """Weight-space ensemble (WiSE-FT, Wortsman et al. 2022): the model's weights become
+    (1 - alpha) * base + alpha * fine-tuned, BatchNorm statistics included, in place. Returns the
+    fine-tuned weights (to put back with model.set_weights)."""
+    tuned = model.get_weights()
+    if alpha != 1.0:
+        model.set_weights([((1 - alpha) * b + alpha * t).astype(t.dtype) for b, t in zip(base_weights, tuned)])
+    return tuned
+
+
 def self_train(model, spec, local_px, local_y, unl_px, pbc_px, pbc_y, cfg: FinetuneConfig, pbc_soft=None,
-               progress=None) -> np.ndarray:
+               progress=None, base_weights: list | None = None) -> np.ndarray:
     """One round after `train`: unlabelled site crops the model is sure of join the labelled ones
     with that label for cfg.pseudo_steps more steps. Returns their pseudo-labels (-1: not used).
     The caller keeps the cells it scores on out of unl_px."""
     if not cfg.pseudo or not len(unl_px):
         return np.full(len(unl_px), -1, np.int64)
-    lab = pseudo_labels(predict(model, spec, unl_px), cfg.pseudo, np.unique(local_y))
+    lab = pseudo_labels(predict(model, spec, unl_px), cfg.pseudo, np.unique(local_y), cfg.pseudo_per_class)
     keep = lab >= 0
     if keep.any():
         train(model, spec, np.concatenate([local_px, unl_px[keep]]), np.concatenate([local_y, lab[keep]]),
-              pbc_px, pbc_y, replace(cfg, lr=cfg.lr), pbc_soft, progress, steps=cfg.pseudo_steps, seed_offset=1)
+              pbc_px, pbc_y, cfg, pbc_soft, progress, steps=cfg.pseudo_steps, seed_offset=1,
+              base_weights=base_weights)
     return lab
 
 

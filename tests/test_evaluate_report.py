@@ -7,8 +7,8 @@ import shutil
 import warnings
 
 import pytest
+from cell_images import make_dataset
 from click.testing import CliRunner
-from runtime_fixtures import bundles, make_dataset  # noqa: F401
 
 from edge_bloodcls.edge_runtime.core.progress import Progress
 from edge_bloodcls.edge_runtime.core.spec import LABELS

@@ -38,7 +38,6 @@ def synthetic_field(seed=0):
     return np.clip(arr, 0, 255).astype(np.uint8), truth
 
 
-
 def random_field(seed: int, n_wbc: int = 3, noise_seed: int | None = None, size=(640, 480)) -> np.ndarray:
     """A field with n_wbc white cells far enough apart that locate() finds each, and red cells."""
     rng = np.random.default_rng(seed)
@@ -68,7 +67,6 @@ def random_field(seed: int, n_wbc: int = 3, noise_seed: int | None = None, size=
         d.ellipse([cx - 0.78 * r, cy - 0.78 * r, cx + 0.78 * r, cy + 0.78 * r], fill=NUC)
     noise = np.random.default_rng(seed + 1000 if noise_seed is None else noise_seed).normal(0, 4, (h, w, 3))
     return np.clip(np.asarray(im, np.float32) + noise, 0, 255).astype(np.uint8)
-
 
 
 class FakeCamera:

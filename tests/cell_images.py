@@ -36,12 +36,10 @@ def make_dataset(root: Path, n_per_class: int = 12, size: int = 64, seed: int = 
     return root
 
 
-
 def cell_png(path: Path, label_index: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     synthetic_cell(label_index, np.random.default_rng(label_index)).save(path)
     return path
-
 
 
 def cell_folder(d: Path, labels: list[int], seed=0) -> Path:

@@ -19,7 +19,6 @@ def run(*args):
     return CliRunner().invoke(main, list(map(str, args)))
 
 
-
 def cli(*args, env=None, timeout=120, user=None):
     """The CLI in its own process (what a user runs); user='nobody' drops root's privileges."""
     cmd = [sys.executable, "-m", "edge_bloodcls.cli", *map(str, args)]

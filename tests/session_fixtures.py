@@ -14,8 +14,6 @@ from edge_bloodcls.edge_runtime.core.spec import LABELS
 from edge_bloodcls.edge_runtime.lab.session import CellRecord, SessionLog
 
 REPO = Path(__file__).resolve().parents[1]
-
-
 # (label, confidence, flagged, out of distribution)
 CELLS = ([("neutrophil", 0.95, False, False)] * 5 + [("lymphocyte", 0.92, False, False)] * 3
          + [("monocyte", 0.55, True, False), ("eosinophil", 0.61, True, True), ("platelet", 0.70, True, False)])

@@ -1,12 +1,18 @@
-"""Shared fixtures: generated images (no data set needed), and the shared PBC copy when present."""
+"""Shared fixtures, used by the test modules without importing them: generated images (no data
+set needed), the shared PBC and BCCD copies when present, the committed tiny bundles, the
+bundled default model, a headless browser, and a tiny trained run and its exports.
+
+Plain helpers live in modules named for what they make: cell_images, capture_fixtures,
+session_fixtures, cli_fixtures, convert_fixtures, train_fixtures, runtime_fixtures,
+report_fixtures, review_client. No test module imports another (test_test_layout.py checks)."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from edge_bloodcls.tfenv import configure
 
@@ -14,36 +20,16 @@ from edge_bloodcls.tfenv import configure
 # only through the CLI that sets its environment: set it before any of them can.
 configure()
 
-from edge_bloodcls.edge_runtime.core.spec import LABELS  # noqa: E402
+# make_dataset and synthetic_cell stay importable from here (`from conftest import ...`).
+from cell_images import make_dataset, synthetic_cell  # noqa: E402,F401
+from runtime_fixtures import COMMITTED  # noqa: E402
+
+from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL, MODELS_DIR, load_bundle  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EDGE_BLOODCLS_DATA", REPO.parent / "shared" / "data"))
-
-# An easy, learnable stand-in for PBC: each class is a disc of its own colour and size on a
-# pale background, with noise, jitter and random position so nothing is pixel-identical.
-_COLOURS = [(120, 40, 160), (220, 90, 60), (60, 30, 90), (90, 140, 200),
-            (40, 60, 180), (150, 120, 170), (200, 160, 200), (230, 30, 120)]
-
-
-def synthetic_cell(label_index: int, rng: np.random.Generator, size: int = 64) -> Image.Image:
-    bg = np.full((size, size, 3), (235, 220, 215), np.float32)
-    bg += rng.normal(0, 6, bg.shape)
-    im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
-    d = ImageDraw.Draw(im)
-    r = size * (0.15 + 0.03 * label_index)
-    cx, cy = size / 2 + rng.uniform(-4, 4), size / 2 + rng.uniform(-4, 4)
-    col = tuple(int(np.clip(c + rng.normal(0, 8), 0, 255)) for c in _COLOURS[label_index])
-    d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=col)
-    return im
-
-
-def make_dataset(root: Path, n_per_class: int = 12, size: int = 64, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for i, label in enumerate(LABELS):
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for j in range(n_per_class):
-            synthetic_cell(i, rng, size).save(root / label / f"{label[:3].upper()}_{j:04d}.jpg", quality=92)
-    return root
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
 
 
 @pytest.fixture
@@ -65,3 +51,70 @@ def bccd_dir() -> Path:
     if not d.is_dir():
         pytest.skip(f"shared BCCD data not found at {d}")
     return d
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    """{"float32": Path, "int8": Path} of NAME.tflite with NAME.json beside (no TensorFlow):
+    the committed bundles (runtime_fixtures.py) copied to pytest's base temp, so that a test may
+    write beside them."""
+    out = tmp_path_factory.getbasetemp() / "runtime_bundles"
+    if not out.exists():
+        shutil.copytree(COMMITTED, out)
+    paths = {q: out / f"tiny_{q}.tflite" for q in ("float32", "int8")}
+    for p in paths.values():
+        load_bundle(p)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def model() -> str:
+    """The bundled default model's name (TensorFlow-free); skips where it is not installed."""
+    if not (MODELS_DIR / f"{DEFAULT_MODEL}.json").exists():
+        pytest.skip(f"the bundled model {DEFAULT_MODEL} is not installed")
+    return DEFAULT_MODEL
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium from the system packages, driven by Selenium, which is given both paths
+    so that it never downloads a browser or a driver."""
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip(f"no headless Chromium ({CHROMIUM}, {CHROMEDRIVER}): install the Debian packages chromium "
+                    "and chromium-driver (`make browser`)")
+    pytest.importorskip("selenium", reason="selenium is in the dev extra: pip install -e '.[dev]'")
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never fetch anything
+    # Selenium is optional (the dev extra; checked just above): imported only when a test asks.
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1100,800"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """A training run as `edge-bloodcls train` leaves it: split.csv, model.keras, config.json."""
+    # TensorFlow is optional (not on an edge install): convert_fixtures needs it, so it is
+    # imported only when a test asks for a trained run, and skips that test where TF is missing.
+    import convert_fixtures
+
+    return convert_fixtures.train_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def exports(run_dir, tmp_path_factory):
+    """Each plain format exported once, on demand, into one directory."""
+    import convert_fixtures  # TensorFlow, as in run_dir
+
+    return convert_fixtures.export_each(run_dir, tmp_path_factory)

@@ -3,13 +3,13 @@
 The runtime tests load them without TensorFlow, so that they run where the runtime runs (the
 edge install, the Pi's root file system in `make pi-check`). `python tests/runtime_fixtures.py`
 rebuilds them (needs the train extra). A 32x32 conv net is trained for a few seconds on the
-synthetic cells of conftest (each class a disc of its own colour), so that a working pipeline
+synthetic cells of cell_images.py (each class a disc of its own colour), so that a working pipeline
 gets them right and a broken one (labels out of order, wrong normalisation, colour swapped) does
 not. Converted to float32 and full-int8 TFLite and written with edge_runtime.core.bundle.write_bundle.
 TensorFlow is imported here only.
 
-Test modules do `from runtime_fixtures import bundles  # noqa: F401`; the fixture copies the
-committed bundles to pytest's base temp, so that a test may write beside them.
+The `bundles` fixture (conftest.py) copies the committed bundles to pytest's base temp, so that a
+test may write beside them.
 """
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import make_dataset, synthetic_cell  # noqa: F401  (re-exported for the test modules)
+from cell_images import make_dataset
 
-from edge_bloodcls.edge_runtime.core.bundle import load_bundle, write_bundle
+from edge_bloodcls.edge_runtime.core.bundle import write_bundle
 from edge_bloodcls.edge_runtime.core.preprocess import load_rgb, normalise, resize
 from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
 from edge_bloodcls.tfenv import configure
@@ -76,20 +75,6 @@ def build_bundles(out: Path) -> dict[str, Path]:
         b = write_bundle(conv.convert(), manifest, out / "bundles")
         paths[quant] = b.tflite
     (out / "done.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}))
-    return paths
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory) -> dict[str, Path]:
-    """{"float32": Path, "int8": Path} of NAME.tflite with NAME.json beside (no TensorFlow)."""
-    import shutil
-
-    out = tmp_path_factory.getbasetemp() / "runtime_bundles"
-    if not out.exists():
-        shutil.copytree(COMMITTED, out)
-    paths = {q: out / f"tiny_{q}.tflite" for q in ("float32", "int8")}
-    for p in paths.values():
-        load_bundle(p)
     return paths
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 pytest.importorskip("tensorflow")
 
-from test_convert import SIZE, _val_images, exports, run_dir  # noqa: E402,F401
+from convert_fixtures import _val_images  # noqa: E402
 
 from edge_bloodcls.edge_runtime import cli as commands  # noqa: E402
 from edge_bloodcls.edge_runtime.core.bundle import BundleError, load_bundle, manifest_sha256  # noqa: E402

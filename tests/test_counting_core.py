@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_runtime_track import random_field
+from capture_fixtures import random_field
 
 from edge_bloodcls.edge_runtime.capture.counting import COUNT_VIEWS, CountingCore
 from edge_bloodcls.edge_runtime.capture.locate import locate

@@ -7,8 +7,8 @@ import shutil
 from collections import Counter
 
 import pytest
+from cell_images import make_dataset
 from click.testing import CliRunner
-from conftest import make_dataset
 
 from edge_bloodcls.cli import main
 from edge_bloodcls.train.data import audit, make_split, read_split, scan, write_split

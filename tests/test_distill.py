@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_train import _split, _train
+from train_fixtures import _split, _train
 
 from edge_bloodcls.cli import main
 

@@ -7,8 +7,8 @@ import shutil
 import warnings
 
 import pytest
+from cell_images import make_dataset
 from click.testing import CliRunner
-from runtime_fixtures import bundles, make_dataset  # noqa: F401
 
 from edge_bloodcls.edge_runtime.core.progress import Progress
 from edge_bloodcls.edge_runtime.core.spec import LABELS
@@ -89,7 +89,7 @@ def test_bench_accuracy_pass_counts_on_the_terminal(bundles, tmp_path):
     pixels = tmp_path / "pixels.npy"
     np.save(pixels, np.random.default_rng(0).integers(0, 255, (150, *size, 3), dtype=np.uint8))
     img = tmp_path / "cell.png"
-    from runtime_fixtures import synthetic_cell
+    from cell_images import synthetic_cell
 
     synthetic_cell(1, np.random.default_rng(1)).save(img)
     master, slave = pty.openpty()  # a terminal, as the parent passes its stderr when it is one

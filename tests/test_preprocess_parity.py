@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_dataset
+from cell_images import make_dataset
 
 from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, prepare, resize
 from edge_bloodcls.edge_runtime.core.spec import InputSpec

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from review_client import ReviewClient
-from test_runtime_report import REPO, make_session, run_cli
+from session_fixtures import REPO, make_session, run_cli
 
 from edge_bloodcls.edge_runtime.core.spec import LABELS
 from edge_bloodcls.edge_runtime.lab.store import SessionStore

@@ -13,8 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from review_client import ReviewClient
-from test_runtime_report import CELLS, make_session
-from test_runtime_review_browser import browser  # noqa: F401
+from session_fixtures import CELLS, make_session
 
 from edge_bloodcls.edge_runtime.core.spec import LABELS
 from edge_bloodcls.edge_runtime.lab import review
@@ -87,7 +86,7 @@ def _signed(db):
         return [(a.reviewer, a.reason) for a in store.audit(store.session().id) if a.action == "signoff"]
 
 
-def test_gallery_fits_800x480_and_a_desktop_without_horizontal_scrolling(browser, served):  # noqa: F811
+def test_gallery_fits_800x480_and_a_desktop_without_horizontal_scrolling(browser, served):
     db, sid, server = served()
     try:
         for w, h in ((800, 480), (1366, 768)):
@@ -115,7 +114,7 @@ def test_gallery_fits_800x480_and_a_desktop_without_horizontal_scrolling(browser
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
-def test_ten_thousand_cells_open_in_seconds_and_crops_load_lazily(browser, tmp_path):  # noqa: F811
+def test_ten_thousand_cells_open_in_seconds_and_crops_load_lazily(browser, tmp_path):
     import io
 
     from PIL import Image
@@ -152,7 +151,7 @@ def test_ten_thousand_cells_open_in_seconds_and_crops_load_lazily(browser, tmp_p
         server.stop()
 
 
-def test_artefact_changes_the_differential_on_the_page_and_in_the_report(browser, served):  # noqa: F811
+def test_artefact_changes_the_differential_on_the_page_and_in_the_report(browser, served):
     db, sid, server = served()
     _open(browser, server)
     assert _text(browser, "#wbc-final") == "10"
@@ -176,7 +175,7 @@ def test_artefact_changes_the_differential_on_the_page_and_in_the_report(browser
     assert (c.reviewed_label, c.reviewer) == ("artefact", "ann")
 
 
-def test_sign_off_is_refused_until_the_rules_hold_then_read_only(browser, served):  # noqa: F811
+def test_sign_off_is_refused_until_the_rules_hold_then_read_only(browser, served):
     db, sid, server = served(unvalidated=True)  # target 11 cells: 10 white cells is a short count
 
     def try_sign(expect, ack=False):
@@ -245,7 +244,7 @@ def test_sign_off_is_refused_until_the_rules_hold_then_read_only(browser, served
         assert store.cell(sid, 1).reviewed_label == "neutrophil"
 
 
-def test_amendment_with_a_reason_is_signed_as_version_2_and_both_are_in_the_report(browser, served):  # noqa: F811
+def test_amendment_with_a_reason_is_signed_as_version_2_and_both_are_in_the_report(browser, served):
     db, sid, server = served(count_target=None)
     with SessionStore(db) as store:
         for cid in (9, 10, 11):
@@ -285,7 +284,7 @@ def test_amendment_with_a_reason_is_signed_as_version_2_and_both_are_in_the_repo
     assert trail == [("signoff", None), ("amend", "cell 10 is a smudge cell on a second look"), ("signoff", None)]
 
 
-def test_keyboard_only_review_of_a_100_cell_session(browser, served):  # noqa: F811
+def test_keyboard_only_review_of_a_100_cell_session(browser, served):
     from selenium.webdriver.common.keys import Keys
 
     cells = [(LABELS[[0, 1, 3, 4, 5, 6][k % 6]], 0.9, k % 4 == 0, False) for k in range(100)]

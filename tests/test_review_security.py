@@ -19,9 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from review_client import ReviewClient
-from runtime_fixtures import bundles  # noqa: F401
-from test_runtime_report import REPO, make_session, run_cli
-from test_runtime_review_browser import browser  # noqa: F401
+from session_fixtures import REPO, make_session, run_cli
 
 from edge_bloodcls.edge_runtime.capture.webserve import allowed_hosts, json_for_html
 
@@ -181,7 +179,7 @@ def test_slow_clients_are_cut_off_and_the_server_keeps_serving(server):
     assert c.json("api/state")["session"]["id"] == 1
 
 
-def test_markup_in_names_stays_text_and_no_injected_script_runs(server, browser):  # noqa: F811
+def test_markup_in_names_stays_text_and_no_injected_script_runs(server, browser):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -207,7 +205,7 @@ def test_markup_in_names_stays_text_and_no_injected_script_runs(server, browser)
     assert browser.execute_script("return document.querySelectorAll('img[src=x], script').length") == 0
 
 
-def test_labels_with_markup_are_refused_at_load(tmp_path, bundles):  # noqa: F811
+def test_labels_with_markup_are_refused_at_load(tmp_path, bundles):
     import sqlite3
 
     db = tmp_path / "s.db"

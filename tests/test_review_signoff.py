@@ -10,7 +10,7 @@ import urllib.error
 
 import pytest
 from review_client import ReviewClient
-from test_runtime_report import make_session, run_cli
+from session_fixtures import make_session, run_cli
 
 from edge_bloodcls.edge_runtime.core.spec import (
     ADDED_WBC_LABELS,

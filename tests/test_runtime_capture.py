@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from capture_fixtures import FakeCamera, synthetic_field
+from cell_images import cell_folder, synthetic_cell
 from click.testing import CliRunner
 from PIL import Image
-from runtime_fixtures import bundles, cli_env, synthetic_cell  # noqa: F401
-from test_runtime_locate import synthetic_field
-from test_runtime_sources import FakeCamera
+from runtime_fixtures import cli_env
 
 from edge_bloodcls.edge_runtime.capture.loop import STAGES, CaptureOptions, format_summary, run_capture
 from edge_bloodcls.edge_runtime.capture.opener import open_source
@@ -32,14 +31,6 @@ def run(*args):
     from edge_bloodcls.cli import main
 
     return CliRunner().invoke(main, list(map(str, args)))
-
-
-def cell_folder(d: Path, labels: list[int], seed=0) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for k, i in enumerate(labels):
-        synthetic_cell(i, rng).save(d / f"{k:04d}.png")
-    return d
 
 
 def test_capture_cell_mode_logs_every_frame_and_differential(bundles, tmp_path):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cell_images import make_dataset, synthetic_cell
 from click.testing import CliRunner
 from PIL import Image
-from runtime_fixtures import bundles, make_dataset, synthetic_cell  # noqa: F401
 
 from edge_bloodcls.edge_runtime import cli as commands
 from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL

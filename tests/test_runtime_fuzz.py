@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cell_images import synthetic_cell
 from click.testing import CliRunner
-from conftest import synthetic_cell
 
 from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL, MODELS_DIR
 from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import resource
 import shutil
 import struct
 import subprocess
@@ -21,61 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from conftest import make_dataset, synthetic_cell
+from cell_images import cell_png, make_dataset, synthetic_cell
+from cli_fixtures import _setpriv_nobody, cli, errors, no_traceback, run
 from PIL import Image
 
 from edge_bloodcls.edge_runtime.core import preprocess
-from edge_bloodcls.edge_runtime.core.bundle import DEFAULT_MODEL, MODELS_DIR
 from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, prepare
 from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model() -> str:
-    if not (MODELS_DIR / f"{DEFAULT_MODEL}.json").exists():
-        pytest.skip(f"the bundled model {DEFAULT_MODEL} is not installed")
-    return DEFAULT_MODEL
-
-
-def run(*args):
-    from edge_bloodcls.cli import main
-
-    return CliRunner().invoke(main, list(map(str, args)))
-
-
-def cli(*args, env=None, timeout=120, user=None):
-    """The CLI in its own process (what a user runs); user='nobody' drops root's privileges."""
-    cmd = [sys.executable, "-m", "edge_bloodcls.cli", *map(str, args)]
-    if user:
-        cmd = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", *cmd]
-    limit = 4 << 30  # address space: a regression that reads /dev/zero must fail, not eat the machine
-
-    def cap():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    return subprocess.run(cmd, capture_output=True, timeout=timeout, env={**os.environ, **(env or {})},
-                          preexec_fn=cap)
-
-
-def errors(stderr) -> list[str]:
-    text = stderr if isinstance(stderr, str) else stderr.decode("utf-8", "replace")
-    return [line for line in text.splitlines() if line.startswith("error: ")]
-
-
-def no_traceback(r) -> None:
-    if hasattr(r, "exception") and r.exception is not None:
-        assert isinstance(r.exception, SystemExit), repr(r.exception)
-    err = r.stderr if isinstance(r.stderr, str) else r.stderr.decode("utf-8", "replace")
-    assert "Traceback" not in err, err
-
-
-def cell_png(path: Path, label_index: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    synthetic_cell(label_index, np.random.default_rng(label_index)).save(path)
-    return path
 
 
 # --- 1. every decoder failure is an ImageError ----------------------------------------------
@@ -171,18 +124,6 @@ def test_runtime_broken_link_and_pipe_in_a_folder_are_reported(model, tmp_path):
     assert "accuracy=" in r.stdout
     rep = json.loads((tmp_path / "e.json").read_text())
     assert [Path(x["path"]).name for x in rep["not_read"]] == ["gone.png"]
-
-
-def _setpriv_nobody() -> str | None:
-    if os.geteuid() != 0:
-        return None
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root and setpriv is missing: permissions cannot be tested (root ignores them)")
-    probe = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
-                            "-c", "import edge_bloodcls.edge_runtime.core.preprocess"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"user nobody cannot run this checkout's Python: {probe.stderr.decode()[-200:]}")
-    return "nobody"
 
 
 def test_runtime_folders_without_permission_are_reported(model):

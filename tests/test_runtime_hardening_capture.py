@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_fixtures import bundles  # noqa: F401
-from test_runtime_hardening import _setpriv_nobody, cell_png, cli, errors, model, no_traceback, run  # noqa: F401
+from cell_images import cell_png
+from cli_fixtures import _setpriv_nobody, cli, errors, no_traceback, run
 
 from edge_bloodcls.edge_runtime.capture.loop import STAGES, CaptureOptions, run_capture
 from edge_bloodcls.edge_runtime.capture.opener import open_source

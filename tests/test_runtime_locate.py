@@ -4,44 +4,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from capture_fixtures import BG, NUC, RBC, synthetic_field
 from click.testing import CliRunner
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from edge_bloodcls.edge_runtime.capture.locate import CROP_PER_RBC, crop, crop_side, locate
 from edge_bloodcls.edge_runtime.capture.locate_eval import iou, locate_eval_command, match, read_voc
 from edge_bloodcls.edge_runtime.core.preprocess import load_rgb
-
-BG, RBC, CYTO, NUC = (226, 222, 214), (205, 150, 160), (214, 198, 212), (95, 60, 165)
-
-
-def _disc(d, cx, cy, r, colour):
-    d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
-
-
-def synthetic_field(seed=0):
-    """640x480, red cells of 100 px (the default scale), a round-nucleus cell, a cell with three
-    separate lobes, two cells whose nuclei touch, and a platelet. Returns (rgb, truth boxes)."""
-    rng = np.random.default_rng(seed)
-    im = Image.new("RGB", (640, 480), BG)
-    d = ImageDraw.Draw(im)
-    for cx, cy in [(45, 430), (300, 60), (560, 420), (450, 440), (50, 250)]:
-        _disc(d, cx, cy, 48, RBC)
-    # lymphocyte-like: big round nucleus, thin cytoplasm
-    _disc(d, 140, 130, 58, CYTO)
-    _disc(d, 140, 130, 46, NUC)
-    # segmented neutrophil-like: three lobes with visible gaps
-    _disc(d, 470, 250, 95, CYTO)
-    for dx, dy in [(-45, -10), (0, 25), (45, -10)]:
-        _disc(d, 470 + dx, 250 + dy, 24, NUC)
-    # two large cells side by side whose nuclei touch
-    for cx in (180, 305):
-        _disc(d, cx, 370, 78, CYTO)
-    for cx in (180, 305):
-        _disc(d, cx, 370, 65, NUC)
-    _disc(d, 590, 70, 9, NUC)  # platelet: stained like a nucleus, far too small
-    arr = np.asarray(im).astype(np.float32) + rng.normal(0, 4, (480, 640, 3))
-    truth = [(82, 72, 198, 188), (375, 155, 565, 345), (102, 292, 258, 448), (227, 292, 383, 448)]
-    return np.clip(arr, 0, 255).astype(np.uint8), truth
 
 
 def test_locate_synthetic_field_finds_each_cell_once_and_ignores_platelet_and_red_cells():

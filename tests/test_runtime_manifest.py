@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from runtime_fixtures import bundles  # noqa: F401
 
 from edge_bloodcls.edge_runtime import cli as commands
 from edge_bloodcls.edge_runtime.core.bundle import BundleError, load_bundle, manifest_sha256

@@ -7,8 +7,9 @@ import sys
 import textwrap
 
 import numpy as np
-from runtime_fixtures import bundles, cli_env, make_dataset, synthetic_cell  # noqa: F401
-from test_runtime_locate import synthetic_field
+from capture_fixtures import synthetic_field
+from cell_images import make_dataset, synthetic_cell
+from runtime_fixtures import cli_env
 
 BLOCKER = textwrap.dedent("""
     import importlib.abc, sys

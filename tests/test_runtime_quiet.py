@@ -6,7 +6,8 @@ from __future__ import annotations
 import subprocess
 
 import numpy as np
-from runtime_fixtures import PYTHON, bundles, cli_env, synthetic_cell  # noqa: F401
+from cell_images import synthetic_cell
+from runtime_fixtures import PYTHON, cli_env
 
 XNNPACK = "Created TensorFlow Lite XNNPACK delegate"
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from report_fixtures import make_big_session
-from test_runtime_report import CELLS, make_session, run_cli
+from session_fixtures import CELLS, make_session, run_cli
 
 from edge_bloodcls.edge_runtime.lab.reference import Intervals
 from edge_bloodcls.edge_runtime.lab.report import load

@@ -6,45 +6,16 @@ EDGE_BLOODCLS_SCREENSHOTS=DIR saves report.png and review.png there."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import pytest
-from test_runtime_report import REPO, make_session, run_cli
+from session_fixtures import REPO, make_session, run_cli
 
 from edge_bloodcls.edge_runtime.lab.store import SessionStore
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
 SHOTS = os.environ.get("EDGE_BLOODCLS_SCREENSHOTS")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip(f"no headless Chromium ({CHROMIUM}, {CHROMEDRIVER}): install the Debian packages chromium "
-                    "and chromium-driver (`make browser`)")
-    pytest.importorskip("selenium", reason="selenium is in the dev extra: pip install -e '.[dev]'")
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never fetch anything
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1100,800"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 def _wait(driver, cond, timeout=20):

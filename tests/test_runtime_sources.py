@@ -5,7 +5,8 @@ import sys
 
 import numpy as np
 import pytest
-from runtime_fixtures import synthetic_cell
+from capture_fixtures import FakeCamera
+from cell_images import synthetic_cell
 
 from edge_bloodcls.edge_runtime.capture import sources
 from edge_bloodcls.edge_runtime.capture.opener import open_source
@@ -57,26 +58,6 @@ def test_not_a_video_and_missing_source(tmp_path):
         open_source(str(bad))
     with pytest.raises(SourceError, match="no such camera, file or folder"):
         open_source(str(tmp_path / "missing"))
-
-
-class FakeCamera:
-    """Delivers `frames` frames, then reads fail (a cable pulled out)."""
-
-    def __init__(self, frames: int):
-        self.left = frames
-        self.released = False
-
-    def isOpened(self):
-        return True
-
-    def read(self):
-        if self.left <= 0:
-            return False, None
-        self.left -= 1
-        return True, np.full((4, 4, 3), 7, np.uint8)
-
-    def release(self):
-        self.released = True
 
 
 def test_camera_that_stops_is_retried_with_backoff_then_ends_with_reason():

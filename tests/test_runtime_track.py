@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from capture_fixtures import random_field
 from click.testing import CliRunner
-from PIL import Image, ImageDraw
-from runtime_fixtures import bundles  # noqa: F401
-from test_runtime_locate import BG, CYTO, NUC, RBC
+from PIL import Image
 
 from edge_bloodcls.edge_runtime.capture.counting import COUNT_VIEWS
 from edge_bloodcls.edge_runtime.capture.field_motion import FieldDetector
@@ -20,37 +19,6 @@ from edge_bloodcls.edge_runtime.core.spec import WBC_LABELS
 from edge_bloodcls.edge_runtime.lab.session import read_session
 
 cv2 = pytest.importorskip("cv2")
-
-
-def random_field(seed: int, n_wbc: int = 3, noise_seed: int | None = None, size=(640, 480)) -> np.ndarray:
-    """A field with n_wbc white cells far enough apart that locate() finds each, and red cells."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    im = Image.new("RGB", size, BG)
-    d = ImageDraw.Draw(im)
-    placed: list[tuple[float, float, float]] = []
-
-    def free(cx, cy, r, gap):
-        return r < cx < w - r and r < cy < h - r and all(np.hypot(cx - x, cy - y) > r + q + gap for x, y, q in placed)
-
-    for _ in range(10000):
-        if len(placed) == n_wbc:
-            break
-        r, cx, cy = rng.uniform(50, 65), rng.uniform(0, w), rng.uniform(0, h)
-        if free(cx, cy, r, 90):
-            placed.append((cx, cy, r))
-    assert len(placed) == n_wbc, "no room for the white cells in this field size"
-    wbc = list(placed)
-    for _ in range(300):
-        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        if free(cx, cy, 48, 10):
-            placed.append((cx, cy, 48))
-            d.ellipse([cx - 48, cy - 48, cx + 48, cy + 48], fill=RBC)
-    for cx, cy, r in wbc:
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=CYTO)
-        d.ellipse([cx - 0.78 * r, cy - 0.78 * r, cx + 0.78 * r, cy + 0.78 * r], fill=NUC)
-    noise = np.random.default_rng(seed + 1000 if noise_seed is None else noise_seed).normal(0, 4, (h, w, 3))
-    return np.clip(np.asarray(im, np.float32) + noise, 0, 255).astype(np.uint8)
 
 
 def write_video(path: Path, fields: list[np.ndarray], hold: int, noisy: bool = False) -> Path:

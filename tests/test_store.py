@@ -9,9 +9,8 @@ import sqlite3  # only to play another program on the file, or to write an old o
 from pathlib import Path
 
 import pytest
-from runtime_fixtures import bundles  # noqa: F401
-from test_runtime_capture import cell_folder
-from test_runtime_report import REPO, make_session, run_cli
+from cell_images import cell_folder
+from session_fixtures import REPO, make_session, run_cli
 
 from edge_bloodcls.edge_runtime.lab.report import load, render
 from edge_bloodcls.edge_runtime.lab.store import (

@@ -9,30 +9,16 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_dataset
+from train_fixtures import _split, _train
 
 from edge_bloodcls.cli import main
 
 pytest.importorskip("tf_keras")
 
 
-def _split(root_dir, n_per_class):
-    root = make_dataset(root_dir / "cells", n_per_class=n_per_class, size=48)
-    out = root_dir / "split.csv"
-    r = CliRunner().invoke(main, ["data", "split", str(root), "--out", str(out), "--ratios", "0.6,0.2,0.2"])
-    assert r.exit_code == 0, r.output
-    return out
-
-
 @pytest.fixture(scope="module")
 def small_split(tmp_path_factory):
     return _split(tmp_path_factory.mktemp("small"), 10)
-
-
-def _train(split, out, *extra):
-    args = ["train", "--arch", "mobilenetv2", "--split", str(split), "--out", str(out), "--img-size", "32",
-            "--batch-size", "8", "--width", "0.35", "--lr", "0.002", *extra]
-    return CliRunner().invoke(main, args)
 
 
 def test_tiny_training_beats_chance(tmp_path):

@@ -57,13 +57,12 @@ browser:
 test: setup browser lint typecheck
 	$(BIN)/python -m pytest -q
 
-# ruff over the source tree (rules in pyproject.toml), then the import contracts of .importlinter
-# (the rooms of edge_runtime, no TensorFlow there, no cycles), checked on the installed package
-# from outside the checkout, as mypy is. The format check (`ruff format --check`)
-# is not on yet: the code base is not in ruff's format, and reformatting waits for the open
-# branches to merge.
+# ruff over the source tree (rules and format in pyproject.toml; `ruff format .` fixes the
+# format), then the import contracts of .importlinter (the rooms of edge_runtime, no TensorFlow
+# there, no cycles), checked on the installed package from outside the checkout, as mypy is.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	cd /tmp && $(CURDIR)/$(BIN)/lint-imports --no-logo --cache-dir $(CURDIR)/.import_linter_cache $(CURDIR)/.importlinter
 
 # mypy on the whole package (the runtime, train, convert, benchmarks, the CLI), as installed:

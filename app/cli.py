@@ -7,6 +7,7 @@ dependencies (TensorFlow, matplotlib, tqdm: the [train] extra) are imported insi
 that need them, so the edge install (numpy, Pillow, click, the interpreter) lists and runs every
 runtime command; tests/test_cli_edge_install.py checks that with those packages blocked.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -44,9 +45,13 @@ class App(click.Group):
 
 @click.group(cls=App, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-bloodcls")
-@click.option("--verbose", "-v", is_flag=True,
-              help="Also debug detail and the libraries' own notices on stderr (TensorFlow's logs, the TFLite "
-                   "runtime's INFO lines, OpenCV's).")
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Also debug detail and the libraries' own notices on stderr (TensorFlow's logs, the TFLite "
+    "runtime's INFO lines, OpenCV's).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr (results still on stdout).")
 def main(verbose, quiet):
     """Blood-cell classification from training to the microscope.

@@ -10,6 +10,7 @@ group, prints it as one line, `error: MESSAGE`, on stderr and exits with the cod
 click's own usage errors exit 2 as well. The group (edge_bloodcls.cli) turns a missing [train]
 extra, wherever it is first imported, into the same one line (missing_extra below).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -48,8 +49,10 @@ class InputsFailed(CliError):
 
 def needs_train_extra(command: str | None, module: str | None = None) -> CliError:
     what = f" ({module} is not installed)" if module else ""
-    return CliError(f"{command or 'this command'} needs TensorFlow, which the edge install does not have{what}: "
-                    f"install the full toolkit ({INSTALL_TRAIN}, or `make setup`); the edge install runs bundles")
+    return CliError(
+        f"{command or 'this command'} needs TensorFlow, which the edge install does not have{what}: "
+        f"install the full toolkit ({INSTALL_TRAIN}, or `make setup`); the edge install runs bundles"
+    )
 
 
 def require_train_extra(command: str, modules: tuple[str, ...] = ("tensorflow", "tf_keras")) -> None:

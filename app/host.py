@@ -1,6 +1,7 @@
 """The machine this runs on, in words: what a benchmark result or a training run records.
 Here, not in benchmarks/, because training records it too and benchmarks import train.
 """
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@ the levels here, once, for the toolkit and for the libraries' own chatter:
 Modules log to logging.getLogger(__name__) (all under "edge_bloodcls"); they never print a
 message. Without the CLI (a script, a test) nothing is configured and logging's defaults apply.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,6 +1,7 @@
 """TensorFlow's environment, in one place. It must be set before TensorFlow is first imported
 in a process: the CLI sets it when it starts, and a process that imports TensorFlow without
 the CLI (the benchmark's measuring child, a test) calls configure() first."""
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ this format alone, and keeps TensorFlow out of the TFLite measurements: a TFLite
 the edge runtime only, as the Pi does, so its memory is what the Pi would pay. The spec and the
 result are JSON files (the parent computes the metrics from the predictions written here).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,16 @@ def peak_rss_mb() -> float:
 def percentiles(ms: list[float]) -> dict:
     a = np.asarray(ms, np.float64)
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(a.mean()),
-            "std": float(a.std()), "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
+    return {
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "n": int(a.size),
+    }
 
 
 def _timed(call, x, warmup: int, runs: int) -> tuple[list[float], list[float]]:
@@ -68,8 +77,13 @@ def run_tflite(spec: dict) -> dict:
     # Classifier.predict: input quantization, invoke, output dequantization; it returns the
     # invoke time alone as well.
     wall, invoke = _timed(lambda v: clf.predict(v)[1], x, spec["warmup"], spec["runs"])
-    out = {"load_s": load_s, "latency_ms": percentiles(wall), "invoke_ms": percentiles(invoke),
-           "peak_rss_mb": peak_rss_mb(), "interpreter": clf.describe()}
+    out = {
+        "load_s": load_s,
+        "latency_ms": percentiles(wall),
+        "invoke_ms": percentiles(invoke),
+        "peak_rss_mb": peak_rss_mb(),
+        "interpreter": clf.describe(),
+    }
     if spec.get("pixels"):
         pixels = _pixels(spec)
         res = clf.predict_many(_progress(spec, len(pixels), (normalise(np.asarray(p), clf.spec) for p in pixels)))
@@ -100,10 +114,19 @@ def run_keras(spec: dict) -> dict:
     fn = tf.function(lambda v: model(v, training=False))
     x = prepare(spec["latency_image"], ispec)[None]
     wall, _ = _timed(lambda v: (fn(v).numpy(), None)[1], x, spec["warmup"], spec["runs"])
-    out = {"load_s": load_s, "import_s": import_s, "latency_ms": percentiles(wall),
-           "peak_rss_mb": peak_rss_mb(),
-           "interpreter": {"interpreter": "tf_keras", "interpreter_version": tf_keras.__version__,
-                           "tensorflow": tf.__version__, "threads": threads or os.cpu_count(), "device": "cpu"}}
+    out = {
+        "load_s": load_s,
+        "import_s": import_s,
+        "latency_ms": percentiles(wall),
+        "peak_rss_mb": peak_rss_mb(),
+        "interpreter": {
+            "interpreter": "tf_keras",
+            "interpreter_version": tf_keras.__version__,
+            "tensorflow": tf.__version__,
+            "threads": threads or os.cpu_count(),
+            "device": "cpu",
+        },
+    }
     if spec.get("pixels"):
         # Here, not at the top: a TFLite child imports the edge runtime only, as the Pi does (its
         # memory is what the Pi pays); convert/ is for the Keras child alone.

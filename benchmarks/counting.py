@@ -19,6 +19,7 @@ that counted - stills is what the scan adds. Cost: the counting core's own time 
 one OpenCV thread, as CPU time of the thread (time.thread_time: the machine is shared, and wall
 time would count the other processes), beside the interpreter's time per frame.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,6 +54,7 @@ DEFAULT_BCCD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / 
 @dataclass
 class Shot:
     """One camera frame: where the view is on the canvas and what spoils it."""
+
     x: float
     y: float = PAD
     smear: float = 0.0  # horizontal motion smear, px
@@ -63,6 +65,7 @@ class Shot:
 
 
 # --- the slide -----------------------------------------------------------------------------------
+
 
 def wbc_boxes(bccd: Path, name: str) -> list[tuple[int, int, int, int]]:
     root = ET.parse(bccd / "Annotations" / f"{name}.xml").getroot()
@@ -94,7 +97,6 @@ class Slide:
         # OpenCV: the [edge] extra; only this step needs it
         import cv2
 
-
         self.names = names
         fields = []
         for nm in names:
@@ -105,9 +107,10 @@ class Slide:
         self.fields = fields
         row = np.concatenate(fields, axis=1)
         self.canvas = cv2.copyMakeBorder(row, PAD, PAD, PAD, PAD, cv2.BORDER_REFLECT)
-        self.boxes = [[(x0 + PAD + k * W, y0 + PAD, x1 + PAD + k * W, y1 + PAD)
-                       for x0, y0, x1, y1 in wbc_boxes(bccd, nm)]
-                      for k, nm in enumerate(names)]
+        self.boxes = [
+            [(x0 + PAD + k * W, y0 + PAD, x1 + PAD + k * W, y1 + PAD) for x0, y0, x1, y1 in wbc_boxes(bccd, nm)]
+            for k, nm in enumerate(names)
+        ]
 
     def x(self, k: float) -> float:
         """Canvas x of the view resting on field k."""
@@ -151,7 +154,7 @@ class Camera:
         c = self.slide.canvas
         xi = min(max(xi, 0), c.shape[1] - W)
         yi = min(max(yi, 0), c.shape[0] - H)
-        return c[yi:yi + H, xi:xi + W]
+        return c[yi : yi + H, xi : xi + W]
 
     def render(self, s: Shot) -> np.ndarray:
         # OpenCV: the [edge] extra; only this step needs it
@@ -178,6 +181,7 @@ class Camera:
 
 
 # --- scenarios: lists of shots -------------------------------------------------------------------
+
 
 def _smooth(u: float) -> float:
     return u * u * (3 - 2 * u)
@@ -230,8 +234,15 @@ def scenarios(bccd: Path, fps_list=(5, 15, 30)) -> list[tuple[str, str, Slide, l
         shots += rest(s20.x(k), 10)
     out.append(("still fields", "20 fields, 10 frames each, cut between them", s20, shots, fps))
     for f in fps_list:
-        out.append((f"stop-and-go {f:g} fps", "20 fields: rest 1.5 s, move to the next in 0.3 s (smeared)",
-                    s20, stop_and_go(s20, f), float(f)))
+        out.append(
+            (
+                f"stop-and-go {f:g} fps",
+                "20 fields: rest 1.5 s, move to the next in 0.3 s (smeared)",
+                s20,
+                stop_and_go(s20, f),
+                float(f),
+            )
+        )
     speed = 100.0  # px/s
     shots = []
     x0, x1 = s12.x(0), s12.x(len(s12.fields) - 1)
@@ -261,21 +272,37 @@ def scenarios(bccd: Path, fps_list=(5, 15, 30)) -> list[tuple[str, str, Slide, l
         shots += move(s3.x(a), s3.x(b), 5)
     shots += rest(s3.x(0), 15)
     out.append(("revisits, jumps", "A->B->C->B->A->C->A, fast smeared moves (chain breaks)", s3, shots, fps))
-    out.append(("vibration at rest", "8 fields, stop-and-go; +-4 px shake every frame at rest", s8,
-                stop_and_go(s8, fps, jitter=4.0, rng=rng), fps))
+    out.append(
+        (
+            "vibration at rest",
+            "8 fields, stop-and-go; +-4 px shake every frame at rest",
+            s8,
+            stop_and_go(s8, fps, jitter=4.0, rng=rng),
+            fps,
+        )
+    )
     drift = lambda u: 3.5 * np.sin(np.pi * u) ** 2  # noqa: E731  sharp, out to sigma 3.5 px, back
-    out.append(("focus drift", "8 fields, stop-and-go; focus drifts out (sigma 3.5 px) and back at each rest", s8,
-                stop_and_go(s8, fps, rest_s=3.0, sigma=drift), fps))
+    out.append(
+        (
+            "focus drift",
+            "8 fields, stop-and-go; focus drifts out (sigma 3.5 px) and back at each rest",
+            s8,
+            stop_and_go(s8, fps, rest_s=3.0, sigma=drift),
+            fps,
+        )
+    )
     shots = stop_and_go(s8, fps)
     for j in range(10, len(shots), 25):
         shots[j] = Shot(shots[j].x, special="dark")
     shots[len(shots) // 2] = Shot(0, special="blank")
-    out.append(("dark / blank frames", "8 fields, stop-and-go; a dark frame every 25 frames, one blank",
-                s8, shots, fps))
+    out.append(
+        ("dark / blank frames", "8 fields, stop-and-go; a dark frame every 25 frames, one blank", s8, shots, fps)
+    )
     return out
 
 
 # --- running a scenario ----------------------------------------------------------------------------
+
 
 @dataclass
 class Row:
@@ -311,7 +338,9 @@ def make_classify(clf) -> tuple[Callable, dict[str, float]]:
                 state["interp_ms"] += pred.latency_ms
                 obs.append(Observation(index, d.box, np.array([pred.probs[k] for k in clf.labels]), pred, patch))
             return obs
+
         return classify
+
     return for_frame, state
 
 
@@ -329,6 +358,7 @@ def run_scenario(name, what, slide: Slide, shots: list[Shot], fps: float, clf) -
         r = orig_update(rgb)
         pos_ms.append((time.thread_time() - t0) * 1000)
         return r
+
     core.position.update = timed_update  # type: ignore[method-assign]
     for i, s in enumerate(shots):
         rgb = cam.render(s)
@@ -341,6 +371,7 @@ def run_scenario(name, what, slide: Slide, shots: list[Shot], fps: float, clf) -
             r = classify(d)
             t_cls[0] += (time.thread_time() - t0) * 1000
             return r
+
         t0 = time.thread_time()
         step = core.step(i, i / fps, rgb, dets, timed_classify)
         core_ms.append((time.thread_time() - t0) * 1000 - t_cls[0])
@@ -357,15 +388,29 @@ def run_scenario(name, what, slide: Slide, shots: list[Shot], fps: float, clf) -
     stills += len(ref.flush())
     truth = slide.truth(shots)
     counted = sum(counter.diff.counts.values())
-    return Row(name, what, fps, len(shots), truth, stills, counted, counter.diff.wbc,
-               round(100.0 * (counted - truth) / truth, 1) if truth else 0.0, core.segments,
-               core.stats.seen_again, dict(core.stats.states), round(float(np.mean(core_ms)), 3),
-               round(float(np.percentile(core_ms, 95)), 3), round(float(np.mean(pos_ms)), 3),
-               round(st["interp_ms"] / len(shots), 3))
+    return Row(
+        name,
+        what,
+        fps,
+        len(shots),
+        truth,
+        stills,
+        counted,
+        counter.diff.wbc,
+        round(100.0 * (counted - truth) / truth, 1) if truth else 0.0,
+        core.segments,
+        core.stats.seen_again,
+        dict(core.stats.states),
+        round(float(np.mean(core_ms)), 3),
+        round(float(np.percentile(core_ms, 95)), 3),
+        round(float(np.mean(pos_ms)), 3),
+        round(st["interp_ms"] / len(shots), 3),
+    )
 
 
 class _NoModel:
     """--no-model: every located cell is a 'neutrophil' at 0.95 (counting only, in seconds)."""
+
     review_threshold = 0.5
 
     def __init__(self):
@@ -400,6 +445,7 @@ def main(argv=None) -> int:
 
         def prepare(patch, spec):
             return patch if spec is None else pp_prepare(patch, spec)
+
         pp.prepare = prepare  # type: ignore[assignment]
         model = "none (--no-model)"
     else:
@@ -413,15 +459,27 @@ def main(argv=None) -> int:
             continue
         r = run_scenario(name, what, slide, shots, fps, clf)
         rows.append(r)
-        print(f"{r.scenario:<22} truth {r.truth:>3} stills {r.stills:>3} counted {r.counted:>3} ({r.error_pct:+.1f} %) "
-              f"segments {r.segments:>3} seen again {r.seen_again:>4} core {r.core_ms_mean:.2f} ms "
-              f"(p95 {r.core_ms_p95:.2f}) interpreter {r.interpreter_ms_per_frame:.1f} ms/frame {r.states}",
-              flush=True)
+        print(
+            f"{r.scenario:<22} truth {r.truth:>3} stills {r.stills:>3} counted {r.counted:>3} ({r.error_pct:+.1f} %) "
+            f"segments {r.segments:>3} seen again {r.seen_again:>4} core {r.core_ms_mean:.2f} ms "
+            f"(p95 {r.core_ms_p95:.2f}) interpreter {r.interpreter_ms_per_frame:.1f} ms/frame {r.states}",
+            flush=True,
+        )
     wall = time.perf_counter() - t0
-    cmd = "python -m benchmarks.counting" + (" --no-model" if args.no_model else "") + (
-        f" --out {args.out}" if args.out else "")
-    meta = {"command": cmd, "model": model, "machine": cpu_model(), "python": platform.python_version(),
-            "opencv": cv2.__version__, "threads": 1, "wall_s": round(wall, 1)}
+    cmd = (
+        "python -m benchmarks.counting"
+        + (" --no-model" if args.no_model else "")
+        + (f" --out {args.out}" if args.out else "")
+    )
+    meta = {
+        "command": cmd,
+        "model": model,
+        "machine": cpu_model(),
+        "python": platform.python_version(),
+        "opencv": cv2.__version__,
+        "threads": 1,
+        "wall_s": round(wall, 1),
+    }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         doc = {"meta": meta, "rows": [asdict(r) for r in rows]}
@@ -433,21 +491,26 @@ def main(argv=None) -> int:
 def to_markdown(meta: dict, rows: list[Row]) -> str:
     worst = max((abs(r.error_pct) for r in rows), default=0.0)
     lines = [
-        "# Counting benchmark (issue 26)", "",
+        "# Counting benchmark (issue 26)",
+        "",
         f"Made by `{meta['command']}` ({meta['wall_s']:.0f} s) on {meta['machine']}, Python {meta['python']}, "
-        f"OpenCV {meta['opencv']}, one thread; model: {meta['model']}.", "",
+        f"OpenCV {meta['opencv']}, one thread; model: {meta['model']}.",
+        "",
         "Truth: WBC boxes of the BCCD fields the view rested on or swept over; stills: what the same pipeline "
         "counts from each of those fields seen once as a still image; counted: cells counted from the scan "
         "(wbc: of them with a white-cell label). Core: the counting core's own time per frame at 640x480 "
-        "(registration, sharpness, slide position, matching; not locate, not the model).", "",
+        "(registration, sharpness, slide position, matching; not locate, not the model).",
+        "",
         "| scenario | frames | fps | truth | stills | counted | error | wbc | segments | seen again | "
         "core ms/frame (p95) | interpreter ms/frame |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r.scenario} | {r.frames} | {r.fps:g} | {r.truth} | {r.stills} | {r.counted} | "
-                     f"{r.error_pct:+.1f} % | {r.wbc} | {r.segments} | {r.seen_again} | {r.core_ms_mean:.2f} "
-                     f"({r.core_ms_p95:.2f}) | {r.interpreter_ms_per_frame:.1f} |")
+        lines.append(
+            f"| {r.scenario} | {r.frames} | {r.fps:g} | {r.truth} | {r.stills} | {r.counted} | "
+            f"{r.error_pct:+.1f} % | {r.wbc} | {r.segments} | {r.seen_again} | {r.core_ms_mean:.2f} "
+            f"({r.core_ms_p95:.2f}) | {r.interpreter_ms_per_frame:.1f} |"
+        )
     lines += ["", f"Largest error: {worst:.1f} % of the truth.", "", "Scenarios:", ""]
     lines += [f"- **{r.scenario}**: {r.what}." for r in rows]
     return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ The parts: options.py (options, names), models.py (what is measured, from which 
 machine.py, testset.py, results.py (the results object the report reads), child.py (one
 configuration), this module (the loop).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,11 +42,24 @@ from .report import write_report
 from .results import SCHEMA, ConfigRow, Results, now
 from .testset import TestImages, load_test_images
 
-__all__ = ["BASELINE", "DEFAULT_ARCHS", "FORMATS", "REFERENCE", "RESULTS_NAME", "SCHEMA", "BenchError",
-           "BenchOptions", "Results", "graph_macs", "resolve_model", "run_bench"]
+__all__ = [
+    "BASELINE",
+    "DEFAULT_ARCHS",
+    "FORMATS",
+    "REFERENCE",
+    "RESULTS_NAME",
+    "SCHEMA",
+    "BenchError",
+    "BenchOptions",
+    "Results",
+    "graph_macs",
+    "resolve_model",
+    "run_bench",
+]
 
 
 # --- one configuration ------------------------------------------------------------------
+
 
 def _terminal_fd() -> int | None:
     """A copy of stderr for the child's progress count, when stderr is a terminal."""
@@ -62,9 +76,13 @@ def run_child(spec: dict, timeout: float) -> dict:
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(json.dumps(spec))
         try:  # the child sets TensorFlow's environment itself (tfenv.configure)
-            p = subprocess.run([sys.executable, "-m", "edge_bloodcls.benchmarks.child", str(spec_file)],
-                               capture_output=True, text=True, timeout=timeout,
-                               pass_fds=() if progress_fd is None else (progress_fd,))
+            p = subprocess.run(
+                [sys.executable, "-m", "edge_bloodcls.benchmarks.child", str(spec_file)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                pass_fds=() if progress_fd is None else (progress_fd,),
+            )
         except subprocess.TimeoutExpired:
             raise BenchError(f"timed out after {timeout:.0f}s") from None
         finally:
@@ -87,16 +105,32 @@ def _threads_n(t: str) -> int:
 
 # --- the benchmark ----------------------------------------------------------------------
 
+
 def prepare_quick(opts: BenchOptions, log) -> BenchOptions:
     """--quick: a tiny model trained on generated images, every format, a few runs."""
     base = Path(opts.out) / "quick_inputs"
     log(f"--quick: generated cells and a tiny model in {base}")
     run, split_csv = make_quick_run(base, opts.seed)
-    return BenchOptions(**{**asdict(opts), "models": [str(run)], "data": str(split_csv), "calibration": str(split_csv),
-                           "data_root": None, "runs": min(opts.runs, 30), "warmup": min(opts.warmup, 3),
-                           "exports_dir": None, "cache_dir": str(base / "cache"), "qat_epochs": 1,
-                           "export_eval_samples": None, "calibration_samples": 32, "baseline": run.name,
-                           "shipped": False, "reference": False, "max_images": None})
+    return BenchOptions(
+        **{
+            **asdict(opts),
+            "models": [str(run)],
+            "data": str(split_csv),
+            "calibration": str(split_csv),
+            "data_root": None,
+            "runs": min(opts.runs, 30),
+            "warmup": min(opts.warmup, 3),
+            "exports_dir": None,
+            "cache_dir": str(base / "cache"),
+            "qat_epochs": 1,
+            "export_eval_samples": None,
+            "calibration_samples": 32,
+            "baseline": run.name,
+            "shipped": False,
+            "reference": False,
+            "max_images": None,
+        }
+    )
 
 
 def run_bench(opts: BenchOptions, log=print) -> Path:
@@ -110,6 +144,7 @@ def run_bench(opts: BenchOptions, log=print) -> Path:
         try:
             # Unix only
             import fcntl
+
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # not POSIX: no guard
             pass
@@ -122,6 +157,7 @@ def run_bench(opts: BenchOptions, log=print) -> Path:
 @dataclass
 class Session:
     """What every configuration of one bench run shares."""
+
     opts: BenchOptions
     results: Results
     path: Path  # the results file
@@ -163,10 +199,19 @@ def _start(opts: BenchOptions, log) -> Session:
         log(f"note: {path} holds accuracy on other test images ({results.data['source']}); measured again")
     results.data = test.describe()
     results.machine = machine_info()
-    results.sessions.append({"started": now(), "argv": sys.argv, "options": asdict(opts),
-                             "loadavg": results.machine["loadavg"]})
-    return Session(opts, results, path, test, calib, Path(opts.cache_dir) / "pixels",
-                   "all" if "all" in opts.threads else opts.threads[0], log)
+    results.sessions.append(
+        {"started": now(), "argv": sys.argv, "options": asdict(opts), "loadavg": results.machine["loadavg"]}
+    )
+    return Session(
+        opts,
+        results,
+        path,
+        test,
+        calib,
+        Path(opts.cache_dir) / "pixels",
+        "all" if "all" in opts.threads else opts.threads[0],
+        log,
+    )
 
 
 def _run_bench(opts: BenchOptions, log) -> Path:
@@ -200,8 +245,12 @@ def _bench_model(s: Session, spec: str):
     if src.role == "shipped":
         sha = load_bundle(src.path).sha256
         twin = next((c for c in results.configs if c.get("bundle_sha256") == sha and c["model"] != src.key), None)
-        results.shipped = {"name": src.key, "sha256": sha, "path": rel(src.path),
-                           "same_as": {"model": twin["model"], "format": twin["format"]} if twin else None}
+        results.shipped = {
+            "name": src.key,
+            "sha256": sha,
+            "path": rel(src.path),
+            "same_as": {"model": twin["model"], "format": twin["format"]} if twin else None,
+        }
         if twin:
             log(f"shipped bundle {src.key} is {twin['model']} {twin['format']} (same sha256): not measured twice")
             s.save()
@@ -247,16 +296,28 @@ def _model_info(src: ModelSource, files: dict, keras_path: Path | None) -> dict:
         source_sha = sha256_file(keras_path)
     else:  # a bundle: the Keras model it was exported from, as its manifest records
         source_sha = (load_bundle(src.path).manifest.get("source_model") or {}).get("sha256")
-    return {"arch": src.arch, "size": src.size, "kind": src.kind, "role": src.role, "trained": src.trained,
-            "source": rel(keras_path or src.path), "source_sha256": source_sha,
-            "note": src.note, "training": src.training, "params": params,
-            "macs": macs["macs"] if macs else None, "macs_by_op": macs["by_op"] if macs else None,
-            "macs_from": Path(tfl).name if tfl else None, "macs_method": MACS_METHOD if macs else None}
+    return {
+        "arch": src.arch,
+        "size": src.size,
+        "kind": src.kind,
+        "role": src.role,
+        "trained": src.trained,
+        "source": rel(keras_path or src.path),
+        "source_sha256": source_sha,
+        "note": src.note,
+        "training": src.training,
+        "params": params,
+        "macs": macs["macs"] if macs else None,
+        "macs_by_op": macs["by_op"] if macs else None,
+        "macs_from": Path(tfl).name if tfl else None,
+        "macs_method": MACS_METHOD if macs else None,
+    }
 
 
 @dataclass
 class Measurement:
     """One model in one format (measured at each thread count)."""
+
     src: ModelSource
     fmt: str
     path: Path  # NAME.tflite, or model.keras for "keras"
@@ -276,8 +337,14 @@ class Measurement:
 
 def _child_spec(s: Session, m: Measurement, th: str, with_acc: bool) -> dict:
     test = s.test
-    spec = {"kind": "keras" if m.keras else "tflite", "path": str(m.path), "threads": _threads_arg(th),
-            "warmup": s.opts.warmup, "runs": s.opts.runs, "latency_image": test.paths[int(test.indices[0])]}
+    spec = {
+        "kind": "keras" if m.keras else "tflite",
+        "path": str(m.path),
+        "threads": _threads_arg(th),
+        "warmup": s.opts.warmup,
+        "runs": s.opts.runs,
+        "latency_image": test.paths[int(test.indices[0])],
+    }
     if m.keras:
         cfg_file = m.path.parent / "config.json"
         cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
@@ -295,8 +362,12 @@ def _measure_format(s: Session, m: Measurement):
     sha = sha256_file(m.path)
     no_acc = m.no_accuracy_reason(opts)
     have = results.accuracy_entry(src.key, fmt)
-    same = bool(have and have.get("bundle_sha256") == sha and have.get("data_key") == test.key
-                and have.get("n") == len(test.indices))
+    same = bool(
+        have
+        and have.get("bundle_sha256") == sha
+        and have.get("data_key") == test.key
+        and have.get("n") == len(test.indices)
+    )
     need_acc = no_acc is None and (opts.redo or not same)
     if no_acc and not (have and have.get("metrics") and have.get("bundle_sha256") == sha):  # --max-images 0 keeps it
         results.set_accuracy(src.key, fmt, {"bundle_sha256": sha, "note": no_acc, "metrics": None})
@@ -315,25 +386,58 @@ def _measure_format(s: Session, m: Measurement):
             s.save()
             continue
         lat = res["latency_ms"]
-        results.put_config(ConfigRow(
-            model=src.key, format=fmt, threads=th, threads_n=res["interpreter"].get("threads") or _threads_n(th),
-            arch=src.arch, trained=src.trained, role=src.role, file=rel(m.path), bundle_sha256=sha,
-            size_bytes=m.path.stat().st_size, params=m.model_info["params"], macs=m.model_info["macs"],
-            quantization=manifest.get("quantization") if manifest else "keras",
-            io_dtype=manifest["input"].get("dtype", "float32") if manifest else "float32",
-            load_s=res["load_s"], import_s=res.get("import_s"), latency_ms=lat, invoke_ms=res.get("invoke_ms"),
-            images_per_s=1000.0 / lat["mean"], peak_rss_mb=res["peak_rss_mb"],
-            peak_rss_mb_with_accuracy=res["peak_rss_mb_with_accuracy"],
-            tensorflow_imported=res["tensorflow_imported"], interpreter=res["interpreter"], runs=opts.runs,
-            warmup=opts.warmup, loadavg=res["loadavg"], measured=now(), wall_s=round(time.time() - t0, 2)),
-            replaces=old)
+        results.put_config(
+            ConfigRow(
+                model=src.key,
+                format=fmt,
+                threads=th,
+                threads_n=res["interpreter"].get("threads") or _threads_n(th),
+                arch=src.arch,
+                trained=src.trained,
+                role=src.role,
+                file=rel(m.path),
+                bundle_sha256=sha,
+                size_bytes=m.path.stat().st_size,
+                params=m.model_info["params"],
+                macs=m.model_info["macs"],
+                quantization=manifest.get("quantization") if manifest else "keras",
+                io_dtype=manifest["input"].get("dtype", "float32") if manifest else "float32",
+                load_s=res["load_s"],
+                import_s=res.get("import_s"),
+                latency_ms=lat,
+                invoke_ms=res.get("invoke_ms"),
+                images_per_s=1000.0 / lat["mean"],
+                peak_rss_mb=res["peak_rss_mb"],
+                peak_rss_mb_with_accuracy=res["peak_rss_mb_with_accuracy"],
+                tensorflow_imported=res["tensorflow_imported"],
+                interpreter=res["interpreter"],
+                runs=opts.runs,
+                warmup=opts.warmup,
+                loadavg=res["loadavg"],
+                measured=now(),
+                wall_s=round(time.time() - t0, 2),
+            ),
+            replaces=old,
+        )
         acc_txt = ""
         if "predictions" in res:
             y = test.labels[test.indices]
             metrics = classification_metrics(y, np.asarray(res["predictions"]))
-            results.set_accuracy(src.key, fmt, {"bundle_sha256": sha, "data_key": test.key, "n": int(len(y)),
-                                                "threads": th, "metrics": metrics, "measured": now()})
+            results.set_accuracy(
+                src.key,
+                fmt,
+                {
+                    "bundle_sha256": sha,
+                    "data_key": test.key,
+                    "n": int(len(y)),
+                    "threads": th,
+                    "metrics": metrics,
+                    "measured": now(),
+                },
+            )
             acc_txt = f", accuracy {metrics['accuracy']:.4f} (n={len(y)})"
-        s.log(f"{src.key} {fmt} threads={th}: p50 {lat['p50']:.2f} ms p90 {lat['p90']:.2f} p99 {lat['p99']:.2f}, "
-              f"load {res['load_s']:.2f}s, peak RSS {res['peak_rss_mb']:.0f} MB{acc_txt}")
+        s.log(
+            f"{src.key} {fmt} threads={th}: p50 {lat['p50']:.2f} ms p90 {lat['p90']:.2f} p99 {lat['p99']:.2f}, "
+            f"load {res['load_s']:.2f}s, peak RSS {res['peak_rss_mb']:.0f} MB{acc_txt}"
+        )
         s.save()

@@ -2,6 +2,7 @@
 untrained build of a registered architecture, or a bundle; the bundle of each format (an
 export already made, else one made here by convert's own export); and the multiply-accumulates
 of a graph, counted from its TFLite ops."""
+
 from __future__ import annotations
 
 import csv
@@ -22,10 +23,12 @@ from edge_bloodcls.train import archs
 
 from .options import UNTRAINED_CALIBRATION, UNTRAINED_EVAL, BenchOptions, one_line
 
-MACS_METHOD = ("counted on the float32 TFLite graph: CONV_2D and TRANSPOSE_CONV output elements x kernel "
-               "height x width x input channels, DEPTHWISE_CONV_2D output elements x kernel height x width, "
-               "FULLY_CONNECTED and BATCH_MATMUL output elements x reduction length; BatchNorm is folded "
-               "into the convolutions, activations, additions and pooling are not counted")
+MACS_METHOD = (
+    "counted on the float32 TFLite graph: CONV_2D and TRANSPOSE_CONV output elements x kernel "
+    "height x width x input channels, DEPTHWISE_CONV_2D output elements x kernel height x width, "
+    "FULLY_CONNECTED and BATCH_MATMUL output elements x reduction length; BatchNorm is folded "
+    "into the convolutions, activations, additions and pooling are not counted"
+)
 
 
 @dataclass
@@ -61,9 +64,11 @@ def converged(stop_reason: str | None, val_accuracy: list[float]) -> tuple[bool,
     if len(val_accuracy) < 6:
         return False, f"only {len(val_accuracy)} epochs"
     gain = (max(val_accuracy[-5:]) - max(val_accuracy[:-5])) * 100
-    return (gain < PLATEAU_POINTS,
-            f"{'plateau' if gain < PLATEAU_POINTS else 'still improving'}: +{max(gain, 0):.2f} points of "
-            "validation accuracy in its last 5 epochs")
+    return (
+        gain < PLATEAU_POINTS,
+        f"{'plateau' if gain < PLATEAU_POINTS else 'still improving'}: +{max(gain, 0):.2f} points of "
+        "validation accuracy in its last 5 epochs",
+    )
 
 
 def _training_record(run: Path) -> dict | None:
@@ -73,8 +78,12 @@ def _training_record(run: Path) -> dict | None:
     m = json.loads(f.read_text())
     test = m.get("test") or {}
     keys = ("epochs_run", "epochs_planned", "best_epoch", "stop_reason", "train_seconds", "chunks")
-    return {**{k: m.get(k) for k in keys}, "test_accuracy_at_training": test.get("accuracy"),
-            "initialisation": initialisation(run), **run_convergence(run, m.get("stop_reason"))}
+    return {
+        **{k: m.get(k) for k in keys},
+        "test_accuracy_at_training": test.get("accuracy"),
+        "initialisation": initialisation(run),
+        **run_convergence(run, m.get("stop_reason")),
+    }
 
 
 def initialisation(run: Path) -> str:
@@ -116,9 +125,14 @@ def resolve_model(spec: str, opts: BenchOptions) -> ModelSource:
         return _bundle_source(MODELS_DIR / f"{DEFAULT_MODEL}.json", role="shipped")
     if "@" in spec:
         ref_arch, ref_size = spec.split("@")
-        return _untrained(ref_arch, int(ref_size), f"{ref_arch}_{ref_size}_ref",
-                          "reference build (untrained): latency and size only",
-                          role="reference", formats=("float32", "int8"))
+        return _untrained(
+            ref_arch,
+            int(ref_size),
+            f"{ref_arch}_{ref_size}_ref",
+            "reference build (untrained): latency and size only",
+            role="reference",
+            formats=("float32", "int8"),
+        )
     p = Path(spec)
     if p.suffix in (".json", ".tflite") or (not p.is_dir() and p.with_suffix(".json").exists()):
         return _bundle_source(p)
@@ -131,12 +145,18 @@ def resolve_model(spec: str, opts: BenchOptions) -> ModelSource:
         rec = _training_record(run)
         note = "" if rec else "no metrics.json beside model.keras"
         if rec and "time budget" in str(rec.get("stop_reason")):
-            note = (f"training stopped by its time budget after {rec.get('epochs_run')} of "
-                    f"{rec.get('epochs_planned')} epochs")
+            note = (
+                f"training stopped by its time budget after {rec.get('epochs_run')} of "
+                f"{rec.get('epochs_planned')} epochs"
+            )
         return ModelSource(run.name, arch, int(size), "run", run / "model.keras", True, note, rec)
-    return _untrained(arch, int(size), run.name,
-                      f"not trained: no {run}/model.keras; an untrained build of train.archs.build "
-                      "(latency, size, parameters and MACs only)")
+    return _untrained(
+        arch,
+        int(size),
+        run.name,
+        f"not trained: no {run}/model.keras; an untrained build of train.archs.build "
+        "(latency, size, parameters and MACs only)",
+    )
 
 
 def _bundle_source(path: Path, role: str = "model") -> ModelSource:
@@ -146,9 +166,18 @@ def _bundle_source(path: Path, role: str = "model") -> ModelSource:
     # The shipped bundle is named like the int8 export it was copied from (often another one,
     # e.g. the per-tensor int8): its key says which.
     key = f"shipped:{origin}" if role == "shipped" else b.name
-    return ModelSource(key, b.manifest.get("arch", "?"), size, "bundle", b.tflite.with_suffix(".json"), True,
-                       f"bundle {b.name}" + (f" (exported as {origin})" if origin != b.name else ""),
-                       None, (b.quantization,), role)
+    return ModelSource(
+        key,
+        b.manifest.get("arch", "?"),
+        size,
+        "bundle",
+        b.tflite.with_suffix(".json"),
+        True,
+        f"bundle {b.name}" + (f" (exported as {origin})" if origin != b.name else ""),
+        None,
+        (b.quantization,),
+        role,
+    )
 
 
 def _untrained(arch: str, size: int, key: str, note: str, role: str = "model", formats=None) -> ModelSource:
@@ -164,23 +193,31 @@ def untrained_build(src: ModelSource, opts: BenchOptions, calib_csv: Path, log) 
     # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
-
     log(f"{src.key}: building an untrained {src.arch} at {src.size} px")
     tf_keras.utils.set_random_seed(opts.seed)
     model = archs.build(src.arch, src.size, "none")
     d.mkdir(parents=True, exist_ok=True)
     model.save(d / "tmp.keras")
     os.replace(d / "tmp.keras", f)
-    (d / "config.json").write_text(json.dumps({
-        "train": {"arch": src.arch, "img_size": src.size, "weights": "none"}, "untrained": True,
-        "input": archs.input_spec(src.arch, src.size, "none").to_json(), "labels": list(LABELS),
-        "params": int(model.count_params()), "split": {"csv": str(calib_csv)}}, indent=2))
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "train": {"arch": src.arch, "img_size": src.size, "weights": "none"},
+                "untrained": True,
+                "input": archs.input_spec(src.arch, src.size, "none").to_json(),
+                "labels": list(LABELS),
+                "params": int(model.count_params()),
+                "split": {"csv": str(calib_csv)},
+            },
+            indent=2,
+        )
+    )
     return f
 
 
-
-def bundles_for(src: ModelSource, formats: list[str], opts: BenchOptions, calib_csv: Path,
-                log) -> tuple[dict, list, Path | None]:
+def bundles_for(
+    src: ModelSource, formats: list[str], opts: BenchOptions, calib_csv: Path, log
+) -> tuple[dict, list, Path | None]:
     """format -> model file (NAME.tflite, or model.keras for "keras"), the errors of formats
     that could not be exported, and the Keras model they come from (None for a bundle)."""
     if src.kind == "bundle":
@@ -219,8 +256,14 @@ def bundles_for(src: ModelSource, formats: list[str], opts: BenchOptions, calib_
             # convert's QAT fine-tunes at least one epoch, and fine-tuning an untrained network
             # measures nothing the int8 row does not: its graph has the same integer kernels.
             why = "untrained build" if not src.trained else "--qat-epochs 0"
-            errors.append({"model": src.key, "format": fmt, "stage": "skipped",
-                           "error": f"no QAT export ({why}); the int8 row has the same integer kernels"})
+            errors.append(
+                {
+                    "model": src.key,
+                    "format": fmt,
+                    "stage": "skipped",
+                    "error": f"no QAT export ({why}); the int8 row has the same integer kernels",
+                }
+            )
             continue
         if found is None:
             try:
@@ -241,23 +284,33 @@ def _convert_name(src: ModelSource, suffix: str) -> str:
     return f"{arch_label(src.arch, width)}_{src.size}_{suffix}"
 
 
-def _export(keras_path: Path, fmt: str, name: str, out_dir: Path, calib_csv: Path, opts: BenchOptions,
-            untrained: bool, log) -> Path:
+def _export(
+    keras_path: Path, fmt: str, name: str, out_dir: Path, calib_csv: Path, opts: BenchOptions, untrained: bool, log
+) -> Path:
     log(f"exporting {name} from {keras_path} (convert.export)")
     eo = ExportOptions(
-        model=str(keras_path), quantize="int8" if fmt in ("int8", "qat-int8") else fmt, out=str(out_dir),
-        qat=fmt == "qat-int8", qat_epochs=opts.qat_epochs,
-        calibration=str(calib_csv), split=str(calib_csv), data_root=opts.data_root,
-        calibration_samples=(min(opts.calibration_samples, UNTRAINED_CALIBRATION) if untrained
-                             else opts.calibration_samples),
+        model=str(keras_path),
+        quantize="int8" if fmt in ("int8", "qat-int8") else fmt,
+        out=str(out_dir),
+        qat=fmt == "qat-int8",
+        qat_epochs=opts.qat_epochs,
+        calibration=str(calib_csv),
+        split=str(calib_csv),
+        data_root=opts.data_root,
+        calibration_samples=(
+            min(opts.calibration_samples, UNTRAINED_CALIBRATION) if untrained else opts.calibration_samples
+        ),
         eval_samples=UNTRAINED_EVAL if untrained else opts.export_eval_samples,
-        cache_dir=str(Path(opts.cache_dir) / "pixels"), force=True, name=name, seed=opts.seed,
+        cache_dir=str(Path(opts.cache_dir) / "pixels"),
+        force=True,
+        name=name,
+        seed=opts.seed,
         # An untrained build's features are degenerate (no statistics can be fitted on them), and
         # it is measured for speed only: the pooled-feature output costs a copy, not compute.
-        trust=not untrained)
+        trust=not untrained,
+    )
     res = run(eo)
     return Path(res["bundle"])
-
 
 
 def graph_macs(tflite_path) -> dict:

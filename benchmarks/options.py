@@ -1,4 +1,5 @@
 """The benchmark's options, names and the small helpers every part of it shares."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -50,7 +51,6 @@ class BenchOptions:
     seed: int = 0
     quick: bool = False
     report: bool = True
-
 
 
 def rel(p) -> str:

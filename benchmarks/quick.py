@@ -5,6 +5,7 @@ background), so the harness needs neither the PBC data nor the test suite; the s
 training record and the exports are made by the toolkit's own functions, so --quick runs the
 same code paths as a full benchmark.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,16 @@ from edge_bloodcls.train.pipeline import load_pixels
 SIZE = 32
 QUICK_ARCH = "tiny"
 
-_COLOURS = [(120, 40, 160), (220, 90, 60), (60, 30, 90), (90, 140, 200),
-            (40, 60, 180), (150, 120, 170), (200, 160, 200), (230, 30, 120)]
+_COLOURS = [
+    (120, 40, 160),
+    (220, 90, 60),
+    (60, 30, 90),
+    (90, 140, 200),
+    (40, 60, 180),
+    (150, 120, 170),
+    (200, 160, 200),
+    (230, 30, 120),
+]
 
 
 def synthetic_cells(root: Path, n_per_class: int = 24, size: int = 48, seed: int = 0) -> Path:
@@ -86,11 +95,28 @@ def make_quick_run(base: Path, seed: int = 0, epochs: int = 40) -> tuple[Path, P
     h = model.fit(x, y, epochs=epochs, batch_size=16, verbose=0)
     run.mkdir(parents=True, exist_ok=True)
     model.save(run / "model.keras")
-    (run / "config.json").write_text(json.dumps({
-        "train": {"arch": QUICK_ARCH, "img_size": SIZE, "epochs": epochs}, "input": spec.to_json(),
-        "labels": list(LABELS), "params": int(model.count_params()),
-        "split": {"csv": str(split_csv), "sha256": digest, "root": str(cells)}}, indent=2))
-    (run / "metrics.json").write_text(json.dumps({
-        "arch": QUICK_ARCH, "epochs_run": epochs, "epochs_planned": epochs, "stop_reason": "completed all epochs",
-        "train_accuracy": float(h.history["accuracy"][-1])}, indent=2))
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "train": {"arch": QUICK_ARCH, "img_size": SIZE, "epochs": epochs},
+                "input": spec.to_json(),
+                "labels": list(LABELS),
+                "params": int(model.count_params()),
+                "split": {"csv": str(split_csv), "sha256": digest, "root": str(cells)},
+            },
+            indent=2,
+        )
+    )
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {
+                "arch": QUICK_ARCH,
+                "epochs_run": epochs,
+                "epochs_planned": epochs,
+                "stop_reason": "completed all epochs",
+                "train_accuracy": float(h.history["accuracy"][-1]),
+            },
+            indent=2,
+        )
+    )
     return run, split_csv

@@ -1,5 +1,6 @@
 """What the report's parts share: the row orders, number formatting, and reading a results
 object (benchmarks/results.py) for the tables, the plots and the edge estimates."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,20 +15,29 @@ TABLE_ORDER = list(arch_names())  # registry order: the shipped network first
 PAPER_NAMES = {"vgg16": "VGG16", "vgg19": "VGG19", "resnet50": "ResNet50", "mobilenetv2": "MobileNetV2"}
 # The paper's Table 2 in full (224x224, ImageNet transfer learning; P/R/F quoted in whole
 # percent). Its "precision" is specificity by its own definition.
-PAPER = {"vgg16": {"accuracy": 0.9053, "precision": 0.92, "recall": 0.91, "f1": 0.91},
-         "vgg19": {"accuracy": 0.8901, "precision": 0.90, "recall": 0.89, "f1": 0.89},
-         "resnet50": {"accuracy": 0.9634, "precision": 0.97, "recall": 0.97, "f1": 0.97},
-         "mobilenetv2": {"accuracy": 0.9789, "precision": 0.98, "recall": 0.98, "f1": 0.98}}
+PAPER = {
+    "vgg16": {"accuracy": 0.9053, "precision": 0.92, "recall": 0.91, "f1": 0.91},
+    "vgg19": {"accuracy": 0.8901, "precision": 0.90, "recall": 0.89, "f1": 0.89},
+    "resnet50": {"accuracy": 0.9634, "precision": 0.97, "recall": 0.97, "f1": 0.97},
+    "mobilenetv2": {"accuracy": 0.9789, "precision": 0.98, "recall": 0.98, "f1": 0.98},
+}
 PAPER_ORDER = list(PAPER)  # the paper's row order
 
-PLOTS = {"latency": "bench_accuracy_latency.png", "size": "bench_size_accuracy.png",
-         "confusion": "bench_confusion_shipped.png"}
+PLOTS = {
+    "latency": "bench_accuracy_latency.png",
+    "size": "bench_size_accuracy.png",
+    "confusion": "bench_confusion_shipped.png",
+}
 
 
 def _order(c: dict, models: list[str]) -> tuple:
     fmt = c["format"]
-    return (models.index(c["model"]) if c["model"] in models else 99,
-            FORMAT_ORDER.index(fmt) if fmt in FORMAT_ORDER else 99, c["threads"] != "1", c["threads"])
+    return (
+        models.index(c["model"]) if c["model"] in models else 99,
+        FORMAT_ORDER.index(fmt) if fmt in FORMAT_ORDER else 99,
+        c["threads"] != "1",
+        c["threads"],
+    )
 
 
 def _ms(x) -> str:
@@ -47,6 +57,7 @@ def _f(x, fmt=".2f") -> str:
 
 def model_order(r: Results) -> list[str]:
     """Runs and builds of the four networks (MobileNetV2 first), then the rest (bundles, the reference)."""
+
     def rank(k):
         m = r.models[k]
         return m.get("role") != "model", TABLE_ORDER.index(m["arch"]) if m["arch"] in TABLE_ORDER else 9
@@ -98,4 +109,3 @@ def shipped_accuracy(r: Results) -> tuple[str, dict] | None:
     base = r.baseline
     m = r.metrics(base, "int8") if base else None
     return (f"{base} int8 (the default bundle was not measured: the baseline's int8 instead)", m) if m else None
-

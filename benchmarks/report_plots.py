@@ -1,5 +1,6 @@
 """The report's plots: accuracy against latency (with its Pareto front), size against
 accuracy, and the shipped model's confusion matrix. matplotlib is imported only here."""
+
 from __future__ import annotations
 
 import textwrap
@@ -16,9 +17,11 @@ from .results import Results
 def _plt():
     # matplotlib: the [train] extra, only for plots
     import matplotlib
+
     matplotlib.use("Agg")
     # matplotlib: the [train] extra, only for plots
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -36,8 +39,9 @@ def _log_x(ax):
 def _point(ax, c, x, y, k, colours, markers):
     ax.scatter(x, y, color=colours[c["model"]], marker=markers.get(c["format"], "x"), s=60, zorder=3)
     # Formats of one model often sit on top of each other: alternate the label side.
-    ax.annotate(f"{c['model']} {c['format']}", (x, y), fontsize=7, xytext=(5, 4 if k % 2 else -10),
-                textcoords="offset points")
+    ax.annotate(
+        f"{c['model']} {c['format']}", (x, y), fontsize=7, xytext=(5, 4 if k % 2 else -10), textcoords="offset points"
+    )
 
 
 def _plot_setup(r: Results):
@@ -61,8 +65,16 @@ def plot_accuracy_latency(r: Results, path: Path) -> bool:
         _point(ax, c, x, y, k, colours, markers)
     front = pareto(pts)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1, zorder=2)
-    ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], s=180, facecolors="none", edgecolors="k",
-               lw=1, zorder=2, label="Pareto front")
+    ax.scatter(
+        [pts[i][0] for i in front],
+        [pts[i][1] for i in front],
+        s=180,
+        facecolors="none",
+        edgecolors="k",
+        lw=1,
+        zorder=2,
+        label="Pareto front",
+    )
     for fmt in [f for f in FORMAT_ORDER if any(c["format"] == f for c in rows)]:
         ax.scatter([], [], color="grey", marker=markers[fmt], label=fmt)
     _log_x(ax)
@@ -106,8 +118,15 @@ def plot_confusion(title: str, m: dict, path: Path):
     for i in range(len(labels)):
         for j in range(len(labels)):
             if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if norm[i, j] > 0.6 else "black",
+                )
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("predicted")
@@ -117,4 +136,3 @@ def plot_confusion(title: str, m: dict, path: Path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-

@@ -7,6 +7,7 @@ format), so neither side rebuilds keys by hand. A configuration is made as a Con
 fields are its keys in the file, and kept in its JSON form (a dict) so that the file and the
 object read the same.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,6 +28,7 @@ def now() -> str:
 @dataclass
 class ConfigRow:
     """One model x format x thread count, as measured by benchmarks/child.py."""
+
     model: str
     format: str
     threads: str  # "1", "4", "all"
@@ -145,8 +147,7 @@ class Results:
         self.accuracy[self.key(model, fmt)] = entry
 
     def config(self, model: str, fmt: str, threads: str) -> dict | None:
-        return next((c for c in self.configs if (c["model"], c["format"], c["threads"]) == (model, fmt, threads)),
-                    None)
+        return next((c for c in self.configs if (c["model"], c["format"], c["threads"]) == (model, fmt, threads)), None)
 
     def by_key(self) -> dict:
         """(model, format, threads) -> configuration."""
@@ -178,8 +179,9 @@ class Results:
         models = self.models
         # A bundle measured on its own (the shipped one) compares with the float32 export of the
         # run it came from.
-        run_of = {m["source_sha256"]: k for k, m in models.items()
-                  if m.get("kind") != "bundle" and m.get("source_sha256")}
+        run_of = {
+            m["source_sha256"]: k for k, m in models.items() if m.get("kind") != "bundle" and m.get("source_sha256")
+        }
         for c in self.configs:
             r = {}
             p50 = c["latency_ms"]["p50"]

@@ -1,4 +1,5 @@
 """The test images every model and format of a benchmark is scored on."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,9 +38,15 @@ class TestImages:
 
     def describe(self) -> dict:
         counts = np.bincount(self.labels[self.indices], minlength=len(LABELS)).tolist()
-        return {"source": self.source, "n_total": int(len(self.labels)), "n": int(len(self.indices)),
-                "subset": len(self.indices) < len(self.labels), "key": self.key,
-                "split_sha256": self.split_sha256, "per_class": dict(zip(LABELS, counts))}
+        return {
+            "source": self.source,
+            "n_total": int(len(self.labels)),
+            "n": int(len(self.indices)),
+            "subset": len(self.indices) < len(self.labels),
+            "key": self.key,
+            "split_sha256": self.split_sha256,
+            "per_class": dict(zip(LABELS, counts)),
+        }
 
 
 def load_test_images(data: Path, data_root, max_images: int | None, seed: int) -> TestImages:

@@ -13,6 +13,7 @@ For each bundle, through the runtime (no TensorFlow), on data anyone with ../sha
   - the cost of the OOD score per cell, in ms and as a share of the interpreter's invoke time.
 Writes OUT.json, OUT.md and OUT_coverage.png.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,12 @@ from edge_bloodcls.edge_runtime.core.trust import ece, nll
 from edge_bloodcls.train.data import read_split
 
 # The two shipped int8 bundles first, then their float32 twins (whatever else is bundled).
-SHIPPED = tuple(sorted((p.stem for p in MODELS_DIR.glob("*.tflite")),
-                       key=lambda n: (n not in (DEFAULT_MODEL, FAST_MODEL), n != DEFAULT_MODEL, n)))
+SHIPPED = tuple(
+    sorted(
+        (p.stem for p in MODELS_DIR.glob("*.tflite")),
+        key=lambda n: (n not in (DEFAULT_MODEL, FAST_MODEL), n != DEFAULT_MODEL, n),
+    )
+)
 
 
 def pbc_test(split_csv: Path, data_root: Path | None):
@@ -104,48 +109,76 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 def evaluate_bundle(name: str, test, bccd_cells, site) -> dict:
     clf = Classifier(load_bundle(name), threads=1)
     t = clf.trust
-    res = {"model": name, "quantization": clf.bundle.quantization, "interpreter": clf.describe()["interpreter"],
-           "has_trust": t is not None}
+    res = {
+        "model": name,
+        "quantization": clf.bundle.quantization,
+        "interpreter": clf.describe()["interpreter"],
+        "has_trust": t is not None,
+    }
     paths, y, _ = test
     pbc = run_bundle(clf, paths)
-    res["pbc_test"] = {"n": int(len(y)), "accuracy": float((pbc["probs"].argmax(1) == y).mean()),
-                       "ece": {"raw": ece(pbc["raw"], y), "calibrated": ece(pbc["probs"], y)},
-                       "nll": {"raw": nll(pbc["raw"], y), "calibrated": nll(pbc["probs"], y)}}
+    res["pbc_test"] = {
+        "n": int(len(y)),
+        "accuracy": float((pbc["probs"].argmax(1) == y).mean()),
+        "ece": {"raw": ece(pbc["raw"], y), "calibrated": ece(pbc["probs"], y)},
+        "nll": {"raw": nll(pbc["raw"], y), "calibrated": nll(pbc["probs"], y)},
+    }
     if t is None:
         return res
     conf = pbc["probs"].max(1)
     ood = pbc["ood_score"] > t.threshold
     accepted = (conf >= clf.review_threshold) & ~ood
     correct = pbc["probs"].argmax(1) == y
-    res["trust"] = {k: clf.bundle.manifest["trust"].get(k) for k in
-                    ("ood_threshold", "false_alarm_target", "temperature", "review_threshold",
-                     "review_target_accuracy", "dims", "feature_dim")}
-    res["pbc_test"].update({
-        "ood_flagged": float(ood.mean()), "coverage": float(accepted.mean()),
-        "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
-        "errors": int((~correct).sum()), "errors_flagged": int((~correct & ~accepted).sum()),
-        "curve": coverage_curve(pbc["probs"], y, ood)})
+    res["trust"] = {
+        k: clf.bundle.manifest["trust"].get(k)
+        for k in (
+            "ood_threshold",
+            "false_alarm_target",
+            "temperature",
+            "review_threshold",
+            "review_target_accuracy",
+            "dims",
+            "feature_dim",
+        )
+    }
+    res["pbc_test"].update(
+        {
+            "ood_flagged": float(ood.mean()),
+            "coverage": float(accepted.mean()),
+            "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
+            "errors": int((~correct).sum()),
+            "errors_flagged": int((~correct & ~accepted).sum()),
+            "curve": coverage_curve(pbc["probs"], y, ood),
+        }
+    )
     if bccd_cells:
         b = run_bundle(clf, bccd_cells)
         b_ood = b["ood_score"] > t.threshold
         b_conf = b["probs"].max(1)
         res["bccd_fields"] = {
-            "n": len(bccd_cells), "ood_flagged": float(b_ood.mean()),
+            "n": len(bccd_cells),
+            "ood_flagged": float(b_ood.mean()),
             "review_flagged": float(((b_conf < clf.review_threshold) | b_ood).mean()),
             "auroc_mahalanobis": auroc(pbc["ood_score"], b["ood_score"]),
             "auroc_max_softmax": auroc(-conf, -b_conf),
-            "predicted": {lab: int(n) for lab, n in zip(clf.labels, np.bincount(b["probs"].argmax(1),
-                                                                             minlength=len(clf.labels)))}}
+            "predicted": {
+                lab: int(n) for lab, n in zip(clf.labels, np.bincount(b["probs"].argmax(1), minlength=len(clf.labels)))
+            },
+        }
     if site is not None and len(site[0]):
         sp, sy = site
         s = run_bundle(clf, sp)
         s_ood = s["ood_score"] > t.threshold
         s_flag = (s["probs"].max(1) < clf.review_threshold) | s_ood
         wrong = s["probs"].argmax(1) != sy
-        res["bccd_site"] = {"n": int(len(sy)), "accuracy": float((~wrong).mean()), "wrong": int(wrong.sum()),
-                            "wrong_flagged": int((wrong & s_flag).sum()),
-                            "wrong_flagged_share": float((wrong & s_flag).sum() / max(1, wrong.sum())),
-                            "ood_flagged": float(s_ood.mean())}
+        res["bccd_site"] = {
+            "n": int(len(sy)),
+            "accuracy": float((~wrong).mean()),
+            "wrong": int(wrong.sum()),
+            "wrong_flagged": int((wrong & s_flag).sum()),
+            "wrong_flagged_share": float((wrong & s_flag).sum() / max(1, wrong.sum())),
+            "ood_flagged": float(s_ood.mean()),
+        }
     res["cost"] = ood_cost(clf, prepare(paths[0], clf.spec))
     return res
 
@@ -155,21 +188,27 @@ def _pct(v) -> str:
 
 
 def markdown(report: dict) -> str:
-    L = ["# Trust report", "",
-         f"Made by `{report['command']}` on {report['created']} ({report['interpreter']}, 1 thread). "
-         f"PBC test: {report['pbc_test_n']} cells of `runs/split.csv` (sha256 {report['split_sha256'][:8]}…); "
-         f"BCCD fields: {report['bccd_cells']} white cells cut at their annotation boxes (another lab, unlabelled); "
-         f"bccd_site: {report['site_n']} labelled BCCD crops. TensorFlow imported: "
-         f"{'yes' if report.get('tensorflow_imported') else 'no'}.", "",
-         "| bundle | PBC test acc. | ECE raw → calibrated | T | OOD flagged on PBC test | OOD flagged on BCCD "
-         "| OOD AUROC (Mahalanobis / max-softmax) | review threshold | coverage | accepted acc. | bccd_site acc. "
-         "| bccd_site wrong calls flagged | OOD cost |",
-         "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    L = [
+        "# Trust report",
+        "",
+        f"Made by `{report['command']}` on {report['created']} ({report['interpreter']}, 1 thread). "
+        f"PBC test: {report['pbc_test_n']} cells of `runs/split.csv` (sha256 {report['split_sha256'][:8]}…); "
+        f"BCCD fields: {report['bccd_cells']} white cells cut at their annotation boxes (another lab, unlabelled); "
+        f"bccd_site: {report['site_n']} labelled BCCD crops. TensorFlow imported: "
+        f"{'yes' if report.get('tensorflow_imported') else 'no'}.",
+        "",
+        "| bundle | PBC test acc. | ECE raw → calibrated | T | OOD flagged on PBC test | OOD flagged on BCCD "
+        "| OOD AUROC (Mahalanobis / max-softmax) | review threshold | coverage | accepted acc. | bccd_site acc. "
+        "| bccd_site wrong calls flagged | OOD cost |",
+        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in report["bundles"]:
         p = r["pbc_test"]
         if not r["has_trust"]:
-            L.append(f"| {r['model']} | {_pct(p['accuracy'])} | {_pct(p['ece']['raw'])} | – | no trust statistics "
-                     "| | | | | | | | |")
+            L.append(
+                f"| {r['model']} | {_pct(p['accuracy'])} | {_pct(p['ece']['raw'])} | – | no trust statistics "
+                "| | | | | | | | |"
+            )
             continue
         b, s, c, t = r.get("bccd_fields", {}), r.get("bccd_site", {}), r["cost"], r["trust"]
         L.append(
@@ -179,13 +218,18 @@ def markdown(report: dict) -> str:
             f"| {t['review_threshold']:.3f} | {_pct(p['coverage'])} | {_pct(p['accepted_accuracy'])} "
             f"| {_pct(s.get('accuracy'))} | {s.get('wrong_flagged', '–')}/{s.get('wrong', '–')} "
             f"({_pct(s.get('wrong_flagged_share'))}) | {c['ood_ms']:.3f} ms ({100 * c['share_of_invoke']:.1f}% "
-            f"of {c['invoke_ms']:.2f} ms invoke) |")
-    L += ["", "- **OOD threshold**: set at convert time on the validation split for the stated false-alarm "
-          "rate (`false_alarm_target`); the PBC test column is the false-alarm rate on unseen PBC cells.",
-          "- **Review**: a cell is accepted when its calibrated confidence is at least the review threshold "
-          "(chosen on validation for the target accepted accuracy) and it is not OOD; coverage is the share "
-          "accepted, accepted acc. their accuracy on PBC test.",
-          f"- Coverage curve: `{Path(report['plot']).name}`.", ""]
+            f"of {c['invoke_ms']:.2f} ms invoke) |"
+        )
+    L += [
+        "",
+        "- **OOD threshold**: set at convert time on the validation split for the stated false-alarm "
+        "rate (`false_alarm_target`); the PBC test column is the false-alarm rate on unseen PBC cells.",
+        "- **Review**: a cell is accepted when its calibrated confidence is at least the review threshold "
+        "(chosen on validation for the target accepted accuracy) and it is not OOD; coverage is the share "
+        "accepted, accepted acc. their accuracy on PBC test.",
+        f"- Coverage curve: `{Path(report['plot']).name}`.",
+        "",
+    ]
     return "\n".join(L)
 
 
@@ -217,32 +261,66 @@ def plot(report: dict, path: Path) -> None:
 
 @click.command("trust-report")
 @click.option("--models", "-m", multiple=True, help=f"bundles (default: the shipped {', '.join(SHIPPED)})")
-@click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=Path("runs/split.csv"), show_default=True)
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=Path("../shared/data/pbc256"),
-              show_default=True)
-@click.option("--bccd", type=click.Path(file_okay=False, path_type=Path), default=Path("../shared/data/bccd"),
-              show_default=True, help="BCCD fields with VOC boxes (skipped when absent)")
-@click.option("--site", type=click.Path(file_okay=False, path_type=Path), default=Path("../shared/data/bccd_site"),
-              show_default=True, help="labelled crops of another lab (skipped when absent)")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("benchmarks/results/trust"),
-              show_default=True, help="path prefix: OUT.json, OUT.md, OUT_coverage.png")
+@click.option(
+    "--split",
+    "split_csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=Path("runs/split.csv"),
+    show_default=True,
+)
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("../shared/data/pbc256"),
+    show_default=True,
+)
+@click.option(
+    "--bccd",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("../shared/data/bccd"),
+    show_default=True,
+    help="BCCD fields with VOC boxes (skipped when absent)",
+)
+@click.option(
+    "--site",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("../shared/data/bccd_site"),
+    show_default=True,
+    help="labelled crops of another lab (skipped when absent)",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("benchmarks/results/trust"),
+    show_default=True,
+    help="path prefix: OUT.json, OUT.md, OUT_coverage.png",
+)
 def trust_report_cmd(models, split_csv, data_root, bccd, site, out):
     """Calibration, review coverage and out-of-distribution detection of bundles (the trust report)."""
     test = pbc_test(split_csv, data_root)
     cells = bccd_field_cells(bccd) if (bccd / "Annotations").is_dir() else []
     site_set = site_cells(site, LABELS) if site.is_dir() else None
-    click.echo(f"PBC test {len(test[1])}, BCCD field white cells {len(cells)}, "
-               f"bccd_site {len(site_set[0]) if site_set else 0}", err=True)
+    click.echo(
+        f"PBC test {len(test[1])}, BCCD field white cells {len(cells)}, "
+        f"bccd_site {len(site_set[0]) if site_set else 0}",
+        err=True,
+    )
     rows = []
     for name in models or SHIPPED:
         click.echo(f"{name} …", err=True)
         rows.append(evaluate_bundle(name, test, cells, site_set))
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"command": "edge-bloodcls trust-report " + " ".join(sys.argv[2:]), "created":
-              time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "interpreter": backend_name(),
-              "split_sha256": test[2], "pbc_test_n": int(len(test[1])), "bccd_cells": len(cells),
-              "site_n": len(site_set[0]) if site_set else 0, "plot": str(out) + "_coverage.png", "bundles": rows}
+    report = {
+        "command": "edge-bloodcls trust-report " + " ".join(sys.argv[2:]),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "interpreter": backend_name(),
+        "split_sha256": test[2],
+        "pbc_test_n": int(len(test[1])),
+        "bccd_cells": len(cells),
+        "site_n": len(site_set[0]) if site_set else 0,
+        "plot": str(out) + "_coverage.png",
+        "bundles": rows,
+    }
     # The trust layer is runtime code: it must run where TensorFlow is not installed.
     report["tensorflow_imported"] = "tensorflow" in sys.modules
     plot(report, Path(report["plot"]))

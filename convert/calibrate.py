@@ -6,6 +6,7 @@ the converter measures are those of the pixels the runtime will feed the model. 
 set prepared any other way (0..1 scaling, BGR, unnormalised) quantizes the input tensor to a
 range the runtime's pixels fall outside of; `input_coverage` measures exactly that.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -100,8 +101,7 @@ def stratified(labels: np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
 
 def sample(images: ImageSet, n: int | None, seed: int = 0) -> ImageSet:
     idx = stratified(images.labels, n, seed)
-    return ImageSet([images.paths[i] for i in idx], images.labels[idx], images.source,
-                    images.split_sha256, images.info)
+    return ImageSet([images.paths[i] for i in idx], images.labels[idx], images.source, images.split_sha256, images.info)
 
 
 def load_samples(images: ImageSet, spec: InputSpec) -> np.ndarray:
@@ -111,9 +111,11 @@ def load_samples(images: ImageSet, spec: InputSpec) -> np.ndarray:
 
 def representative(samples: np.ndarray):
     """The converter's representative_dataset: one image a step, batch of one."""
+
     def gen():
         for x in samples:
             yield [x[None]]
+
     return gen
 
 
@@ -128,9 +130,11 @@ def check_samples(samples: np.ndarray, spec: InputSpec, tol: float = 1e-3) -> st
     lo, hi = spec_range(spec)
     smin, smax = float(samples.min()), float(samples.max())
     if smin < lo - tol * (hi - lo) or smax > hi + tol * (hi - lo):
-        return (f"calibration inputs span [{smin:.3g}, {smax:.3g}] but the model's input spec "
-                f"(mean {list(spec.mean)}, std {list(spec.std)}) maps pixels to [{lo:.3g}, {hi:.3g}]: "
-                "the calibration data was not prepared with the model's preprocessing")
+        return (
+            f"calibration inputs span [{smin:.3g}, {smax:.3g}] but the model's input spec "
+            f"(mean {list(spec.mean)}, std {list(spec.std)}) maps pixels to [{lo:.3g}, {hi:.3g}]: "
+            "the calibration data was not prepared with the model's preprocessing"
+        )
     return None
 
 
@@ -149,14 +153,15 @@ def input_coverage(quant: dict | None, dtype: str, spec: InputSpec) -> float | N
     return max(0.0, min(hi, qhi) - max(lo, qlo)) / (hi - lo)
 
 
-def coverage_problem(quant: dict | None, dtype: str, spec: InputSpec,
-                     min_coverage: float = MIN_COVERAGE) -> str | None:
+def coverage_problem(quant: dict | None, dtype: str, spec: InputSpec, min_coverage: float = MIN_COVERAGE) -> str | None:
     cov = input_coverage(quant, dtype, spec)
     if quant is None or cov is None or cov >= min_coverage:
         return None
     info = np.iinfo(np.dtype(dtype))
     scale, zero = quant["scale"], quant["zero_point"]
     lo, hi = spec_range(spec)
-    return (f"the {dtype} input is quantized to [{scale * (info.min - zero):.3g}, {scale * (info.max - zero):.3g}], "
-            f"{cov:.0%} of the [{lo:.3g}, {hi:.3g}] the runtime feeds (minimum {min_coverage:.0%}): the calibration "
-            "data did not go through the model's preprocessing, or is not like the images it will see")
+    return (
+        f"the {dtype} input is quantized to [{scale * (info.min - zero):.3g}, {scale * (info.max - zero):.3g}], "
+        f"{cov:.0%} of the [{lo:.3g}, {hi:.3g}] the runtime feeds (minimum {min_coverage:.0%}): the calibration "
+        "data did not go through the model's preprocessing, or is not like the images it will see"
+    )

@@ -3,6 +3,7 @@
 The compiler is a closed x86-64 Linux binary; nothing here imitates it. Without it on PATH the
 caller gets CompilerMissing with the installation steps, and no _edgetpu file exists.
 """
+
 from __future__ import annotations
 
 import re
@@ -48,10 +49,14 @@ def parse_log(text: str) -> dict:
     subgraphs = re.search(r"Number of Edge TPU subgraphs:\s*(\d+)", text)
     total = re.search(r"Total number of operations:\s*(\d+)", text)
     mapped = sum(o["count"] for o in ops if o["status"].startswith("Mapped to Edge TPU"))
-    return {"compiler_version": version.group(1) if version else None,
-            "subgraphs": int(subgraphs.group(1)) if subgraphs else None,
-            "total_ops": int(total.group(1)) if total else None,
-            "mapped_ops": mapped, "cpu_ops": sum(o["count"] for o in ops) - mapped, "ops": ops}
+    return {
+        "compiler_version": version.group(1) if version else None,
+        "subgraphs": int(subgraphs.group(1)) if subgraphs else None,
+        "total_ops": int(total.group(1)) if total else None,
+        "mapped_ops": mapped,
+        "cpu_ops": sum(o["count"] for o in ops) - mapped,
+        "ops": ops,
+    }
 
 
 def compile_model(tflite: Path, timeout: int = 600) -> tuple[bytes, str, dict]:

@@ -4,6 +4,7 @@ Nothing is written to the output directory until the exported model has passed t
 (or --force says to write it anyway); a failed int8 gate leaves only the per-layer error
 report that says where the quantization went wrong.
 """
+
 from __future__ import annotations
 
 import csv
@@ -81,10 +82,18 @@ def load_source(path) -> Source:
     if model.output_shape[-1] != len(labels):
         raise ExportError(f"{path}: {model.output_shape[-1]} outputs but {len(labels)} labels")
     split = config.get("split") or {}
-    return Source(model, path, sha256_file(path),
-                  arch=config.get("arch") or config.get("train", {}).get("arch") or model.name,
-                  spec=spec, labels=labels, params=int(config.get("params") or model.count_params()),
-                  split_sha256=split.get("sha256"), split_csv=split.get("csv"), config=config)
+    return Source(
+        model,
+        path,
+        sha256_file(path),
+        arch=config.get("arch") or config.get("train", {}).get("arch") or model.name,
+        spec=spec,
+        labels=labels,
+        params=int(config.get("params") or model.count_params()),
+        split_sha256=split.get("sha256"),
+        split_csv=split.get("csv"),
+        config=config,
+    )
 
 
 @dataclass
@@ -187,19 +196,30 @@ def _evaluate(src: Source, tflite: Path, manifest: dict, images, pixels, threads
     return gate.compare(images.labels, float_probs, exp["raw"], src.labels), interp, exp
 
 
-def _fit_trust(opts: ExportOptions, src: Source, split_csv, tflite: Path, manifest: dict, val,
-               val_out: dict) -> tuple[bytes, dict, TrustStats]:
+def _fit_trust(
+    opts: ExportOptions, src: Source, split_csv, tflite: Path, manifest: dict, val, val_out: dict
+) -> tuple[bytes, dict, TrustStats]:
     """Trust statistics on training cells through the exported model (see trust_fit)."""
     train = calibrate.sample(calibrate.from_split(split_csv, "train", opts.data_root), opts.trust_samples, opts.seed)
     pixels = _pixels(train, src.spec, opts.cache_dir, opts.trust_samples is None)
     out, _ = gate.predict_tflite(tflite, manifest, pixels, opts.threads)
-    stats, section = trust_fit.fit(out["features"], train.labels, val_out["raw"], val_out["features"], val.labels,
-                                   len(src.labels), opts.false_alarm, opts.review_target)
+    stats, section = trust_fit.fit(
+        out["features"],
+        train.labels,
+        val_out["raw"],
+        val_out["features"],
+        val.labels,
+        len(src.labels),
+        opts.false_alarm,
+        opts.review_target,
+    )
     v = section["val"]
-    _log.info(f"trust: OOD threshold {stats.threshold:.2f} ({opts.false_alarm:.0%} of val flagged), temperature "
-              f"{stats.temperature:.3g}, val ECE {v['ece']['raw']:.4f} -> {v['ece']['calibrated']:.4f}; review below "
-              f"confidence {stats.review_threshold:.3f}: val coverage {v['coverage']:.4f}, accepted accuracy "
-              f"{_fmt(v['accepted_accuracy'])} (target {opts.review_target})")
+    _log.info(
+        f"trust: OOD threshold {stats.threshold:.2f} ({opts.false_alarm:.0%} of val flagged), temperature "
+        f"{stats.temperature:.3g}, val ECE {v['ece']['raw']:.4f} -> {v['ece']['calibrated']:.4f}; review below "
+        f"confidence {stats.review_threshold:.3f}: val coverage {v['coverage']:.4f}, accepted accuracy "
+        f"{_fmt(v['accepted_accuracy'])} (target {opts.review_target})"
+    )
     return trust_fit.to_bytes(stats), section, stats
 
 
@@ -225,8 +245,10 @@ def run(opts: ExportOptions) -> dict:
     src = load_source(opts.model)
     spec = src.spec
     name = opts.name or default_name(src, fmt, io)
-    _log.info(f"{src.path}: {src.arch}, {src.params:,} parameters, input {list(spec.size)} {spec.color} "
-              f"mean {list(spec.mean)} std {list(spec.std)} -> {fmt.name} ({io} I/O) as {name}")
+    _log.info(
+        f"{src.path}: {src.arch}, {src.params:,} parameters, input {list(spec.size)} {spec.color} "
+        f"mean {list(spec.mean)} std {list(spec.std)} -> {fmt.name} ({io} I/O) as {name}"
+    )
 
     split_csv = _eval_split(opts, src)
     try:
@@ -234,8 +256,10 @@ def run(opts: ExportOptions) -> dict:
     except (OSError, ValueError) as e:
         raise ExportError(str(e)) from None
     if src.split_sha256 and val.split_sha256 != src.split_sha256:
-        _log.warning(f"warning: {split_csv} (sha256 {(val.split_sha256 or '?')[:12]}) is not the split the model "
-                     f"was trained on ({src.split_sha256[:12]}); its val images may include training images")
+        _log.warning(
+            f"warning: {split_csv} (sha256 {(val.split_sha256 or '?')[:12]}) is not the split the model "
+            f"was trained on ({src.split_sha256[:12]}); its val images may include training images"
+        )
     val_pixels = _pixels(val, spec, opts.cache_dir, opts.eval_samples is None)
 
     model, qat_rows, qat_info = src.model, None, None
@@ -244,15 +268,34 @@ def run(opts: ExportOptions) -> dict:
         train_pixels = _pixels(train_set, spec, opts.cache_dir, True)
         aug = Augment(**src.config["augment"]) if src.config.get("augment") else Augment()
         cw = qat.class_weight_from_config(src.config, train_set.labels, len(src.labels))
-        _log.info(f"quantization-aware fine-tuning: {opts.qat_epochs} epochs on {len(train_set.labels)} "
-                  f"training images, lr {opts.qat_lr:g} (cosine to 0), batch {opts.batch_size}")
+        _log.info(
+            f"quantization-aware fine-tuning: {opts.qat_epochs} epochs on {len(train_set.labels)} "
+            f"training images, lr {opts.qat_lr:g} (cosine to 0), batch {opts.batch_size}"
+        )
         tf.random.set_seed(opts.seed)
         model = qat.quantize(src.model)
-        qat_rows = qat.fine_tune(model, (train_pixels, train_set.labels), (val_pixels, val.labels), spec,
-                                 opts.qat_epochs, opts.batch_size, opts.qat_lr, aug, cw, opts.seed)
-        qat_info = {"epochs": opts.qat_epochs, "lr": opts.qat_lr, "batch_size": opts.batch_size,
-                    "augment": aug.to_json(), "class_weights": bool(cw), "train_images": len(train_set.labels),
-                    "history": f"{name}.history.csv", "final": qat_rows[-1] if qat_rows else None}
+        qat_rows = qat.fine_tune(
+            model,
+            (train_pixels, train_set.labels),
+            (val_pixels, val.labels),
+            spec,
+            opts.qat_epochs,
+            opts.batch_size,
+            opts.qat_lr,
+            aug,
+            cw,
+            opts.seed,
+        )
+        qat_info = {
+            "epochs": opts.qat_epochs,
+            "lr": opts.qat_lr,
+            "batch_size": opts.batch_size,
+            "augment": aug.to_json(),
+            "class_weights": bool(cw),
+            "train_images": len(train_set.labels),
+            "history": f"{name}.history.csv",
+            "final": qat_rows[-1] if qat_rows else None,
+        }
 
     samples, calib_info, problems = None, None, []
     if fmt.calibration:
@@ -263,11 +306,18 @@ def run(opts: ExportOptions) -> dict:
         cal = calibrate.sample(cal_all, opts.calibration_samples, opts.seed)
         samples = calibrate.load_samples(cal, spec)
         counts = Counter(src.labels[i] for i in cal.labels)
-        calib_info = {"source": cal.source, "n": len(cal.paths), "seed": opts.seed, "split_sha256": cal.split_sha256,
-                      "per_class": {k: counts.get(k, 0) for k in src.labels},
-                      "range": [float(samples.min()), float(samples.max())]}
-        _log.info(f"calibration: {len(cal.paths)} images from {cal.source}, stratified; input range "
-                  f"[{samples.min():.3f}, {samples.max():.3f}]")
+        calib_info = {
+            "source": cal.source,
+            "n": len(cal.paths),
+            "seed": opts.seed,
+            "split_sha256": cal.split_sha256,
+            "per_class": {k: counts.get(k, 0) for k in src.labels},
+            "range": [float(samples.min()), float(samples.max())],
+        }
+        _log.info(
+            f"calibration: {len(cal.paths)} images from {cal.source}, stratified; input range "
+            f"[{samples.min():.3f}, {samples.max():.3f}]"
+        )
         problem = calibrate.check_samples(samples, spec)
         if problem:
             problems.append(problem)
@@ -281,8 +331,11 @@ def run(opts: ExportOptions) -> dict:
     try:
         tflite = make_converter().convert()
     except Exception as e:  # ConverterError and friends carry the op that failed
-        hint = ("; ops without an int8 kernel can be left in float with --allow-float-ops"
-                if fmt.integer_only and not opts.allow_float_ops else "")
+        hint = (
+            "; ops without an int8 kernel can be left in float with --allow-float-ops"
+            if fmt.integer_only and not opts.allow_float_ops
+            else ""
+        )
         raise ExportError(f"conversion failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}{hint}") from e
 
     details = gate.io_details(tflite, len(src.labels))
@@ -290,24 +343,37 @@ def run(opts: ExportOptions) -> dict:
     if fops:
         listing = ", ".join(f"{o['op']}#{o['index']}" for o in fops)
         if not opts.allow_float_ops:
-            raise GateFailed([f"{len(fops)} ops stayed float in the {fmt.name} export: {listing} "
-                              "(--allow-float-ops accepts them)"])
+            raise GateFailed(
+                [f"{len(fops)} ops stayed float in the {fmt.name} export: {listing} (--allow-float-ops accepts them)"]
+            )
         _log.warning(f"warning: {len(fops)} ops run in float: {listing}")
     problem = calibrate.coverage_problem(details["input"]["quant"], details["input"]["dtype"], spec)
     if problem:
         problems.append(problem)
 
     manifest: dict[str, Any] = {
-        "name": name, "arch": src.arch, "labels": src.labels,
+        "name": name,
+        "arch": src.arch,
+        "labels": src.labels,
         "input": {**spec.to_json(), "dtype": details["input"]["dtype"], "quant": details["input"]["quant"]},
         "output": {"dtype": details["output"]["dtype"], "quant": details["output"]["quant"]},
-        "features": ({"dtype": details["features"]["dtype"], "quant": details["features"]["quant"],
-                      "dim": details["features"]["shape"][-1], "layer": "pool"} if details["features"] else None),
-        "quantization": fmt.name, "params": src.params,
+        "features": (
+            {
+                "dtype": details["features"]["dtype"],
+                "quant": details["features"]["quant"],
+                "dim": details["features"]["shape"][-1],
+                "layer": "pool",
+            }
+            if details["features"]
+            else None
+        ),
+        "quantization": fmt.name,
+        "params": src.params,
         "split_sha256": src.split_sha256 or val.split_sha256,
         "source_model": {"path": str(src.path), "sha256": src.sha256},
         "converter": {"tensorflow": tf.__version__, **formats.options(fmt, io, opts.allow_float_ops)},
-        "calibration": calib_info, "qat": qat_info,
+        "calibration": calib_info,
+        "qat": qat_info,
         "float_ops": [f"{o['op']}#{o['index']}" for o in fops],
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,32 +384,44 @@ def run(opts: ExportOptions) -> dict:
         trust_bytes: bytes | None = None
         stats: TrustStats | None = None
         if has_features:
-            trust_bytes, manifest["trust"], stats = _fit_trust(opts, src, split_csv, tmp_tflite, manifest, val,
-                                                               val_out)
+            trust_bytes, manifest["trust"], stats = _fit_trust(opts, src, split_csv, tmp_tflite, manifest, val, val_out)
         if opts.eval_test:
             test = calibrate.from_split(split_csv, "test", opts.data_root)
             test_pixels = _pixels(test, spec, opts.cache_dir, True)
             metrics["test"], _, test_out = _evaluate(src, tmp_tflite, manifest, test, test_pixels, opts.threads)
             if stats is not None:
-                manifest["trust"]["test"] = trust_fit.evaluate(stats, test_out["raw"], test_out["features"],
-                                                               test.labels)
-    _log.info(f"val accuracy: float {metrics['float']['accuracy']:.4f}, "
-              f"{fmt.name} {metrics['exported']['accuracy']:.4f}, drop {metrics['drop']:.2f} points "
-              f"(max {opts.max_drop:g}); agreement {metrics['agreement']:.4f}, n={metrics['n']}")
+                manifest["trust"]["test"] = trust_fit.evaluate(
+                    stats, test_out["raw"], test_out["features"], test.labels
+                )
+    _log.info(
+        f"val accuracy: float {metrics['float']['accuracy']:.4f}, "
+        f"{fmt.name} {metrics['exported']['accuracy']:.4f}, drop {metrics['drop']:.2f} points "
+        f"(max {opts.max_drop:g}); agreement {metrics['agreement']:.4f}, n={metrics['n']}"
+    )
     if "test" in metrics:
         t = metrics["test"]
-        _log.info(f"test accuracy: float {t['float']['accuracy']:.4f}, {fmt.name} {t['exported']['accuracy']:.4f}, "
-                  f"drop {t['drop']:.2f} points, n={t['n']}")
+        _log.info(
+            f"test accuracy: float {t['float']['accuracy']:.4f}, {fmt.name} {t['exported']['accuracy']:.4f}, "
+            f"drop {t['drop']:.2f} points, n={t['n']}"
+        )
         tt = (manifest.get("trust") or {}).get("test")
         if tt:
-            _log.info(f"test trust: ECE {tt['ece']['raw']:.4f} -> {tt['ece']['calibrated']:.4f}, OOD flagged "
-                      f"{tt['ood_flagged']:.4f}, coverage {tt['coverage']:.4f}, "
-                      f"accepted accuracy {_fmt(tt['accepted_accuracy'])}")
+            _log.info(
+                f"test trust: ECE {tt['ece']['raw']:.4f} -> {tt['ece']['calibrated']:.4f}, OOD flagged "
+                f"{tt['ood_flagged']:.4f}, coverage {tt['coverage']:.4f}, "
+                f"accepted accuracy {_fmt(tt['accepted_accuracy'])}"
+            )
     if metrics["drop"] > opts.max_drop:
         problems.append(f"accuracy drop {metrics['drop']:.2f} points exceeds --max-drop {opts.max_drop:g}")
 
-    result = {"name": name, "format": fmt.name, "io": io, "metrics": metrics, "size_bytes": len(tflite),
-              "problems": problems}
+    result = {
+        "name": name,
+        "format": fmt.name,
+        "io": io,
+        "metrics": metrics,
+        "size_bytes": len(tflite),
+        "problems": problems,
+    }
     report = None
     if problems:
         if fmt.calibration:
@@ -361,8 +439,12 @@ def run(opts: ExportOptions) -> dict:
 
     manifest["metrics"] = metrics
     manifest["interpreter"] = interp
-    manifest["gate"] = {"max_drop": opts.max_drop, "passed": not problems, "problems": problems,
-                        "forced": bool(problems)}
+    manifest["gate"] = {
+        "max_drop": opts.max_drop,
+        "passed": not problems,
+        "problems": problems,
+        "forced": bool(problems),
+    }
     bundle = write_bundle(tflite, manifest, out, name, trust_bytes)
     result["bundle"] = str(bundle.tflite)
     _log.info(f"wrote {bundle.tflite} ({len(tflite) / 1e6:.2f} MB) and {bundle.tflite.with_suffix('.json').name}")
@@ -384,20 +466,30 @@ def _compile_edgetpu(bundle: Bundle, manifest: dict, out: Path) -> Bundle:
     try:
         data, text, info = edgetpu.compile_model(bundle.tflite)
     except edgetpu.CompilerMissing as e:
-        raise EdgeTPUUnavailable(f"{e}\nThe full-integer CPU model {bundle.tflite} is written and ready to compile: "
-                                 f"rerun this command where edgetpu_compiler is installed, or run "
-                                 f"`edgetpu_compiler -s -o {out} {bundle.tflite}` there") from None
+        raise EdgeTPUUnavailable(
+            f"{e}\nThe full-integer CPU model {bundle.tflite} is written and ready to compile: "
+            f"rerun this command where edgetpu_compiler is installed, or run "
+            f"`edgetpu_compiler -s -o {out} {bundle.tflite}` there"
+        ) from None
     name = f"{bundle.name}_edgetpu"
-    m = {**manifest, "name": name, "quantization": "edgetpu",
-         "edgetpu": {**info, "compiled_from": bundle.tflite.name, "compiled_from_sha256": bundle.sha256}}
-    m["metrics"] = {**manifest["metrics"],
-                    "note": f"measured on the CPU model {bundle.tflite.name}; the Edge TPU runs the same int8 graph"}
+    m = {
+        **manifest,
+        "name": name,
+        "quantization": "edgetpu",
+        "edgetpu": {**info, "compiled_from": bundle.tflite.name, "compiled_from_sha256": bundle.sha256},
+    }
+    m["metrics"] = {
+        **manifest["metrics"],
+        "note": f"measured on the CPU model {bundle.tflite.name}; the Edge TPU runs the same int8 graph",
+    }
     # The compiled model runs the same int8 graph: its features, and so its statistics, are the same.
     trust = bundle.trust_path.read_bytes() if bundle.trust_path else None
     compiled = write_bundle(data, m, out, name, trust)
     (out / f"{name}.log").write_text(text)
-    _log.info(f"edgetpu_compiler {info['compiler_version']}: {info['mapped_ops']} ops on the Edge TPU, "
-              f"{info['cpu_ops']} on the CPU, {info['subgraphs']} subgraph(s) -> {compiled.tflite}")
+    _log.info(
+        f"edgetpu_compiler {info['compiler_version']}: {info['mapped_ops']} ops on the Edge TPU, "
+        f"{info['cpu_ops']} on the CPU, {info['subgraphs']} subgraph(s) -> {compiled.tflite}"
+    )
     for o in info["ops"]:
         _log.info(f"  {o['op']:<24}{o['count']:>5}  {o['status']}")
     return compiled

@@ -10,6 +10,7 @@
 
 (*) dynamic range: activations are quantized on the fly per inference where a kernel allows it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -32,21 +33,55 @@ class Format:
     summary: str = ""
 
 
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("float32", "float32", optimize=False,
-           summary="reference: the Keras model's arithmetic, 4 bytes a weight"),
-    Format("float16", "float16", optimize=True, float16=True,
-           summary="half the size; weights dequantized to float32 at load, so CPU speed as float32"),
-    Format("dynamic", "dynamic", optimize=True,
-           summary="int8 weights, float activations quantized per inference; quarter size, no calibration"),
-    Format("int8", "int8", optimize=True, calibration=True, integer_only=True, io="int8",
-           summary="full integer: int8 weights and activations calibrated on training images; "
-                   "fastest on Arm CPUs, needed by the Edge TPU"),
-    Format("qat-int8", "qat_int8", optimize=True, integer_only=True, qat=True, io="int8",
-           summary="full integer after quantization-aware fine-tuning; recovers accuracy int8 loses"),
-    Format("edgetpu", "edgetpu", optimize=True, integer_only=True, io="uint8", compiler="edgetpu_compiler",
-           summary="full integer with uint8 I/O compiled for the Coral Edge TPU"),
-)}
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format(
+            "float32", "float32", optimize=False, summary="reference: the Keras model's arithmetic, 4 bytes a weight"
+        ),
+        Format(
+            "float16",
+            "float16",
+            optimize=True,
+            float16=True,
+            summary="half the size; weights dequantized to float32 at load, so CPU speed as float32",
+        ),
+        Format(
+            "dynamic",
+            "dynamic",
+            optimize=True,
+            summary="int8 weights, float activations quantized per inference; quarter size, no calibration",
+        ),
+        Format(
+            "int8",
+            "int8",
+            optimize=True,
+            calibration=True,
+            integer_only=True,
+            io="int8",
+            summary="full integer: int8 weights and activations calibrated on training images; "
+            "fastest on Arm CPUs, needed by the Edge TPU",
+        ),
+        Format(
+            "qat-int8",
+            "qat_int8",
+            optimize=True,
+            integer_only=True,
+            qat=True,
+            io="int8",
+            summary="full integer after quantization-aware fine-tuning; recovers accuracy int8 loses",
+        ),
+        Format(
+            "edgetpu",
+            "edgetpu",
+            optimize=True,
+            integer_only=True,
+            io="uint8",
+            compiler="edgetpu_compiler",
+            summary="full integer with uint8 I/O compiled for the Coral Edge TPU",
+        ),
+    )
+}
 
 
 # Views of the table; everything that lists formats (the CLI, the export summary, the
@@ -125,10 +160,15 @@ def _int8_opset(fmt: Format) -> bool:
 
 def options(fmt: Format, io: str, allow_float_ops: bool = False) -> dict:
     """What apply() set, for the manifest."""
-    return {"optimizations": ["DEFAULT"] if fmt.optimize else [],
-            "supported_types": ["float16"] if fmt.float16 else [],
-            "supported_ops": (["TFLITE_BUILTINS_INT8"] + (["TFLITE_BUILTINS"] if allow_float_ops else []))
-            if fmt.integer_only and _int8_opset(fmt) else ["TFLITE_BUILTINS"],
-            "per_channel_weights": fmt.per_channel if fmt.integer_only or fmt.name == "dynamic" else None,
-            "representative_dataset": fmt.calibration, "quantization_aware_training": fmt.qat,
-            "inference_input_type": io, "inference_output_type": io}
+    return {
+        "optimizations": ["DEFAULT"] if fmt.optimize else [],
+        "supported_types": ["float16"] if fmt.float16 else [],
+        "supported_ops": (["TFLITE_BUILTINS_INT8"] + (["TFLITE_BUILTINS"] if allow_float_ops else []))
+        if fmt.integer_only and _int8_opset(fmt)
+        else ["TFLITE_BUILTINS"],
+        "per_channel_weights": fmt.per_channel if fmt.integer_only or fmt.name == "dynamic" else None,
+        "representative_dataset": fmt.calibration,
+        "quantization_aware_training": fmt.qat,
+        "inference_input_type": io,
+        "inference_output_type": io,
+    }

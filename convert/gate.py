@@ -4,6 +4,7 @@ The exported model is run by the runtime's own Classifier (edge_runtime.core.cla
 quantization of inputs and outputs under test is the code the Pi runs. Also here: which ops of
 an integer export stayed float, and the per-layer error report of the quantization debugger.
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,9 +35,11 @@ def _interpreter(tflite_bytes: bytes):
     except ImportError:
         # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
         import tensorflow as tf
+
         Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
-    it = Interpreter(model_content=tflite_bytes,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it = Interpreter(
+        model_content=tflite_bytes, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     it.allocate_tensors()
     return it
 
@@ -58,8 +61,15 @@ def io_details(tflite_bytes: bytes, n_labels: int | None = None) -> dict:
     feats = next((d for d in outs if d is not probs), None)
     out = {}
     for key, d in (("input", it.get_input_details()[0]), ("output", probs), ("features", feats)):
-        out[key] = None if d is None else {"dtype": np.dtype(d["dtype"]).name, "quant": _quant(d),
-                                           "shape": [int(s) for s in d["shape_signature"]]}
+        out[key] = (
+            None
+            if d is None
+            else {
+                "dtype": np.dtype(d["dtype"]).name,
+                "quant": _quant(d),
+                "shape": [int(s) for s in d["shape_signature"]],
+            }
+        )
     return out
 
 
@@ -72,10 +82,16 @@ def ops(tflite_bytes: bytes) -> list[dict]:
     res = []
     for op in it._get_ops_details():  # noqa: SLF001 - the interpreter's only op listing
         ins = [i for i in op["inputs"] if i >= 0]
-        res.append({"index": int(op["index"]), "op": op["op_name"],
-                    "inputs": [dtype[i] for i in ins], "outputs": [dtype[i] for i in op["outputs"]],
-                    "graph_input": any(i in inputs for i in ins),
-                    "graph_output": any(i in outputs for i in op["outputs"])})
+        res.append(
+            {
+                "index": int(op["index"]),
+                "op": op["op_name"],
+                "inputs": [dtype[i] for i in ins],
+                "outputs": [dtype[i] for i in op["outputs"]],
+                "graph_input": any(i in inputs for i in ins),
+                "graph_output": any(i in outputs for i in op["outputs"]),
+            }
+        )
     return res
 
 
@@ -85,9 +101,14 @@ def op_shapes(tflite_bytes: bytes) -> list[dict]:
     what counting the arithmetic of a graph needs (benchmarks' MACs)."""
     it = _interpreter(tflite_bytes)
     shape = {d["index"]: [int(s) for s in d["shape"]] for d in it.get_tensor_details()}
-    return [{"op": op["op_name"], "inputs": [shape[i] if i >= 0 else None for i in op["inputs"]],
-             "outputs": [shape[i] for i in op["outputs"]]}
-            for op in it._get_ops_details()]  # noqa: SLF001 - the interpreter's only op listing
+    return [
+        {
+            "op": op["op_name"],
+            "inputs": [shape[i] if i >= 0 else None for i in op["inputs"]],
+            "outputs": [shape[i] for i in op["outputs"]],
+        }
+        for op in it._get_ops_details()
+    ]  # noqa: SLF001 - the interpreter's only op listing
 
 
 def float_ops(tflite_bytes: bytes) -> list[dict]:
@@ -107,7 +128,7 @@ def float_ops(tflite_bytes: bytes) -> list[dict]:
 def predict_keras(model, pixels: np.ndarray, spec: InputSpec, batch: int = 64) -> np.ndarray:
     out = []
     for start in range(0, len(pixels), batch):
-        x = normalise(np.asarray(pixels[start:start + batch]), spec)
+        x = normalise(np.asarray(pixels[start : start + batch]), spec)
         out.append(model(x, training=False).numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -121,19 +142,26 @@ def predict_tflite(tflite_path, manifest: dict, pixels: np.ndarray, threads: int
 
 
 def summary(m: dict) -> dict:
-    return {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro"]["f1"],
-            "recall": {k: v["recall"] for k, v in m["per_class"].items()}}
+    return {
+        "accuracy": m["accuracy"],
+        "balanced_accuracy": m["balanced_accuracy"],
+        "macro_f1": m["macro"]["f1"],
+        "recall": {k: v["recall"] for k, v in m["per_class"].items()},
+    }
 
 
 def compare(y: np.ndarray, float_probs: np.ndarray, exported_probs: np.ndarray, labels) -> dict:
     """Metrics of both models, the drop in accuracy points, and how often they agree."""
     mf = classification_metrics(y, float_probs.argmax(1), labels)
     me = classification_metrics(y, exported_probs.argmax(1), labels)
-    return {"float": summary(mf), "exported": summary(me),
-            "drop": round((mf["accuracy"] - me["accuracy"]) * 100, 3),
-            "agreement": float(np.mean(float_probs.argmax(1) == exported_probs.argmax(1))),
-            "max_abs_prob_diff": float(np.abs(float_probs - exported_probs).max()),
-            "n": int(len(y))}
+    return {
+        "float": summary(mf),
+        "exported": summary(me),
+        "drop": round((mf["accuracy"] - me["accuracy"]) * 100, 3),
+        "agreement": float(np.mean(float_probs.argmax(1) == exported_probs.argmax(1))),
+        "max_abs_prob_diff": float(np.abs(float_probs - exported_probs).max()),
+        "n": int(len(y)),
+    }
 
 
 @dataclass
@@ -151,10 +179,8 @@ def debug_report(make_converter, samples: np.ndarray, path, top: int = 10, n: in
     # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
-
     debug_set = samples[: max(1, min(n, len(samples)))]
-    dbg = tf.lite.experimental.QuantizationDebugger(converter=make_converter(),
-                                                    debug_dataset=representative(debug_set))
+    dbg = tf.lite.experimental.QuantizationDebugger(converter=make_converter(), debug_dataset=representative(debug_set))
     dbg.run()
     buf = io.StringIO()
     dbg.layer_statistics_dump(buf)
@@ -169,5 +195,7 @@ def debug_report(make_converter, samples: np.ndarray, path, top: int = 10, n: in
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["op_name"], lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    return [LayerError(r["op_name"], r["tensor_name"], float(r["rmse/scale"]), float(r["scale"]),
-                       float(r["max_abs_error"])) for r in rows[:top]]
+    return [
+        LayerError(r["op_name"], r["tensor_name"], float(r["rmse/scale"]), float(r["scale"]), float(r["max_abs_error"]))
+        for r in rows[:top]
+    ]

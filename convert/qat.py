@@ -5,6 +5,7 @@ which is how train/archs.py builds every network (backbone model inside image ->
 model is therefore flattened first: the backbone's layers are spliced into the outer graph
 (same names, same weights), giving a graph tfmot's Conv-BN-ReLU patterns can match.
 """
+
 from __future__ import annotations
 
 import copy
@@ -90,13 +91,22 @@ def quantize(model):
     return tfmot.quantization.keras.quantize_model(flatten(model))
 
 
-def fine_tune(qmodel, train: tuple, val: tuple, spec, epochs: int = 2, batch_size: int = 64, lr: float = 1e-4,
-              augment=None, class_weight: dict | None = None, seed: int = 0) -> list[dict]:
+def fine_tune(
+    qmodel,
+    train: tuple,
+    val: tuple,
+    spec,
+    epochs: int = 2,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+    augment=None,
+    class_weight: dict | None = None,
+    seed: int = 0,
+) -> list[dict]:
     """A few epochs on the training split with the training pipeline (same augmentation and class
     weights); train/val are (uint8 pixels, labels). Returns one history row an epoch."""
     # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
-
 
     pixels, labels = train
     batch_size = max(1, min(batch_size, len(labels)))
@@ -104,26 +114,43 @@ def fine_tune(qmodel, train: tuple, val: tuple, spec, epochs: int = 2, batch_siz
     # Cosine decay to zero: the float model sits in a minimum already; QAT only adapts it to
     # the quantization grid, and a large step throws away what the float training found.
     sched = tf_keras.optimizers.schedules.CosineDecay(lr, max(1, epochs * steps))
-    qmodel.compile(optimizer=tf_keras.optimizers.Adam(sched),
-                   loss=tf_keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    qmodel.compile(
+        optimizer=tf_keras.optimizers.Adam(sched),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
     x_val = eval_dataset(val[0], val[1], spec, batch_size)
     times = []
 
     def epoch_end(epoch, logs):
         times.append(time.time())
-        _log.info(f"qat epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f} "
-                  f"val_loss {logs['val_loss']:.4f} val_acc {logs['val_accuracy']:.4f} ({times[-1] - times[-2]:.0f}s)")
+        _log.info(
+            f"qat epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f} "
+            f"val_loss {logs['val_loss']:.4f} val_acc {logs['val_accuracy']:.4f} ({times[-1] - times[-2]:.0f}s)"
+        )
 
     times.append(time.time())
     # One fit over the whole stream: fit() per epoch on a shared iterator loses the batches
     # its prefetching pulled past the end of each epoch.
-    h = qmodel.fit(ds, steps_per_epoch=steps, epochs=epochs, validation_data=x_val, class_weight=class_weight,
-                   verbose=0, callbacks=[tf_keras.callbacks.LambdaCallback(on_epoch_end=epoch_end)])
+    h = qmodel.fit(
+        ds,
+        steps_per_epoch=steps,
+        epochs=epochs,
+        validation_data=x_val,
+        class_weight=class_weight,
+        verbose=0,
+        callbacks=[tf_keras.callbacks.LambdaCallback(on_epoch_end=epoch_end)],
+    )
     rows = []
     for e in range(len(h.history["loss"])):
-        rows.append({"epoch": e + 1, **{k: float(h.history[k][e]) for k in
-                                        ("loss", "accuracy", "val_loss", "val_accuracy")},
-                     "lr": float(sched((e + 1) * steps).numpy()), "seconds": round(times[e + 1] - times[e], 1)})
+        rows.append(
+            {
+                "epoch": e + 1,
+                **{k: float(h.history[k][e]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+                "lr": float(sched((e + 1) * steps).numpy()),
+                "seconds": round(times[e + 1] - times[e], 1),
+            }
+        )
     return rows
 
 

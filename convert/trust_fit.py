@@ -9,6 +9,7 @@ TFLite file, so the statistics describe the features the Pi will compute (int8 i
   - Review threshold: the lowest confidence at which the accepted validation cells (confident and
     in distribution) are at least the target accuracy; coverage recorded with it.
 """
+
 from __future__ import annotations
 
 import io
@@ -79,8 +80,9 @@ def wilson_lower(k: int, n: int, z: float) -> float:
 REVIEW_Z = 1.2816
 
 
-def review_operating_point(probs: np.ndarray, y: np.ndarray, ood: np.ndarray,
-                           target: float = DEFAULT_REVIEW_TARGET, z: float = REVIEW_Z) -> dict:
+def review_operating_point(
+    probs: np.ndarray, y: np.ndarray, ood: np.ndarray, target: float = DEFAULT_REVIEW_TARGET, z: float = REVIEW_Z
+) -> dict:
     """The lowest confidence threshold whose accepted cells reach `target` accuracy (lower bound)."""
     conf = probs.max(1)
     correct = probs.argmax(1) == y
@@ -94,8 +96,14 @@ def review_operating_point(probs: np.ndarray, y: np.ndarray, ood: np.ndarray,
     if best is None:  # only an empty accepted set reaches it: every cell goes to review
         best = (1.0, 0, 1.0, 0.0)
     t, n, acc, lower = best
-    return {"review_threshold": round(t, 6), "coverage": n / len(y), "accepted_accuracy": acc,
-            "accepted_accuracy_lower": lower, "target_accuracy": target, "confidence_z": z}
+    return {
+        "review_threshold": round(t, 6),
+        "coverage": n / len(y),
+        "accepted_accuracy": acc,
+        "accepted_accuracy_lower": lower,
+        "target_accuracy": target,
+        "confidence_z": z,
+    }
 
 
 def coverage_curve(probs: np.ndarray, y: np.ndarray, ood: np.ndarray, points: int = 41) -> list[dict]:
@@ -105,8 +113,13 @@ def coverage_curve(probs: np.ndarray, y: np.ndarray, ood: np.ndarray, points: in
     out = []
     for t in np.linspace(0.0, 1.0, points):
         m = (conf >= t) & ~ood
-        out.append({"threshold": round(float(t), 4), "coverage": float(m.mean()),
-                    "accepted_accuracy": float(correct[m].mean()) if m.any() else None})
+        out.append(
+            {
+                "threshold": round(float(t), 4),
+                "coverage": float(m.mean()),
+                "accepted_accuracy": float(correct[m].mean()) if m.any() else None,
+            }
+        )
     return out
 
 
@@ -118,16 +131,28 @@ def evaluate(stats: TrustStats, raw: np.ndarray, features: np.ndarray, y: np.nda
     conf = probs.max(1)
     accepted = (conf >= (stats.review_threshold or 0.0)) & ~ood
     correct = probs.argmax(1) == y
-    return {"n": int(len(y)), "ece": {"raw": ece(raw, y), "calibrated": ece(probs, y)},
-            "nll": {"raw": nll(raw, y), "calibrated": nll(probs, y)},
-            "ood_flagged": float(ood.mean()), "coverage": float(accepted.mean()),
-            "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
-            "accuracy": float(correct.mean())}
+    return {
+        "n": int(len(y)),
+        "ece": {"raw": ece(raw, y), "calibrated": ece(probs, y)},
+        "nll": {"raw": nll(raw, y), "calibrated": nll(probs, y)},
+        "ood_flagged": float(ood.mean()),
+        "coverage": float(accepted.mean()),
+        "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
+        "accuracy": float(correct.mean()),
+    }
 
 
-def fit(train_features, train_y, val_raw, val_features, val_y, n_classes: int,
-        false_alarm: float = DEFAULT_FALSE_ALARM, review_target: float = DEFAULT_REVIEW_TARGET,
-        dims: int = MAX_DIMS) -> tuple[TrustStats, dict]:
+def fit(
+    train_features,
+    train_y,
+    val_raw,
+    val_features,
+    val_y,
+    n_classes: int,
+    false_alarm: float = DEFAULT_FALSE_ALARM,
+    review_target: float = DEFAULT_REVIEW_TARGET,
+    dims: int = MAX_DIMS,
+) -> tuple[TrustStats, dict]:
     """-> (statistics, the manifest's trust section without file/sha256)."""
     mean, proj, centres = fit_ood(train_features, train_y, n_classes, dims)
     stats = TrustStats(mean, proj, centres, threshold=0.0)
@@ -140,13 +165,20 @@ def fit(train_features, train_y, val_raw, val_features, val_y, n_classes: int,
     op = review_operating_point(stats.calibrate(val_raw), val_y, ood, review_target)
     stats.review_threshold = op["review_threshold"]
     section = {
-        "method": METHOD, "format": 1, "feature_dim": int(mean.shape[0]), "dims": int(proj.shape[1]),
+        "method": METHOD,
+        "format": 1,
+        "feature_dim": int(mean.shape[0]),
+        "dims": int(proj.shape[1]),
         "fit": {"split": "train", "n": int(len(train_y))},
-        "ood_threshold": round(stats.threshold, 6), "false_alarm_target": false_alarm,
-        "temperature": round(stats.temperature, 6), "temperature_fitted": round(t, 6),
-        "review_threshold": stats.review_threshold, "review_target_accuracy": review_target,
+        "ood_threshold": round(stats.threshold, 6),
+        "false_alarm_target": false_alarm,
+        "temperature": round(stats.temperature, 6),
+        "temperature_fitted": round(t, 6),
+        "review_threshold": stats.review_threshold,
+        "review_target_accuracy": review_target,
         "review_rule": "lowest threshold whose accepted val cells reach the target at the lower one-sided 90% "
-                       "Wilson bound", "val_operating_point": op,
+        "Wilson bound",
+        "val_operating_point": op,
         "val": {**evaluate(stats, val_raw, val_features, val_y), "ece_with_fitted_temperature": ece_t},
     }
     return stats, section

@@ -1,4 +1,5 @@
 """Runtime commands: classify, evaluate, models, capture, locate-eval. No TensorFlow here."""
+
 from __future__ import annotations
 
 import csv
@@ -43,9 +44,11 @@ def load_classifier(model, threads=None, device="cpu", review_threshold=None) ->
         bundle = load_bundle(model)
     except BundleError as e:
         if model is None and not any((MODELS_DIR / f"{DEFAULT_MODEL}{s}").exists() for s in (".json", ".tflite")):
-            raise CliError(f"no --model given and the bundled default {DEFAULT_MODEL} is not installed in "
-                           f"{MODELS_DIR}; pass --model PATH/NAME.tflite (a bundle written by "
-                           "`edge-bloodcls convert`)") from None
+            raise CliError(
+                f"no --model given and the bundled default {DEFAULT_MODEL} is not installed in "
+                f"{MODELS_DIR}; pass --model PATH/NAME.tflite (a bundle written by "
+                "`edge-bloodcls convert`)"
+            ) from None
         raise CliError(str(e)) from None
     try:
         clf = Classifier(bundle, threads=threads, device=device, review_threshold=review_threshold)
@@ -53,28 +56,46 @@ def load_classifier(model, threads=None, device="cpu", review_threshold=None) ->
         raise CliError(str(e)) from None
     if clf.trust is None:
         # Said once, at load: results still come, but nothing tells a foreign cell from a PBC one.
-        click.echo(f"note: {bundle.name} has no trust statistics (an older bundle): no out-of-distribution "
-                   f"check, uncalibrated confidence, review below {clf.review_threshold:.2f}. Re-export it with "
-                   "`edge-bloodcls convert` to add them.", err=True)
+        click.echo(
+            f"note: {bundle.name} has no trust statistics (an older bundle): no out-of-distribution "
+            f"check, uncalibrated confidence, review below {clf.review_threshold:.2f}. Re-export it with "
+            "`edge-bloodcls convert` to add them.",
+            err=True,
+        )
     return clf
 
 
 def model_options(f):
-    f = click.option("--device", type=click.Choice(["cpu", "edgetpu", "auto"]), default="cpu", show_default=True,
-                     help="edgetpu needs a Coral and an *_edgetpu model; auto falls back to the CPU.")(f)
-    f = click.option("--threads", type=click.IntRange(1, 64), default=None,
-                     help="Interpreter threads (default: all cores).")(f)
-    f = click.option("--model", "-m", default=None, metavar="M",
-                     help=f"Bundle NAME.tflite/NAME.json, a bundled model's name, or `fast` ({FAST_MODEL}) "
-                          f"(default: {DEFAULT_MODEL}).")(f)
+    f = click.option(
+        "--device",
+        type=click.Choice(["cpu", "edgetpu", "auto"]),
+        default="cpu",
+        show_default=True,
+        help="edgetpu needs a Coral and an *_edgetpu model; auto falls back to the CPU.",
+    )(f)
+    f = click.option(
+        "--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads (default: all cores)."
+    )(f)
+    f = click.option(
+        "--model",
+        "-m",
+        default=None,
+        metavar="M",
+        help=f"Bundle NAME.tflite/NAME.json, a bundled model's name, or `fast` ({FAST_MODEL}) "
+        f"(default: {DEFAULT_MODEL}).",
+    )(f)
     return f
 
 
 def review_option(f):
-    return click.option("--review-threshold", type=click.FloatRange(0, 1), default=None,
-                        help="Results below this (calibrated) confidence are flagged for review [default: the "
-                             "bundle's, chosen on validation for 99.5% accuracy of the accepted cells; "
-                             f"{DEFAULT_REVIEW_THRESHOLD} for bundles without one].")(f)
+    return click.option(
+        "--review-threshold",
+        type=click.FloatRange(0, 1),
+        default=None,
+        help="Results below this (calibrated) confidence are flagged for review [default: the "
+        "bundle's, chosen on validation for 99.5% accuracy of the accepted cells; "
+        f"{DEFAULT_REVIEW_THRESHOLD} for bundles without one].",
+    )(f)
 
 
 class _Echo:
@@ -106,8 +127,21 @@ def classify(paths, model, threads, device, fmt, top_k, review_threshold, verbos
     writer = None
     if fmt == "csv":
         writer = csv.writer(_Echo(), lineterminator="\n")
-        writer.writerow(["path", "label", "confidence", "review", "latency_ms", "interpreter", "error",
-                         "ood_score", "ood", "review_reason"] + [f"p_{lab}" for lab in clf.labels])
+        writer.writerow(
+            [
+                "path",
+                "label",
+                "confidence",
+                "review",
+                "latency_ms",
+                "interpreter",
+                "error",
+                "ood_score",
+                "ood",
+                "review_reason",
+            ]
+            + [f"p_{lab}" for lab in clf.labels]
+        )
     elif fmt == "table":
         click.echo(f"{'label':<13}{'conf':>6}  {'review':<7}{'ms':>7}  {'top-k':<40} path")
     failed, latencies, n_ood, n_review = 0, [], 0, 0
@@ -131,35 +165,63 @@ def classify(paths, model, threads, device, fmt, top_k, review_threshold, verbos
             if fmt == "jsonl":
                 click.echo(json.dumps({"path": path, "error": err}))
             elif fmt == "csv":
-                writer.writerow([printable(path), "", "", "", "", desc["interpreter"], err, "", "", ""]
-                                + [""] * len(clf.labels))
+                writer.writerow(
+                    [printable(path), "", "", "", "", desc["interpreter"], err, "", "", ""] + [""] * len(clf.labels)
+                )
             continue
         latencies.append(pred.latency_ms)
         n_ood += pred.ood
         n_review += pred.review
         if fmt == "jsonl":
-            click.echo(json.dumps({
-                "path": path, "label": pred.label, "confidence": round(pred.confidence, 6),
-                "probs": {k: round(v, 6) for k, v in pred.probs.items()},
-                "top": [[k, round(v, 6)] for k, v in pred.top],
-                "latency_ms": round(pred.latency_ms, 3), "review": pred.review,
-                "ood_score": None if pred.ood_score is None else round(pred.ood_score, 4), "ood": pred.ood,
-                "review_reason": pred.review_reason,
-                "interpreter": desc["interpreter"], "device": desc["device"], "model": desc["model"]}))
+            click.echo(
+                json.dumps(
+                    {
+                        "path": path,
+                        "label": pred.label,
+                        "confidence": round(pred.confidence, 6),
+                        "probs": {k: round(v, 6) for k, v in pred.probs.items()},
+                        "top": [[k, round(v, 6)] for k, v in pred.top],
+                        "latency_ms": round(pred.latency_ms, 3),
+                        "review": pred.review,
+                        "ood_score": None if pred.ood_score is None else round(pred.ood_score, 4),
+                        "ood": pred.ood,
+                        "review_reason": pred.review_reason,
+                        "interpreter": desc["interpreter"],
+                        "device": desc["device"],
+                        "model": desc["model"],
+                    }
+                )
+            )
         elif fmt == "csv":
-            writer.writerow([printable(path), pred.label, f"{pred.confidence:.6f}", int(pred.review),
-                             f"{pred.latency_ms:.3f}",
-                             desc["interpreter"], "", "" if pred.ood_score is None else f"{pred.ood_score:.4f}",
-                             int(pred.ood), pred.review_reason] + [f"{pred.probs[lab]:.6f}" for lab in clf.labels])
+            writer.writerow(
+                [
+                    printable(path),
+                    pred.label,
+                    f"{pred.confidence:.6f}",
+                    int(pred.review),
+                    f"{pred.latency_ms:.3f}",
+                    desc["interpreter"],
+                    "",
+                    "" if pred.ood_score is None else f"{pred.ood_score:.4f}",
+                    int(pred.ood),
+                    pred.review_reason,
+                ]
+                + [f"{pred.probs[lab]:.6f}" for lab in clf.labels]
+            )
         else:
             top = ", ".join(f"{k} {v:.2f}" for k, v in pred.top)
             flag = "OOD" if pred.ood else "REVIEW" if pred.review else ""
-            click.echo(f"{pred.label:<13}{pred.confidence:>6.3f}  {flag:<7}"
-                       f"{pred.latency_ms:>7.2f}  {top:<40} {printable(path)}")
+            click.echo(
+                f"{pred.label:<13}{pred.confidence:>6.3f}  {flag:<7}"
+                f"{pred.latency_ms:>7.2f}  {top:<40} {printable(path)}"
+            )
     if verbose or failed or n_ood:
         med = f", median invoke {np.median(latencies):.2f} ms" if latencies else ""
-        trust = (f", {n_ood} out of distribution, {n_review} flagged for review" if clf.trust is not None
-                 else f", {n_review} flagged for review (no OOD check)")
+        trust = (
+            f", {n_ood} out of distribution, {n_review} flagged for review"
+            if clf.trust is not None
+            else f", {n_review} flagged for review (no OOD check)"
+        )
         click.echo(f"{len(latencies)} classified, {failed} failed{trust}{med}", err=True)
         if latencies and n_ood > len(latencies) / 3:
             click.echo(f"warning: {n_ood} of {len(latencies)} cells are out of distribution; {GATE_ADVICE}", err=True)
@@ -203,13 +265,23 @@ def evaluate(directory, model, threads, device, json_path):
         probs.append([pred.probs[lab] for lab in clf.labels])
         ood.append(pred.ood)
         review.append(pred.review)
-        per_image.append({"path": str(f), "true": label, "predicted": pred.label,
-                          "confidence": round(pred.confidence, 6), "ood": pred.ood, "review": pred.review})
+        per_image.append(
+            {
+                "path": str(f),
+                "true": label,
+                "predicted": pred.label,
+                "confidence": round(pred.confidence, 6),
+                "ood": pred.ood,
+                "review": pred.review,
+            }
+        )
     if unknown:
         click.echo(f"warning: ignored folders that are not labels of this model: {', '.join(unknown)}", err=True)
     if not y_true:
-        raise CliError(f"{printable(directory)}: no readable images in sub-folders named {', '.join(clf.labels)}",
-                       EXIT_INPUTS_FAILED)
+        raise CliError(
+            f"{printable(directory)}: no readable images in sub-folders named {', '.join(clf.labels)}",
+            EXIT_INPUTS_FAILED,
+        )
     m = classification_metrics(y_true, y_pred, clf.labels)
     desc = clf.describe()
     click.echo(f"model {desc['model']} ({desc['quantization']}) on {desc['interpreter']} {desc['device']}")
@@ -217,19 +289,33 @@ def evaluate(directory, model, threads, device, json_path):
     click.echo("confusion matrix (rows true, columns predicted; " + " ".join(lab[:4] for lab in clf.labels) + ")")
     for lab, row in zip(clf.labels, m["confusion_matrix"]):
         click.echo(f"  {lab[:12]:<12}" + "".join(f"{v:>6}" for v in row))
-    trust = trust_summary(np.asarray(probs), np.asarray(y_true), np.asarray(ood), np.asarray(review),
-                          clf.trust is not None, clf.review_threshold)
+    trust = trust_summary(
+        np.asarray(probs),
+        np.asarray(y_true),
+        np.asarray(ood),
+        np.asarray(review),
+        clf.trust is not None,
+        clf.review_threshold,
+    )
     click.echo(trust["line"])
     if failed:
         click.echo(f"{len(failed)} unreadable image(s) left out", err=True)
     if not_read:
         click.echo(f"{len(not_read)} folder(s) or file(s) could not be read: the metrics are of the rest", err=True)
     if json_path:
-        report = {"data": str(directory), **desc, "n_images": len(y_true) + len(failed), "n_failed": len(failed),
-                  "failed": failed, "not_read": not_read, "ignored_folders": unknown,
-                  "latency_ms": {"median": float(np.median(latencies)), "p95": float(np.percentile(latencies, 95))},
-                  "metrics": m, "trust": {k: v for k, v in trust.items() if k != "line"},
-                  "predictions": per_image}
+        report = {
+            "data": str(directory),
+            **desc,
+            "n_images": len(y_true) + len(failed),
+            "n_failed": len(failed),
+            "failed": failed,
+            "not_read": not_read,
+            "ignored_folders": unknown,
+            "latency_ms": {"median": float(np.median(latencies)), "p95": float(np.percentile(latencies, 95))},
+            "metrics": m,
+            "trust": {k: v for k, v in trust.items() if k != "line"},
+            "predictions": per_image,
+        }
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=1) + "\n")
     # Any image that could not be used is a failure of the run (exit 1), though the metrics of the rest
@@ -265,24 +351,34 @@ def _site(manifest: dict) -> str | None:
     v = site.get("validation") or {}
     if isinstance(v.get("accuracy"), (int, float)):
         lo, hi = (v.get("accuracy_ci") or [None, None])[:2]
-        parts.append(f"held-out {v['accuracy']:.1%}" + (f" [{lo:.0%}-{hi:.0%}]" if lo is not None else "")
-                     + (f", balanced {v['balanced_accuracy']:.1%}" if isinstance(v.get("balanced_accuracy"), float)
-                        else "") + f" on {v.get('n', '?')} cells")
+        parts.append(
+            f"held-out {v['accuracy']:.1%}"
+            + (f" [{lo:.0%}-{hi:.0%}]" if lo is not None else "")
+            + (f", balanced {v['balanced_accuracy']:.1%}" if isinstance(v.get("balanced_accuracy"), float) else "")
+            + f" on {v.get('n', '?')} cells"
+        )
     kf = site.get("kfold") or {}  # bundles adapted before issue 29
     if kf.get("accuracy") is not None:
         parts.append(f"{kf['k']}-fold {kf['accuracy']:.1%}")
     t = site.get("pbc_test") or {}
     test = t.get("accuracy_int8", t.get("accuracy_float"))
     if isinstance(test, (int, float)):
-        parts.append(f"PBC test {test:.1%}" + (f" (base {t['accuracy_base_float']:.1%})"
-                                                if isinstance(t.get("accuracy_base_float"), float) else ""))
+        parts.append(
+            f"PBC test {test:.1%}"
+            + (f" (base {t['accuracy_base_float']:.1%})" if isinstance(t.get("accuracy_base_float"), float) else "")
+        )
     return ", ".join(parts)
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON list instead of a table.")
-@click.option("--dir", "folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="List the bundles in this folder (e.g. the OUTDIR of `adapt`) instead of the bundled ones.")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="List the bundles in this folder (e.g. the OUTDIR of `adapt`) instead of the bundled ones.",
+)
 def models(as_json, folder):
     """Models bundled with the runtime (and any that fail their checks, with the reason)."""
     rows = []
@@ -292,14 +388,25 @@ def models(as_json, folder):
         except BundleError as e:
             rows.append({"name": j.stem, "path": str(j.with_suffix(".tflite")), "error": str(e)})
             continue
-        rows.append({"name": b.name, "path": str(b.tflite), "quantization": b.quantization,
-                     "input_size": list(b.spec.size), "sha256": b.sha256, "accuracy": _accuracy(b.manifest),
-                     "default": b.name == DEFAULT_MODEL and folder is None, "site": _site(b.manifest)})
+        rows.append(
+            {
+                "name": b.name,
+                "path": str(b.tflite),
+                "quantization": b.quantization,
+                "input_size": list(b.spec.size),
+                "sha256": b.sha256,
+                "accuracy": _accuracy(b.manifest),
+                "default": b.name == DEFAULT_MODEL and folder is None,
+                "site": _site(b.manifest),
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=1))
     elif rows:
-        click.echo("accuracy of each exported model on the validation and test images it was exported with "
-                   "(`convert`, `adapt`); * the default")
+        click.echo(
+            "accuracy of each exported model on the validation and test images it was exported with "
+            "(`convert`, `adapt`); * the default"
+        )
         w = max(len(r["name"]) for r in rows) + 4
         click.echo(f"{'name':<{w}}{'quant':<10}{'input':<9}{'val acc':>8}{'test acc':>9}  {'sha256':<14}path")
         for r in rows:
@@ -308,48 +415,108 @@ def models(as_json, folder):
                 continue
             acc = {k: f"{v:.2%}" for k, v in r["accuracy"].items()}
             size = "x".join(map(str, r["input_size"]))
-            click.echo(f"{r['name'] + (' *' if r['default'] else ''):<{w}}{r['quantization']:<10}{size:<9}"
-                       f"{acc.get('val', '-'):>8}{acc.get('test', '-'):>9}  {r['sha256'][:12]:<14}{r['path']}")
+            click.echo(
+                f"{r['name'] + (' *' if r['default'] else ''):<{w}}{r['quantization']:<10}{size:<9}"
+                f"{acc.get('val', '-'):>8}{acc.get('test', '-'):>9}  {r['sha256'][:12]:<14}{r['path']}"
+            )
             if r["site"]:
                 click.echo(f"  {r['site']}")
     if folder is not None and not any("error" not in r for r in rows):
         click.echo(f"no usable bundle in {folder}", err=True)
     elif not any("error" not in r for r in rows):
-        click.echo(f"no usable bundled model in {MODELS_DIR}: the default {DEFAULT_MODEL} has not been exported "
-                   "yet. Export one with `edge-bloodcls convert` or pass --model PATH/NAME.tflite.", err=True)
+        click.echo(
+            f"no usable bundled model in {MODELS_DIR}: the default {DEFAULT_MODEL} has not been exported "
+            "yet. Export one with `edge-bloodcls convert` or pass --model PATH/NAME.tflite.",
+            err=True,
+        )
 
 
 @click.command()
-@click.option("--camera", "camera", required=True, metavar="SOURCE",
-              help="Camera index (0), picamera2[:N], a stream URL or /dev/videoN, a video file, or a folder of images.")
+@click.option(
+    "--camera",
+    "camera",
+    required=True,
+    metavar="SOURCE",
+    help="Camera index (0), picamera2[:N], a stream URL or /dev/videoN, a video file, or a folder of images.",
+)
 @model_options
-@click.option("--mode", type=click.Choice(["cell", "field"]), default="field", show_default=True,
-              help="cell: each frame is one centred cell; field: find the white cells in a field of view.")
-@click.option("--count", "count", type=click.IntRange(0), default=None,
-              help="Stop after N white cells, each counted once [default: 100 in field mode, no limit in cell "
-                   "mode; 0: no limit]. 200 for a closer differential.")
+@click.option(
+    "--mode",
+    type=click.Choice(["cell", "field"]),
+    default="field",
+    show_default=True,
+    help="cell: each frame is one centred cell; field: find the white cells in a field of view.",
+)
+@click.option(
+    "--count",
+    "count",
+    type=click.IntRange(0),
+    default=None,
+    help="Stop after N white cells, each counted once [default: 100 in field mode, no limit in cell "
+    "mode; 0: no limit]. 200 for a closer differential.",
+)
 @click.option("--sample", default=None, help="Sample (specimen) ID, printed on the report.")
 @click.option("--operator", default=None, help="Who ran the capture, printed on the report.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path("bloodcls_sessions.sqlite"),
-              show_default=True, help="SQLite session log (WAL; one commit per frame).")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("bloodcls_sessions.sqlite"),
+    show_default=True,
+    help="SQLite session log (WAL; one commit per frame).",
+)
 @click.option("--max-frames", type=click.IntRange(1), default=None)
 @click.option("--fps", type=click.FloatRange(0, min_open=True), default=None, help="Frames per second at most.")
 @click.option("--width", type=click.IntRange(16), default=None, help="Camera frame width to ask for.")
 @click.option("--height", type=click.IntRange(16), default=None, help="Camera frame height to ask for.")
-@click.option("--save-crops", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Save the crop of every counted cell as JPEG here (its path goes into the log).")
+@click.option(
+    "--save-crops",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Save the crop of every counted cell as JPEG here (its path goes into the log).",
+)
 @click.option("--no-preview", is_flag=True, help="No preview window even where a display exists.")
-@click.option("--live-port", type=click.IntRange(0, 65535), default=None,
-              help="Also show the preview as a web page on this port (works with headless OpenCV).")
+@click.option(
+    "--live-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also show the preview as a web page on this port (works with headless OpenCV).",
+)
 @click.option("--live-host", default="127.0.0.1", show_default=True, help="Address of the live web page.")
-@click.option("--rbc-px", type=click.FloatRange(1), default=None,
-              help="Red-cell diameter in frame pixels: the scale for locating and cropping "
-                   "(default 0.21 x short side).")
-@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the end-of-session summary (differential, review list, timing) here.")
+@click.option(
+    "--rbc-px",
+    type=click.FloatRange(1),
+    default=None,
+    help="Red-cell diameter in frame pixels: the scale for locating and cropping (default 0.21 x short side).",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the end-of-session summary (differential, review list, timing) here.",
+)
 @review_option
-def capture(camera, model, threads, device, mode, count, sample, operator, db, max_frames, fps, width, height,
-            save_crops, no_preview, live_port, live_host, rbc_px, summary_json, review_threshold):
+def capture(
+    camera,
+    model,
+    threads,
+    device,
+    mode,
+    count,
+    sample,
+    operator,
+    db,
+    max_frames,
+    fps,
+    width,
+    height,
+    save_crops,
+    no_preview,
+    live_port,
+    live_host,
+    rbc_px,
+    summary_json,
+    review_threshold,
+):
     """Classify what the microscope camera sees, count each white cell once, log it, and keep a
     running differential.
 
@@ -371,13 +538,25 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
         raise CliError(str(e)) from None
     desc = clf.describe()
     try:
-        log = SessionLog(db, source.name, mode, desc, clf.review_threshold, sample=sample, operator=operator,
-                         count_target=count or None, counting="tracked" if mode == "field" else "per-frame",
-                         versions=runtime_versions(clf))
+        log = SessionLog(
+            db,
+            source.name,
+            mode,
+            desc,
+            clf.review_threshold,
+            sample=sample,
+            operator=operator,
+            count_target=count or None,
+            counting="tracked" if mode == "field" else "per-frame",
+            versions=runtime_versions(clf),
+        )
     except (SessionFileError, OSError) as e:
         source.close()
-        raise CliError(str(e) if isinstance(e, SessionFileError) else
-                       f"{printable(db)}: cannot write the session log ({e.strerror})") from None
+        raise CliError(
+            str(e)
+            if isinstance(e, SessionFileError)
+            else f"{printable(db)}: cannot write the session log ({e.strerror})"
+        ) from None
     live = None
     if live_port is not None:
         try:
@@ -386,13 +565,28 @@ def capture(camera, model, threads, device, mode, count, sample, operator, db, m
             source.close()
             log.close()
             raise CliError(f"--live-port {live_port}: cannot listen on {live_host} ({e.strerror})") from None
-    click.echo(f"capture from {source.name} ({mode} mode) with {desc['model']} on {desc['interpreter']} "
-               f"{desc['device']}, {desc['threads']} thread(s); log {printable(db)}, session {log.id}"
-               + (f"; live view {live.url}" if live else ""), err=True)
+    click.echo(
+        f"capture from {source.name} ({mode} mode) with {desc['model']} on {desc['interpreter']} "
+        f"{desc['device']}, {desc['threads']} thread(s); log {printable(db)}, session {log.id}"
+        + (f"; live view {live.url}" if live else ""),
+        err=True,
+    )
     try:
-        summary = run_capture(source, clf, log, CaptureOptions(
-            mode=mode, rbc_px=rbc_px, max_frames=max_frames, count=count or None, save_crops=save_crops,
-            preview=not no_preview, live=live, echo=lambda m: click.echo(m, err=True)))
+        summary = run_capture(
+            source,
+            clf,
+            log,
+            CaptureOptions(
+                mode=mode,
+                rbc_px=rbc_px,
+                max_frames=max_frames,
+                count=count or None,
+                save_crops=save_crops,
+                preview=not no_preview,
+                live=live,
+                echo=lambda m: click.echo(m, err=True),
+            ),
+        )
     finally:
         log.close()
         if live is not None:

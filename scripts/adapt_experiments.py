@@ -18,6 +18,7 @@ Protocol (issue 29), so that no figure is tuned on the cells it reports:
 Each experiment is one training run (seed 0 unless named); every checkpoint is scored with and
 without the EM class-prior correction. Results are merged by name into the JSON as each finishes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,12 @@ EXPERIMENTS = {
     "long": (PLAIN, "capture", (600, 900, 1200), {600: WISE, 1200: WISE}),
     "colour_light": (replace(PLAIN, colour_mode="light"), "capture", (600,), {600: WISE}),
     "colour_hed": (replace(PLAIN, colour_mode="hed"), "capture", (600,), {600: WISE}),
-    "self_train_bal": (replace(PLAIN, pseudo=0.9, pseudo_per_class=30, pseudo_steps=200), "capture", (600,),
-                       {600: WISE}),
+    "self_train_bal": (
+        replace(PLAIN, pseudo=0.9, pseudo_per_class=30, pseudo_steps=200),
+        "capture",
+        (600,),
+        {600: WISE},
+    ),
     # Keeping home: HED stain augmentation (kept PBC best in the second round) with distillation,
     # and with an L2-SP pull towards the base weights too.
     "hed_distill": (replace(PLAIN, colour_mode="hed", distill=1.0), "capture", (600,)),
@@ -111,8 +116,11 @@ def inputs(spec):
         cells = load_labelled(folder, labels, log=lambda m: None)
         v = ev.capture_views(cells.images, cells.names, FIELDS)
         assert all(x.crop is not None for x in v), [x.why for x in v if x.crop is None]
-        return cells, {"x": to_model_size([x.crop for x in v], size), "y": cells.labels,
-                       "fields": np.array([x.field for x in v])}
+        return cells, {
+            "x": to_model_size([x.crop for x in v], size),
+            "y": cells.labels,
+            "fields": np.array([x.field for x in v]),
+        }
 
     site_cells, _ = views(DATA / "bccd_site")
 
@@ -135,14 +143,22 @@ def inputs(spec):
                 if p.stem not in keep:
                     os.symlink(p, Path(tmp) / p.name)
             u = load_unlabelled(tmp, log=lambda m: None)
-        return {"x": to_model_size(u.crops, size), "bg": np.stack([b for b, _ in u.backgrounds]),
-                "bg_side": np.array([s for _, s in u.backgrounds]), "rbc": np.array(u.rbc_px)}
+        return {
+            "x": to_model_size(u.crops, size),
+            "bg": np.stack([b for b, _ in u.backgrounds]),
+            "bg_side": np.array([s for _, s in u.backgrounds]),
+            "rbc": np.array(u.rbc_px),
+        }
 
     def pbc():
         tr = calibrate.sample(calibrate.from_split(REPO / "runs" / "split.csv", "train", DATA / "pbc256"), 1600, 0)
         te = calibrate.from_split(REPO / "runs" / "split.csv", "test", DATA / "pbc256")
-        return {"train": to_model_size([load_rgb(p) for p in tr.paths], size), "train_y": tr.labels,
-                "test": to_model_size([load_rgb(p) for p in te.paths], size), "test_y": te.labels}
+        return {
+            "train": to_model_size([load_rgb(p) for p in tr.paths], size),
+            "train_y": tr.labels,
+            "test": to_model_size([load_rgb(p) for p in te.paths], size),
+            "test_y": te.labels,
+        }
 
     return site_cells, cached("site", site), ses, cached("unlabelled", unlabelled), cached("pbc", pbc)
 
@@ -164,11 +180,14 @@ def score(model, spec, ses, unl, pbc, prior_train, em: bool = True) -> dict:
         variants.insert(1, ("em", ev.adjust(p, prior_train, site_prior)))
     for variant, q in variants:
         pred = q.argmax(1)
-        out[f"confusion_{variant}"] = {LABELS[c]: {LABELS[k]: int(((y == c) & (pred == k)).sum())
-                                                  for k in np.unique(pred[y == c])} for c in np.unique(y)}
-        out[variant] = {part: ev.estimate(y[m], pred[m], LABELS, min_cells=2 if part != "all" else 5).to_json()
-                        for part, m in (("A", ses["part"] == 0), ("B", ses["part"] == 1),
-                                        ("all", np.ones(len(y), bool)))}
+        out[f"confusion_{variant}"] = {
+            LABELS[c]: {LABELS[k]: int(((y == c) & (pred == k)).sum()) for k in np.unique(pred[y == c])}
+            for c in np.unique(y)
+        }
+        out[variant] = {
+            part: ev.estimate(y[m], pred[m], LABELS, min_cells=2 if part != "all" else 5).to_json()
+            for part, m in (("A", ses["part"] == 0), ("B", ses["part"] == 1), ("all", np.ones(len(y), bool)))
+        }
     return out
 
 
@@ -200,19 +219,33 @@ def run(name, cfg, framing, checkpoints, site_cells, site, ses, unl, pbc, spec, 
 
     for c in checkpoints:
         wise_alphas = wise_at.get(c, ())
-        ft.train(model, spec, local, y, pbc["train"], pbc["train_y"], cfg, soft, progress, steps=c - done,
-                 seed_offset=done, base_weights=base_weights)
+        ft.train(
+            model,
+            spec,
+            local,
+            y,
+            pbc["train"],
+            pbc["train_y"],
+            cfg,
+            soft,
+            progress,
+            steps=c - done,
+            seed_offset=done,
+            base_weights=base_weights,
+        )
         done = c
         if cfg.pseudo:
-            lab = ft.self_train(model, spec, local, y, unl["x"], pbc["train"], pbc["train_y"], cfg, soft, progress,
-                                base_weights)
+            lab = ft.self_train(
+                model, spec, local, y, unl["x"], pbc["train"], pbc["train_y"], cfg, soft, progress, base_weights
+            )
             res["pseudo_labelled"] = {LABELS[k]: int((lab == k).sum()) for k in np.unique(lab[lab >= 0])}
             c = f"{c}+{cfg.pseudo_steps}"
         res["checkpoints"][str(c)] = r = score(model, spec, ses, unl, pbc, prior_train)
         r["seconds"] = round(time.time() - t0, 1)
         # How far the weights moved from the base (sum of squares over the kernels, L2-SP's measure).
-        r["kernel_drift"] = float(sum(((w.numpy() - base_weights[i]) ** 2).sum() for i, w in enumerate(model.weights)
-                                      if "kernel" in w.name))
+        r["kernel_drift"] = float(
+            sum(((w.numpy() - base_weights[i]) ** 2).sum() for i, w in enumerate(model.weights) if "kernel" in w.name)
+        )
         _print(name, c, r)
         for a in wise_alphas:
             tuned = ft.wise(model, base_weights, a)
@@ -239,16 +272,18 @@ def _est(d: dict) -> dict:
 
 def _cell(e: dict) -> str:
     a, b = e["accuracy_ci"], e["balanced_ci"]
-    return (f"{e['accuracy']:.1%} [{a[0]:.0%}, {a[1]:.0%}] / {e['balanced_accuracy']:.1%} "
-            f"[{b[0]:.0%}, {b[1]:.0%}]")
+    return f"{e['accuracy']:.1%} [{a[0]:.0%}, {a[1]:.0%}] / {e['balanced_accuracy']:.1%} [{b[0]:.0%}, {b[1]:.0%}]"
 
 
 def table(results: dict, variants=("none", "em", "tta"), only=None) -> str:
     """The markdown table of docs/adapt.md, from the JSON: every experiment (or those in `only`) and
     checkpoint, as trained (none), with the EM prior (em) and with test-time augmentation (tta), on
     part A (choose), part B (report) and all 60."""
-    rows = ["| experiment @ steps | variant | A (choose): acc / balanced | B (report): acc / balanced | "
-            "all 60: acc / balanced | PBC test |", "|---|---|---|---|---|---:|"]
+    rows = [
+        "| experiment @ steps | variant | A (choose): acc / balanced | B (report): acc / balanced | "
+        "all 60: acc / balanced | PBC test |",
+        "|---|---|---|---|---|---:|",
+    ]
     for name, r in results.items():
         if name.startswith("_") or (only and name not in only):
             continue
@@ -257,8 +292,10 @@ def table(results: dict, variants=("none", "em", "tta"), only=None) -> str:
                 if variant not in v:  # WiSE mixes are scored without the EM prior or TTA
                     continue
                 pbc = {"none": v["pbc_test_accuracy"], "em": v.get("pbc_test_accuracy_em")}.get(variant)
-                rows.append(f"| `{name}` @{c} | {variant} | {_cell(v[variant]['A'])} | {_cell(v[variant]['B'])} | "
-                            f"{_cell(v[variant]['all'])} | {'-' if pbc is None else f'{pbc:.1%}'} |")
+                rows.append(
+                    f"| `{name}` @{c} | {variant} | {_cell(v[variant]['A'])} | {_cell(v[variant]['B'])} | "
+                    f"{_cell(v[variant]['all'])} | {'-' if pbc is None else f'{pbc:.1%}'} |"
+                )
     return "\n".join(rows)
 
 
@@ -278,9 +315,14 @@ def main():
     results = json.loads(out.read_text()) if out.exists() else {}
     results["_about"] = {
         "what": __doc__.split("\n\n", 2)[2].strip(),
-        "validation": {"A": int((ses["part"] == 0).sum()), "B": int((ses["part"] == 1).sum()),
-                       "counts": {LABELS[c]: int((ses["y"] == c).sum()) for c in np.unique(ses["y"])}},
-        "unlabelled_crops": int(len(unl["x"])), "training_cells": int(len(site["y"]))}
+        "validation": {
+            "A": int((ses["part"] == 0).sum()),
+            "B": int((ses["part"] == 1).sum()),
+            "counts": {LABELS[c]: int((ses["y"] == c).sum()) for c in np.unique(ses["y"])},
+        },
+        "unlabelled_crops": int(len(unl["x"])),
+        "training_cells": int(len(site["y"])),
+    }
     for name, (cfg, framing, cps, *wise_at) in EXPERIMENTS.items():
         if args.only and name not in args.only:
             continue

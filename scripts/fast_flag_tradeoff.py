@@ -8,6 +8,7 @@ For each share of PBC test cells flagged out of distribution (the shipped thresh
 quantiles of the PBC test scores): the OOD threshold, and of the wrong calls on the 41
 bccd_site crops, how many are flagged. Runtime only (no TensorFlow), as benchmarks/trust.py runs it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,15 +45,29 @@ def main() -> int:
     for share in [None, 0.025, 0.05, 0.075, 0.10, 0.15]:
         thr = clf.trust.threshold if share is None else float(np.quantile(p["ood_score"], 1 - share))
         flagged = wrong & (low | (s["ood_score"] > thr))
-        rows.append({"pbc_test_ood_flagged": float((p["ood_score"] > thr).mean()), "ood_threshold": round(thr, 3),
-                     "shipped": share is None, "wrong": int(wrong.sum()), "wrong_flagged": int(flagged.sum()),
-                     "wrong_flagged_share": float(flagged.sum() / max(1, wrong.sum()))})
-        print(f"PBC test OOD-flagged {rows[-1]['pbc_test_ood_flagged']:.1%} (threshold {thr:.2f}"
-              f"{', shipped' if share is None else ''}): bccd_site wrong calls flagged "
-              f"{rows[-1]['wrong_flagged']}/{rows[-1]['wrong']}")
-    res = {"model": args.model, "review_threshold": clf.review_threshold, "site_n": int(len(sy)),
-           "pbc_test_n": int(len(paths)), "rows": rows,
-           "command": ".venv/bin/python scripts/fast_flag_tradeoff.py"}
+        rows.append(
+            {
+                "pbc_test_ood_flagged": float((p["ood_score"] > thr).mean()),
+                "ood_threshold": round(thr, 3),
+                "shipped": share is None,
+                "wrong": int(wrong.sum()),
+                "wrong_flagged": int(flagged.sum()),
+                "wrong_flagged_share": float(flagged.sum() / max(1, wrong.sum())),
+            }
+        )
+        print(
+            f"PBC test OOD-flagged {rows[-1]['pbc_test_ood_flagged']:.1%} (threshold {thr:.2f}"
+            f"{', shipped' if share is None else ''}): bccd_site wrong calls flagged "
+            f"{rows[-1]['wrong_flagged']}/{rows[-1]['wrong']}"
+        )
+    res = {
+        "model": args.model,
+        "review_threshold": clf.review_threshold,
+        "site_n": int(len(sy)),
+        "pbc_test_n": int(len(paths)),
+        "rows": rows,
+        "command": ".venv/bin/python scripts/fast_flag_tradeoff.py",
+    }
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     return 0
 

@@ -11,6 +11,7 @@ with a one-line message. Deterministic for a given --seed.
 
 tests/test_runtime_fuzz.py runs a fixed, short slice of the same cases in CI.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,24 +26,63 @@ from PIL import Image
 
 # (format, mode, save options) for the seeds; a format this Pillow cannot write is left out.
 VARIANTS = [
-    ("JPEG", "RGB", {}), ("JPEG", "L", {}), ("JPEG", "CMYK", {}), ("JPEG", "RGB", {"progressive": True}),
+    ("JPEG", "RGB", {}),
+    ("JPEG", "L", {}),
+    ("JPEG", "CMYK", {}),
+    ("JPEG", "RGB", {"progressive": True}),
     ("MPO", "RGB", {}),
-    ("PNG", "RGB", {}), ("PNG", "RGBA", {}), ("PNG", "P", {"transparency": 3}), ("PNG", "I;16", {}),
-    ("PNG", "1", {}), ("PNG", "RGB", {"interlace": 1}), ("PNG", "LA", {}),
-    ("BMP", "RGB", {}), ("BMP", "P", {}), ("BMP", "1", {}), ("BMP", "RGBA", {}), ("DIB", "RGB", {}),
-    ("GIF", "P", {}), ("GIF", "RGB", {"save_all": True, "frames": 2}),
-    ("TIFF", "RGB", {}), ("TIFF", "RGB", {"compression": "tiff_lzw"}), ("TIFF", "RGB", {"compression": "jpeg"}),
-    ("TIFF", "RGBA", {"compression": "tiff_adobe_deflate"}), ("TIFF", "I;16", {}), ("TIFF", "F", {}),
-    ("TIFF", "I", {}), ("TIFF", "CMYK", {"compression": "packbits"}), ("TIFF", "1", {"compression": "group4"}),
+    ("PNG", "RGB", {}),
+    ("PNG", "RGBA", {}),
+    ("PNG", "P", {"transparency": 3}),
+    ("PNG", "I;16", {}),
+    ("PNG", "1", {}),
+    ("PNG", "RGB", {"interlace": 1}),
+    ("PNG", "LA", {}),
+    ("BMP", "RGB", {}),
+    ("BMP", "P", {}),
+    ("BMP", "1", {}),
+    ("BMP", "RGBA", {}),
+    ("DIB", "RGB", {}),
+    ("GIF", "P", {}),
+    ("GIF", "RGB", {"save_all": True, "frames": 2}),
+    ("TIFF", "RGB", {}),
+    ("TIFF", "RGB", {"compression": "tiff_lzw"}),
+    ("TIFF", "RGB", {"compression": "jpeg"}),
+    ("TIFF", "RGBA", {"compression": "tiff_adobe_deflate"}),
+    ("TIFF", "I;16", {}),
+    ("TIFF", "F", {}),
+    ("TIFF", "I", {}),
+    ("TIFF", "CMYK", {"compression": "packbits"}),
+    ("TIFF", "1", {"compression": "group4"}),
     ("TIFF", "RGB", {"save_all": True, "frames": 2}),
-    ("WEBP", "RGB", {}), ("WEBP", "RGBA", {"lossless": True}), ("WEBP", "RGB", {"save_all": True, "frames": 2}),
-    ("PPM", "RGB", {}), ("PPM", "L", {}), ("PPM", "I;16", {}), ("PPM", "1", {}),
-    ("ICO", "RGBA", {}), ("ICO", "RGB", {"bitmap_format": "bmp"}), ("ICNS", "RGBA", {}),
-    ("TGA", "RGB", {}), ("TGA", "RGBA", {"compression": "tga_rle"}), ("TGA", "P", {}),
-    ("DDS", "RGB", {}), ("DDS", "RGBA", {}), ("DDS", "L", {}),
-    ("PCX", "RGB", {}), ("PCX", "P", {}), ("SGI", "RGB", {}), ("SGI", "RGBA", {}),
-    ("IM", "RGB", {}), ("SPIDER", "F", {}), ("QOI", "RGBA", {}), ("BLP", "P", {}), ("MSP", "1", {}),
-    ("XBM", "1", {}), ("JPEG2000", "RGB", {}), ("AVIF", "RGB", {}),
+    ("WEBP", "RGB", {}),
+    ("WEBP", "RGBA", {"lossless": True}),
+    ("WEBP", "RGB", {"save_all": True, "frames": 2}),
+    ("PPM", "RGB", {}),
+    ("PPM", "L", {}),
+    ("PPM", "I;16", {}),
+    ("PPM", "1", {}),
+    ("ICO", "RGBA", {}),
+    ("ICO", "RGB", {"bitmap_format": "bmp"}),
+    ("ICNS", "RGBA", {}),
+    ("TGA", "RGB", {}),
+    ("TGA", "RGBA", {"compression": "tga_rle"}),
+    ("TGA", "P", {}),
+    ("DDS", "RGB", {}),
+    ("DDS", "RGBA", {}),
+    ("DDS", "L", {}),
+    ("PCX", "RGB", {}),
+    ("PCX", "P", {}),
+    ("SGI", "RGB", {}),
+    ("SGI", "RGBA", {}),
+    ("IM", "RGB", {}),
+    ("SPIDER", "F", {}),
+    ("QOI", "RGBA", {}),
+    ("BLP", "P", {}),
+    ("MSP", "1", {}),
+    ("XBM", "1", {}),
+    ("JPEG2000", "RGB", {}),
+    ("AVIF", "RGB", {}),
 ]
 
 
@@ -58,13 +98,16 @@ def seed_images(size=(48, 40)) -> list[tuple[str, bytes]]:
     for fmt, mode, opts in VARIANTS:
         opts = dict(opts)
         frames = opts.pop("frames", 1)
-        name = "-".join([fmt.lower(), mode.lower().replace(";", "")]
-                        + [k if v is True else str(v) for k, v in opts.items() if k != "save_all"]
-                        + (["anim"] if frames > 1 else []))
+        name = "-".join(
+            [fmt.lower(), mode.lower().replace(";", "")]
+            + [k if v is True else str(v) for k, v in opts.items() if k != "save_all"]
+            + (["anim"] if frames > 1 else [])
+        )
         if mode in ("I;16", "I", "F"):
             g = np.asarray(rgb.convert("L"), np.float32)
-            im = Image.fromarray({"I;16": (g * 257).astype(np.uint16), "I": (g * 1000).astype(np.int32),
-                                  "F": g / 255.0}[mode])
+            im = Image.fromarray(
+                {"I;16": (g * 257).astype(np.uint16), "I": (g * 1000).astype(np.int32), "F": g / 255.0}[mode]
+            )
         else:
             im = rgb.convert(mode)
         if frames > 1:
@@ -81,8 +124,17 @@ def seed_images(size=(48, 40)) -> list[tuple[str, bytes]]:
     return out
 
 
-_EXTREMES = [b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x80\x00\x00\x00",
-             b"\x00\x00\x01\x00", b"\xff\xff", b"\x00\x00", b"\x7f\xff", b"\x01\x00"]
+_EXTREMES = [
+    b"\x00\x00\x00\x00",
+    b"\xff\xff\xff\xff",
+    b"\x7f\xff\xff\xff",
+    b"\x80\x00\x00\x00",
+    b"\x00\x00\x01\x00",
+    b"\xff\xff",
+    b"\x00\x00",
+    b"\x7f\xff",
+    b"\x01\x00",
+]
 
 
 def mutate(data: bytes, rng: np.random.Generator, seeds: list[bytes]) -> tuple[str, bytes]:
@@ -96,25 +148,25 @@ def mutate(data: bytes, rng: np.random.Generator, seeds: list[bytes]) -> tuple[s
         for _ in range(int(rng.integers(1, 9))):
             b[int(rng.integers(lo, hi))] = int(rng.integers(256))
     elif kind == "truncate":
-        b = b[:int(rng.integers(n))]
+        b = b[: int(rng.integers(n))]
     elif kind == "splice":
         other = seeds[int(rng.integers(len(seeds)))]
         cut = int(rng.integers(1, min(n, 512)))
-        b = b[:cut] + other[int(rng.integers(len(other))):]
+        b = b[:cut] + other[int(rng.integers(len(other))) :]
     elif kind == "poke":
         for _ in range(int(rng.integers(1, 4))):
             v = _EXTREMES[int(rng.integers(len(_EXTREMES)))]
             at = int(rng.integers(max(1, min(n, 160) - len(v))))
-            b[at:at + len(v)] = v
+            b[at : at + len(v)] = v
     elif kind == "cut":
         a = int(rng.integers(n))
-        b = b[:a] + b[a + int(rng.integers(1, 64)):]
+        b = b[:a] + b[a + int(rng.integers(1, 64)) :]
     elif kind == "repeat":
         a = int(rng.integers(n))
-        b = b[:a] + b[a:a + int(rng.integers(1, 64))] * int(rng.integers(2, 5)) + b[a:]
+        b = b[:a] + b[a : a + int(rng.integers(1, 64))] * int(rng.integers(2, 5)) + b[a:]
     else:
         a, k = int(rng.integers(n)), int(rng.integers(1, 128))
-        b[a:a + k] = bytes(len(b[a:a + k]))
+        b[a : a + k] = bytes(len(b[a : a + k]))
     return kind, bytes(b)
 
 
@@ -175,8 +227,10 @@ def main(argv=None) -> int:
             if args.out:
                 args.out.mkdir(parents=True, exist_ok=True)
                 (args.out / f"{name}.bin").write_bytes(data)
-    print(f"{n} cases in {time.monotonic() - t0:.0f} s, {failures} failures; slowest {slowest[0] * 1000:.0f} ms "
-          f"({slowest[1]})")
+    print(
+        f"{n} cases in {time.monotonic() - t0:.0f} s, {failures} failures; slowest {slowest[0] * 1000:.0f} ms "
+        f"({slowest[1]})"
+    )
     return 1 if failures else 0
 
 

@@ -9,6 +9,7 @@ BCCD *test* fields and PBC test are only reported. Variants: PCA dimensions, num
 cells, and the relative Mahalanobis distance (Ren et al. 2021: minus the distance under one
 background Gaussian of all training cells).
 """
+
 from __future__ import annotations
 
 import json
@@ -53,14 +54,20 @@ def scores(mean, proj, centres, f):
 def main(argv):
     split = REPO / "runs" / "split.csv"
     root = DATA / "pbc256"
-    ids = {s: {ln.strip() for ln in (DATA / "bccd/ImageSets/Main" / f"{s}.txt").read_text().split() if ln.strip()}
-           for s in ("train", "test")}
+    ids = {
+        s: {ln.strip() for ln in (DATA / "bccd/ImageSets/Main" / f"{s}.txt").read_text().split() if ln.strip()}
+        for s in ("train", "test")
+    }
     sel_b, rep_b = bccd_cells(ids["train"]), bccd_cells(ids["test"])
     train_all = calibrate.from_split(split, "train", root)
     val = calibrate.from_split(split, "val", root)
     test = calibrate.from_split(split, "test", root)
-    out = {"command": "scripts/ood_experiments.py " + " ".join(argv), "bccd_select_cells": len(sel_b),
-           "bccd_report_cells": len(rep_b), "bundles": {}}
+    out = {
+        "command": "scripts/ood_experiments.py " + " ".join(argv),
+        "bccd_select_cells": len(sel_b),
+        "bccd_report_cells": len(rep_b),
+        "bundles": {},
+    }
     # the bundles of that experiment (see its JSON)
     for name in argv or ["mobilenetv2_160_int8", "mobilenetv2_96_int8"]:
         clf = Classifier(load_bundle(name), threads=2)
@@ -80,13 +87,21 @@ def main(argv):
                     def s(f, m=m, p=p, c=c, bg=bg):
                         d = scores(m, p, c, f)
                         return d if bg is None else d - scores(*bg, f)
+
                     sv, st, sbs, sbr = s(fv), s(ft), s(fbs), s(fbr)
                     thr = float(np.quantile(sv, 0.98))
-                    rows.append({"train_cells": len(idx), "dims": p.shape[1], "relative": relative,
-                                 "select_auroc": auroc(sv, sbs), "select_flagged": float((sbs > thr).mean()),
-                                 "report_auroc_test": auroc(st, sbr),
-                                 "report_pbc_test_flagged": float((st > thr).mean()),
-                                 "report_bccd_test_flagged": float((sbr > thr).mean())})
+                    rows.append(
+                        {
+                            "train_cells": len(idx),
+                            "dims": p.shape[1],
+                            "relative": relative,
+                            "select_auroc": auroc(sv, sbs),
+                            "select_flagged": float((sbs > thr).mean()),
+                            "report_auroc_test": auroc(st, sbr),
+                            "report_pbc_test_flagged": float((st > thr).mean()),
+                            "report_bccd_test_flagged": float((sbr > thr).mean()),
+                        }
+                    )
                     print(name, rows[-1], file=sys.stderr)
         out["bundles"][name] = rows
     print(json.dumps(out, indent=1))

@@ -1,15 +1,16 @@
 """`make pi-check` helpers (standard library only; runs with any Python 3.9+).
 
-    pi_compare.py inputs OUT [--data DIR]
-        The check's inputs, a fixed selection: 2 PBC images per class (classify), 5 others per
-        class in class folders (evaluate), 8 BCCD fields (capture, field mode). Copies, never
-        links; synthetic PNGs when the data set is not there.
+pi_compare.py inputs OUT [--data DIR]
+    The check's inputs, a fixed selection: 2 PBC images per class (classify), 5 others per
+    class in class folders (evaluate), 8 BCCD fields (capture, field mode). Copies, never
+    links; synthetic PNGs when the data set is not there.
 
-    pi_compare.py compare --native DIR --emulated NAME=DIR [...] --manifest M.json --log FILE
-        Native run vs each emulated run: identical labels (classify, evaluate, every cell of the
-        capture log, and identical boxes), probabilities within one output quantization step.
-        Writes the report to FILE (appending) and stdout; exit 1 on any difference.
+pi_compare.py compare --native DIR --emulated NAME=DIR [...] --manifest M.json --log FILE
+    Native run vs each emulated run: identical labels (classify, evaluate, every cell of the
+    capture log, and identical boxes), probabilities within one output quantization step.
+    Writes the report to FILE (appending) and stdout; exit 1 on any difference.
 """
+
 from __future__ import annotations
 
 # The pieces, standard library only like this file, sit beside it:
@@ -48,8 +49,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "inputs":
         rec = make_inputs(Path(args.out), Path(args.data))
-        print(f"inputs: {len(rec['classify'])} cells to classify ({rec['pbc']}), {len(rec['evaluate'])} in "
-              f"class folders ({rec['pbc']}), {len(rec['fields'])} fields ({rec['bccd']})")
+        print(
+            f"inputs: {len(rec['classify'])} cells to classify ({rec['pbc']}), {len(rec['evaluate'])} in "
+            f"class folders ({rec['pbc']}), {len(rec['fields'])} fields ({rec['bccd']})"
+        )
         return 0
     return compare(args)
 

@@ -4,6 +4,7 @@ Both sides (native and emulated) run on these same files, so the selection has t
 deterministic; each copy is recorded with its source and sha256 in inputs.json. Without the data
 set, synthetic PNGs (pi_compare_synthetic.py) take the place of the missing part.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +47,9 @@ def _spread(items: list, n: int) -> list:
 
 
 def _images(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    return sorted(
+        p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def make_inputs(out: Path, data: Path) -> dict:
@@ -63,8 +65,13 @@ def make_inputs(out: Path, data: Path) -> dict:
         # the host's data set would point nowhere.
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
-        record[key].append({"file": str(dst.relative_to(out)), "source": str(src),
-                            "sha256": hashlib.sha256(dst.read_bytes()).hexdigest()})
+        record[key].append(
+            {
+                "file": str(dst.relative_to(out)),
+                "source": str(src),
+                "sha256": hashlib.sha256(dst.read_bytes()).hexdigest(),
+            }
+        )
 
     classes = [lab for lab in LABELS if (pbc / lab).is_dir() and _images(pbc / lab)]
     if classes:
@@ -85,7 +92,8 @@ def make_inputs(out: Path, data: Path) -> dict:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 synthetic_cell(dst, k, seed=100 * k + i)
                 record["classify" if i < N_CLASSIFY else "evaluate"].append(
-                    {"file": str(dst.relative_to(out)), "source": "synthetic"})
+                    {"file": str(dst.relative_to(out)), "source": "synthetic"}
+                )
     fields = _images(bccd) if bccd.is_dir() else []
     if fields:
         record["bccd"] = "real"

@@ -1,4 +1,5 @@
 """The report `pi_compare.py compare` writes: its lines, its failures, its tables."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ and the timings (reported, never judged).
 A run is a folder of what pi_check.sh's commands left there: info.json (pi_probe.py info),
 classify.jsonl, evaluate.json, capture_summary.json and capture_cells.json (pi_probe.py session).
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,9 @@ def compare_side(r: Report, native: Path, emu: Path, name: str, step: float, tol
     _timings(r, native, emu, name)
 
 
-def _pair(r: Report, native: Path, emu: Path, filename: str, heading: str, failure: str, missing: str,
-          kind: str = "json"):
+def _pair(
+    r: Report, native: Path, emu: Path, filename: str, heading: str, failure: str, missing: str, kind: str = "json"
+):
     """Both sides' FILENAME after a blank line and HEADING; None (and a failure) when either is missing."""
     n, e = load(native, filename, kind), load(emu, filename, kind)
     r("")
@@ -77,8 +79,16 @@ def _pair(r: Report, native: Path, emu: Path, filename: str, heading: str, failu
 
 def _classify(r: Report, native: Path, emu: Path, name: str, step: float, tol: float) -> None:
     prefix = f"[{name}]"
-    pair = _pair(r, native, emu, "classify.jsonl", f"classify (--format jsonl --top-k 8), {name} vs native:",
-                 f"{prefix} classify produced no output", "no output", "jsonl")
+    pair = _pair(
+        r,
+        native,
+        emu,
+        "classify.jsonl",
+        f"classify (--format jsonl --top-k 8), {name} vs native:",
+        f"{prefix} classify produced no output",
+        "no output",
+        "jsonl",
+    )
     if pair is None:
         return
     nc, ec = pair
@@ -98,57 +108,95 @@ def _classify(r: Report, native: Path, emu: Path, name: str, step: float, tol: f
             dood = abs((x.get("ood_score") or 0.0) - (y.get("ood_score") or 0.0))
             worst_ood = max(worst_ood, dood)
             if x.get("ood") != y.get("ood") or x.get("review") != y.get("review"):
-                r.fail(f"{prefix} classify {x['path']}: ood/review {x.get('ood')}/{x.get('review')} vs "
-                       f"{y.get('ood')}/{y.get('review')} (scores {x.get('ood_score')} vs {y.get('ood_score')})",
-                       "result")
+                r.fail(
+                    f"{prefix} classify {x['path']}: ood/review {x.get('ood')}/{x.get('review')} vs "
+                    f"{y.get('ood')}/{y.get('review')} (scores {x.get('ood_score')} vs {y.get('ood_score')})",
+                    "result",
+                )
         ok = x["label"] == y["label"] and dp <= tol
         if not ok:
-            r.fail(f"{prefix} classify {x['path']}: {x['label']} {x['confidence']} vs {y['label']} "
-                   f"{y['confidence']} (max |dp| {dp:.6f})", "result" if x["label"] != y["label"] else "prob")
-        rows.append([x["path"], x["label"], y["label"], f"{x['confidence']:.6f}", f"{y['confidence']:.6f}",
-                     f"{dp:.6f} ({dp / step:.2f} step)" if step else f"{dp:.2g}", "ok" if ok else "FAIL"])
+            r.fail(
+                f"{prefix} classify {x['path']}: {x['label']} {x['confidence']} vs {y['label']} "
+                f"{y['confidence']} (max |dp| {dp:.6f})",
+                "result" if x["label"] != y["label"] else "prob",
+            )
+        rows.append(
+            [
+                x["path"],
+                x["label"],
+                y["label"],
+                f"{x['confidence']:.6f}",
+                f"{y['confidence']:.6f}",
+                f"{dp:.6f} ({dp / step:.2f} step)" if step else f"{dp:.2g}",
+                "ok" if ok else "FAIL",
+            ]
+        )
     for p in by_e:
         r.fail(f"{prefix} classify: {p} only in the emulated run")
     for line in table(rows, ["path", "native", name, "conf native", f"conf {name}", "max |dp| over 8", ""]):
         r("  " + line)
-    r(f"  {len(nc)} images; labels identical: {sum(1 for x in rows if x[1] == x[2])}/{len(rows)}; "
-      f"max |dp| {worst:.6f} (tolerance {tol:.6f}); OOD and review flags identical, max |d ood_score| "
-      f"{worst_ood:.6f}")
+    r(
+        f"  {len(nc)} images; labels identical: {sum(1 for x in rows if x[1] == x[2])}/{len(rows)}; "
+        f"max |dp| {worst:.6f} (tolerance {tol:.6f}); OOD and review flags identical, max |d ood_score| "
+        f"{worst_ood:.6f}"
+    )
 
 
 def _evaluate(r: Report, native: Path, emu: Path, name: str) -> None:
-    pair = _pair(r, native, emu, "evaluate.json", f"evaluate (--json), {name} vs native:",
-                 f"[{name}] evaluate produced no report", "no report")
+    pair = _pair(
+        r,
+        native,
+        emu,
+        "evaluate.json",
+        f"evaluate (--json), {name} vs native:",
+        f"[{name}] evaluate produced no report",
+        "no report",
+    )
     if pair is None:
         return
     ne, ee = pair
     # Identical predictions give identical confusion matrices; the derived floats may differ in
     # the last bit between scikit-learn versions.
-    same = (ne["metrics"]["confusion_matrix"] == ee["metrics"]["confusion_matrix"]
-            and ne["n_images"] == ee["n_images"] and ne["n_failed"] == ee["n_failed"]
-            and _close(ne["metrics"], ee["metrics"]))
+    same = (
+        ne["metrics"]["confusion_matrix"] == ee["metrics"]["confusion_matrix"]
+        and ne["n_images"] == ee["n_images"]
+        and ne["n_failed"] == ee["n_failed"]
+        and _close(ne["metrics"], ee["metrics"])
+    )
     if not same:
         r.fail(f"[{name}] evaluate: confusion matrices or metrics differ")
     m = ne["metrics"]
-    r(f"  native:   n={ne['n_images']} failed={ne['n_failed']} accuracy={m['accuracy']:.4f} "
-      f"balanced={m['balanced_accuracy']:.4f} macro F1={m['macro']['f1']:.4f}")
+    r(
+        f"  native:   n={ne['n_images']} failed={ne['n_failed']} accuracy={m['accuracy']:.4f} "
+        f"balanced={m['balanced_accuracy']:.4f} macro F1={m['macro']['f1']:.4f}"
+    )
     m = ee["metrics"]
-    r(f"  {name + ':':<9} n={ee['n_images']} failed={ee['n_failed']} accuracy={m['accuracy']:.4f} "
-      f"balanced={m['balanced_accuracy']:.4f} macro F1={m['macro']['f1']:.4f}")
+    r(
+        f"  {name + ':':<9} n={ee['n_images']} failed={ee['n_failed']} accuracy={m['accuracy']:.4f} "
+        f"balanced={m['balanced_accuracy']:.4f} macro F1={m['macro']['f1']:.4f}"
+    )
     r(f"  confusion matrices identical, all metrics equal (to 1e-9): {'yes' if same else 'NO'}")
 
 
 def _capture(r: Report, native: Path, emu: Path, name: str, tol: float) -> None:
     prefix = f"[{name}]"
-    pair = _pair(r, native, emu, "capture_cells.json",
-                 f"capture --mode field --no-preview --max-frames N, SQLite log read back, {name} vs native:",
-                 f"{prefix} capture log could not be read back", "no capture log")
+    pair = _pair(
+        r,
+        native,
+        emu,
+        "capture_cells.json",
+        f"capture --mode field --no-preview --max-frames N, SQLite log read back, {name} vs native:",
+        f"{prefix} capture log could not be read back",
+        "no capture log",
+    )
     if pair is None:
         return
     ns, es = pair
     for side, s in (("native", ns), (name, es)):
-        r(f"  {side + ':':<9} {s['session']['frames']} frames, {s['session']['cells']} cells, "
-          f"end: {s['session']['end_reason']}; interpreter {s['session']['interpreter']}")
+        r(
+            f"  {side + ':':<9} {s['session']['frames']} frames, {s['session']['cells']} cells, "
+            f"end: {s['session']['end_reason']}; interpreter {s['session']['interpreter']}"
+        )
     r("  frames: " + ", ".join(f"{Path(f['name']).name} ({f['n_cells']})" for f in ns["frames"]))
     nf = [(Path(f["name"]).name, f["width"], f["height"], f["n_cells"]) for f in ns["frames"]]
     ef = [(Path(f["name"]).name, f["width"], f["height"], f["n_cells"]) for f in es["frames"]]
@@ -166,31 +214,49 @@ def _capture(r: Report, native: Path, emu: Path, name: str, tol: float) -> None:
         same_cell = a["frame_index"] == b["frame_index"] and a["box"] == b["box"] and a["label"] == b["label"]
         ok = same_cell and dp <= tol and dc <= tol + ROUNDING
         if not ok:
-            r.fail(f"{prefix} capture cell frame {a['frame_index']} {a['box']}: {a['label']} vs "
-                   f"{b['frame_index']} {b['box']} {b['label']} (max |dp| {dp:.6f})",
-                   "prob" if same_cell else "result")
-        rows.append([a["frame_index"], ",".join(map(str, a["box"])),
-                     "same" if a["box"] == b["box"] else ",".join(map(str, b["box"])),
-                     a["label"], b["label"], f"{a['confidence']:.6f}", f"{b['confidence']:.6f}",
-                     f"{dp:.6f}", "ok" if ok else "FAIL"])
-    for line in table(rows, ["frame", "box native", f"box {name}", "native", name, "conf native",
-                             f"conf {name}", "max |dp|", ""]):
+            r.fail(
+                f"{prefix} capture cell frame {a['frame_index']} {a['box']}: {a['label']} vs "
+                f"{b['frame_index']} {b['box']} {b['label']} (max |dp| {dp:.6f})",
+                "prob" if same_cell else "result",
+            )
+        rows.append(
+            [
+                a["frame_index"],
+                ",".join(map(str, a["box"])),
+                "same" if a["box"] == b["box"] else ",".join(map(str, b["box"])),
+                a["label"],
+                b["label"],
+                f"{a['confidence']:.6f}",
+                f"{b['confidence']:.6f}",
+                f"{dp:.6f}",
+                "ok" if ok else "FAIL",
+            ]
+        )
+    for line in table(
+        rows, ["frame", "box native", f"box {name}", "native", name, "conf native", f"conf {name}", "max |dp|", ""]
+    ):
         r("  " + line)
-    r(f"  cells identical in frame, box and label: {sum(1 for x in rows if x[-1] == 'ok')}/{len(rows)}; "
-      f"max |dp| {worst:.6f}")
+    r(
+        f"  cells identical in frame, box and label: {sum(1 for x in rows if x[-1] == 'ok')}/{len(rows)}; "
+        f"max |dp| {worst:.6f}"
+    )
 
 
 def _timings(r: Report, native: Path, emu: Path, name: str) -> None:
     """Interpreter invoke only, labelled for what they are: neither side is a Pi."""
     r("")
     r("timings, median interpreter invoke() per image/cell (classify | evaluate | capture):")
-    for side, d, label in (("native", native, "native x86-64 development machine (busy), not a Pi"),
-                           (name, emu, "EMULATED: qemu-user on x86-64, NOT a Raspberry Pi timing")):
+    for side, d, label in (
+        ("native", native, "native x86-64 development machine (busy), not a Pi"),
+        (name, emu, "EMULATED: qemu-user on x86-64, NOT a Raspberry Pi timing"),
+    ):
         cl = load(d, "classify.jsonl", "jsonl") or []
         lat = sorted(x["latency_ms"] for x in cl if "latency_ms" in x)
         med = f"{lat[len(lat) // 2]:.1f}" if lat else "-"
         ev = load(d, "evaluate.json") or {}
         cs = load(d, "capture_summary.json") or {}
         cap = (cs.get("timing_ms") or {}).get("interpreter", {}).get("median")
-        r(f"  {side + ':':<9} {med} | {ev.get('latency_ms', {}).get('median', float('nan')):.1f} | "
-          f"{cap if cap is not None else '-'} ms  [{label}]")
+        r(
+            f"  {side + ':':<9} {med} | {ev.get('latency_ms', {}).get('median', float('nan')):.1f} | "
+            f"{cap if cap is not None else '-'} ms  [{label}]"
+        )

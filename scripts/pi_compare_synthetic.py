@@ -4,6 +4,7 @@ Standard library only (pi_check.sh runs this with the machine's own python3, whi
 NumPy or Pillow), hence the hand-written PNG encoder. The pictures only have to be deterministic
 and cell-like enough for the model to give non-trivial outputs on both sides of the comparison.
 """
+
 from __future__ import annotations
 
 import random
@@ -23,8 +24,12 @@ def _png(path: Path, w: int, h: int, pixel) -> None:
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(bytes(raw), 6)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(bytes(raw), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def synthetic_cell(path: Path, k: int, seed: int) -> None:
@@ -37,9 +42,9 @@ def synthetic_cell(path: Path, k: int, seed: int) -> None:
     def pixel(x, y):
         d2 = (x - c) ** 2 + (y - c) ** 2
         n = (x * 7 + y * 13 + seed) % 9
-        if d2 < r_nuc ** 2:
+        if d2 < r_nuc**2:
             return bytes(v + n for v in nuc)
-        if d2 < r_cell ** 2:
+        if d2 < r_cell**2:
             return bytes((225 - n, 190 - n, 205 - n))
         return bytes((240 - n, 225 - n, 215 - n))
 
@@ -56,12 +61,12 @@ def synthetic_field(path: Path, seed: int) -> None:
     def pixel(x, y):
         for cx, cy in wbcs:
             d2 = (x - cx) ** 2 + (y - cy) ** 2
-            if d2 < 30 ** 2:
+            if d2 < 30**2:
                 return bytes((90, 50, 150))
-            if d2 < 48 ** 2:
+            if d2 < 48**2:
                 return bytes((215, 200, 225))
         for cx, cy in rbcs:
-            if (x - cx) ** 2 + (y - cy) ** 2 < 45 ** 2:
+            if (x - cx) ** 2 + (y - cy) ** 2 < 45**2:
                 return bytes((220, 150, 160))
         return bytes((235, 228, 215))
 

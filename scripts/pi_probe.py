@@ -5,6 +5,7 @@
 
 Only the installed package (`edge_bloodcls`) and what it depends on are imported; never TensorFlow.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -18,8 +19,18 @@ import sys
 
 # AT_HWCAP / AT_HWCAP2 bits of arm64 Linux (asm/hwcap.h): which kernels XNNPACK may pick.
 AT_HWCAP, AT_HWCAP2 = 16, 26
-HWCAP = {"fp": 0, "asimd": 1, "aes": 3, "crc32": 7, "atomics": 8, "fphp": 9, "asimdhp": 10,
-         "asimdrdm": 12, "asimddp": 20, "sve": 22}
+HWCAP = {
+    "fp": 0,
+    "asimd": 1,
+    "aes": 3,
+    "crc32": 7,
+    "atomics": 8,
+    "fphp": 9,
+    "asimdhp": 10,
+    "asimdrdm": 12,
+    "asimddp": 20,
+    "sve": 22,
+}
 HWCAP2 = {"sve2": 1, "i8mm": 13, "bf16": 14}
 
 
@@ -52,7 +63,7 @@ def _cpu_features() -> list[str] | None:
         hw, hw2 = libc.getauxval(AT_HWCAP), libc.getauxval(AT_HWCAP2)
     except (OSError, AttributeError):
         return None
-    return ([k for k, b in HWCAP.items() if hw >> b & 1] + [k for k, b in HWCAP2.items() if hw2 >> b & 1])
+    return [k for k, b in HWCAP.items() if hw >> b & 1] + [k for k, b in HWCAP2.items() if hw2 >> b & 1]
 
 
 def info(model: str | None) -> dict:
@@ -70,19 +81,39 @@ def info(model: str | None) -> dict:
         "qemu_cpu": os.environ.get("QEMU_CPU"),
         "cpu_features": _cpu_features(),
         "cpu_count": os.cpu_count(),
-        "packages": {p: _version(p) for p in (
-            "edge-bloodcls", "ai-edge-litert", "tflite-runtime", "numpy", "opencv-python-headless", "pillow",
-            "scikit-learn", "scipy", "click")},
+        "packages": {
+            p: _version(p)
+            for p in (
+                "edge-bloodcls",
+                "ai-edge-litert",
+                "tflite-runtime",
+                "numpy",
+                "opencv-python-headless",
+                "pillow",
+                "scikit-learn",
+                "scipy",
+                "click",
+            )
+        },
     }
     import cv2
     import numpy
     import PIL
 
-    d["modules"] = {"numpy": numpy.__version__, "cv2": cv2.__version__, "cv2_file": cv2.__file__,
-                    "PIL": PIL.__version__}
+    d["modules"] = {
+        "numpy": numpy.__version__,
+        "cv2": cv2.__version__,
+        "cv2_file": cv2.__file__,
+        "PIL": PIL.__version__,
+    }
     # The edge install must not have brought TensorFlow in any form.
-    tf_dists = sorted({dist.metadata["Name"] for dist in md.distributions()
-                       if (dist.metadata["Name"] or "").lower().replace("_", "-").startswith(("tensorflow", "tf-"))})
+    tf_dists = sorted(
+        {
+            dist.metadata["Name"]
+            for dist in md.distributions()
+            if (dist.metadata["Name"] or "").lower().replace("_", "-").startswith(("tensorflow", "tf-"))
+        }
+    )
     d["tensorflow"] = {"importable": importlib.util.find_spec("tensorflow") is not None, "distributions": tf_dists}
     # What the interpreter says while it starts (on stderr, from C++): whether LiteRT applied its
     # XNNPACK delegate, and any complaint of the cpuinfo library about the CPU it runs on.
@@ -106,8 +137,11 @@ def info(model: str | None) -> dict:
     d["xnnpack_delegate"] = "XNNPACK delegate" in said
     out = clf.interpreter.get_output_details()[0]
     scale, zero = out["quantization"]
-    d["model"] = {**clf.describe(), "output_dtype": numpy.dtype(out["dtype"]).name,
-                  "output_quant": {"scale": float(scale), "zero_point": int(zero)}}
+    d["model"] = {
+        **clf.describe(),
+        "output_dtype": numpy.dtype(out["dtype"]).name,
+        "output_quant": {"scale": float(scale), "zero_point": int(zero)},
+    }
     d["tensorflow"]["imported"] = "tensorflow" in sys.modules
     return d
 
@@ -121,9 +155,17 @@ def session(db: str) -> dict:
         "session": {k: s[k] for k in keep},
         "summary": json.loads(s["summary"]) if s.get("summary") else None,
         "frames": [{k: f[k] for k in ("frame_index", "name", "width", "height", "n_cells")} for f in s["frames_list"]],
-        "cells": [{"frame_index": c["frame_index"], "box": [c["x0"], c["y0"], c["x1"], c["y1"]],
-                   "label": c["label"], "confidence": c["confidence"], "review": c["review"],
-                   "probs": json.loads(c["probs"])} for c in s["cells_list"]],
+        "cells": [
+            {
+                "frame_index": c["frame_index"],
+                "box": [c["x0"], c["y0"], c["x1"], c["y1"]],
+                "label": c["label"],
+                "confidence": c["confidence"],
+                "review": c["review"],
+                "probs": json.loads(c["probs"]),
+            }
+            for c in s["cells_list"]
+        ],
     }
 
 

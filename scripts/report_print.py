@@ -8,6 +8,7 @@ with pdftoppm (poppler-utils) to docs/report-print.png. As in scripts/screenshot
 reviewed or relabelled: the demo's BCCD cells carry no labels we may assign by hand, so the page
 shows the analyser's counts, unsigned, under the trust gate's warning.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -25,8 +26,9 @@ def main(db: Path) -> None:
     subprocess.run([cli, "report", str(db), "--format", "pdf", "--out", str(pdf)], check=True)
     print(f"pdf: {time.perf_counter() - t:.1f} s with the process start")
     out = REPO / "docs" / "report-print"
-    subprocess.run(["pdftoppm", "-png", "-r", "60", "-f", "1", "-l", "1", "-singlefile", str(pdf), str(out)],
-                   check=True)
+    subprocess.run(
+        ["pdftoppm", "-png", "-r", "60", "-f", "1", "-l", "1", "-singlefile", str(pdf), str(out)], check=True
+    )
     print(f"{out}.png")
 
 

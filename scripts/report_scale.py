@@ -8,6 +8,7 @@ shares, 5% flagged), then runs the report as a user would (a fresh process each 
 html with --full-crops, pdf (when headless Chromium is installed). Prints wall seconds, the size
 of each output and the machine's load, since wall time on a shared machine depends on it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,10 +41,15 @@ def main() -> int:
         make_big_session(db, n=a.cells)
         print(f"built {db} ({a.cells} cells) in {time.perf_counter() - t:.1f} s")
     cli = [sys.executable, "-m", "edge_bloodcls.cli", "report", str(db)]
-    runs = [("html", ["--out", str(a.out / "report.html")], [a.out / "report.html"]),
-            ("html --full-crops", ["--out", str(a.out / "full.html"), "--full-crops"],
-             [a.out / "full.html", a.out / "full_crops"]),
-            ("pdf", ["--format", "pdf", "--out", str(a.out / "report.pdf")], [a.out / "report.pdf"])]
+    runs = [
+        ("html", ["--out", str(a.out / "report.html")], [a.out / "report.html"]),
+        (
+            "html --full-crops",
+            ["--out", str(a.out / "full.html"), "--full-crops"],
+            [a.out / "full.html", a.out / "full_crops"],
+        ),
+        ("pdf", ["--format", "pdf", "--out", str(a.out / "report.pdf")], [a.out / "report.pdf"]),
+    ]
     for name, args, outputs in runs:
         for p in outputs:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -56,8 +62,10 @@ def main() -> int:
             continue
         sizes = ", ".join(f"{p.name} {_size(p) / 1e6:.1f} MB" for p in outputs)
         inner = r.stdout.split(", ", 1)[1].split(";", 1)[0] if ", " in r.stdout else "?"  # "3.1 s": the report's own
-        print(f"{name}: {inner} in the report command, {took:.2f} s with the process start; {sizes}; "
-              f"load average {load:.1f} on {os.cpu_count()} CPUs")
+        print(
+            f"{name}: {inner} in the report command, {took:.2f} s with the process start; {sizes}; "
+            f"load average {load:.1f} on {os.cpu_count()} CPUs"
+        )
     _browser_load(a.out / "report.html")
     return 0
 
@@ -76,12 +84,20 @@ def _browser_load(page: Path) -> None:
     opts = webdriver.ChromeOptions()
     opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     profile = tempfile.mkdtemp(prefix="chromium-")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
-                f"--user-data-dir={profile}", "--window-size=1100,800"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1100,800",
+    ):
         opts.add_argument(arg)
     try:
-        driver = webdriver.Chrome(service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")),
-                                  options=opts)
+        driver = webdriver.Chrome(
+            service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts
+        )
     except Exception as e:  # no browser here: say so, the other figures stand
         print(f"browser: not measured ({type(e).__name__})")
         return
@@ -90,8 +106,10 @@ def _browser_load(page: Path) -> None:
         t = time.perf_counter()
         driver.get(page.as_uri())
         h = driver.execute_script("return document.body.scrollHeight")
-        print(f"browser: {page.name} loaded and laid out in {time.perf_counter() - t:.2f} s "
-              f"(page {h} px tall); load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"browser: {page.name} loaded and laid out in {time.perf_counter() - t:.2f} s "
+            f"(page {h} px tall); load average {os.getloadavg()[0]:.1f}"
+        )
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)

@@ -7,6 +7,7 @@ Nothing is reviewed: BCCD cells carry no labels we may assign by hand. The demo 
 UNVALIDATED (BCCD is another lab's microscope), so the page opens on every cell under the red
 banner. The PNGs are reduced to a 128-colour palette to stay small in the repository.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,25 +33,38 @@ def main(db: Path) -> None:
     opts = webdriver.ChromeOptions()
     opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     profile = tempfile.mkdtemp(prefix="chromium-")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--hide-scrollbars", f"--user-data-dir={profile}", "--window-size=1366,768"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--window-size=1366,768",
+    ):
         opts.add_argument(arg)
     cli = str(REPO / ".venv" / "bin" / "edge-bloodcls")
-    server = subprocess.Popen([cli, "review", str(db), "--port", "0", "--reviewer", "demo"], stdout=subprocess.PIPE,
-                              text=True)
+    server = subprocess.Popen(
+        [cli, "review", str(db), "--port", "0", "--reviewer", "demo"], stdout=subprocess.PIPE, text=True
+    )
     url = server.stdout.readline().split()[1]  # "review http://127.0.0.1:PORT/?token=... (session ..."
     driver = webdriver.Chrome(service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts)
     try:
         for w, h in SIZES:
             # the viewport itself, not the window: what a 800x480 screen shows
-            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                                   {"width": w, "height": h, "deviceScaleFactor": 1, "mobile": False})
+            driver.execute_cdp_cmd(
+                "Emulation.setDeviceMetricsOverride", {"width": w, "height": h, "deviceScaleFactor": 1, "mobile": False}
+            )
             driver.get(url)
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not driver.execute_script(
-                    "return [...document.querySelectorAll('.tile img[src]')].every(i => i.complete) && "
-                    "document.querySelectorAll('.tile img[src]').length > 0"):
+                "return [...document.querySelectorAll('.tile img[src]')].every(i => i.complete) && "
+                "document.querySelectorAll('.tile img[src]').length > 0"
+            ):
                 time.sleep(0.2)
             out = REPO / "docs" / f"review-{w}x{h}.png"
             driver.save_screenshot(str(out))

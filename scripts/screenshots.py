@@ -5,6 +5,7 @@
 No cell is reviewed or relabelled here: BCCD cells carry no labels we may assign by hand, so the
 pages are shown as the analyser left them (the trust gate's banner, the analyser's counts).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,9 +27,18 @@ def main(db: Path) -> None:
     opts = webdriver.ChromeOptions()
     opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     profile = tempfile.mkdtemp(prefix="chromium-")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={profile}", "--window-size=1040,760"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1040,760",
+    ):
         opts.add_argument(arg)
     cli = str(REPO / ".venv" / "bin" / "edge-bloodcls")
     report = Path(tempfile.mkdtemp()) / "report.html"

@@ -12,6 +12,7 @@ a least-squares line through the samples (one sample is noise; a leak is a slope
     .venv/bin/python scripts/soak_capture.py --minutes 60 --fps 5
     .venv/bin/python scripts/soak_capture.py --minutes 2 --out-dir /tmp/soak   # a quick look
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,6 +66,7 @@ def make_source(folder: Path, fps: float, deadline: float, per_frame: list):
 
     class LoopingFolder(FolderSource):
         """The folder replayed until the deadline; records how long the loop worked on each frame."""
+
         kind = "looped folder"
 
         def _frames(self):
@@ -122,8 +124,15 @@ def main(argv=None) -> int:
     t_start = time.monotonic()
     deadline = t_start + args.minutes * 60
     source = make_source(source_dir, args.fps, deadline, per_frame)
-    log = SessionLog(db, f"soak {source_dir}", args.mode, clf.describe(), clf.review_threshold,
-                     counting="tracked" if args.mode == "field" else "per-frame", versions=runtime_versions(clf))
+    log = SessionLog(
+        db,
+        f"soak {source_dir}",
+        args.mode,
+        clf.describe(),
+        clf.review_threshold,
+        counting="tracked" if args.mode == "field" else "per-frame",
+        versions=runtime_versions(clf),
+    )
     stop = threading.Event()
     frames_seen = [0]
 
@@ -135,9 +144,12 @@ def main(argv=None) -> int:
             frames_seen[0] += len(batch)
             s = {"t_s": round(t, 1), "rss_mb": round(rss_kb() / 1024, 2), "frames": frames_seen[0]}
             if batch:
-                s.update(frame_ms_median=round(float(np.median(batch)), 2),
-                         frame_ms_p95=round(float(np.percentile(batch, 95)), 2),
-                         frame_ms_max=round(float(np.max(batch)), 2), fps=round(len(batch) / args.sample_s, 2))
+                s.update(
+                    frame_ms_median=round(float(np.median(batch)), 2),
+                    frame_ms_p95=round(float(np.percentile(batch, 95)), 2),
+                    frame_ms_max=round(float(np.max(batch)), 2),
+                    fps=round(len(batch) / args.sample_s, 2),
+                )
             samples.append(s)
             print(json.dumps(s), flush=True)
             last = stop.wait(args.sample_s)  # once more after the stop: the last sample is the end
@@ -145,9 +157,18 @@ def main(argv=None) -> int:
     th = threading.Thread(target=sampler, daemon=True)
     th.start()
     try:
-        summary = run_capture(source, clf, log, CaptureOptions(
-            mode=args.mode, count=None, preview=False, status_every_s=300.0,
-            echo=lambda m: print(m, file=sys.stderr, flush=True)))
+        summary = run_capture(
+            source,
+            clf,
+            log,
+            CaptureOptions(
+                mode=args.mode,
+                count=None,
+                preview=False,
+                status_every_s=300.0,
+                echo=lambda m: print(m, file=sys.stderr, flush=True),
+            ),
+        )
     finally:
         log.close()
     stop.set()
@@ -158,52 +179,78 @@ def main(argv=None) -> int:
     growth = slope_per_hour([s["t_s"] for s in warm], [s["rss_mb"] for s in warm])
     wall = time.monotonic() - t_start
     result = {
-        "benchmark": "soak_capture", "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "benchmark": "soak_capture",
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
-        "source": str(source_dir), "mode": args.mode, "fps_asked": args.fps, "minutes": args.minutes,
-        "model": clf.describe().get("model"), "wall_s": round(wall, 1), "frames": summary.frames,
-        "fps_achieved": round(summary.frames / wall, 2) if wall else 0.0, "cells": summary.cells,
-        "end_reason": summary.end_reason, "db_mb": db_mb,
-        "rss_mb": {"first": samples[0]["rss_mb"], "after_warmup": warm[0]["rss_mb"] if warm else None,
-                   "last": samples[-1]["rss_mb"], "max": max(s["rss_mb"] for s in samples)},
-        "rss_growth_mb_per_h": round(growth, 3), "warmup_min": args.warmup_min,
+        "source": str(source_dir),
+        "mode": args.mode,
+        "fps_asked": args.fps,
+        "minutes": args.minutes,
+        "model": clf.describe().get("model"),
+        "wall_s": round(wall, 1),
+        "frames": summary.frames,
+        "fps_achieved": round(summary.frames / wall, 2) if wall else 0.0,
+        "cells": summary.cells,
+        "end_reason": summary.end_reason,
+        "db_mb": db_mb,
+        "rss_mb": {
+            "first": samples[0]["rss_mb"],
+            "after_warmup": warm[0]["rss_mb"] if warm else None,
+            "last": samples[-1]["rss_mb"],
+            "max": max(s["rss_mb"] for s in samples),
+        },
+        "rss_growth_mb_per_h": round(growth, 3),
+        "warmup_min": args.warmup_min,
         "max_growth_mb_per_h": args.max_growth_mb_h,
         "pass": bool(len(warm) >= 2 and growth < args.max_growth_mb_h),
         "timing_ms": {k: summary.timing_ms.get(k) for k in (*STAGES, "frame_total", "overhead")}
-        if summary.timing_ms else {},
+        if summary.timing_ms
+        else {},
         "samples": samples,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "soak_capture.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out_dir / "soak_capture.md").write_text(markdown(result))
     tmp.cleanup()
-    print(f"RSS growth {growth:.2f} MB/h after {args.warmup_min:g} min warm-up over {wall / 60:.1f} min, "
-          f"{summary.frames} frames: {'PASS' if result['pass'] else 'FAIL'} (< {args.max_growth_mb_h:g} MB/h)")
+    print(
+        f"RSS growth {growth:.2f} MB/h after {args.warmup_min:g} min warm-up over {wall / 60:.1f} min, "
+        f"{summary.frames} frames: {'PASS' if result['pass'] else 'FAIL'} (< {args.max_growth_mb_h:g} MB/h)"
+    )
     return 0 if result["pass"] else 1
 
 
 def markdown(r: dict) -> str:
     rss = r["rss_mb"]
     lines = [
-        "# Capture soak", "",
+        "# Capture soak",
+        "",
         f"{r['when']}: `capture` ({r['mode']} mode, {r['model']}) on `{r['source']}` replayed in a loop, "
         f"asked for {r['fps_asked']:g} fps for {r['minutes']:g} min ({r['machine']['cpus']} CPUs, "
-        f"load at the end {r['machine']['loadavg_end'][0]:.1f}).", "",
+        f"load at the end {r['machine']['loadavg_end'][0]:.1f}).",
+        "",
         f"- frames {r['frames']} ({r['fps_achieved']} fps achieved), cells counted {r['cells']}, "
         f"session log {r['db_mb']} MB; ended: {r['end_reason']}",
         f"- RSS: first sample {rss['first']} MB, after {r['warmup_min']:g} min warm-up {rss['after_warmup']} MB, "
         f"last {rss['last']} MB, max {rss['max']} MB",
         f"- **RSS growth after warm-up: {r['rss_growth_mb_per_h']} MB/h** (least-squares slope; acceptance "
-        f"< {r['max_growth_mb_per_h']:g} MB/h): **{'PASS' if r['pass'] else 'FAIL'}**", "",
-        "| t (min) | RSS MB | frames | frame ms median | p95 | max | fps |", "|---|---|---|---|---|---|---|"]
+        f"< {r['max_growth_mb_per_h']:g} MB/h): **{'PASS' if r['pass'] else 'FAIL'}**",
+        "",
+        "| t (min) | RSS MB | frames | frame ms median | p95 | max | fps |",
+        "|---|---|---|---|---|---|---|",
+    ]
     step = max(1, len(r["samples"]) // 30)
     for s in r["samples"][::step]:
-        lines.append(f"| {s['t_s'] / 60:.1f} | {s['rss_mb']} | {s['frames']} | {s.get('frame_ms_median', '-')} | "
-                     f"{s.get('frame_ms_p95', '-')} | {s.get('frame_ms_max', '-')} | {s.get('fps', '-')} |")
+        lines.append(
+            f"| {s['t_s'] / 60:.1f} | {s['rss_mb']} | {s['frames']} | {s.get('frame_ms_median', '-')} | "
+            f"{s.get('frame_ms_p95', '-')} | {s.get('frame_ms_max', '-')} | {s.get('fps', '-')} |"
+        )
     tm = r.get("timing_ms") or {}
     if tm.get("frame_total"):
-        lines += ["", f"Per frame over the session (capture's own summary): total median "
-                  f"{tm['frame_total']['median']} ms, interpreter median {tm['interpreter']['median']} ms."]
+        lines += [
+            "",
+            f"Per frame over the session (capture's own summary): total median "
+            f"{tm['frame_total']['median']} ms, interpreter median {tm['interpreter']['median']} ms.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,6 @@
 """Inputs for the capture path without a microscope: synthetic blood-smear fields (red cells,
 white cells with nuclei, a platelet) and a camera that stops delivering frames."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -87,4 +88,3 @@ class FakeCamera:
 
     def release(self):
         self.released = True
-

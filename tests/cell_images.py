@@ -1,5 +1,6 @@
 """Generated cell images (no data set needed): one synthetic cell, a labelled folder tree like
 PBC's, a single PNG and a flat folder of cells for capture's cell mode."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,16 @@ from edge_bloodcls.edge_runtime.core.spec import LABELS
 
 # An easy, learnable stand-in for PBC: each class is a disc of its own colour and size on a
 # pale background, with noise, jitter and random position so nothing is pixel-identical.
-_COLOURS = [(120, 40, 160), (220, 90, 60), (60, 30, 90), (90, 140, 200),
-            (40, 60, 180), (150, 120, 170), (200, 160, 200), (230, 30, 120)]
+_COLOURS = [
+    (120, 40, 160),
+    (220, 90, 60),
+    (60, 30, 90),
+    (90, 140, 200),
+    (40, 60, 180),
+    (150, 120, 170),
+    (200, 160, 200),
+    (230, 30, 120),
+]
 
 
 def synthetic_cell(label_index: int, rng: np.random.Generator, size: int = 64) -> Image.Image:
@@ -48,4 +57,3 @@ def cell_folder(d: Path, labels: list[int], seed=0) -> Path:
     for k, i in enumerate(labels):
         synthetic_cell(i, rng).save(d / f"{k:04d}.png")
     return d
-

@@ -1,6 +1,7 @@
 """The CLI as a user meets it: in-process (`run`) or in its own process (`cli`, optionally as
 `nobody` so that root's disregard for permissions does not hide a bug), and the checks that no
 traceback reaches the user and each error is one `error: ` line."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,7 @@ def cli(*args, env=None, timeout=120, user=None):
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    return subprocess.run(cmd, capture_output=True, timeout=timeout, env={**os.environ, **(env or {})},
-                          preexec_fn=cap)
+    return subprocess.run(cmd, capture_output=True, timeout=timeout, env={**os.environ, **(env or {})}, preexec_fn=cap)
 
 
 def errors(stderr) -> list[str]:
@@ -50,9 +50,18 @@ def _setpriv_nobody() -> str | None:
         return None
     if shutil.which("setpriv") is None:
         pytest.skip("running as root and setpriv is missing: permissions cannot be tested (root ignores them)")
-    probe = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
-                            "-c", "import edge_bloodcls.edge_runtime.core.preprocess"], capture_output=True)
+    probe = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            "import edge_bloodcls.edge_runtime.core.preprocess",
+        ],
+        capture_output=True,
+    )
     if probe.returncode != 0:
         pytest.skip(f"user nobody cannot run this checkout's Python: {probe.stderr.decode()[-200:]}")
     return "nobody"
-

@@ -5,6 +5,7 @@ bundled default model, a headless browser, and a tiny trained run and its export
 Plain helpers live in modules named for what they make: cell_images, capture_fixtures,
 session_fixtures, cli_fixtures, convert_fixtures, train_fixtures, runtime_fixtures,
 report_fixtures, review_client. No test module imports another (test_test_layout.py checks)."""
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,10 @@ def browser():
     """Headless Chromium from the system packages, driven by Selenium, which is given both paths
     so that it never downloads a browser or a driver."""
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip(f"no headless Chromium ({CHROMIUM}, {CHROMEDRIVER}): install the Debian packages chromium "
-                    "and chromium-driver (`make browser`)")
+        pytest.skip(
+            f"no headless Chromium ({CHROMIUM}, {CHROMEDRIVER}): install the Debian packages chromium "
+            "and chromium-driver (`make browser`)"
+        )
     pytest.importorskip("selenium", reason="selenium is in the dev extra: pip install -e '.[dev]'")
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never fetch anything
     # Selenium is optional (the dev extra; checked just above): imported only when a test asks.
@@ -91,9 +94,19 @@ def browser():
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="chromium-")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1100,800"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1100,800",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(30)

@@ -2,6 +2,7 @@
 
 Needs TensorFlow: imported by the conftest fixtures `run_dir` and `exports` only when a test asks
 for them, so that a test without TensorFlow (an edge install) skips instead of failing."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,9 @@ def _tiny_model():
     h = tf_keras.layers.ReLU()(h)
     # Named "pool" as the training head names its pooled features: convert exports them as a
     # second output and fits the trust statistics on them.
-    h = tf_keras.layers.Concatenate(name="pool")([tf_keras.layers.GlobalAveragePooling2D()(h),
-                                                  tf_keras.layers.GlobalMaxPooling2D()(h)])
+    h = tf_keras.layers.Concatenate(name="pool")(
+        [tf_keras.layers.GlobalAveragePooling2D()(h), tf_keras.layers.GlobalMaxPooling2D()(h)]
+    )
     out = tf_keras.layers.Dense(len(LABELS), activation="softmax", name="probs")(h)
     return tf_keras.Model(inp, out, name="tiny")
 
@@ -55,9 +57,17 @@ def train_run(tmp_path_factory):
     run = base / "run"
     run.mkdir()
     model.save(run / "model.keras")
-    (run / "config.json").write_text(json.dumps({
-        "train": {"arch": "tiny"}, "input": spec.to_json(), "labels": list(LABELS),
-        "params": int(model.count_params()), "split": {"csv": str(base / "split.csv"), "sha256": digest}}))
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "train": {"arch": "tiny"},
+                "input": spec.to_json(),
+                "labels": list(LABELS),
+                "params": int(model.count_params()),
+                "split": {"csv": str(base / "split.csv"), "sha256": digest},
+            }
+        )
+    )
     return run
 
 
@@ -79,10 +89,10 @@ def export_each(run_dir, tmp_path_factory):
             assert res.exit_code == 0, res.output
             done[mode] = load_bundle(out / f"tiny_{SIZE}_{mode}")
         return done[mode]
+
     return get
 
 
 def _val_images(run_dir):
     split = read_split(run_dir.parent / "split.csv")
     return split.items("val")
-

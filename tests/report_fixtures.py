@@ -1,5 +1,6 @@
 """A large synthetic session for the report's size and time (tests/test_runtime_report_export.py,
 scripts/report_scale.py): crops like the log's, class shares like a normal differential."""
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,13 @@ def _crop_pool(n: int = 64, size: int = 360) -> list[bytes]:
 
 
 def make_big_session(path: Path, n: int = 10_000, per_frame: int = 250, flagged_every: int = 20) -> None:
-    model = {"model": "tiny_int8", "model_sha256": "cd" * 32, "interpreter": "ai_edge_litert", "device": "cpu",
-             "threads": 1}
+    model = {
+        "model": "tiny_int8",
+        "model_sha256": "cd" * 32,
+        "interpreter": "ai_edge_litert",
+        "device": "cpu",
+        "threads": 1,
+    }
     log = SessionLog(path, "fields/", "field", model, 0.8, sample="BIG-1", operator="ann", count_target=n)
     pool = _crop_pool()
     weights = np.array([0.01, 0.03, 0.01, 0.01, 0.3, 0.06, 0.57, 0.01])
@@ -42,9 +48,18 @@ def make_big_session(path: Path, n: int = 10_000, per_frame: int = 250, flagged_
         for k in range(f, min(n, f + per_frame)):
             lab = LABELS[labels[k]]
             probs = {x: (0.9 if x == lab else 0.1 / 7) for x in LABELS}
-            recs.append(CellRecord((0, 0, 90, 90), lab, 0.9, k % flagged_every == 0, probs,
-                                   crop_jpeg=pool[k % len(pool)], observations=2,
-                                   review_reason="low confidence" if k % flagged_every == 0 else ""))
+            recs.append(
+                CellRecord(
+                    (0, 0, 90, 90),
+                    lab,
+                    0.9,
+                    k % flagged_every == 0,
+                    probs,
+                    crop_jpeg=pool[k % len(pool)],
+                    observations=2,
+                    review_reason="low confidence" if k % flagged_every == 0 else "",
+                )
+            )
         log.log_frame(f // per_frame, time.time(), f"f{f}.png", (1000, 1000), len(recs), recs)
     log.finish("end of folder", {})
     log.close()

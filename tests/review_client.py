@@ -1,5 +1,6 @@
 """A client of the review server as a browser uses it: opens the URL the server printed (with its
 token), keeps the cookie it gets, sends the Origin of the page with each write."""
+
 from __future__ import annotations
 
 import http.cookiejar
@@ -29,7 +30,8 @@ class ReviewClient:
 
     def post(self, path: str, body, headers: dict | None = None) -> dict:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data, {"Content-Type": "application/json",
-                                                              "Origin": self.origin, **(headers or {})})
+        req = urllib.request.Request(
+            self.base + path, data, {"Content-Type": "application/json", "Origin": self.origin, **(headers or {})}
+        )
         with self.opener.open(req, timeout=self.timeout) as r:
             return json.loads(r.read())

@@ -11,6 +11,7 @@ TensorFlow is imported here only.
 The `bundles` fixture (conftest.py) copies the committed bundles to pytest's base temp, so that a
 test may write beside them.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,12 +51,14 @@ def build_bundles(out: Path) -> dict[str, Path]:
     tf.random.set_seed(0)
     keras.utils.set_random_seed(0)
     x, y = _training_data(out / "train_cells")
-    model = keras.Sequential([
-        keras.layers.Input((SIZE, SIZE, 3)),
-        keras.layers.Conv2D(16, 3, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(len(LABELS), activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.layers.Input((SIZE, SIZE, 3)),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(len(LABELS), activation="softmax"),
+        ]
+    )
     model.compile(keras.optimizers.Adam(0.03), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=60, batch_size=16, verbose=0, shuffle=True)
     train_acc = float(model.evaluate(x, y, verbose=0)[1])
@@ -65,13 +68,19 @@ def build_bundles(out: Path) -> dict[str, Path]:
         conv = tf.lite.TFLiteConverter.from_keras_model(model)
         if quant == "int8":
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
+            conv.representative_dataset = lambda: ([x[i : i + 1]] for i in range(len(x)))
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             conv.inference_input_type = tf.int8
             conv.inference_output_type = tf.int8
-        manifest = {"name": f"tiny_{quant}", "arch": "tiny", "labels": list(LABELS),
-                    "input": SPEC.to_json(), "output": {"dtype": "float32" if quant == "float32" else "int8"},
-                    "quantization": quant, "metrics": {"float": {"accuracy": train_acc}}}
+        manifest = {
+            "name": f"tiny_{quant}",
+            "arch": "tiny",
+            "labels": list(LABELS),
+            "input": SPEC.to_json(),
+            "output": {"dtype": "float32" if quant == "float32" else "int8"},
+            "quantization": quant,
+            "metrics": {"float": {"accuracy": train_acc}},
+        }
         b = write_bundle(conv.convert(), manifest, out / "bundles")
         paths[quant] = b.tflite
     (out / "done.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}))

@@ -1,6 +1,7 @@
 """`edge-bloodcls adapt` on a tiny model: a colour-shifted synthetic "site" is learned, the bundle
 carries its site section and runs in the runtime, bad inputs are refused or skipped, and a run
 stopped part-way leaves no bundle behind."""
+
 from __future__ import annotations
 
 import json
@@ -79,14 +80,36 @@ def base(tmp_path_factory):
     run = d / "run"
     run.mkdir()
     model.save(run / "model.keras")
-    (run / "config.json").write_text(json.dumps({"arch": "tiny", "input": spec.to_json(), "labels": list(LABELS),
-                                                 "split": {"csv": str(d / "split.csv"), "sha256": digest}}))
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "arch": "tiny",
+                "input": spec.to_json(),
+                "labels": list(LABELS),
+                "split": {"csv": str(d / "split.csv"), "sha256": digest},
+            }
+        )
+    )
     return d
 
 
 def _adapt(base, labelled, out, *extra):
-    return CliRunner().invoke(main, ["adapt", "--labelled", str(labelled), "--model", str(base / "run" / "model.keras"),
-                                     "--split", str(base / "split.csv"), "--out", str(out), *FAST, *extra])
+    return CliRunner().invoke(
+        main,
+        [
+            "adapt",
+            "--labelled",
+            str(labelled),
+            "--model",
+            str(base / "run" / "model.keras"),
+            "--split",
+            str(base / "split.csv"),
+            "--out",
+            str(out),
+            *FAST,
+            *extra,
+        ],
+    )
 
 
 def _accuracy(clf, root):
@@ -106,8 +129,19 @@ def adapted(base, tmp_path_factory):
     more = _site(d / "more", 2, seed=4)  # a second --labelled source, merged
     validate = _site(d / "validate", 3, seed=5)
     unlabelled = _site(d / "unlabelled", 4, seed=3)
-    res = _adapt(base, labelled, d / "out", "--labelled", str(more), "--validate", str(validate),
-                 "--unlabelled", str(unlabelled), "--prior", "em")
+    res = _adapt(
+        base,
+        labelled,
+        d / "out",
+        "--labelled",
+        str(more),
+        "--validate",
+        str(validate),
+        "--unlabelled",
+        str(unlabelled),
+        "--prior",
+        "em",
+    )
     return d, labelled, res
 
 
@@ -122,8 +156,13 @@ def test_site_learned_and_bundle_complete(base, adapted):
     bundle = load_bundle(lines[-1])
     site = bundle.manifest["site"]
     # Both sources are merged; the class with one image is adapted on like the others.
-    assert site["adapted_on"]["counts"] == {"basophil": 1, "eosinophil": 6, "lymphocyte": 6, "monocyte": 6,
-                                            "neutrophil": 6}
+    assert site["adapted_on"]["counts"] == {
+        "basophil": 1,
+        "eosinophil": 6,
+        "lymphocyte": 6,
+        "monocyte": 6,
+        "neutrophil": 6,
+    }
     assert [s["counts"]["neutrophil"] for s in site["adapted_on"]["sources"]] == [4, 2]
     for f in site["adapted_on"]["files"]:
         assert f["sha256"] == sha256_file(f["name"])
@@ -209,15 +248,20 @@ def test_session_log_reviewed_cells(tmp_path):
     """A capture log: reviewed cells with a crop are read; unreviewed ones are not."""
     import io
 
-
     db = tmp_path / "s.db"
     rng = np.random.default_rng(0)
     log = SessionLog(db, "x", "cell", {}, 0.5)
     for i, lab in enumerate(["ig", "monocyte", "lymphocyte", "ig"]):
         buf = io.BytesIO()
         synthetic_cell(LABELS.index(lab), rng).save(buf, "JPEG")
-        log.log_frame(i, 0.0, f"f{i}", (9, 9), 1, [CellRecord((0, 0, 9, 9), lab, 0.5, True, {lab: 1.0},
-                                                              crop_jpeg=buf.getvalue() if i < 3 else None)])
+        log.log_frame(
+            i,
+            0.0,
+            f"f{i}",
+            (9, 9),
+            1,
+            [CellRecord((0, 0, 9, 9), lab, 0.5, True, {lab: 1.0}, crop_jpeg=buf.getvalue() if i < 3 else None)],
+        )
     log.close()
     with SessionStore(db) as store:  # reviewed: 1 and 3 (and 4, whose crop was not stored); 2 not
         for cid, label in [(1, "neutrophil"), (3, "lymphocyte"), (4, "neutrophil")]:

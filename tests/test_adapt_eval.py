@@ -1,6 +1,7 @@
 """adapt's honest figures (train/adapt_eval.py): intervals, balanced accuracy, the EM estimate of
 a site's class proportions, capture's view of a labelled crop; and `adapt` without TensorFlow.
 No TensorFlow needed."""
+
 from __future__ import annotations
 
 from pathlib import Path

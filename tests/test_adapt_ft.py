@@ -1,5 +1,6 @@
 """Pieces of adapt's fine-tune measured in docs/adapt.md: balanced self-training labels, the
 weight-space ensemble with the base model (WiSE-FT) and the colour augmentations."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,17 @@ from edge_bloodcls.train.adapt_ft import FinetuneConfig, pseudo_labels
 
 
 def test_pseudo_labels_threshold_allowed_classes_and_balance():
-    p = np.array([[0.95, 0.05, 0.0], [0.99, 0.01, 0.0], [0.2, 0.8, 0.0], [0.91, 0.09, 0.0],
-                  [0.5, 0.5, 0.0], [0.0, 0.05, 0.95], [0.03, 0.97, 0.0]])
+    p = np.array(
+        [
+            [0.95, 0.05, 0.0],
+            [0.99, 0.01, 0.0],
+            [0.2, 0.8, 0.0],
+            [0.91, 0.09, 0.0],
+            [0.5, 0.5, 0.0],
+            [0.0, 0.05, 0.95],
+            [0.03, 0.97, 0.0],
+        ]
+    )
     # Sure enough and a class the site labelled (0, 1); class 2 was not labelled.
     assert pseudo_labels(p, 0.9, [0, 1]).tolist() == [0, 0, -1, 0, -1, -1, 1]
     # At most one per class, the surest: the majority class no longer dominates.
@@ -69,8 +79,9 @@ def test_anchor_keeps_the_weights_near_the_base():
 
     def drift(anchor):
         tf_keras.utils.set_random_seed(0)
-        model = tf_keras.Sequential([tf_keras.Input((8, 8, 3)), tf_keras.layers.Flatten(),
-                                     tf_keras.layers.Dense(2, activation="softmax")])
+        model = tf_keras.Sequential(
+            [tf_keras.Input((8, 8, 3)), tf_keras.layers.Flatten(), tf_keras.layers.Dense(2, activation="softmax")]
+        )
         base = model.get_weights()
         cfg = FinetuneConfig(lr=1e-2, batch=8, scale=0.0, blur=0.0, colour=0.0, anchor=anchor)
         train(model, spec, px, y, px[:0], y[:0], cfg, steps=30, base_weights=base)

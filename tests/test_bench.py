@@ -1,4 +1,5 @@
 """The benchmark harness end to end on its --quick tiny model, and its arithmetic on its own."""
+
 from __future__ import annotations
 
 import csv
@@ -118,8 +119,14 @@ def test_quick_report_files(quick):
         assert f"]({name})" in md
     for fmt in FORMATS:
         assert f"| tiny_32 | {fmt} |" in md
-    for text in ("Table 2", "97.89", "specificity", "Edge targets (estimates, not measurements)", "Pareto",
-                 r["machine"]["cpu_model"]):
+    for text in (
+        "Table 2",
+        "97.89",
+        "specificity",
+        "Edge targets (estimates, not measurements)",
+        "Pareto",
+        r["machine"]["cpu_model"],
+    ):
         assert text in md
     # the report can be rebuilt from the JSON alone, elsewhere
     other = out / "again"
@@ -143,6 +150,7 @@ def test_rerun_resumes_without_measuring_again(quick):
 
 # --- the arithmetic alone -------------------------------------------------------------------
 
+
 def test_percentiles_are_ordered_and_numpy_exact():
     rng = np.random.default_rng(0)
     ms = list(rng.lognormal(1.0, 0.5, 501))
@@ -161,8 +169,9 @@ def test_training_machine_named_per_chunk():
     one = {"chunks": [{"epochs": [1, 6], "seconds": 7920.0, "machine": "AMD EPYC, 2 cores"}]}
     assert report._machines(one) == "AMD EPYC, 2 cores"
     two = {"chunks": [*one["chunks"], {"epochs": [7, 20], "seconds": 1800.0, "machine": "Xeon, 16 cores, 1 GPU"}]}
-    assert report._machines(two) == ("AMD EPYC, 2 cores (epochs 1-6, 2.2 h); "
-                                     "Xeon, 16 cores, 1 GPU (epochs 7-20, 0.5 h)")
+    assert report._machines(two) == (
+        "AMD EPYC, 2 cores (epochs 1-6, 2.2 h); Xeon, 16 cores, 1 GPU (epochs 7-20, 0.5 h)"
+    )
     assert "not recorded" in report._machines({})
 
 
@@ -172,11 +181,13 @@ def _config(model, fmt, th, p50, size):
 
 def test_derive_ratios_against_float32_and_baseline():
     r = Results()
-    r.configs = [_config("mobilenetv2_96", "float32", "1", 8.0, 9_000_000),
-                    _config("mobilenetv2_96", "int8", "1", 2.0, 2_700_000),
-                    _config("vgg16_96", "float32", "1", 80.0, 59_000_000),
-                    _config("vgg16_96", "int8", "1", 20.0, 15_000_000),
-                    _config("vgg16_96", "int8", "all", 11.0, 15_000_000)]
+    r.configs = [
+        _config("mobilenetv2_96", "float32", "1", 8.0, 9_000_000),
+        _config("mobilenetv2_96", "int8", "1", 2.0, 2_700_000),
+        _config("vgg16_96", "float32", "1", 80.0, 59_000_000),
+        _config("vgg16_96", "int8", "1", 20.0, 15_000_000),
+        _config("vgg16_96", "int8", "all", 11.0, 15_000_000),
+    ]
     r.set_accuracy("mobilenetv2_96", "int8", {"metrics": {"accuracy": 0.95}})
     r.set_accuracy("vgg16_96", "int8", {"metrics": {"accuracy": 0.90}})
     r.set_accuracy("vgg16_96", "float32", {"metrics": None, "note": "not trained"})
@@ -202,8 +213,9 @@ def test_resolve_model_untrained_run_and_names(tmp_path):
     trained = runs / "vgg16_96"
     trained.mkdir()
     (trained / "model.keras").write_bytes(b"stand-in")
-    (trained / "metrics.json").write_text(json.dumps({"epochs_run": 2, "epochs_planned": 30,
-                                                      "stop_reason": "time budget of 10 min reached"}))
+    (trained / "metrics.json").write_text(
+        json.dumps({"epochs_run": 2, "epochs_planned": 30, "stop_reason": "time budget of 10 min reached"})
+    )
     src = harness.resolve_model("vgg16_96", opts)
     assert (src.kind, src.trained, src.arch, src.size) == ("run", True, "vgg16", 96)
     assert "time budget" in src.note and src.training["epochs_run"] == 2
@@ -237,21 +249,43 @@ def test_a_bundle_as_a_model_compares_with_the_run_it_came_from(quick, tmp_path)
     out, r = quick
     int8 = next(c for c in r["configs"] if c["format"] == "int8")
     bundle = int8["file"].replace(".tflite", ".json")
-    _bench("--models", bundle, "--data", r["data"]["source"].rsplit(":", 1)[0], "--formats", "int8",
-           "--threads", "1", "--runs", "5", "--warmup", "1", "--no-shipped", "--baseline", "tiny_32",
-           "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-report")
+    _bench(
+        "--models",
+        bundle,
+        "--data",
+        r["data"]["source"].rsplit(":", 1)[0],
+        "--formats",
+        "int8",
+        "--threads",
+        "1",
+        "--runs",
+        "5",
+        "--warmup",
+        "1",
+        "--no-shipped",
+        "--baseline",
+        "tiny_32",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+        "--no-report",
+    )
     again = json.loads((out / "bench.json").read_text())
     key = "tiny_32_int8"
     info = again["models"][key]
     assert (info["kind"], info["source_sha256"]) == ("bundle", r["models"]["tiny_32"]["source_sha256"])
     row = next(c for c in again["configs"] if c["model"] == key)
-    f32 = next(c for c in again["configs"] if c["model"] == "tiny_32" and c["format"] == "float32"
-               and c["threads"] == "1")
+    f32 = next(
+        c for c in again["configs"] if c["model"] == "tiny_32" and c["format"] == "float32" and c["threads"] == "1"
+    )
     assert row["bundle_sha256"] == int8["bundle_sha256"]
     assert row["ratios"]["size_vs_float32"] == pytest.approx(row["size_bytes"] / f32["size_bytes"])
     # the same file on the same images (decoded afresh here, into another cache): the same predictions
-    assert again["accuracy"][f"{key}|int8"]["metrics"]["confusion_matrix"] == \
-        r["accuracy"]["tiny_32|int8"]["metrics"]["confusion_matrix"]
+    assert (
+        again["accuracy"][f"{key}|int8"]["metrics"]["confusion_matrix"]
+        == r["accuracy"]["tiny_32|int8"]["metrics"]["confusion_matrix"]
+    )
 
 
 def test_results_file_round_trip_and_rows_keyed_by_their_fields(quick, tmp_path):

@@ -2,6 +2,7 @@
 matplotlib, tqdm) every command is still listed and the runtime's run; the training ones say
 what they need only when run: one line, exit 2, no traceback. Also: the exit codes of the one
 error type (edge_bloodcls.errors), and options an architecture does not take are refused."""
+
 from __future__ import annotations
 
 import json
@@ -71,10 +72,12 @@ def test_commands_that_need_tensorflow_say_so_in_one_line_on_an_edge_install(com
 
     model, split, cells = model_inputs
     out = tmp_path / "out"
-    args = {"adapt": ["--labelled", cells, "--model", model, "--out", out],
-            "convert": [model, "--quantize", "int8", "--calibration", split, "--out", out],
-            "train": ["--arch", names()[0], "--split", split, "--out", out],
-            "teacher": ["--model", model, "--split", split, "--out", out / "teacher"]}[command]
+    args = {
+        "adapt": ["--labelled", cells, "--model", model, "--out", out],
+        "convert": [model, "--quantize", "int8", "--calibration", split, "--out", out],
+        "train": ["--arch", names()[0], "--split", split, "--out", out],
+        "teacher": ["--model", model, "--split", split, "--out", out / "teacher"],
+    }[command]
     p = _edge_run(command, *args)
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert "Traceback" not in p.stderr + p.stdout
@@ -106,7 +109,8 @@ def test_a_train_module_missing_past_the_checks_is_the_same_one_line():
     assert r.output.strip().splitlines() == [
         "error: plots needs TensorFlow, which the edge install does not have (matplotlib is not installed): "
         "install the full toolkit (pip install 'edge-bloodcls[train]', or `make setup`); the edge install runs "
-        "bundles"]
+        "bundles"
+    ]
     r = CliRunner().invoke(group, ["broken"])
     assert isinstance(r.exception, ModuleNotFoundError) and r.exception.name == "edge_bloodcls.nothing"
     assert isinstance(group, click.Group)
@@ -156,8 +160,9 @@ def test_an_option_the_architecture_does_not_take_is_refused(tmp_path):
 
     split = tmp_path / "split.csv"
     split.write_text("path,label,split,sha256\n")
-    r = CliRunner().invoke(main, ["train", "--arch", "resnet50", "--width", "0.5", "--split", str(split),
-                                  "--out", str(tmp_path / "run")])
+    r = CliRunner().invoke(
+        main, ["train", "--arch", "resnet50", "--width", "0.5", "--split", str(split), "--out", str(tmp_path / "run")]
+    )
     assert r.exit_code == 2
     assert r.output.strip().splitlines() == ["error: --width: not an option of resnet50 (its options: none)"]
     assert not (tmp_path / "run").exists()
@@ -170,8 +175,15 @@ def test_an_option_the_architecture_does_not_take_is_refused(tmp_path):
 def test_old_config_files_still_load():
     from edge_bloodcls.train.fit import TrainConfig
 
-    saved = {"arch": "mobilenetv2", "split": "s.csv", "out": "o", "img_size": 32, "label_smoothing": 0.0,
-             "extra": {}, "width": 0.35}
+    saved = {
+        "arch": "mobilenetv2",
+        "split": "s.csv",
+        "out": "o",
+        "img_size": 32,
+        "label_smoothing": 0.0,
+        "extra": {},
+        "width": 0.35,
+    }
     cfg, dropped = TrainConfig.from_saved(saved)
     assert dropped == ["extra", "label_smoothing"]
     assert (cfg.arch, cfg.img_size, cfg.width) == ("mobilenetv2", 32, 0.35)

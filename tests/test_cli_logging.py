@@ -1,5 +1,6 @@
 """Messages through logging, set once by the group's -v / -q: results on stdout, messages on
 stderr, and the libraries' own chatter (TensorFlow, the TFLite runtime) follows the same switch."""
+
 from __future__ import annotations
 
 import logging
@@ -34,11 +35,14 @@ def probe(monkeypatch):
     logs.configure(logs.NORMAL)
 
 
-@pytest.mark.parametrize(("flags", "messages"), [
-    ([], ["epoch 1/1", "warning: a split that is not the model's"]),
-    (["-q"], ["warning: a split that is not the model's"]),
-    (["-v"], ["detail", "epoch 1/1", "warning: a split that is not the model's"]),
-])
+@pytest.mark.parametrize(
+    ("flags", "messages"),
+    [
+        ([], ["epoch 1/1", "warning: a split that is not the model's"]),
+        (["-q"], ["warning: a split that is not the model's"]),
+        (["-v"], ["detail", "epoch 1/1", "warning: a split that is not the model's"]),
+    ],
+)
 def test_one_switch_sets_the_levels_results_stay_on_stdout(probe, flags, messages):
     r = CliRunner().invoke(probe, [*flags, "work"])
     assert r.exit_code == 0, r.output

@@ -1,5 +1,6 @@
 """The converter on a tiny trained model: every format runs in the runtime, int8 is integer
 throughout, bundles are tamper-evident, and the gate catches a real quantization failure."""
+
 from __future__ import annotations
 
 import json
@@ -136,8 +137,9 @@ def test_stratified_sample_keeps_every_class():
 
 
 def test_qat_fine_tunes_and_exports_integer_only(run_dir, tmp_path):
-    res = convert(run_dir, tmp_path, "--quantize", "int8", "--qat", "--qat-epochs", "1", "--batch-size", "16",
-                  "--qat-lr", "1e-4")
+    res = convert(
+        run_dir, tmp_path, "--quantize", "int8", "--qat", "--qat-epochs", "1", "--batch-size", "16", "--qat-lr", "1e-4"
+    )
     assert res.exit_code == 0, res.output
     bundle = load_bundle(tmp_path / f"tiny_{SIZE}_qat_int8")
     assert bundle.quantization == "qat-int8" and bundle.manifest["gate"]["passed"]
@@ -161,8 +163,9 @@ def test_nested_backbone_is_flattened_for_qat():
 def test_edgetpu_without_compiler_says_how_to_install(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(edgetpu, "find_compiler", lambda: None)
     cells = run_dir.parent / "cells"
-    res = convert(run_dir, tmp_path, "--quantize", "int8", "--edgetpu", "--calibration", str(cells),
-                  "--eval-samples", "24")
+    res = convert(
+        run_dir, tmp_path, "--quantize", "int8", "--edgetpu", "--calibration", str(cells), "--eval-samples", "24"
+    )
     assert res.exit_code == 2, res.output
     assert "apt-get install edgetpu-compiler" in res.output
     assert not list(tmp_path.glob("*_edgetpu*"))  # no pretend compilation
@@ -196,8 +199,12 @@ CONCATENATION                  1          More than one subgraph is not supporte
 
 
 def test_option_errors_exit_2(run_dir, tmp_path):
-    for args in (["--quantize", "float16", "--io", "int8"], ["--quantize", "dynamic", "--qat"],
-                 ["--quantize", "float32", "--edgetpu"], ["--quantize", "int8", "--qat", "--per-tensor"]):
+    for args in (
+        ["--quantize", "float16", "--io", "int8"],
+        ["--quantize", "dynamic", "--qat"],
+        ["--quantize", "float32", "--edgetpu"],
+        ["--quantize", "int8", "--qat", "--per-tensor"],
+    ):
         res = convert(run_dir, tmp_path, *args)
         assert res.exit_code == 2, (args, res.output)
     assert not list(tmp_path.iterdir())

@@ -1,5 +1,6 @@
 """Trust statistics travel with every exported bundle: OOD score, temperature, review threshold,
 all covered by the bundle's hashes and checked against the model at load."""
+
 from __future__ import annotations
 
 import json
@@ -74,11 +75,14 @@ def test_tampered_statistics_or_manifest_are_refused(exports, tmp_path):
         load_bundle(p)
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("temperature", -1.0, "trust field 'temperature'"),
-    ("ood_threshold", "high", "trust field 'ood_threshold'"),
-    ("review_threshold", 1.5, "trust field 'review_threshold'"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("temperature", -1.0, "trust field 'temperature'"),
+        ("ood_threshold", "high", "trust field 'ood_threshold'"),
+        ("review_threshold", 1.5, "trust field 'review_threshold'"),
+    ],
+)
 def test_invalid_trust_fields_refused_naming_the_field(exports, tmp_path, field, value, match):
     p = _copy(exports("int8"), tmp_path / field)
     j = p.with_suffix(".json")

@@ -1,5 +1,6 @@
 """The counting core (counting.py, slide.py) on its own: frames and located cells in, counted
 cells out, with a stand-in classifier; no model, database, camera or video file."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,7 +54,7 @@ def noisy(rgb, seed):
 
 def pan(a, b, x):
     """The view x px into the strip a|b (both 640 wide)."""
-    return np.concatenate([a, b], axis=1)[:, x:x + a.shape[1]]
+    return np.concatenate([a, b], axis=1)[:, x : x + a.shape[1]]
 
 
 def core():
@@ -141,8 +142,9 @@ def test_moving_and_blurred_frames_are_shown_not_classified():
 def test_a_jump_starts_a_segment_and_a_verified_return_rejoins_it():
     a, b = random_field(21), random_field(22)
     c, m = core(), FakeModel()
-    frames = ([noisy(a, k) for k in range(5)] + [noisy(b, k) for k in range(5, 10)]
-              + [noisy(a, k) for k in range(10, 15)])
+    frames = (
+        [noisy(a, k) for k in range(5)] + [noisy(b, k) for k in range(5, 10)] + [noisy(a, k) for k in range(10, 15)]
+    )
     counted, res = feed(c, frames, m)
     counted += c.flush()
     assert res[5].frame.new_segment and not res[5].frame.rejoined

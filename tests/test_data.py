@@ -1,4 +1,5 @@
 """Data audit and split: defects found, invariants held."""
+
 from __future__ import annotations
 
 import csv
@@ -61,8 +62,10 @@ def test_split_invariants(defective, tmp_path):
     assert {"monocyte/MON_0001.jpg", "monocyte/MON_copy1.jpg", "monocyte/MON_copy2.jpg"} <= paths
     # Conflicts dropped and reported; unreadable excluded.
     assert "neutrophil/NEU_conflict.jpg" not in paths and "eosinophil/EOS_0002.jpg" not in paths
-    assert ({d["path"] for d in report["dropped_conflicts"]}
-            == {"neutrophil/NEU_conflict.jpg", "eosinophil/EOS_0002.jpg"})
+    assert {d["path"] for d in report["dropped_conflicts"]} == {
+        "neutrophil/NEU_conflict.jpg",
+        "eosinophil/EOS_0002.jpg",
+    }
     assert not paths & {"ig/empty.jpg", "basophil/truncated.jpg", "neutrophil/.DS_000001.jpg"}
     # Stratified: every class in every split, near the requested shares.
     for label in {r["label"] for r in rows}:

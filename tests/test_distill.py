@@ -1,4 +1,5 @@
 """Distillation: a D4-averaged teacher, its stored soft targets, and a student trained on them."""
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,9 @@ def test_teacher_then_student_trains_and_resumes(tmp_path):
     split = _split(tmp_path, 12)
     t_run = tmp_path / "teacher_run"
     assert _train(split, t_run, "--epochs", "2").exit_code == 0
-    r = CliRunner().invoke(main, ["teacher", "--model", str(t_run / "model.keras"), "--split", str(split),
-                                  "--out", str(tmp_path / "t")])
+    r = CliRunner().invoke(
+        main, ["teacher", "--model", str(t_run / "model.keras"), "--split", str(split), "--out", str(tmp_path / "t")]
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "t.json").read_text())
     assert rep["tta"].startswith("D4") and {"train", "val", "test"} <= set(rep)

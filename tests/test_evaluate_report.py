@@ -1,4 +1,5 @@
 """evaluate on a folder of one class, its per-image JSON, and the progress count on stderr."""
+
 from __future__ import annotations
 
 import io
@@ -94,9 +95,19 @@ def test_bench_accuracy_pass_counts_on_the_terminal(bundles, tmp_path):
     synthetic_cell(1, np.random.default_rng(1)).save(img)
     master, slave = pty.openpty()  # a terminal, as the parent passes its stderr when it is one
     try:
-        out = child.run_tflite({"path": str(bundles["int8"]), "threads": 1, "warmup": 1, "runs": 2,
-                                "latency_image": str(img), "pixels": str(pixels), "indices": None,
-                                "progress_fd": slave, "progress_label": "tiny int8: accuracy"})
+        out = child.run_tflite(
+            {
+                "path": str(bundles["int8"]),
+                "threads": 1,
+                "warmup": 1,
+                "runs": 2,
+                "latency_image": str(img),
+                "pixels": str(pixels),
+                "indices": None,
+                "progress_fd": slave,
+                "progress_label": "tiny int8: accuracy",
+            }
+        )
         shown = os.read(master, 65536).decode()
     finally:
         os.close(master)
@@ -104,6 +115,15 @@ def test_bench_accuracy_pass_counts_on_the_terminal(bundles, tmp_path):
     assert len(out["predictions"]) == 150
     assert "tiny int8: accuracy 150/150 (100%)" in shown
     # no terminal (progress_fd None): the same predictions, nothing else
-    again = child.run_tflite({"path": str(bundles["int8"]), "threads": 1, "warmup": 1, "runs": 2,
-                              "latency_image": str(img), "pixels": str(pixels), "indices": None})
+    again = child.run_tflite(
+        {
+            "path": str(bundles["int8"]),
+            "threads": 1,
+            "warmup": 1,
+            "runs": 2,
+            "latency_image": str(img),
+            "pixels": str(pixels),
+            "indices": None,
+        }
+    )
     assert again["predictions"] == out["predictions"]

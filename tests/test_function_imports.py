@@ -5,6 +5,7 @@ extra, the Pi's camera, a newer standard library), and it says why in a comment.
 Scanned: the whole package (app/, edge_runtime/, train/, convert/, benchmarks/) except
 train/adapt*.py, which is being reworked on another branch: its imports of convert/ (and the
 train <-> convert cycle they make, ignored in .importlinter) move with that work (issue 24)."""
+
 from __future__ import annotations
 
 import ast
@@ -19,12 +20,22 @@ NOT_YET = ("train/adapt*.py",)
 OPTIONAL = {
     "cv2",  # OpenCV: the [edge] extra
     "picamera2",  # the Pi's camera module, from apt
-    "starlette", "uvicorn", "h11", "anyio",  # the web pages' server: the [edge] extra
+    "starlette",
+    "uvicorn",
+    "h11",
+    "anyio",  # the web pages' server: the [edge] extra
     "sklearn",  # scikit-learn: the [edge] and [train] extras
-    "tomllib", "tomli",  # the standard library from Python 3.11, tomli before
-    "tensorflow", "tf_keras", "keras", "tensorflow_model_optimization",  # the [train] extra
-    "ai_edge_litert", "tflite_runtime", "pycoral",  # interpreters, one of which is installed
-    "matplotlib", "tqdm",  # plots and progress bars: the [train] extra
+    "tomllib",
+    "tomli",  # the standard library from Python 3.11, tomli before
+    "tensorflow",
+    "tf_keras",
+    "keras",
+    "tensorflow_model_optimization",  # the [train] extra
+    "ai_edge_litert",
+    "tflite_runtime",
+    "pycoral",  # interpreters, one of which is installed
+    "matplotlib",
+    "tqdm",  # plots and progress bars: the [train] extra
     "fcntl",  # Unix only
 }
 
@@ -83,8 +94,10 @@ def test_function_level_imports_are_optional_modules_with_a_reason():
 def test_the_scan_finds_function_level_imports(tmp_path):
     """The scanner on a small module: a wrong scanner would pass any package."""
     src = tmp_path / "m.py"
-    src.write_text("import os\n\n\ndef f():\n    # OpenCV: optional\n    import cv2\n    from . import x\n"
-                   "    return cv2, x\n\n\nclass C:\n    async def g(self):\n        import json\n")
+    src.write_text(
+        "import os\n\n\ndef f():\n    # OpenCV: optional\n    import cv2\n    from . import x\n"
+        "    return cv2, x\n\n\nclass C:\n    async def g(self):\n        import json\n"
+    )
     found = _function_imports(src)
     assert found == [(6, "cv2"), (7, "."), (13, "json")]
     lines = src.read_text().splitlines()

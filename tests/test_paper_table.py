@@ -1,5 +1,6 @@
 """The paper table (issue 30): one table for REPORT.md and the README, rows grouped by the
 Table 2 network each registered architecture stands for, with how each run was trained."""
+
 import json
 
 import pytest
@@ -15,15 +16,37 @@ def _metrics(acc):
 
 
 def _results(run_dir):
-    training = {"epochs_run": 17, "epochs_planned": 30, "best_epoch": 11, "train_seconds": 7200.0,
-                "stop_reason": "early stopping: validation loss did not improve for 6 epochs",
-                "initialisation": "from scratch", "converged": True, "convergence": "early-stopped",
-                "chunks": [{"epochs": [1, 17], "seconds": 7200.0, "machine": "AMD EPYC, 2 cores"}]}
-    models = {"vgg16_bn_64": {"arch": "vgg16_bn", "size": 64, "role": "model", "trained": True,
-                              "source": str(run_dir / "model.keras"), "training": training,
-                              "params": 14_731_464, "macs": 313_000_000},
-              "resnet50_64": {"arch": "resnet50", "size": 64, "role": "model", "trained": False,
-                              "params": 23_604_104, "macs": 315_000_000}}
+    training = {
+        "epochs_run": 17,
+        "epochs_planned": 30,
+        "best_epoch": 11,
+        "train_seconds": 7200.0,
+        "stop_reason": "early stopping: validation loss did not improve for 6 epochs",
+        "initialisation": "from scratch",
+        "converged": True,
+        "convergence": "early-stopped",
+        "chunks": [{"epochs": [1, 17], "seconds": 7200.0, "machine": "AMD EPYC, 2 cores"}],
+    }
+    models = {
+        "vgg16_bn_64": {
+            "arch": "vgg16_bn",
+            "size": 64,
+            "role": "model",
+            "trained": True,
+            "source": str(run_dir / "model.keras"),
+            "training": training,
+            "params": 14_731_464,
+            "macs": 313_000_000,
+        },
+        "resnet50_64": {
+            "arch": "resnet50",
+            "size": 64,
+            "role": "model",
+            "trained": False,
+            "params": 23_604_104,
+            "macs": 315_000_000,
+        },
+    }
     configs = [{"model": "vgg16_bn_64", "format": "int8", "threads": "1", "size_bytes": 15_000_000}]
     accuracy = {"vgg16_bn_64|keras": {"metrics": _metrics(0.9712)}, "vgg16_bn_64|int8": {"metrics": _metrics(0.9705)}}
     return Results(models=models, configs=configs, accuracy=accuracy)
@@ -67,8 +90,9 @@ def test_readme_without_markers_is_one_line_and_exit_1(tmp_path):
     results.write_text(json.dumps(_results(tmp_path).to_json()))
     readme = tmp_path / "README.md"
     readme.write_text("no markers here\n")
-    res = CliRunner().invoke(main, ["bench-report", str(results), "--out", str(tmp_path / "r"),
-                                    "--readme", str(readme)])
+    res = CliRunner().invoke(
+        main, ["bench-report", str(results), "--out", str(tmp_path / "r"), "--readme", str(readme)]
+    )
     assert res.exit_code == 2 and "no paper-table markers" in res.output and "Traceback" not in res.output
     assert readme.read_text() == "no markers here\n"
 

@@ -1,4 +1,5 @@
 """Train/serve parity: the training evaluation path and the runtime give the same model input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -54,7 +55,7 @@ def test_geometric_preset_only_moves_pixels():
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
     spec = InputSpec.named(16)
-    (x, y), = list(train_dataset(pixels, np.arange(8), spec, 8, augment_preset("geometric"), 3, 0, 1)[0])
+    ((x, y),) = list(train_dataset(pixels, np.arange(8), spec, 8, augment_preset("geometric"), 3, 0, 1)[0])
     moved = 0
     for img, i in zip(x.numpy(), y.numpy()):
         src = (pixels[i].astype(np.float32) - 127.5) / 127.5

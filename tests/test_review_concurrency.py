@@ -3,6 +3,7 @@ deciding on disjoint and on shared cells for a few seconds (loopback only, bound
 stays sound, every decision acknowledged with 200 is in the log and in `report --csv`, every
 refused one got a 4xx with a reason; a review server killed with SIGKILL in the middle loses no
 acknowledged decision (issue 23)."""
+
 from __future__ import annotations
 
 import csv
@@ -55,9 +56,26 @@ def _env():
 
 
 def start_review(db, sid, reviewer):
-    proc = subprocess.Popen([sys.executable, "-m", "edge_bloodcls.cli", "review", str(db), "--port", "0",
-                             "--session", str(sid), "--reviewer", reviewer, "--all"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_bloodcls.cli",
+            "review",
+            str(db),
+            "--port",
+            "0",
+            "--session",
+            str(sid),
+            "--reviewer",
+            reviewer,
+            "--all",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     line = proc.stdout.readline()
     if not line.startswith("review http://"):
         proc.kill()
@@ -69,6 +87,7 @@ def start_review(db, sid, reviewer):
 class Client:
     """What one browser tab does: reads the cells, decides on the versions it was shown, and, when
     refused with a newer cell (409), takes that version as the page does."""
+
     url: str
     name: str
     cells: list[int]
@@ -123,14 +142,26 @@ def test_two_review_servers_and_a_capture_lose_no_acknowledged_decision(tmp_path
     db = tmp_path / "s.db"
     sid = make_session(db, cells=[("neutrophil", 0.5, True, False)] * len(list(DISJOINT) + list(SHARED)))
     stop = tmp_path / "stop"
-    cap = subprocess.Popen([sys.executable, "-c", CAPTURE, str(db), str(stop)], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=_env())
+    cap = subprocess.Popen(
+        [sys.executable, "-c", CAPTURE, str(db), str(stop)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     servers = []
     try:
         cap_sid = int(cap.stdout.readline())
         servers = [start_review(db, sid, "ann"), start_review(db, sid, "bo")]
-        clients = [Client(servers[k // 2][1], f"r{k}", [c for c in DISJOINT if c % 4 == k] + list(SHARED),
-                          reviewer=["ann", "bo"][k // 2]) for k in range(4)]
+        clients = [
+            Client(
+                servers[k // 2][1],
+                f"r{k}",
+                [c for c in DISJOINT if c % 4 == k] + list(SHARED),
+                reviewer=["ann", "bo"][k // 2],
+            )
+            for k in range(4)
+        ]
         for c in clients:
             c.load()
         start = threading.Barrier(len(clients))
@@ -176,8 +207,11 @@ def test_two_review_servers_and_a_capture_lose_no_acknowledged_decision(tmp_path
         assert len(store.frames(cap_sid)) == frames_written and store.session(cap_sid).ended is not None
     for c in clients:  # every acknowledged decision, as acknowledged, by its server's reviewer
         for audit_id, cell, label in c.acked:
-            assert (trail[audit_id].cell_id, trail[audit_id].to_label, trail[audit_id].reviewer) == (cell, label,
-                                                                                                     c.reviewer)
+            assert (trail[audit_id].cell_id, trail[audit_id].to_label, trail[audit_id].reviewer) == (
+                cell,
+                label,
+                c.reviewer,
+            )
     for cid, c in cells.items():  # each cell shows its last decision, and its version counts them
         mine = [a for a in trail.values() if a.cell_id == cid]
         assert c.version == len(mine)
@@ -191,5 +225,7 @@ def test_two_review_servers_and_a_capture_lose_no_acknowledged_decision(tmp_path
     assert r.exit_code == 0, r.output
     in_csv = {int(m) for row in csv.DictReader(csv_path.open()) for m in re.findall(r"#(\d+) ", row["trail"])}
     assert {a[0] for a in acked} <= in_csv
-    print(f"{'kill' if kill else 'stress'}: {len(acked)} acknowledged, {len(refused)} refused "
-          f"({sum(c == 409 for c, _ in refused)} stale), {frames_written} capture frames")
+    print(
+        f"{'kill' if kill else 'stress'}: {len(acked)} acknowledged, {len(refused)} refused "
+        f"({sum(c == 409 for c, _ in refused)} stale), {frames_written} capture frames"
+    )

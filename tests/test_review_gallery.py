@@ -4,6 +4,7 @@ opens in seconds); reclassifying a cell to artefact changes the differential on 
 the report; sign-off refused until the rules hold (flagged, UNVALIDATED, short count); read-only
 after sign-off; an amendment with a reason signed as version 2, both versions in the report; a
 100-cell session reviewed and signed with the keyboard alone."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,9 @@ def _text(driver, css):
 
 
 def _viewport(driver, w, h):
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": w, "height": h, "deviceScaleFactor": 1, "mobile": False})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": w, "height": h, "deviceScaleFactor": 1, "mobile": False}
+    )
 
 
 def _keys(driver, *keys):
@@ -97,7 +99,8 @@ def test_gallery_fits_800x480_and_a_desktop_without_horizontal_scrolling(browser
                 "const g = document.getElementById('gallery'), s = document.getElementById('side');"
                 "return [document.documentElement.scrollWidth, document.documentElement.clientWidth,"
                 " document.documentElement.scrollHeight, window.innerHeight, g.scrollWidth, g.clientWidth,"
-                " s.scrollWidth, s.clientWidth, innerWidth]")
+                " s.scrollWidth, s.clientWidth, innerWidth]"
+            )
             page_w, client_w, page_h, inner_h, g_sw, g_cw, s_sw, s_cw, inner_w = sizes
             assert inner_w == w
             assert page_w <= client_w and g_sw <= g_cw and s_sw <= s_cw, (w, sizes)  # no horizontal scrolling
@@ -124,8 +127,10 @@ def test_ten_thousand_cells_open_in_seconds_and_crops_load_lazily(browser, tmp_p
     db = tmp_path / "big.db"
     log = SessionLog(db, "fields/", "field", {"model": "m", "model_sha256": "ab"}, 0.8, sample="big", count_target=100)
     probs = {k: 1 / 8 for k in LABELS}
-    cells = [CellRecord((0, 0, 9, 9), LABELS[k % 6 if k % 6 != 2 else 4], 0.9, k % 50 == 0, probs,
-                        crop_jpeg=buf.getvalue()) for k in range(10_000)]
+    cells = [
+        CellRecord((0, 0, 9, 9), LABELS[k % 6 if k % 6 != 2 else 4], 0.9, k % 50 == 0, probs, crop_jpeg=buf.getvalue())
+        for k in range(10_000)
+    ]
     log.log_frame(0, time.time(), "f0.png", (100, 100), len(cells), cells)  # one transaction
     log.finish("end", {})
     sid = log.id
@@ -139,13 +144,18 @@ def test_ten_thousand_cells_open_in_seconds_and_crops_load_lazily(browser, tmp_p
         opened = time.monotonic() - t0
         assert opened < 15, opened  # measured 1.1 s here (2 shared cores), 1 s of it the 3 MB state
         time.sleep(0.5)
-        asked = browser.execute_script("return performance.getEntriesByType('resource')"
-                                       ".filter(e => e.name.includes('/crop/')).length")
+        asked = browser.execute_script(
+            "return performance.getEntriesByType('resource').filter(e => e.name.includes('/crop/')).length"
+        )
         loaded = browser.execute_script("return document.querySelectorAll('.tile img[src]').length")
         assert 0 < loaded < 400 and asked < 400, (loaded, asked)  # the visible tiles, not 10,000
         browser.execute_script("document.getElementById('gallery').scrollTop = 400000")
-        _wait(browser, lambda d: d.execute_script(  # the last tile's crop, once scrolled to
-            "return [...document.querySelectorAll('.tile img')].pop().hasAttribute('src')"))
+        _wait(
+            browser,
+            lambda d: d.execute_script(  # the last tile's crop, once scrolled to
+                "return [...document.querySelectorAll('.tile img')].pop().hasAttribute('src')"
+            ),
+        )
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         server.stop()
@@ -292,9 +302,11 @@ def test_keyboard_only_review_of_a_100_cell_session(browser, served):
     browser.get(server.url)
     _wait(browser, lambda d: d.find_element(_by().ID, "cell-id"))
     # counts every pointer event a mouse or a finger makes (a click a key makes has detail 0)
-    browser.execute_script("window.mouse = 0; ['mousedown', 'mouseup', 'click', 'pointerdown', 'touchstart']"
-                           ".forEach(t => document.addEventListener(t, e => {"
-                           " if (e.isTrusted && e.detail !== 0) window.mouse++; }, true));")
+    browser.execute_script(
+        "window.mouse = 0; ['mousedown', 'mouseup', 'click', 'pointerdown', 'touchstart']"
+        ".forEach(t => document.addEventListener(t, e => {"
+        " if (e.isTrusted && e.detail !== 0) window.mouse++; }, true));"
+    )
     while browser.find_element(_by().ID, "filter").get_attribute("value") != "all":
         _keys(browser, "f")  # the "show" filter, by key: on to "all cells"
     _wait(browser, lambda d: len(d.find_elements(_by().CSS_SELECTOR, ".tile")) == 100)
@@ -302,13 +314,26 @@ def test_keyboard_only_review_of_a_100_cell_session(browser, served):
     plan = {}  # cell id -> what the keys made of it
     for n in range(100):
         cid = int(browser.find_element(_by().ID, "cell-id").get_attribute("data-cell"))
-        key, label = (("a", "artefact") if n == 10 else ("d", "duplicate") if n == 20 else ("b", "blast") if n == 30
-                      else ("x", "unidentified") if n == 40 else (Keys.ENTER, None))
+        key, label = (
+            ("a", "artefact")
+            if n == 10
+            else ("d", "duplicate")
+            if n == 20
+            else ("b", "blast")
+            if n == 30
+            else ("x", "unidentified")
+            if n == 40
+            else (Keys.ENTER, None)
+        )
         _keys(browser, key)
         _status(browser, f"saved: cell {cid} ")
         plan[cid] = label
-        _wait(browser, lambda d, cid=cid, n=n: d.find_element(_by().ID, "cell-id").get_attribute("data-cell")
-              != str(cid) or n == 99)
+        _wait(
+            browser,
+            lambda d, cid=cid, n=n: (
+                d.find_element(_by().ID, "cell-id").get_attribute("data-cell") != str(cid) or n == 99
+            ),
+        )
     assert len(plan) == 100
     _wait(browser, lambda d: "100/100 cells" in d.find_element(_by().ID, "progress").text)
     # 98 white cells after review (artefact and duplicate out; the blast and the unidentified in):

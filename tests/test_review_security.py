@@ -4,6 +4,7 @@ huge and malformed bodies, wrong JSON types, a slow client, markup in names and 
 gets a 4xx, the server keeps serving, prints no traceback, and in headless Chromium no injected
 script runs. Also: the live capture view's headers and token, bundles with markup labels or no
 manifest hash."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,10 @@ def raw(port: int, data: bytes, read_timeout: float = 10) -> tuple[int, dict, by
             buf += chunk
             head, sep, body = buf.partition(b"\r\n\r\n")
             if sep:
-                hdrs = {k.strip().lower(): v.strip() for k, _, v in
-                        (ln.decode("latin-1").partition(":") for ln in head.split(b"\r\n")[1:])}
+                hdrs = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (ln.decode("latin-1").partition(":") for ln in head.split(b"\r\n")[1:])
+                }
                 if len(body) >= int(hdrs.get("content-length", "0")):
                     return int(head.split()[1]), hdrs, body
     head, _, body = buf.partition(b"\r\n\r\n")
@@ -60,8 +63,12 @@ def server(tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=str(REPO), EDGE_BLOODCLS_HTTP_TIMEOUT_S=str(TIMEOUT_S))
     out, err = tmp / "out.txt", tmp / "err.txt"
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_bloodcls.cli", "review", str(db), "--port", "0",
-                                 "--reviewer", EVIL], stdout=o, stderr=e, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_bloodcls.cli", "review", str(db), "--port", "0", "--reviewer", EVIL],
+            stdout=o,
+            stderr=e,
+            env=env,
+        )
     deadline = time.monotonic() + 60
     while "review http" not in out.read_text() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -89,9 +96,15 @@ def _security_headers(h: dict) -> None:
 def test_every_answer_carries_the_security_headers(server):
     port, tok = server["port"], server["token"]
     cookie = f"Cookie: edge_bloodcls_{port}={tok}\r\n".encode()
-    answers = [_get(port, f"/?token={tok}"), _get(port, "/api/state", extra=cookie), _get(port, "/"),
-               _get(port, "/nothing", extra=cookie), _get(port, "/static/review.js", extra=cookie),
-               _get(port, "/", host="evil.example"), _get(port, "/report", extra=cookie)]
+    answers = [
+        _get(port, f"/?token={tok}"),
+        _get(port, "/api/state", extra=cookie),
+        _get(port, "/"),
+        _get(port, "/nothing", extra=cookie),
+        _get(port, "/static/review.js", extra=cookie),
+        _get(port, "/", host="evil.example"),
+        _get(port, "/report", extra=cookie),
+    ]
     assert [a[0] for a in answers] == [200, 200, 403, 404, 200, 421, 200]
     for _, h, _ in answers:
         _security_headers(h)
@@ -107,8 +120,10 @@ def test_foreign_host_and_missing_or_wrong_token_are_refused(server):
     for path in ("/", "/api/state", "/crop/9", "/report", "/static/review.js", f"/?token={wrong}"):
         status, _, body = _get(port, path)
         assert status == 403 and b"token" in body
-    post = (f"POST /api/decide HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Origin: http://127.0.0.1:{port}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").encode()
+    post = (
+        f"POST /api/decide HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Origin: http://127.0.0.1:{port}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    ).encode()
     assert raw(port, post)[0] == 403
 
 
@@ -125,31 +140,42 @@ def test_huge_malformed_and_mistyped_bodies_get_4xx_with_a_reason(server):
     cookie = f"edge_bloodcls_{port}={server['token']}"
 
     def post(body: bytes, length: str | None = None, ctype="application/json", chunked=False):
-        head = (f"POST /api/decide HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n"
-                f"Cookie: {cookie}\r\nContent-Type: {ctype}\r\nConnection: close\r\n")
+        head = (
+            f"POST /api/decide HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n"
+            f"Cookie: {cookie}\r\nContent-Type: {ctype}\r\nConnection: close\r\n"
+        )
         if chunked:
             head += "Transfer-Encoding: chunked\r\n\r\n"
-            data = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 8192]), body[i:i + 8192])
-                            for i in range(0, len(body), 8192)) + b"0\r\n\r\n"
+            data = (
+                b"".join(
+                    b"%x\r\n%s\r\n" % (len(body[i : i + 8192]), body[i : i + 8192]) for i in range(0, len(body), 8192)
+                )
+                + b"0\r\n\r\n"
+            )
             return raw(port, head.encode() + data)
         head += f"Content-Length: {length if length is not None else len(body)}\r\n\r\n"
         return raw(port, head.encode() + body)
 
     assert post(b"", length="100000000000")[0] == 413  # refused on the header: nothing read
-    assert post(b"x" * 1000, length=str(200 * 2 ** 20))[0] == 413
+    assert post(b"x" * 1000, length=str(200 * 2**20))[0] == 413
     assert post(b'{"cell": 9, "label": "' + b"a" * 70000 + b'", "version": 0}', chunked=True)[0] == 413
     assert post(b"", length="-1")[0] in (400, 413)
-    cases = [(b"[1, 2]", "JSON object"), (b'"x"', "JSON object"), (b"{", "not valid JSON"),
-             (b"\xff\xfe", "not valid JSON"), (b"[" * 5000 + b"]" * 5000, ""),
-             (b'{"cell": true, "label": "monocyte", "version": 0}', "integer"),
-             (b'{"cell": 9.0, "label": "monocyte", "version": 0}', "integer"),
-             (b'{"cell": "9", "label": "monocyte", "version": 0}', "integer"),
-             (b'{"cell": -1, "label": "monocyte", "version": 0}', "in 1.."),
-             (b'{"cell": 99999999999999, "label": "monocyte", "version": 0}', "in 1.."),
-             (b'{"cell": 9, "label": "<img src=x onerror=alert(1)>", "version": 0}', "one of"),
-             (b'{"cell": 9, "label": ["monocyte"], "version": 0}', "string"),
-             (b'{"cell": 9, "label": "monocyte"}', "missing field 'version'"),
-             (b'{"cell": 9, "label": "monocyte", "version": 0, "reviewer": "mallory"}', "unexpected")]
+    cases = [
+        (b"[1, 2]", "JSON object"),
+        (b'"x"', "JSON object"),
+        (b"{", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[" * 5000 + b"]" * 5000, ""),
+        (b'{"cell": true, "label": "monocyte", "version": 0}', "integer"),
+        (b'{"cell": 9.0, "label": "monocyte", "version": 0}', "integer"),
+        (b'{"cell": "9", "label": "monocyte", "version": 0}', "integer"),
+        (b'{"cell": -1, "label": "monocyte", "version": 0}', "in 1.."),
+        (b'{"cell": 99999999999999, "label": "monocyte", "version": 0}', "in 1.."),
+        (b'{"cell": 9, "label": "<img src=x onerror=alert(1)>", "version": 0}', "one of"),
+        (b'{"cell": 9, "label": ["monocyte"], "version": 0}', "string"),
+        (b'{"cell": 9, "label": "monocyte"}', "missing field 'version'"),
+        (b'{"cell": 9, "label": "monocyte", "version": 0, "reviewer": "mallory"}', "unexpected"),
+    ]
     for body, reason in cases:
         status, _, answer = post(body)
         assert status == 400, (body[:40], status, answer)
@@ -163,9 +189,13 @@ def test_slow_clients_are_cut_off_and_the_server_keeps_serving(server):
     slow = socket.create_connection(("127.0.0.1", port), timeout=10)
     slow.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the end of the head
     body_slow = socket.create_connection(("127.0.0.1", port), timeout=10)
-    body_slow.sendall((f"POST /api/decide HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n"
-                       f"Cookie: edge_bloodcls_{port}={server['token']}\r\nContent-Type: application/json\r\n"
-                       "Content-Length: 40\r\n\r\n{").encode())  # 1 of 40 bytes
+    body_slow.sendall(
+        (
+            f"POST /api/decide HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n"
+            f"Cookie: edge_bloodcls_{port}={server['token']}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 40\r\n\r\n{"
+        ).encode()
+    )  # 1 of 40 bytes
     t0 = time.monotonic()
     assert c.json("api/state")["session"]["id"] == 1  # served meanwhile
     assert slow.recv(100) == b""  # closed by the server, not by us
@@ -195,8 +225,12 @@ def test_markup_in_names_stays_text_and_no_injected_script_runs(server, browser)
     ActionChains(browser).send_keys(Keys.ARROW_LEFT).perform()  # back to cell 9: its decision
     WebDriverWait(browser, 20).until(lambda d: "by" in d.find_element(By.ID, "decision").text)
     assert browser.title == "edge-bloodcls review"
-    assert browser.execute_script("return document.querySelectorAll('img[src=x], script:not([src]):not("
-                                  "[type=\"application/json\"])').length") == 0
+    assert (
+        browser.execute_script(
+            "return document.querySelectorAll('img[src=x], script:not([src]):not([type=\"application/json\"])').length"
+        )
+        == 0
+    )
     assert browser.find_element(By.ID, "reviewer").get_attribute("textContent") == EVIL
     assert EVIL in browser.find_element(By.ID, "decision").get_attribute("textContent")
     assert EVIL in browser.find_element(By.ID, "title").get_attribute("textContent")  # the sample
@@ -216,13 +250,17 @@ def test_labels_with_markup_are_refused_at_load(tmp_path, bundles):
     con.close()
     r = run_cli("review", db, "--port", "0", "--reviewer", "ann")
     assert r.exit_code == 2 and "Traceback" not in r.output
-    assert r.stderr == (f"error: {db}: cell 2 has label '<img src=x onerror=alert(1)>', not one of the label set; "
-                        "refusing to serve it\n")
+    assert r.stderr == (
+        f"error: {db}: cell 2 has label '<img src=x onerror=alert(1)>', not one of the label set; "
+        "refusing to serve it\n"
+    )
     # a bundle whose labels are not the label set, hash and all
     from edge_bloodcls.edge_runtime.core.bundle import manifest_sha256
 
-    for change, match in [(lambda m: m["labels"].__setitem__(0, "<b>x</b>"), "is not one of the label set"),
-                          (lambda m: m.pop("manifest_sha256"), "has no manifest_sha256")]:
+    for change, match in [
+        (lambda m: m["labels"].__setitem__(0, "<b>x</b>"), "is not one of the label set"),
+        (lambda m: m.pop("manifest_sha256"), "has no manifest_sha256"),
+    ]:
         d = tmp_path / f"b{len(match)}"
         d.mkdir()
         shutil.copy(bundles["int8"], d / "m.tflite")

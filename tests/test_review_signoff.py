@@ -2,6 +2,7 @@
 enforces the rules and numbers the versions; the report, the CSV summary and the FHIR Bundle
 count artefacts and duplicates nowhere, smudge cells apart and added white-cell classes in the
 differential; the review server signs with its own --reviewer."""
+
 from __future__ import annotations
 
 import csv
@@ -30,7 +31,7 @@ from edge_bloodcls.edge_runtime.lab.store import Conflict, Refusal, SessionStore
 
 
 def test_review_classes_are_defined_once_and_extend_the_models():
-    assert REVIEW_LABELS[:len(LABELS)] == LABELS  # keys 1-8 stay the model's classes
+    assert REVIEW_LABELS[: len(LABELS)] == LABELS  # keys 1-8 stay the model's classes
     assert set(WBC_LABELS) < set(DIFFERENTIAL_LABELS)
     assert {"band_neutrophil", "reactive_lymphocyte", "blast", "unidentified"} <= set(ADDED_WBC_LABELS)
     assert set(REMOVED_LABELS) == {"artefact", "duplicate"}
@@ -44,9 +45,11 @@ def test_sign_off_rules_are_the_stores(tmp_path):
     with SessionStore(db) as store:
         with pytest.raises(Conflict) as e:
             store.sign_off(sid, "ann")
-        assert str(e.value) == ("3 flagged cell(s) not reviewed yet; UNVALIDATED session: every cell must be "
-                                "reviewed (11 not reviewed yet); short count: 10 white cells after review, below "
-                                "the session's target of 11: acknowledge the short count to sign")
+        assert str(e.value) == (
+            "3 flagged cell(s) not reviewed yet; UNVALIDATED session: every cell must be "
+            "reviewed (11 not reviewed yet); short count: 10 white cells after review, below "
+            "the session's target of 11: acknowledge the short count to sign"
+        )
         for cid in (9, 10, 11):
             store.decide(sid, cid, store.cell(sid, cid).label, "ann", 0)
         with pytest.raises(Conflict, match="^UNVALIDATED session: every cell must be reviewed \\(8 not"):
@@ -76,7 +79,9 @@ def test_sign_off_rules_are_the_stores(tmp_path):
     d = load(db)
     data = from_store(d)
     assert [(v.version, v.by, v.final.get("neutrophil"), v.final.get("blast"), v.reasons) for v in data.versions] == [
-        (1, "ann", 5, None, ()), (2, "bo", 3, 1, ("a blast on a second look", "stain precipitate"))]
+        (1, "ann", 5, None, ()),
+        (2, "bo", 3, 1, ("a blast on a second look", "stain precipitate")),
+    ]
     assert data.versions[0].note == "short count acknowledged: 10 of 11 white cells"
     assert data.status == "amended" and data.pending_amendments == 0
 
@@ -85,8 +90,17 @@ def test_removed_apart_and_added_classes_in_every_output(tmp_path):
     db = tmp_path / "s.db"
     sid = make_session(db)  # 5 neutrophils, 3 lymphocytes, monocyte, eosinophil, platelet
     with SessionStore(db) as store:
-        for cid, label in ((1, "artefact"), (2, "duplicate"), (3, "smudge"), (4, "band_neutrophil"),
-                           (6, "blast"), (7, "unidentified"), (9, "monocyte"), (10, "eosinophil"), (11, "platelet")):
+        for cid, label in (
+            (1, "artefact"),
+            (2, "duplicate"),
+            (3, "smudge"),
+            (4, "band_neutrophil"),
+            (6, "blast"),
+            (7, "unidentified"),
+            (9, "monocyte"),
+            (10, "eosinophil"),
+            (11, "platelet"),
+        ):
             store.decide(sid, cid, label, "ann", 0)
     d = load(db)
     t = tally(d.cells)
@@ -97,7 +111,7 @@ def test_removed_apart_and_added_classes_in_every_output(tmp_path):
     assert diff.row("neutrophil").final == 1 and diff.row("band_neutrophil").per_100_wbc == pytest.approx(100 / 7)
     assert diff.row("smudge").per_100_wbc == pytest.approx(100 / 7) and not diff.row("smudge").in_differential
     assert diff.row("artefact").per_100_wbc is None
-    page = (tmp_path / "r.html")
+    page = tmp_path / "r.html"
     assert run_cli("report", db, "--out", page).exit_code == 0
     html = page.read_text()
     assert "<th id='wbc-final'>7</th>" in html
@@ -112,10 +126,16 @@ def test_removed_apart_and_added_classes_in_every_output(tmp_path):
     row = next(csv.DictReader(out.open()))
     assert (row["wbc_counted"], row["removed_cells"], row["smudge_cells"], row["pct_blast"]) == ("7", "2", "1", "14.3")
     fhir = bundle(data)
-    obs = {o["resource"]["code"]["coding"][-1]["code"]: o["resource"] for o in fhir["entry"]
-           if o["resource"]["resourceType"] == "Observation"}
-    assert obs["blast-percent"]["code"]["coding"][0] == {"system": LOINC, "code": "26446-5",
-                                                          "display": "Blasts/100 leukocytes in Blood"}
+    obs = {
+        o["resource"]["code"]["coding"][-1]["code"]: o["resource"]
+        for o in fhir["entry"]
+        if o["resource"]["resourceType"] == "Observation"
+    }
+    assert obs["blast-percent"]["code"]["coding"][0] == {
+        "system": LOINC,
+        "code": "26446-5",
+        "display": "Blasts/100 leukocytes in Blood",
+    }
     band = obs["band_neutrophil-percent"]["code"]["coding"]
     assert [c["system"] for c in band] == [CLASS_SYSTEM]  # no LOINC code we could check: ours only
     assert obs["band_neutrophil-percent"]["valueQuantity"]["value"] == 14.3
@@ -132,15 +152,20 @@ def test_the_server_signs_with_its_own_reviewer(tmp_path):
         c = ReviewClient(server.url)
         for cid in (9, 10, 11):
             c.post("api/decide", {"cell": cid, "label": "duplicate" if cid == 11 else "blast", "version": 0})
-        for body, why in (({"short_count": 1, "reviewer": "mallory"}, "unexpected"),
-                          ({"short_count": True}, "integer"), ({}, "missing field 'short_count'")):
+        for body, why in (
+            ({"short_count": 1, "reviewer": "mallory"}, "unexpected"),
+            ({"short_count": True}, "integer"),
+            ({}, "missing field 'short_count'"),
+        ):
             with pytest.raises(urllib.error.HTTPError) as e:
                 c.post("api/signoff", body)
             assert e.value.code == 400 and why in json.loads(e.value.read())["error"]
         check = c.json("api/check")
         assert (check["wbc"], check["short"], check["flagged_left"]) == (10, True, 0)
-        assert check["blockers_unacknowledged"] == ["short count: 10 white cells after review, below the session's "
-                                                    "target of 11: acknowledge the short count to sign"]
+        assert check["blockers_unacknowledged"] == [
+            "short count: 10 white cells after review, below the session's "
+            "target of 11: acknowledge the short count to sign"
+        ]
         with pytest.raises(urllib.error.HTTPError) as e:
             c.post("api/signoff", {"short_count": 0})
         assert e.value.code == 409

@@ -1,6 +1,7 @@
 """The README's picture of the rooms and the import contracts (.importlinter) say the same thing:
 the same rooms, in the same order (top to bottom = the layers contract), each with the rule that
 its contract is named after. `make lint` runs the contracts; this test keeps the picture honest."""
+
 from __future__ import annotations
 
 import configparser
@@ -35,7 +36,7 @@ def _picture(text: str) -> list[tuple[str, int, str]]:
 def _contracts() -> dict[str, configparser.SectionProxy]:
     ini = configparser.ConfigParser()
     ini.read(REPO / ".importlinter", encoding="utf-8")
-    return {s[len(PREFIX):]: ini[s] for s in ini.sections() if s.startswith(PREFIX)}
+    return {s[len(PREFIX) :]: ini[s] for s in ini.sections() if s.startswith(PREFIX)}
 
 
 def _list(value: str) -> list[str]:
@@ -85,17 +86,24 @@ def test_each_rooms_contract_is_about_that_room(picture, contracts):
     forbidden_by_capture = _list(contracts["capture"]["forbidden_modules"])
     assert "edge_bloodcls.edge_runtime.lab" in forbidden_by_capture
     runtime = _list(contracts["edge_runtime"]["forbidden_modules"])
-    assert {"tensorflow", "tf_keras", "edge_bloodcls.train", "edge_bloodcls.convert",
-            "edge_bloodcls.benchmarks"} <= set(runtime)
+    assert {
+        "tensorflow",
+        "tf_keras",
+        "edge_bloodcls.train",
+        "edge_bloodcls.convert",
+        "edge_bloodcls.benchmarks",
+    } <= set(runtime)
     assert contracts["edge_bloodcls"]["type"] == "acyclic_siblings"
 
 
 def test_the_picture_is_read_as_drawn():
     """The reader on a small picture: names, nesting and rules as drawn, and a room without a rule
     refused (a reader that found nothing would let any README pass the tests above)."""
-    text = ("<!-- rooms: x -->\n```text\na/          top\n│           rule: one\n└── b/      below\n"
-            "    ├── c.py    cmds\n    │       rule: three\n    └── d/      more\n"
-            "                wrapped description\n                rule: four\n```\n")
+    text = (
+        "<!-- rooms: x -->\n```text\na/          top\n│           rule: one\n└── b/      below\n"
+        "    ├── c.py    cmds\n    │       rule: three\n    └── d/      more\n"
+        "                wrapped description\n                rule: four\n```\n"
+    )
     with pytest.raises(AssertionError, match="every room keeps one rule"):
         _picture(text)
     fixed = text.replace("below\n", "below\n    │       rule: two\n")

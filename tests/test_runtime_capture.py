@@ -1,5 +1,6 @@
 """The capture loop and its SQLite log: cell and field mode, a killed process, SIGTERM, a camera
 that drops out."""
+
 from __future__ import annotations
 
 import io
@@ -37,8 +38,20 @@ def test_capture_cell_mode_logs_every_frame_and_differential(bundles, tmp_path):
     labels = [6, 6, 6, 4, 4, 5, 7, 0]  # neutrophil x3, lymphocyte x2, monocyte, platelet, basophil
     folder = cell_folder(tmp_path / "cells", labels)
     db, summary_json = tmp_path / "log.sqlite", tmp_path / "summary.json"
-    r = run("capture", "--camera", folder, "--mode", "cell", "--model", bundles["float32"], "--db", db,
-            "--no-preview", "--summary-json", summary_json)
+    r = run(
+        "capture",
+        "--camera",
+        folder,
+        "--mode",
+        "cell",
+        "--model",
+        bundles["float32"],
+        "--db",
+        db,
+        "--no-preview",
+        "--summary-json",
+        summary_json,
+    )
     assert r.exit_code == 0, r.output
     assert "end of folder (8 images, 0 skipped)" in r.stdout and "differential" in r.stdout
 
@@ -81,8 +94,22 @@ def test_capture_field_mode_locates_crops_and_saves(bundles, tmp_path):
     Image.fromarray(synthetic_field(seed=0)[0]).save(folder / "field0.png")
     Image.fromarray(np.ascontiguousarray(synthetic_field(seed=1)[0][::-1])).save(folder / "field1.png")
     db, crops = tmp_path / "log.sqlite", tmp_path / "crops"
-    r = run("capture", "--camera", folder, "--mode", "field", "--model", bundles["int8"], "--db", db,
-            "--no-preview", "--save-crops", crops, "--review-threshold", "1.0")
+    r = run(
+        "capture",
+        "--camera",
+        folder,
+        "--mode",
+        "field",
+        "--model",
+        bundles["int8"],
+        "--db",
+        db,
+        "--no-preview",
+        "--save-crops",
+        crops,
+        "--review-threshold",
+        "1.0",
+    )
     assert r.exit_code == 0, r.output
     s = read_session(db)
     assert [f["n_cells"] for f in s["frames_list"]] == [4, 4]
@@ -158,8 +185,7 @@ def test_db_that_is_not_a_log_is_one_line_exit_2(bundles, tmp_path):
     folder = cell_folder(tmp_path / "cells", [1, 2])
     bad = tmp_path / "notes.txt"
     bad.write_text("shopping list\n" * 50)
-    r = run("capture", "--camera", folder, "--mode", "cell", "--model", bundles["float32"], "--db", bad,
-            "--no-preview")
+    r = run("capture", "--camera", folder, "--mode", "cell", "--model", bundles["float32"], "--db", bad, "--no-preview")
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert r.stderr.splitlines()[-1].startswith(f"error: {bad}: not a usable session log")
     assert bad.read_text() == "shopping list\n" * 50
@@ -171,9 +197,12 @@ def test_preview_draws_boxes_flags_and_banner_and_serves_live_view():
     from edge_bloodcls.edge_runtime.capture.preview import Box, LiveView, annotate
 
     rgb = np.full((240, 320, 3), 230, np.uint8)
-    img = annotate(rgb, [Box((20, 40, 120, 140), "monocyte", 0.55, review=True),
-                         Box((150, 40, 250, 140), "ig", 0.95, ood=True)],
-                   ["counted WBC 3/100"], banner="UNVALIDATED: 9 of 10 white cells out of distribution")
+    img = annotate(
+        rgb,
+        [Box((20, 40, 120, 140), "monocyte", 0.55, review=True), Box((150, 40, 250, 140), "ig", 0.95, ood=True)],
+        ["counted WBC 3/100"],
+        banner="UNVALIDATED: 9 of 10 white cells out of distribution",
+    )
     assert tuple(img[5, 300]) == (40, 40, 220)  # the red banner (BGR) across the top
     assert tuple(img[90, 20]) == (0, 140, 255)  # orange: flagged for review
     assert tuple(img[90, 150]) == (40, 40, 220)  # red: out of distribution
@@ -196,9 +225,11 @@ def test_live_view_shows_state_legend_and_already_counted_and_fits_the_pi_screen
     from edge_bloodcls.edge_runtime.capture.preview import BLUE, GREEN, GREY, ORANGE, SCREEN, Box, LiveView, annotate
 
     rgb = np.full((960, 1280, 3), 230, np.uint8)  # a camera bigger than the 800x480 touch screen
-    boxes = [Box((200, 300, 400, 500), "neutrophil", 0.95, note="counted"),
-             Box((600, 300, 800, 500), "lymphocyte", 0.9, note="already counted"),
-             Box((900, 600, 1100, 800), "", 0.0, note="not counted")]
+    boxes = [
+        Box((200, 300, 400, 500), "neutrophil", 0.95, note="counted"),
+        Box((600, 300, 800, 500), "lymphocyte", 0.9, note="already counted"),
+        Box((900, 600, 1100, 800), "", 0.0, note="not counted"),
+    ]
     img = annotate(rgb, boxes, ["counted WBC 1/100"], state="moving")
     assert img.shape[1] <= SCREEN[0] and img.shape[0] <= SCREEN[1] and img.shape[:2] == (480, 640)
     k = 0.5  # 1280x960 -> 640x480
@@ -222,8 +253,20 @@ def test_capture_max_frames_and_corrupt_frame_skipped(bundles, tmp_path):
     folder = cell_folder(tmp_path / "cells", [1, 2, 3, 4, 5])
     (folder / "0002.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     db = tmp_path / "log.sqlite"
-    r = run("capture", "--camera", folder, "--mode", "cell", "--model", bundles["float32"], "--db", db,
-            "--no-preview", "--max-frames", "3")
+    r = run(
+        "capture",
+        "--camera",
+        folder,
+        "--mode",
+        "cell",
+        "--model",
+        bundles["float32"],
+        "--db",
+        db,
+        "--no-preview",
+        "--max-frames",
+        "3",
+    )
     assert r.exit_code == 0, r.output
     assert "0002.png" in r.stderr and "warning: skipped" in r.stderr
     s = read_session(db)
@@ -234,9 +277,14 @@ def test_capture_max_frames_and_corrupt_frame_skipped(bundles, tmp_path):
 def test_capture_camera_that_drops_ends_cleanly_with_reason(bundles, tmp_path):
     cams = [FakeCamera(4)]
     sleeps = []
-    src = LiveSource("camera 0", lambda: cams.pop() if cams else None,
-                     lambda bgr: np.asarray(synthetic_cell(4, np.random.default_rng(0))),
-                     backoff=(0.01, 0.02), sleep=sleeps.append, warn=lambda m: None)
+    src = LiveSource(
+        "camera 0",
+        lambda: cams.pop() if cams else None,
+        lambda bgr: np.asarray(synthetic_cell(4, np.random.default_rng(0))),
+        backoff=(0.01, 0.02),
+        sleep=sleeps.append,
+        warn=lambda m: None,
+    )
     clf = Classifier.load(bundles["float32"])
     log = SessionLog(tmp_path / "log.sqlite", src.name, "cell", clf.describe(), 0.8, counting="per-frame")
     messages = []
@@ -257,9 +305,30 @@ def test_capture_missing_source_and_model(bundles, tmp_path):
 
 def _start_capture(bundle, folder, db, fps):
     return subprocess.Popen(
-        [sys.executable, "-m", "edge_bloodcls.cli", "capture", "--camera", str(folder), "--mode", "cell",
-         "--model", str(bundle), "--db", str(db), "--no-preview", "--fps", str(fps), "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+        [
+            sys.executable,
+            "-m",
+            "edge_bloodcls.cli",
+            "capture",
+            "--camera",
+            str(folder),
+            "--mode",
+            "cell",
+            "--model",
+            str(bundle),
+            "--db",
+            str(db),
+            "--no-preview",
+            "--fps",
+            str(fps),
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
 
 
 def _frames_logged(db) -> int:

@@ -1,4 +1,5 @@
 """classify / evaluate / models: outputs, bad inputs, exit codes."""
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,8 @@ def _patch_png_size(png: bytes, w: int, h: int) -> bytes:
     """Claim w x h in the header (with a valid CRC) while the data stays small: a decompression bomb."""
     i = png.index(b"IHDR")
     data = bytearray(png)
-    data[i + 4:i + 12] = struct.pack(">II", w, h)
-    data[i + 17:i + 21] = struct.pack(">I", zlib.crc32(bytes(data[i:i + 17])) & 0xFFFFFFFF)
+    data[i + 4 : i + 12] = struct.pack(">II", w, h)
+    data[i + 17 : i + 21] = struct.pack(">I", zlib.crc32(bytes(data[i : i + 17])) & 0xFFFFFFFF)
     return bytes(data)
 
 
@@ -55,7 +56,7 @@ def make_bad_inputs(d: Path) -> dict[str, Path]:
     noise = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     png = bytearray(_png(noise))
     i = png.index(b"IDAT")
-    png[i + 20:i + 200] = rng.integers(0, 255, 180, dtype=np.uint8).tobytes()
+    png[i + 20 : i + 200] = rng.integers(0, 255, 180, dtype=np.uint8).tobytes()
     b = io.BytesIO()
     cell.save(b, "JPEG", quality=90)
     jpg = b.getvalue()
@@ -139,8 +140,9 @@ def test_classify_exit_zero_when_all_good_and_csv_table(bundles, tmp_path):
     r = run("classify", tmp_path / "*.png", "--model", bundles["float32"], "--format", "csv")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("path,label,confidence,review,latency_ms,interpreter,error,ood_score,ood,review_reason,"
-                               "p_basophil")
+    assert lines[0].startswith(
+        "path,label,confidence,review,latency_ms,interpreter,error,ood_score,ood,review_reason,p_basophil"
+    )
     assert len(lines) == 4
     r = run("classify", tmp_path, "--model", bundles["float32"])
     assert r.exit_code == 0

@@ -5,6 +5,7 @@ A fixed, deterministic slice of scripts/fuzz_images.py (the long run: `python
 scripts/fuzz_images.py --seconds 600`). The preprocessing part needs no model; the CLI part uses
 the bundled default model (no TensorFlow).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,8 +31,7 @@ _spec.loader.exec_module(fuzz)
 
 # The folder walk lists image suffixes only; the content, not the name, picks the decoder, so
 # formats without a listed suffix are named .png (a misnamed file is a case of its own).
-SUFFIX = {"jpeg": ".jpg", "mpo": ".jpg", "png": ".png", "bmp": ".bmp", "dib": ".bmp", "tiff": ".tif",
-          "webp": ".webp"}
+SUFFIX = {"jpeg": ".jpg", "mpo": ".jpg", "png": ".png", "bmp": ".bmp", "dib": ".bmp", "tiff": ".tif", "webp": ".webp"}
 
 
 def test_runtime_fuzz_seeds_cover_the_formats():
@@ -47,8 +47,9 @@ def test_runtime_fuzz_preprocess_raises_only_image_error():
         problem = fuzz.check(data, spec)
         if problem:
             failures.append(f"{name}: {problem}")
-    assert not failures, f"{len(failures)} of {PREPROCESS_CASES} damaged files escaped ImageError:\n" + \
-        "\n".join(failures[:20])
+    assert not failures, f"{len(failures)} of {PREPROCESS_CASES} damaged files escaped ImageError:\n" + "\n".join(
+        failures[:20]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def _run(*args):
 
 def _error_names(stderr: str) -> list[str]:
     lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    return sorted(Path(line[len("error: "):].split(": ")[0]).name for line in lines)
+    return sorted(Path(line[len("error: ") :].split(": ")[0]).name for line in lines)
 
 
 def test_runtime_fuzz_classify_folder_reports_each_bad_file_once(model, damaged):

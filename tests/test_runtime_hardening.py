@@ -4,6 +4,7 @@ wrong answer from a damaged file, an odd file-system entry or an odd file name.
 The CLI runs with the bundled default model (TensorFlow-free). Permission cases run the CLI as
 `nobody` through setpriv when the tests run as root (as in CI), since root ignores permissions.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,16 +34,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 # --- 1. every decoder failure is an ImageError ----------------------------------------------
 
+
 def tiff_with_text_strip_offsets() -> bytes:
     """StripOffsets typed as ASCII: Pillow raises TypeError while loading."""
     b = io.BytesIO()
     synthetic_cell(2, np.random.default_rng(0)).save(b, "TIFF")
     data = bytearray(b.getvalue())
     ifd = struct.unpack("<I", data[4:8])[0]
-    for i in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+    for i in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
         entry = ifd + 2 + 12 * i
-        if struct.unpack("<H", data[entry:entry + 2])[0] == 273:
-            data[entry + 2:entry + 4] = struct.pack("<H", 2)
+        if struct.unpack("<H", data[entry : entry + 2])[0] == 273:
+            data[entry + 2 : entry + 4] = struct.pack("<H", 2)
     return bytes(data)
 
 
@@ -55,8 +57,9 @@ def dds_without_pixel_format() -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("make, raised", [(tiff_with_text_strip_offsets, "TypeError"),
-                                          (dds_without_pixel_format, "NotImplementedError")])
+@pytest.mark.parametrize(
+    "make, raised", [(tiff_with_text_strip_offsets, "TypeError"), (dds_without_pixel_format, "NotImplementedError")]
+)
 def test_runtime_any_decoder_failure_is_an_image_error(tmp_path, make, raised):
     f = tmp_path / "bad.img"
     f.write_bytes(make())
@@ -81,8 +84,9 @@ def test_runtime_evaluate_and_capture_go_on_past_decoder_failures(model, tmp_pat
     (frames / "1.tif").write_bytes(tiff_with_text_strip_offsets())
     (frames / "2.png").write_bytes(dds_without_pixel_format())
     cell_png(frames / "3.png", 4)
-    r = run("capture", "--camera", frames, "--mode", "cell", "--model", model, "--db", tmp_path / "c.db",
-            "--no-preview")
+    r = run(
+        "capture", "--camera", frames, "--mode", "cell", "--model", model, "--db", tmp_path / "c.db", "--no-preview"
+    )
     no_traceback(r)
     assert r.exit_code == 0, r.output
     skipped = [line for line in r.stderr.splitlines() if line.startswith("warning: skipped")]
@@ -91,6 +95,7 @@ def test_runtime_evaluate_and_capture_go_on_past_decoder_failures(model, tmp_pat
 
 
 # --- 2. file-system surprises are reported, one line each, exit 1 ---------------------------
+
 
 def test_runtime_name_too_long_is_one_error_and_the_rest_is_classified(model, tmp_path):
     good = cell_png(tmp_path / "good.png")
@@ -160,6 +165,7 @@ def test_runtime_folders_without_permission_are_reported(model):
 
 # --- 3. one safe open: regular files, byte cap, pixel cap -----------------------------------
 
+
 def test_runtime_pipe_and_device_are_refused_without_reading(model, tmp_path):
     fifo = tmp_path / "p.jpg"
     os.mkfifo(fifo)
@@ -183,7 +189,10 @@ def test_runtime_pipe_and_device_are_refused_without_reading(model, tmp_path):
     assert r.returncode == 1
     rows = [json.loads(line) for line in r.stdout.decode().splitlines()]
     assert [row.get("error") for row in rows] == [
-        "not a regular file (named pipe)", "not a regular file (character device)", None]
+        "not a regular file (named pipe)",
+        "not a regular file (character device)",
+        None,
+    ]
 
 
 def test_runtime_file_over_the_byte_cap_is_not_read(tmp_path):
@@ -199,8 +208,8 @@ def _png_claiming(w: int, h: int) -> bytes:
     synthetic_cell(0, np.random.default_rng(0)).save(b, "PNG")
     png = bytearray(b.getvalue())
     i = png.index(b"IHDR")
-    png[i + 4:i + 12] = struct.pack(">II", w, h)
-    png[i + 17:i + 21] = struct.pack(">I", zlib.crc32(bytes(png[i:i + 17])) & 0xFFFFFFFF)
+    png[i + 4 : i + 12] = struct.pack(">II", w, h)
+    png[i + 17 : i + 21] = struct.pack(">I", zlib.crc32(bytes(png[i : i + 17])) & 0xFFFFFFFF)
     return bytes(png)
 
 
@@ -228,16 +237,18 @@ def test_runtime_near_limit_image_peak_memory(tmp_path):
     Image.fromarray(arr).save(f, quality=80)
     del arr
     # VmHWM, not getrusage: ru_maxrss carries the forking parent's peak over into the child.
-    code = ("import re, sys\n"
-            "from edge_bloodcls.edge_runtime.core.preprocess import prepare\n"
-            "from edge_bloodcls.edge_runtime.core.spec import InputSpec\n"
-            "def peak():\n"
-            "    return int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1]) * 1024\n"
-            "spec = InputSpec.named(160)\n"
-            "prepare(sys.argv[2], spec)  # a small image first: imports and first-call costs\n"
-            "before = peak()\n"
-            "x = prepare(sys.argv[1], spec)\n"
-            "print(x.shape, peak() - before)\n")
+    code = (
+        "import re, sys\n"
+        "from edge_bloodcls.edge_runtime.core.preprocess import prepare\n"
+        "from edge_bloodcls.edge_runtime.core.spec import InputSpec\n"
+        "def peak():\n"
+        "    return int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1]) * 1024\n"
+        "spec = InputSpec.named(160)\n"
+        "prepare(sys.argv[2], spec)  # a small image first: imports and first-call costs\n"
+        "before = peak()\n"
+        "x = prepare(sys.argv[1], spec)\n"
+        "print(x.shape, peak() - before)\n"
+    )
     small = cell_png(tmp_path / "small.png")
     r = subprocess.run([sys.executable, "-c", code, str(f), str(small)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -247,6 +258,7 @@ def test_runtime_near_limit_image_peak_memory(tmp_path):
 
 
 # --- 4. file names that are not UTF-8 --------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", ["table", "csv", "jsonl"])
 def test_runtime_non_utf8_names_in_every_output_format(model, tmp_path, fmt):
@@ -261,13 +273,16 @@ def test_runtime_non_utf8_names_in_every_output_format(model, tmp_path, fmt):
     assert errors(r.stderr) == [f"error: {d}/bad\\xfe.jpg: not an image (unrecognised format)"]
     if fmt == "jsonl":
         rows = [json.loads(line) for line in r.stdout.splitlines()]  # still valid JSON
-        assert sorted(os.fsencode(row["path"]) for row in rows) == [bytes(d) + b"/bad\xfe.jpg",
-                                                                    bytes(d) + b"/cell\xff.png"]
+        assert sorted(os.fsencode(row["path"]) for row in rows) == [
+            bytes(d) + b"/bad\xfe.jpg",
+            bytes(d) + b"/cell\xff.png",
+        ]
     else:
         assert f"{d}/cell\\xff.png" in r.stdout
 
 
 # --- 5. one listing of images -----------------------------------------------------------------
+
 
 def test_runtime_list_images_rules(tmp_path):
     from edge_bloodcls.edge_runtime.capture import sources
@@ -282,7 +297,13 @@ def test_runtime_list_images_rules(tmp_path):
     (d / "linked.png").symlink_to(d / "b.png")
     listing = list_images(d)
     assert [str(p.relative_to(d)) for p in listing.files] == [
-        ".dir/x.tif", ".hidden.jpg", "a/z.JPG", "a b/y.webp", "b.png", "linked.png"]
+        ".dir/x.tif",
+        ".hidden.jpg",
+        "a/z.JPG",
+        "a b/y.webp",
+        "b.png",
+        "linked.png",
+    ]
     assert listing.errors == []
     assert sources.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES
 

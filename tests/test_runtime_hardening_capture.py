@@ -6,6 +6,7 @@ errors of a replayed folder, and memory that does not grow with the session.
 Permission cases run the CLI as `nobody` through setpriv when the tests run as root (root ignores
 permissions), as in test_runtime_hardening.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,11 +39,13 @@ def cells(d: Path, n: int = 3) -> Path:
 
 
 def capture(folder, model_path, db, *extra):
-    return run("capture", "--camera", folder, "--mode", "cell", "--model", model_path, "--db", db,
-               "--no-preview", *extra)
+    return run(
+        "capture", "--camera", folder, "--mode", "cell", "--model", model_path, "--db", db, "--no-preview", *extra
+    )
 
 
 # --- 1. file names that are not UTF-8 ---------------------------------------------------------
+
 
 def test_runtime_capture_logs_non_utf8_names(bundles, tmp_path):
     d = tmp_path / "frames"
@@ -61,6 +64,7 @@ def test_runtime_capture_logs_non_utf8_names(bundles, tmp_path):
 
 
 # --- 2. database faults -------------------------------------------------------------------------
+
 
 def test_runtime_db_under_a_file_or_not_a_database_is_one_line_exit_2(bundles, tmp_path):
     folder = cells(tmp_path / "cells", 2)
@@ -192,14 +196,17 @@ def test_runtime_read_only_db_folder_and_crops_as_a_user(model):
         ro_dir.mkdir(mode=0o555)
         cases = [
             (["--db", ro_file], f"error: {ro_file}: read-only (no permission to write the session log)"),
-            (["--db", ro_dir / "new.sqlite"],
-             f"error: {ro_dir}/new.sqlite: cannot create the session log: folder {ro_dir} is read-only"),
-            (["--db", open_dir / "ok.sqlite", "--save-crops", ro_dir],
-             f"error: {ro_dir}: cannot save crops here (Permission denied)"),
+            (
+                ["--db", ro_dir / "new.sqlite"],
+                f"error: {ro_dir}/new.sqlite: cannot create the session log: folder {ro_dir} is read-only",
+            ),
+            (
+                ["--db", open_dir / "ok.sqlite", "--save-crops", ro_dir],
+                f"error: {ro_dir}: cannot save crops here (Permission denied)",
+            ),
         ]
         for args, expected in cases:
-            r = cli("capture", "--camera", folder, "--mode", "cell", "--model", model, "--no-preview", *args,
-                    user=user)
+            r = cli("capture", "--camera", folder, "--mode", "cell", "--model", model, "--no-preview", *args, user=user)
             no_traceback(r)
             assert r.returncode == 2, r.stderr
             assert errors(r.stderr) == [expected]
@@ -208,6 +215,7 @@ def test_runtime_read_only_db_folder_and_crops_as_a_user(model):
 
 
 # --- 3. damaged and truncated videos, a folder of nothing ---------------------------------------
+
 
 def _video(path: Path, n: int = 30) -> tuple[bytes, list[int]]:
     cv2 = pytest.importorskip("cv2")
@@ -219,7 +227,7 @@ def _video(path: Path, n: int = 30) -> tuple[bytes, list[int]]:
         w.write(f)
     w.release()
     data = path.read_bytes()
-    soi = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\xff\xd8"]  # one JPEG per frame
+    soi = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xd8"]  # one JPEG per frame
     assert len(soi) == n
     return data, soi
 
@@ -229,22 +237,29 @@ def _blank(data: bytes, soi: list[int], frames) -> bytes:
     b = bytearray(data)
     for k in frames:
         end = soi[k + 1] - 8 if k + 1 < len(soi) else len(b)
-        b[soi[k]:end] = bytes(end - soi[k])
+        b[soi[k] : end] = bytes(end - soi[k])
     return bytes(b)
 
 
 def test_runtime_video_bad_frame_skipped_truncated_and_damaged_run_exit_1(bundles, tmp_path):
     data, soi = _video(tmp_path / "ok.avi")
-    videos = {"one_bad.avi": _blank(data, soi, [10]), "truncated.avi": data[:len(data) // 2],
-              "bad_run.avi": _blank(data, soi, range(8, 20))}
+    videos = {
+        "one_bad.avi": _blank(data, soi, [10]),
+        "truncated.avi": data[: len(data) // 2],
+        "bad_run.avi": _blank(data, soi, range(8, 20)),
+    }
     got = {}
     for name, payload in videos.items():
         (tmp_path / name).write_bytes(payload)
         db = tmp_path / f"{name}.sqlite"
         r = capture(tmp_path / name, bundles["float32"], db)
         no_traceback(r)
-        got[name] = (r.exit_code, read_session(db)["frames"], read_session(db)["end_reason"],
-                     [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")])
+        got[name] = (
+            r.exit_code,
+            read_session(db)["frames"],
+            read_session(db)["end_reason"],
+            [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")],
+        )
     code, frames, reason, warnings = got["one_bad.avi"]
     assert (code, frames, reason) == (0, 29, "end of video (29 frames, 1 undecodable frame(s) skipped)")
     assert warnings == [f"warning: {tmp_path}/one_bad.avi: 1 frame(s) at frame 10 could not be decoded, skipped"]
@@ -268,6 +283,7 @@ def test_runtime_folder_where_every_image_is_skipped_exits_1(bundles, tmp_path):
 
 
 # --- 4. memory flat over a long session -----------------------------------------------------------
+
 
 def test_runtime_timing_accumulator_does_not_grow_with_frames():
     rng = np.random.default_rng(0)
@@ -294,6 +310,7 @@ def test_runtime_timing_accumulator_does_not_grow_with_frames():
 
 # --- 5. the replayed folder uses the one listing of images --------------------------------------
 
+
 def test_runtime_folder_source_reports_links_pipes_and_unlistable_folders(tmp_path):
     d = tmp_path / "frames"
     cell_png(d / "a.png")
@@ -303,8 +320,10 @@ def test_runtime_folder_source_reports_links_pipes_and_unlistable_folders(tmp_pa
     src = open_source(str(d), warn=warnings.append)
     frames = list(src)
     assert [f.name for f in frames] == ["a.png"]
-    assert warnings == [f"warning: skipped {d}/gone.jpg: broken symbolic link",
-                        f"warning: skipped {d}/pipe.png: not a regular file (named pipe)"]
+    assert warnings == [
+        f"warning: skipped {d}/gone.jpg: broken symbolic link",
+        f"warning: skipped {d}/pipe.png: not a regular file (named pipe)",
+    ]
     assert src.end_reason == "end of folder (1 images, 2 skipped)"
 
 
@@ -319,8 +338,19 @@ def test_runtime_capture_of_folder_with_unreadable_subfolder_as_a_user(model):
         (d / "noexec").chmod(0o644)  # names listable, files not reachable: Path.is_file raised
         (top / "db").mkdir(mode=0o777)
         (top / "db").chmod(0o777)
-        r = cli("capture", "--camera", d, "--mode", "cell", "--model", model, "--no-preview",
-                "--db", top / "db" / "log.sqlite", user=user)
+        r = cli(
+            "capture",
+            "--camera",
+            d,
+            "--mode",
+            "cell",
+            "--model",
+            model,
+            "--no-preview",
+            "--db",
+            top / "db" / "log.sqlite",
+            user=user,
+        )
         no_traceback(r)
         assert r.returncode == 0, r.stderr
         skipped = [ln for ln in r.stderr.decode().splitlines() if ln.startswith("warning: skipped")]

@@ -1,4 +1,5 @@
 """Interpreter selection: a package that imports but cannot start gives a clear error, not a traceback."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """Field mode: locating white cells in a synthetic field and (when present) in BCCD images."""
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,7 @@ def test_crop_is_at_training_scale_and_padded_at_the_border():
     c = crop(rgb, det, 100.0)
     assert c.shape == (side, side, 3)
     # the cell is in the middle of the crop, as in PBC
-    mid = c[side // 2 - 5: side // 2 + 5, side // 2 - 5: side // 2 + 5].reshape(-1, 3).mean(0)
+    mid = c[side // 2 - 5 : side // 2 + 5, side // 2 - 5 : side // 2 + 5].reshape(-1, 3).mean(0)
     assert np.abs(mid - NUC).max() < 15
     # outside the frame (top-left here) is filled with the field's background, not black
     assert np.abs(c[2, 2].astype(int) - BG).max() < 15
@@ -72,10 +73,15 @@ def test_locate_eval_command_writes_report(tmp_path):
     for k in range(2):
         rgb, truth = synthetic_field(seed=k)
         Image.fromarray(rgb).save(root / "JPEGImages" / f"f{k}.jpg", quality=95)
-        objs = "".join(f"<object><name>WBC</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-                       f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for b in truth)
-        objs += ("<object><name>RBC</name><bndbox><xmin>10</xmin><ymin>370</ymin><xmax>110</xmax>"
-                 "<ymax>470</ymax></bndbox></object>")
+        objs = "".join(
+            f"<object><name>WBC</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+            f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+            for b in truth
+        )
+        objs += (
+            "<object><name>RBC</name><bndbox><xmin>10</xmin><ymin>370</ymin><xmax>110</xmax>"
+            "<ymax>470</ymax></bndbox></object>"
+        )
         (root / "Annotations" / f"f{k}.xml").write_text(f"<annotation>{objs}</annotation>")
     (root / "ImageSets" / "Main" / "test.txt").write_text("f1\n")
     out = tmp_path / "r.json"

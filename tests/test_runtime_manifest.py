@@ -1,5 +1,6 @@
 """The manifest decides the answer as much as the weights: it is hashed, validated on its own and
 checked against the model at load. Every bad manifest is one line and exit 2, never a wrong answer."""
+
 from __future__ import annotations
 
 import json
@@ -56,14 +57,17 @@ def test_input_size_must_match_the_model(bundles, tmp_path):
     _refused(p, r"'input.size' \[48, 48\] does not match")
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda m: m["input"].update(std=[127.5, 0, 127.5]), "'input.std' has a zero"),
-    (lambda m: m["input"].update(color="BRG"), "'input.color'"),
-    (lambda m: m.update(labels=None), "'labels' must be a list"),
-    (lambda m: m.update(labels=["a", "a", "b", "c", "d", "e", "f", "g"]), "'labels' must be a list of distinct"),
-    (lambda m: m.update(input={}), "'input.size'"),
-    (lambda m: [m], "JSON list, not an object"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda m: m["input"].update(std=[127.5, 0, 127.5]), "'input.std' has a zero"),
+        (lambda m: m["input"].update(color="BRG"), "'input.color'"),
+        (lambda m: m.update(labels=None), "'labels' must be a list"),
+        (lambda m: m.update(labels=["a", "a", "b", "c", "d", "e", "f", "g"]), "'labels' must be a list of distinct"),
+        (lambda m: m.update(input={}), "'input.size'"),
+        (lambda m: [m], "JSON list, not an object"),
+    ],
+)
 def test_invalid_manifest_fields_are_named(bundles, tmp_path, change, match):
     p = _copy(bundles["int8"], tmp_path)
     _edit(p, change)

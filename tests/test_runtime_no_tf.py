@@ -1,4 +1,5 @@
 """The edge runtime works where TensorFlow cannot be imported (a Pi with only the interpreter)."""
+
 from __future__ import annotations
 
 import json
@@ -62,12 +63,25 @@ def test_runtime_runs_with_tensorflow_unimportable(bundles, tmp_path):
     from PIL import Image
 
     Image.fromarray(synthetic_field()[0]).save(fields / "f.png")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(img), str(bundles["int8"]), str(cells), str(fields),
-                           str(tmp_path / "log.sqlite")],
-                          capture_output=True, text=True, env=cli_env(), timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            str(img),
+            str(bundles["int8"]),
+            str(cells),
+            str(fields),
+            str(tmp_path / "log.sqlite"),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    res = json.loads(line[len("RESULT "):])
+    res = json.loads(line[len("RESULT ") :])
     assert res["tf_modules"] == []
     code, out = res["classify"]
     row = json.loads(out)

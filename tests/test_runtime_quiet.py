@@ -1,6 +1,7 @@
 """stderr carries the toolkit's messages, not the libraries' notices: the TFLite runtime's
 INFO line only with --verbose, a missing Edge TPU runtime in one line without the
 "Exception ignored in Delegate.__del__" that a half-built delegate used to print."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,8 +14,13 @@ XNNPACK = "Created TensorFlow Lite XNNPACK delegate"
 
 
 def _cli(*args, env=None):
-    return subprocess.run([PYTHON, "-m", "edge_bloodcls.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env or cli_env(), timeout=120)
+    return subprocess.run(
+        [PYTHON, "-m", "edge_bloodcls.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        timeout=120,
+    )
 
 
 def test_interpreter_info_line_only_with_verbose(bundles, tmp_path):

@@ -2,6 +2,7 @@
 and migration of a first-release log, Wilson intervals, the static report, bad files, two review
 servers on one log, a review server killed right after a decision (the store's own tests:
 test_store.py; the concurrent stress: test_review_concurrency.py)."""
+
 from __future__ import annotations
 
 import csv
@@ -102,13 +103,18 @@ def test_version_0_log_is_migrated_not_rejected(tmp_path):
     db = tmp_path / "old.sqlite"
     con = sqlite3.connect(db)
     con.executescript(SCHEMA_V0)  # what the first release wrote: one cells row per cell per frame
-    con.execute("INSERT INTO sessions (id, started, ended, source, mode, model, model_sha256, frames, cells, "
-                "end_reason) VALUES (1, 1.0, 2.0, 'fields/', 'field', 'm', 'cd', 2, 2, 'end of folder')")
+    con.execute(
+        "INSERT INTO sessions (id, started, ended, source, mode, model, model_sha256, frames, cells, "
+        "end_reason) VALUES (1, 1.0, 2.0, 'fields/', 'field', 'm', 'cd', 2, 2, 'end of folder')"
+    )
     for f in range(2):
         con.execute("INSERT INTO frames (session_id, frame_index, timestamp, n_cells) VALUES (1, ?, 1.5, 1)", (f,))
-        con.execute("INSERT INTO cells (session_id, frame_id, frame_index, timestamp, x0, y0, x1, y1, label, "
-                    "confidence, review, model_sha256, probs) VALUES (1, ?, ?, 1.5, 0, 0, 9, 9, 'monocyte', 0.5, 1, "
-                    "'cd', ?)", (f + 1, f, json.dumps({k: 0.5 if k == "monocyte" else 0.0 for k in LABELS})))
+        con.execute(
+            "INSERT INTO cells (session_id, frame_id, frame_index, timestamp, x0, y0, x1, y1, label, "
+            "confidence, review, model_sha256, probs) VALUES (1, ?, ?, 1.5, 0, 0, 9, 9, 'monocyte', 0.5, 1, "
+            "'cd', ?)",
+            (f + 1, f, json.dumps({k: 0.5 if k == "monocyte" else 0.0 for k in LABELS})),
+        )
     con.commit()
     assert con.execute("PRAGMA user_version").fetchone()[0] == 0
     con.close()
@@ -143,8 +149,12 @@ def test_decide_undo_and_sign_off(tmp_path):
     store.decide(sid, flagged[2], "lymphocyte", "bo", 0)
     store.decide(sid, flagged[2], "monocyte", "bo", 1)
     undone = store.undo(sid, "bo")
-    assert (undone.cell_id, undone.reviewed_label, undone.reviewer, undone.version) == (flagged[2], "lymphocyte",
-                                                                                       "bo", 3)
+    assert (undone.cell_id, undone.reviewed_label, undone.reviewer, undone.version) == (
+        flagged[2],
+        "lymphocyte",
+        "bo",
+        3,
+    )
     t = tally(load(db).cells)
     assert t["final"]["neutrophil"] == 6 and t["final"]["eosinophil"] == 0 and t["final"]["lymphocyte"] == 4
     assert t["wbc_final"] == 11 and t["wbc_machine"] == 10 and t["flagged_reviewed"] == 3
@@ -156,10 +166,14 @@ def test_decide_undo_and_sign_off(tmp_path):
     page = render(load(db))
     assert "Signed off by ann" in page and "<td class='final'>6</td>" in page
     trail = [(a.action, a.reviewer, a.from_label, a.to_label, a.undoes) for a in store.audit(sid)]
-    assert trail == [("confirm", "ann", None, "monocyte", None), ("reclassify", "ann", None, "neutrophil", None),
-                     ("reclassify", "bo", None, "lymphocyte", None),
-                     ("reclassify", "bo", "lymphocyte", "monocyte", None),
-                     ("undo", "bo", "monocyte", "lymphocyte", 4), ("signoff", "ann", None, None, None)]
+    assert trail == [
+        ("confirm", "ann", None, "monocyte", None),
+        ("reclassify", "ann", None, "neutrophil", None),
+        ("reclassify", "bo", None, "lymphocyte", None),
+        ("reclassify", "bo", "lymphocyte", "monocyte", None),
+        ("undo", "bo", "monocyte", "lymphocyte", 4),
+        ("signoff", "ann", None, None, None),
+    ]
     assert "id='audit'" in page and page.count("<tr data-audit=") == 6
     store.close()
 
@@ -177,8 +191,9 @@ def test_two_review_servers_on_one_log_do_not_corrupt_it(tmp_path):
             for cell in range(1 + k, 41, 4):  # four writers, each cell decided twice via both servers
                 version = 0
                 for c in clients:  # the second decision is made on the version the first left
-                    version = c.post("api/decide", {"cell": cell, "label": LABELS[cell % 8],
-                                                    "version": version})["version"]
+                    version = c.post("api/decide", {"cell": cell, "label": LABELS[cell % 8], "version": version})[
+                        "version"
+                    ]
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -195,16 +210,22 @@ def test_two_review_servers_on_one_log_do_not_corrupt_it(tmp_path):
         trail = store.audit(sid)
         for cell in range(1, 41):  # each server signs with its own reviewer
             assert [a.reviewer for a in trail if a.cell_id == cell] == ["r0", "r1"]
-        assert {c.id: (c.reviewed_label, c.version) for c in store.cells(sid)} == {c: (LABELS[c % 8], 2)
-                                                                                  for c in range(1, 41)}
+        assert {c.id: (c.reviewed_label, c.version) for c in store.cells(sid)} == {
+            c: (LABELS[c % 8], 2) for c in range(1, 41)
+        }
 
 
 def test_review_server_killed_right_after_a_decision_keeps_it(tmp_path):
     db = tmp_path / "s.db"
     make_session(db)
     env = dict(__import__("os").environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "edge_bloodcls.cli", "review", str(db), "--port", "0",
-                             "--reviewer", "ann"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_bloodcls.cli", "review", str(db), "--port", "0", "--reviewer", "ann"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("review http://127.0.0.1:"), line + proc.stderr.read()
@@ -231,14 +252,16 @@ def test_review_api_rejects_bad_requests(tmp_path):
     server = review.make_server(db, sid, port=0, reviewer="ann").start()
     client = ReviewClient(server.url)
     try:
-        for body, code in [({"cell": 1, "label": "banana", "version": 0}, 400),
-                           ({"cell": 1, "label": "ig", "version": 0, "reviewer": "mallory"}, 400),  # who: the server
-                           ({"cell": 1, "label": "ig"}, 400),  # no version
-                           ({"cell": True, "label": "ig", "version": 0}, 400),
-                           ({"cell": "1", "label": "ig", "version": 0}, 400),
-                           ({"cell": 1.9, "label": "ig", "version": 0}, 400),
-                           ({"cell": 1, "label": "ig", "version": 7}, 409),  # stale
-                           ({"cell": 999, "label": "ig", "version": 0}, 404)]:
+        for body, code in [
+            ({"cell": 1, "label": "banana", "version": 0}, 400),
+            ({"cell": 1, "label": "ig", "version": 0, "reviewer": "mallory"}, 400),  # who: the server
+            ({"cell": 1, "label": "ig"}, 400),  # no version
+            ({"cell": True, "label": "ig", "version": 0}, 400),
+            ({"cell": "1", "label": "ig", "version": 0}, 400),
+            ({"cell": 1.9, "label": "ig", "version": 0}, 400),
+            ({"cell": 1, "label": "ig", "version": 7}, 409),  # stale
+            ({"cell": 999, "label": "ig", "version": 0}, 404),
+        ]:
             with pytest.raises(urllib.error.HTTPError) as e:
                 client.post("api/decide", body)
             assert e.value.code == code, body

@@ -2,6 +2,7 @@
 sign-off block, absolute counts, reference intervals and rule flags, the audit trail, PDF by
 headless Chromium, FHIR R4 validated with fhir.resources (R4B models), the CSV summary row,
 formula injection, text that is not UTF-8, and a 10,000-cell session's size and time."""
+
 from __future__ import annotations
 
 import csv
@@ -92,8 +93,12 @@ def test_ranges_file_json_and_toml_override_defaults_and_bad_files_are_one_line(
         eos_row = page.split("<tr data-label='eosinophil'")[1].split("</tr>")[0]
         assert "<td class='hl mark'></td>" in eos_row and "0-1</td>" in eos_row  # 0% inside [0, 1]
         assert str(f) in page and not (tmp_path / "r_crops").exists()
-    bad = {"b1.json": "{not json", "b2.json": json.dumps({"percent": {"platelet": [1, 2]}}),
-           "b3.toml": "[rules]\nmin_wbc = -1\n", "b4.json": json.dumps({"percent": {"neutrophil": [70, 40]}})}
+    bad = {
+        "b1.json": "{not json",
+        "b2.json": json.dumps({"percent": {"platelet": [1, 2]}}),
+        "b3.toml": "[rules]\nmin_wbc = -1\n",
+        "b4.json": json.dumps({"percent": {"neutrophil": [70, 40]}}),
+    }
     for name, text in bad.items():
         (tmp_path / name).write_text(text)
         r = run_cli("report", db, "--out", tmp_path / "x.html", "--ranges", tmp_path / name)
@@ -106,8 +111,17 @@ def test_rules_eosinophilia_by_share_and_by_absolute_count():
     from edge_bloodcls.edge_runtime.lab.report_model import CellRow, ReportData, SessionMeta
     from edge_bloodcls.edge_runtime.lab.report_rules import flags
 
-    meta = SessionMeta(id=1, path="x", sample="S", operator="o", started=0.0, ended=1.0, model="m",
-                       model_sha256="h", counting="tracked")
+    meta = SessionMeta(
+        id=1,
+        path="x",
+        sample="S",
+        operator="o",
+        started=0.0,
+        ended=1.0,
+        model="m",
+        model_sha256="h",
+        counting="tracked",
+    )
     cells = [CellRow(i, "eosinophil" if i < 10 else "neutrophil", 0.9, False) for i in range(100)]
     data = ReportData(meta, cells)
     rules = {f.rule: f.message for f in flags(data, differential(data), Intervals())}
@@ -131,8 +145,17 @@ def test_audit_trail_and_amended_status_from_typed_records():
         SignOff,
     )
 
-    meta = SessionMeta(id=1, path="x", sample="S<1>", operator="o", started=0.0, ended=1.0, model="m",
-                       model_sha256="h", counting="tracked")
+    meta = SessionMeta(
+        id=1,
+        path="x",
+        sample="S<1>",
+        operator="o",
+        started=0.0,
+        ended=1.0,
+        model="m",
+        model_sha256="h",
+        counting="tracked",
+    )
     cells = [CellRow(1, "monocyte", 0.5, True, reviewed_label="lymphocyte", reviewer="ann", reviewed_at=5.0)]
     trail = [AuditEntry(5.0, "ann", "reclassify", 1, "monocyte", "lymphocyte")]
     signed = ReportData(meta, cells, SignOff("ann", 10.0), trail)
@@ -140,8 +163,12 @@ def test_audit_trail_and_amended_status_from_typed_records():
     page = render(signed)
     assert "<table id='audit'" in page and "<td>reclassify</td><td>1</td><td>monocyte</td><td>lymphocyte</td>" in page
     assert "S&lt;1&gt;" in page and "S<1>" not in page  # escaped
-    later = ReportData(meta, cells, SignOff("ann", 10.0), trail + [AuditEntry(20.0, "bo", "amend", 1, "lymphocyte",
-                                                                             "monocyte", "second look")])
+    later = ReportData(
+        meta,
+        cells,
+        SignOff("ann", 10.0),
+        trail + [AuditEntry(20.0, "bo", "amend", 1, "lymphocyte", "monocyte", "second look")],
+    )
     assert later.status == AMENDED and "second look" in render(later)
     assert bundle(later)["entry"][0]["resource"]["status"] == "amended"
 
@@ -209,8 +236,9 @@ def test_pdf_has_sample_differential_signature_and_research_use_on_every_page(tm
     assert "neutrophil" in text and "50.0%" in text and "41.7%" in text  # 6 of 12 after review, 5 before
     assert "Reviewed and signed by: ann" in text
     for p in range(1, pages + 1):
-        page = subprocess.run(["pdftotext", "-f", str(p), "-l", str(p), str(out), "-"], capture_output=True,
-                              text=True, timeout=60).stdout
+        page = subprocess.run(
+            ["pdftotext", "-f", str(p), "-l", str(p), str(out), "-"], capture_output=True, text=True, timeout=60
+        ).stdout
         assert RESEARCH_USE in " ".join(page.split()), f"page {p} lacks the research-use statement"
 
 

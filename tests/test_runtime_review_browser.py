@@ -3,6 +3,7 @@
 given both paths so that it never downloads a browser or a driver.
 
 EDGE_BLOODCLS_SCREENSHOTS=DIR saves report.png and review.png there."""
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,13 @@ def test_review_page_keys_reclassify_undo_and_survive_kill_9(browser, tmp_path):
     db = tmp_path / "s.db"
     make_session(db)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "edge_bloodcls.cli", "review", str(db), "--port", "0",
-                             "--reviewer", "ann"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_bloodcls.cli", "review", str(db), "--port", "0", "--reviewer", "ann"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("review http://127.0.0.1:"), line + proc.stderr.read()
@@ -118,8 +124,12 @@ def test_review_page_refuses_sign_off_with_cells_left(browser, tmp_path):
         assert "✗" not in _text(browser, "#confirm-rules")  # marks are CSS, the text is the rule
         assert "every flagged cell reviewed (0 of 3)" in _text(browser, "#confirm-rules")
         browser.find_element(By.ID, "confirm-sign").click()  # the server refuses
-        _wait(browser, lambda d: d.find_element(By.ID, "confirm-status").text.startswith(
-            "Refused: 3 flagged cell(s) not reviewed yet; short count: 10 white cells after review"))
+        _wait(
+            browser,
+            lambda d: d.find_element(By.ID, "confirm-status").text.startswith(
+                "Refused: 3 flagged cell(s) not reviewed yet; short count: 10 white cells after review"
+            ),
+        )
         assert _db_signed(db) is None
     finally:
         server.stop()

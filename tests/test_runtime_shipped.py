@@ -3,6 +3,7 @@
 Run with the edge install (`pip install -e .[edge,dev]`, `pytest -k runtime`) and inside the
 arm64 root file system of `make pi-check`: what a Pi loads is what is tested here.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -59,9 +60,24 @@ def test_runtime_default_bundle_flags_another_labs_fields(tmp_path):
     """The demo fields come from another microscope: the gate must mark the differential
     UNVALIDATED rather than report it as if it could be trusted."""
     db = tmp_path / "capture.db"
-    r = subprocess.run([PYTHON, "-m", "edge_bloodcls.cli", "capture", "--camera", str(DEMO / "fields"),
-                        "--mode", "field", "--no-preview", "--db", str(db)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "edge_bloodcls.cli",
+            "capture",
+            "--camera",
+            str(DEMO / "fields"),
+            "--mode",
+            "field",
+            "--no-preview",
+            "--db",
+            str(db),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "UNVALIDATED differential" in r.stdout
     assert "Traceback" not in r.stderr and "INFO:" not in r.stderr

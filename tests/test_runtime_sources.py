@@ -1,4 +1,5 @@
 """Frame sources: folder replay, video file, a camera that drops out, picamera2 absent."""
+
 from __future__ import annotations
 
 import sys
@@ -72,15 +73,17 @@ def test_camera_that_stops_is_retried_with_backoff_then_ends_with_reason():
         opened.append(cam)
         return cam
 
-    src = LiveSource("camera 9", opener, lambda a: a, backoff=(0.1, 0.2, 0.4), sleep=sleeps.append,
-                     warn=warnings.append)
+    src = LiveSource(
+        "camera 9", opener, lambda a: a, backoff=(0.1, 0.2, 0.4), sleep=sleeps.append, warn=warnings.append
+    )
     frames = list(src)
     assert len(frames) == 3
     assert sleeps == [0.1, 0.2, 0.4]
     assert len(opened) == 4 and opened[0].released
     assert src.gave_up
-    assert src.end_reason == ("camera 9 stopped delivering frames; gave up after 3 reopen attempts "
-                              "(waited 0.1, 0.2, 0.4 s)")
+    assert src.end_reason == (
+        "camera 9 stopped delivering frames; gave up after 3 reopen attempts (waited 0.1, 0.2, 0.4 s)"
+    )
     assert len(warnings) == 3 and "attempt 3/3" in warnings[-1]
 
 
@@ -88,8 +91,14 @@ def test_camera_reopened_resumes_and_backoff_restarts():
     plan = [FakeCamera(2), None, FakeCamera(2), FakeCamera(0), FakeCamera(1)]
     sleeps = []
 
-    src = LiveSource("cam", lambda: plan.pop(0) if plan else None, lambda a: a, backoff=(1, 2, 3),
-                     sleep=sleeps.append, warn=lambda m: None)
+    src = LiveSource(
+        "cam",
+        lambda: plan.pop(0) if plan else None,
+        lambda a: a,
+        backoff=(1, 2, 3),
+        sleep=sleeps.append,
+        warn=lambda m: None,
+    )
     frames = list(src)
     # 2 frames, fail: wait 1 (None), wait 2 (2 frames), fail: wait 1 (opens, 0 frames), wait 2 (1 frame),
     # fail: 1, 2, 3 -> give up
@@ -101,8 +110,9 @@ def test_camera_reopened_resumes_and_backoff_restarts():
 
 def test_camera_that_opens_but_never_delivers_gives_up():
     sleeps = []
-    src = LiveSource("cam", lambda: FakeCamera(0), lambda a: a, backoff=(0, 0), sleep=sleeps.append,
-                     warn=lambda m: None)
+    src = LiveSource(
+        "cam", lambda: FakeCamera(0), lambda a: a, backoff=(0, 0), sleep=sleeps.append, warn=lambda m: None
+    )
     assert list(src) == [] and src.gave_up and len(sleeps) == 2
 
 
@@ -206,10 +216,13 @@ def test_picamera2_frames_size_and_close(picamera2):
     assert cam.closed and not cam.started
 
 
-@pytest.mark.parametrize("error, words", [
-    (IndexError("list index out of range"), "picamera2 0: cannot open (IndexError: list index out of range"),
-    (RuntimeError("Failed to acquire camera: Device or resource busy"), "Device or resource busy"),
-])
+@pytest.mark.parametrize(
+    "error, words",
+    [
+        (IndexError("list index out of range"), "picamera2 0: cannot open (IndexError: list index out of range"),
+        (RuntimeError("Failed to acquire camera: Device or resource busy"), "Device or resource busy"),
+    ],
+)
 def test_picamera2_absent_or_busy_is_one_line_exit_2(picamera2, error, words, tmp_path):
     from click.testing import CliRunner
 
@@ -219,8 +232,7 @@ def test_picamera2_absent_or_busy_is_one_line_exit_2(picamera2, error, words, tm
     with pytest.raises(SourceError, match="cannot open"):
         open_source("picamera2")
     # a model that does not exist would stop first: use the source check alone through the CLI
-    r = CliRunner().invoke(main, ["capture", "--camera", "picamera2", "--db", str(tmp_path / "x.db"),
-                                  "--no-preview"])
+    r = CliRunner().invoke(main, ["capture", "--camera", "picamera2", "--db", str(tmp_path / "x.db"), "--no-preview"])
     if "no --model given" in r.stderr or "no such model" in r.stderr:
         pytest.skip("no bundled model to get as far as the camera")
     assert r.exit_code == 2 and "Traceback" not in r.output
@@ -261,8 +273,15 @@ def test_hung_read_times_out_and_reopens_with_backoff():
     cams = [HungCamera(2), FakeCamera(3)]
     first = cams[0]
     sleeps, warnings = [], []
-    src = LiveSource("cam", lambda: cams.pop(0) if cams else None, lambda a: a, backoff=(0.5, 1), read_timeout=0.3,
-                     sleep=sleeps.append, warn=warnings.append)
+    src = LiveSource(
+        "cam",
+        lambda: cams.pop(0) if cams else None,
+        lambda a: a,
+        backoff=(0.5, 1),
+        read_timeout=0.3,
+        sleep=sleeps.append,
+        warn=warnings.append,
+    )
     t = time.monotonic()
     frames = list(src)
     assert len(frames) == 5 and src.timeouts == 1 and src.reopens == 1

@@ -1,6 +1,7 @@
 """Count each cell once: field-change detection, tracks, and the acceptance test of issue 11 (a
 video of K fields held F frames each counts what the K fields give as single frames; --count N
 stops at exactly N white cells), on synthetic fields always and on BCCD fields when present."""
+
 from __future__ import annotations
 
 import json
@@ -48,6 +49,7 @@ def _wbc_in_db(s) -> int:
 
 # --- field detection and tracks, no model -----------------------------------------------------
 
+
 def test_field_detector_same_field_shift_and_new_field():
     a = random_field(1)
     fd = FieldDetector()
@@ -68,6 +70,7 @@ def test_field_detector_same_field_shift_and_new_field():
 
 # --- acceptance: capture, with the tiny test model ----------------------------------------------
 
+
 def test_video_of_held_fields_counts_each_cell_once(bundles, tmp_path):
     fields = [random_field(s) for s in (11, 12, 13, 14)]
     located = [len(locate(f)) for f in fields]
@@ -80,8 +83,20 @@ def test_video_of_held_fields_counts_each_cell_once(bundles, tmp_path):
     summaries = {}
     for name, src in (("stills", stills), ("video", video)):
         out = tmp_path / f"{name}.json"
-        r = run("capture", "--camera", src, "--mode", "field", "--model", bundles["int8"], "--db",
-                tmp_path / f"{name}.db", "--no-preview", "--summary-json", out)
+        r = run(
+            "capture",
+            "--camera",
+            src,
+            "--mode",
+            "field",
+            "--model",
+            bundles["int8"],
+            "--db",
+            tmp_path / f"{name}.db",
+            "--no-preview",
+            "--summary-json",
+            out,
+        )
         assert r.exit_code == 0, r.output
         summaries[name] = json.loads(out.read_text())
     st, vd = summaries["stills"], summaries["video"]
@@ -103,8 +118,20 @@ def test_count_stops_at_exactly_n_white_cells(bundles, tmp_path):
         Image.fromarray(random_field(100 + k)).save(folder / f"{k:03d}.png")
     for n in (100, 7):
         db = tmp_path / f"c{n}.db"
-        r = run("capture", "--camera", folder, "--mode", "field", "--model", bundles["int8"], "--db", db,
-                "--no-preview", "--count", n)
+        r = run(
+            "capture",
+            "--camera",
+            folder,
+            "--mode",
+            "field",
+            "--model",
+            bundles["int8"],
+            "--db",
+            db,
+            "--no-preview",
+            "--count",
+            n,
+        )
         assert r.exit_code == 0, r.output
         s = read_session(db)
         assert s["end_reason"] == f"reached --count {n} white cells" and _wbc_in_db(s) == n
@@ -138,8 +165,18 @@ def test_bccd_fields_held_in_a_video_count_once(bundles, bccd_dir, tmp_path):
     assert expected >= len(paths)
     out = {}
     for name, src in (("video", video), ("singles", singles)):
-        r = run("capture", "--camera", src, "--mode", "field", "--model", bundles["int8"], "--db",
-                tmp_path / f"{name}.db", "--no-preview")
+        r = run(
+            "capture",
+            "--camera",
+            src,
+            "--mode",
+            "field",
+            "--model",
+            bundles["int8"],
+            "--db",
+            tmp_path / f"{name}.db",
+            "--no-preview",
+        )
         assert r.exit_code == 0, r.output
         out[name] = read_session(tmp_path / f"{name}.db")
     assert len(out["video"]["cells_list"]) == len(out["singles"]["cells_list"]) == expected

@@ -1,4 +1,5 @@
 """edge_runtime.core.trust without a model: the session gate, the statistics' checks, the metrics."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,8 +42,12 @@ def test_gate_needs_enough_cells():
 
 def _stats(d=6, k=3, c=2):
     rng = np.random.default_rng(1)
-    return TrustStats(rng.normal(size=d).astype(np.float32), rng.normal(size=(d, k)).astype(np.float32),
-                      rng.normal(size=(c, k)).astype(np.float32), threshold=2.0)
+    return TrustStats(
+        rng.normal(size=d).astype(np.float32),
+        rng.normal(size=(d, k)).astype(np.float32),
+        rng.normal(size=(c, k)).astype(np.float32),
+        threshold=2.0,
+    )
 
 
 def test_batch_and_single_scores_agree():
@@ -51,16 +56,19 @@ def test_batch_and_single_scores_agree():
     np.testing.assert_allclose(s.scores(f), [s.score(x) for x in f], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda a, t: a.update(proj=np.zeros((5, 3))), "'proj' has shape"),
-    (lambda a, t: a.update(centres=np.zeros((3, 3))), "'centres' has shape"),
-    (lambda a, t: a.pop("mean"), "lack 'mean'"),
-    (lambda a, t: a.update(mean=np.full(6, np.nan)), "NaN"),
-    (lambda a, t: t.update(temperature=0), "'temperature'"),
-    (lambda a, t: t.update(temperature=float("inf")), "'temperature'"),
-    (lambda a, t: t.update(ood_threshold=None), "'ood_threshold'"),
-    (lambda a, t: t.update(review_threshold=-0.1), "'review_threshold'"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda a, t: a.update(proj=np.zeros((5, 3))), "'proj' has shape"),
+        (lambda a, t: a.update(centres=np.zeros((3, 3))), "'centres' has shape"),
+        (lambda a, t: a.pop("mean"), "lack 'mean'"),
+        (lambda a, t: a.update(mean=np.full(6, np.nan)), "NaN"),
+        (lambda a, t: t.update(temperature=0), "'temperature'"),
+        (lambda a, t: t.update(temperature=float("inf")), "'temperature'"),
+        (lambda a, t: t.update(ood_threshold=None), "'ood_threshold'"),
+        (lambda a, t: t.update(review_threshold=-0.1), "'review_threshold'"),
+    ],
+)
 def test_invalid_statistics_are_refused_naming_the_field(change, match):
     s = _stats()
     arrays = s.arrays()
@@ -90,8 +98,7 @@ def test_ece_and_nll_known_values():
 
 def test_trust_summary_counts():
     p = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]], np.float32)
-    s = trust_summary(p, np.array([0, 1, 1]), np.array([False, False, True]), np.array([False, True, True]),
-                      True, 0.8)
+    s = trust_summary(p, np.array([0, 1, 1]), np.array([False, False, True]), np.array([False, True, True]), True, 0.8)
     assert s["ood"] == 1 and s["review"] == 2 and s["errors"] == 1 and s["errors_flagged"] == 1
     assert s["coverage"] == pytest.approx(1 / 3) and s["accepted_accuracy"] == 1.0
     assert "out of distribution 1 of 3" in s["line"]

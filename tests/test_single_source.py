@@ -1,6 +1,7 @@
 """Each list the toolkit keys on is defined once: the export formats (convert/formats.py), the
 architectures (train/archs.py's registry) and the labels (edge_runtime/core/spec.py). Everything
 else derives its list from those, so a new format, network or class reaches every command."""
+
 from __future__ import annotations
 
 import ast
@@ -93,8 +94,10 @@ def test_pi_compare_takes_the_runtime_labels_even_without_the_package(tmp_path):
         pytest.skip("needs the source checkout (edge_runtime/core/spec.py beside scripts/)")
     # -I -S: no site-packages, no current directory: edge_bloodcls cannot be imported, as with
     # the machine's own python3 in scripts/pi_check.sh.
-    code = ("import runpy, sys; g = runpy.run_path(sys.argv[1]); "
-            "print(list(g['LABELS']), 'edge_bloodcls' in sys.modules)")
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(script)],
-                         capture_output=True, text=True, cwd=tmp_path, check=True)
+    code = (
+        "import runpy, sys; g = runpy.run_path(sys.argv[1]); print(list(g['LABELS']), 'edge_bloodcls' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(script)], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
     assert out.stdout.strip() == f"{list(LABELS)} False"

@@ -1,6 +1,7 @@
 """The session store (edge_runtime/lab/store.py): the one owner of the log's SQL; schema versions
 (newer refused untouched, older backed up and migrated), optimistic concurrency of decisions, the
 append-only audit trail, amendments, typed records."""
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,10 @@ from edge_bloodcls.edge_runtime.lab.store import (
     StaleCell,
 )
 
-SQL = re.compile(r"sqlite3\.connect|\b(SELECT|INSERT\s+INTO|DELETE\s+FROM|CREATE\s+(TABLE|INDEX|TRIGGER)|PRAGMA)\b"
-                 r"|\bUPDATE\s+\w+\s+SET\b")
+SQL = re.compile(
+    r"sqlite3\.connect|\b(SELECT|INSERT\s+INTO|DELETE\s+FROM|CREATE\s+(TABLE|INDEX|TRIGGER)|PRAGMA)\b"
+    r"|\bUPDATE\s+\w+\s+SET\b"
+)
 
 
 def test_sql_lives_only_in_the_store():
@@ -68,11 +71,15 @@ def test_log_from_a_newer_version_is_refused_untouched(tmp_path, bundles):
     _future_log(db)
     cells = cell_folder(tmp_path / "cells", [0, 1])
     before, mtime = db.read_bytes(), db.stat().st_mtime_ns
-    line = (f"error: {db}: written by a newer edge-bloodcls, version 99: upgrade "
-            f"(this one reads versions up to {SCHEMA_VERSION})\n")
-    for args in (["report", db, "--out", tmp_path / "r.html"], ["review", db, "--port", "0"],
-                 ["capture", "--camera", cells, "--mode", "cell", "--db", db, "--no-preview",
-                  "--model", bundles["float32"]]):
+    line = (
+        f"error: {db}: written by a newer edge-bloodcls, version 99: upgrade "
+        f"(this one reads versions up to {SCHEMA_VERSION})\n"
+    )
+    for args in (
+        ["report", db, "--out", tmp_path / "r.html"],
+        ["review", db, "--port", "0"],
+        ["capture", "--camera", cells, "--mode", "cell", "--db", db, "--no-preview", "--model", bundles["float32"]],
+    ):
         r = run_cli(*args)
         assert r.exit_code == 2, r.output
         assert r.stderr.splitlines()[-1] + "\n" == line and "Traceback" not in r.output
@@ -88,16 +95,24 @@ def test_version_1_log_is_backed_up_and_migrated_with_its_decisions(tmp_path):
     db = tmp_path / "v1.db"
     con = sqlite3.connect(db, isolation_level=None)
     con.executescript(SCHEMA_V0 + MIGRATIONS[0])
-    con.execute("INSERT INTO sessions (id, started, counting, signed_by, signed_at) VALUES (1, 1.0, 'tracked', "
-                "'ann', 9.0)")
+    con.execute(
+        "INSERT INTO sessions (id, started, counting, signed_by, signed_at) VALUES (1, 1.0, 'tracked', 'ann', 9.0)"
+    )
     con.execute("INSERT INTO frames (session_id, frame_index, timestamp, n_cells) VALUES (1, 0, 1.5, 1)")
     for cid in (1, 2):
-        con.execute("INSERT INTO cells (id, session_id, frame_id, frame_index, timestamp, label, confidence, review, "
-                    "model_sha256, probs) VALUES (?, 1, 1, 0, 1.5, 'monocyte', 0.5, 1, 'cd', '{}')", (cid,))
-    con.execute("INSERT INTO reviews (session_id, cell_id, action, label, reviewer, at) "
-                "VALUES (1, 1, 'reclassify', 'lymphocyte', 'ann', 2.0)")
-    con.execute("INSERT INTO reviews (session_id, cell_id, action, label, reviewer, at, undone_at) "
-                "VALUES (1, 2, 'confirm', 'monocyte', 'bo', 3.0, 4.0)")
+        con.execute(
+            "INSERT INTO cells (id, session_id, frame_id, frame_index, timestamp, label, confidence, review, "
+            "model_sha256, probs) VALUES (?, 1, 1, 0, 1.5, 'monocyte', 0.5, 1, 'cd', '{}')",
+            (cid,),
+        )
+    con.execute(
+        "INSERT INTO reviews (session_id, cell_id, action, label, reviewer, at) "
+        "VALUES (1, 1, 'reclassify', 'lymphocyte', 'ann', 2.0)"
+    )
+    con.execute(
+        "INSERT INTO reviews (session_id, cell_id, action, label, reviewer, at, undone_at) "
+        "VALUES (1, 2, 'confirm', 'monocyte', 'bo', 3.0, 4.0)"
+    )
     con.execute("UPDATE cells SET reviewed_label = 'lymphocyte', reviewer = 'ann', reviewed_at = 2.0 WHERE id = 1")
     con.execute("PRAGMA user_version = 1")
     con.close()
@@ -107,8 +122,12 @@ def test_version_1_log_is_backed_up_and_migrated_with_its_decisions(tmp_path):
         assert store.migrated_from == 1 and store.backup == tmp_path / "v1.db.v1.bak"
         assert store.pragma("user_version") == SCHEMA_VERSION
         trail = [(a.action, a.cell_id, a.to_label, a.reviewer, a.undoes) for a in store.audit(1)]
-        assert trail == [("reclassify", 1, "lymphocyte", "ann", None), ("confirm", 2, "monocyte", "bo", None),
-                         ("undo", 2, None, "?", 2), ("signoff", None, None, "ann", None)]
+        assert trail == [
+            ("reclassify", 1, "lymphocyte", "ann", None),
+            ("confirm", 2, "monocyte", "bo", None),
+            ("undo", 2, None, "?", 2),
+            ("signoff", None, None, "ann", None),
+        ]
         assert [c.version for c in store.cells(1)] == [1, 2]
     # the file as it was: every page the same; of the 100-byte header only the journal mode (WAL
     # now) and the change counters differ
@@ -193,7 +212,12 @@ def test_amendment_of_a_signed_session_needs_a_reason_and_is_in_the_trail(tmp_pa
     last = load(db).audit[-1]
     assert isinstance(last, AuditEntry)
     assert (last.action, last.reviewer, last.from_label, last.to_label, last.reason) == (
-        "amend", "bo", "monocyte", "lymphocyte", "second look at the nucleus")
+        "amend",
+        "bo",
+        "monocyte",
+        "lymphocyte",
+        "second look at the nucleus",
+    )
     page = render(load(db))
     assert "Amended 1 time(s)" in page and "second look at the nucleus" in page
     out, cells_csv, trail_csv = tmp_path / "r.html", tmp_path / "c.csv", tmp_path / "t.csv"

@@ -1,6 +1,7 @@
 """The tests' own layout (issue 24): no test module imports another test module, and fixtures
 shared between modules live in conftest.py, where pytest finds them without an import. Plain
 helpers live in modules named for what they make (cell_images.py, session_fixtures.py, ...)."""
+
 from __future__ import annotations
 
 import ast
@@ -37,8 +38,11 @@ def test_no_module_in_tests_imports_a_test_module():
     files = sorted(TESTS.glob("*.py"))
     test_modules = {p.stem for p in files if p.stem.startswith("test_")}
     assert len(test_modules) > 20  # the scan sees the real suite
-    offenders = {p.name: sorted(found) for p in files
-                 if (found := _test_module_imports(p.read_text(encoding="utf-8"), test_modules))}
+    offenders = {
+        p.name: sorted(found)
+        for p in files
+        if (found := _test_module_imports(p.read_text(encoding="utf-8"), test_modules))
+    }
     assert offenders == {}, f"import shared helpers from a helper module or conftest.py instead: {offenders}"
 
 

@@ -1,4 +1,5 @@
 """A tiny real training run through the CLI: it must learn, record everything, and resume."""
+
 from __future__ import annotations
 
 import csv
@@ -51,8 +52,27 @@ def test_killed_run_resumes_exactly(small_split, tmp_path):
     # Full augmentation and class weights: the most state a resume has to restore.
     common = ["--epochs", "4", "--dropout", "0", "--augment", "full", "--balance", "class_weights"]
     assert _train(small_split, full, *common).exit_code == 0
-    cmd = [sys.executable, "-m", "edge_bloodcls.cli", "train", "--arch", "mobilenetv2", "--split", str(small_split),
-           "--out", str(part), "--img-size", "32", "--batch-size", "8", "--width", "0.35", "--lr", "0.002", *common]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_bloodcls.cli",
+        "train",
+        "--arch",
+        "mobilenetv2",
+        "--split",
+        str(small_split),
+        "--out",
+        str(part),
+        "--img-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--width",
+        "0.35",
+        "--lr",
+        "0.002",
+        *common,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = part / "ckpt" / "state.json"
     deadline = time.time() + 300

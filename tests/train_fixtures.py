@@ -1,4 +1,5 @@
 """A small split and a tiny training run through the CLI (test_train.py, test_distill.py)."""
+
 from __future__ import annotations
 
 from cell_images import make_dataset
@@ -16,7 +17,22 @@ def _split(root_dir, n_per_class):
 
 
 def _train(split, out, *extra):
-    args = ["train", "--arch", "mobilenetv2", "--split", str(split), "--out", str(out), "--img-size", "32",
-            "--batch-size", "8", "--width", "0.35", "--lr", "0.002", *extra]
+    args = [
+        "train",
+        "--arch",
+        "mobilenetv2",
+        "--split",
+        str(split),
+        "--out",
+        str(out),
+        "--img-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--width",
+        "0.35",
+        "--lr",
+        "0.002",
+        *extra,
+    ]
     return CliRunner().invoke(main, args)
-

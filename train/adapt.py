@@ -12,6 +12,7 @@ Nothing lands in OUTDIR until the bundle is complete: convert writes into a hidd
 inside OUTDIR, and the final files are moved in with the manifest last (bundle.write_bundle), so
 a killed adapt leaves at most a `.adapt-*` folder, which the next run removes.
 """
+
 from __future__ import annotations
 
 import csv
@@ -46,6 +47,8 @@ from .adapt_data import (
 _log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".adapt-"
+
+
 @dataclass
 class AdaptOptions:
     labelled: list[str]  # class folders and/or reviewed session logs, merged
@@ -72,6 +75,7 @@ class AdaptOptions:
 @dataclass
 class Framed:
     """Labelled cells as capture would crop them, from any number of sources."""
+
     px: np.ndarray  # (N, H, W, 3) uint8 at model size
     labels: np.ndarray
     names: list[str]
@@ -107,9 +111,11 @@ def _frame(sources, labels, framing, opts, unl, spec, rng, log, what="labelled")
                 how["own_field"] += 1
             elif fr == "tight":
                 if not rbc:
-                    raise AdaptInputError(f"{printable(name)}: a tight crop needs a scale to be framed as capture "
-                                          "frames it: pass --rbc-px (red-cell diameter in pixels) or --unlabelled "
-                                          "fields from the same camera")
+                    raise AdaptInputError(
+                        f"{printable(name)}: a tight crop needs a scale to be framed as capture "
+                        "frames it: pass --rbc-px (red-cell diameter in pixels) or --unlabelled "
+                        "fields from the same camera"
+                    )
                 if unl and unl.backgrounds:
                     out = paste(img, rbc, unl.backgrounds, rng)
                     how["pasted"] += 1
@@ -126,16 +132,25 @@ def _frame(sources, labels, framing, opts, unl, spec, rng, log, what="labelled")
         shas.extend(cells.sha256)
         skipped += len(cells.skipped)
         counts = {labels[c]: int((cells.labels == c).sum()) for c in np.unique(cells.labels)}
-        per.append({"source": printable(cells.source), "framing": {k: v for k, v in how.items() if v},
-                    "counts": counts, "skipped": len(cells.skipped)})
-        log(f"{what}: {len(cells.images)} cells ({', '.join(f'{k} {v}' for k, v in counts.items())}) from "
+        per.append(
+            {
+                "source": printable(cells.source),
+                "framing": {k: v for k, v in how.items() if v},
+                "counts": counts,
+                "skipped": len(cells.skipped),
+            }
+        )
+        log(
+            f"{what}: {len(cells.images)} cells ({', '.join(f'{k} {v}' for k, v in counts.items())}) from "
             f"{printable(cells.source)}; {len(cells.skipped)} skipped; framing "
-            + ", ".join(f"{k} {v}" for k, v in how.items() if v))
+            + ", ".join(f"{k} {v}" for k, v in how.items() if v)
+        )
     seen: dict[str, str] = {}
     for n, h in zip(names, shas):
         if h in seen:  # the same cell twice would be counted (and weighted) twice
-            raise AdaptInputError(f"{printable(n)}: the same image as {printable(seen[h])} ({what} cells must be "
-                                  "distinct)")
+            raise AdaptInputError(
+                f"{printable(n)}: the same image as {printable(seen[h])} ({what} cells must be distinct)"
+            )
         seen[h] = n
     return Framed(core.to_model_size(px, spec.size), np.asarray(ys, np.int64), names, shas, per, own, skipped)
 
@@ -171,12 +186,14 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         p = Path(v)
         if p.is_dir():
             held_out_fields |= {ev.field_stem(f.name) for f in p.rglob("*") if f.is_file()}
-    unl = (load_unlabelled(opts.unlabelled, opts.rbc_px, log=log, exclude=held_out_fields)
-           if opts.unlabelled else None)
+    unl = load_unlabelled(opts.unlabelled, opts.rbc_px, log=log, exclude=held_out_fields) if opts.unlabelled else None
     if unl:
-        log(f"unlabelled: {len(unl.crops)} crops ({unl.fields} fields located, {unl.crop_files} crop files"
-            + (", fields of the --validate cells left out" if held_out_fields else "") + f"); "
-            f"{len(unl.skipped)} skipped")
+        log(
+            f"unlabelled: {len(unl.crops)} crops ({unl.fields} fields located, {unl.crop_files} crop files"
+            + (", fields of the --validate cells left out" if held_out_fields else "")
+            + f"); "
+            f"{len(unl.skipped)} skipped"
+        )
     cells = _frame(opts.labelled, labels, opts.framing, opts, unl, spec, rng, log)
     val = _frame(opts.validate, labels, opts.framing, opts, unl, spec, rng, log, "validate") if opts.validate else None
     if val is not None and set(val.sha256) & set(cells.sha256):
@@ -188,8 +205,9 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     try:
         pbc = calibrate.sample(calibrate.from_split(split_csv, "train", opts.data_root), opts.pbc_cells, cfg.seed)
         pbc_val = calibrate.sample(calibrate.from_split(split_csv, "val", opts.data_root), opts.val_cells, cfg.seed)
-        pbc_test = calibrate.sample(calibrate.from_split(split_csv, "test", opts.data_root),
-                                    opts.test_cells or None, cfg.seed)
+        pbc_test = calibrate.sample(
+            calibrate.from_split(split_csv, "test", opts.data_root), opts.test_cells or None, cfg.seed
+        )
         pbc_px = core.to_model_size([load_rgb(p) for p in pbc.paths], spec.size)
     except ImageError as e:
         raise AdaptInputError(f"PBC: {e}") from None
@@ -197,21 +215,32 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         raise AdaptInputError(str(e)) from None
 
     import tf_keras
+
     tf_keras.utils.set_random_seed(cfg.seed)
     model: Any = src.model  # a tf_keras Model (tf_keras is untyped)
-    base_test = _base_test(base, pbc_test, opts.test_cells, lambda: ft.predict(
-        model, spec, core.to_model_size([load_rgb(p) for p in pbc_test.paths], spec.size)))
+    base_test = _base_test(
+        base,
+        pbc_test,
+        opts.test_cells,
+        lambda: ft.predict(model, spec, core.to_model_size([load_rgb(p) for p in pbc_test.paths], spec.size)),
+    )
     soft = ft.predict(model, spec, pbc_px) if cfg.distill else None
     base_weights = model.get_weights() if cfg.wise != 1.0 or cfg.anchor > 0 else None
-    log(f"fine-tuning every layer: {cfg.steps} steps, Adam {cfg.lr:g}, batches of {cfg.batch} "
-        f"({cfg.local_share:.0%} site cells, the rest of {len(pbc.labels)} PBC cells) ({time.time() - t0:.0f}s)")
-    ft.train(model, spec, local, y, pbc_px, pbc.labels, cfg, soft, _progress("fine-tune", log),
-             base_weights=base_weights)
-    pseudo = ft.self_train(model, spec, local, y, unl_px, pbc_px, pbc.labels, cfg, soft,
-                           _progress("self-training", log), base_weights)
+    log(
+        f"fine-tuning every layer: {cfg.steps} steps, Adam {cfg.lr:g}, batches of {cfg.batch} "
+        f"({cfg.local_share:.0%} site cells, the rest of {len(pbc.labels)} PBC cells) ({time.time() - t0:.0f}s)"
+    )
+    ft.train(
+        model, spec, local, y, pbc_px, pbc.labels, cfg, soft, _progress("fine-tune", log), base_weights=base_weights
+    )
+    pseudo = ft.self_train(
+        model, spec, local, y, unl_px, pbc_px, pbc.labels, cfg, soft, _progress("self-training", log), base_weights
+    )
     if cfg.pseudo and len(unl_px):
-        log(f"self-training: {int((pseudo >= 0).sum())} of {len(unl_px)} unlabelled crops joined at confidence "
-            f">= {cfg.pseudo}")
+        log(
+            f"self-training: {int((pseudo >= 0).sum())} of {len(unl_px)} unlabelled crops joined at confidence "
+            f">= {cfg.pseudo}"
+        )
     if base_weights is not None and cfg.wise != 1.0:
         ft.wise(model, base_weights, cfg.wise)
         log(f"weight-space ensemble: {1 - cfg.wise:g} x base + {cfg.wise:g} x fine-tuned")
@@ -221,8 +250,10 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         site_prior = ev.em_priors(ft.predict(model, spec, unl_px), train_prior)
         ft.shift_output_bias(model, ev.log_prior_shift(train_prior, site_prior))
         prior = {"train": _by_label(train_prior, labels), "site_em": _by_label(site_prior, labels)}
-        log("class proportions of the site (EM on the unlabelled crops): "
-            + ", ".join(f"{k} {v:.1%}" for k, v in prior["site_em"].items() if v >= 0.005))
+        log(
+            "class proportions of the site (EM on the unlabelled crops): "
+            + ", ".join(f"{k} {v:.1%}" for k, v in prior["site_em"].items() if v >= 0.005)
+        )
     if not cfg.pseudo and len(unl_px):  # labels for the trust statistics of the site's crops (below)
         pseudo = ft.pseudo_labels(ft.predict(model, spec, unl_px), 0.9, np.unique(y))
     log(f"trained ({time.time() - t0:.0f}s)")
@@ -233,33 +264,72 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         val_float = ev.estimate(val.labels, ft.predict(model, spec, val.px).argmax(1), labels)
         log(f"validation (held out, float, as capture crops them): {val_float.line()}")
 
-    site: dict[str, Any] = {"adapted_on": {"sources": cells.sources, "counts": _counts(y, labels),
-                           "files": [{"name": printable(n), "label": labels[c], "sha256": h}
-                                     for n, c, h in zip(cells.names, y, cells.sha256)],
-                           "skipped": cells.skipped,
-                           "unlabelled": ({"source": printable(opts.unlabelled), "crops": len(unl.crops),
-                                           "fields": unl.fields, "fields_left_out": len(held_out_fields)}
-                                          if unl else None)},
-            "method": f"every layer fine-tuned; batches {cfg.local_share:.0%} site cells (framed as capture crops "
-                      f"them), the rest PBC training cells; flips, rotations, zoom, blur, colour ({cfg.colour_mode})"
-                      + (f"; distillation {cfg.distill:g}" if cfg.distill else "")
-                      + (f"; L2-SP anchor {cfg.anchor:g}" if cfg.anchor else "")
-                      + (f"; WiSE {cfg.wise:g}" if cfg.wise != 1.0 else ""),
-            "prior": prior,
-            "base_model": {"path": str(base), "sha256": src.sha256},
-            "options": {**cfg.to_json(), "rbc_px": opts.rbc_px, "pbc_cells": opts.pbc_cells,
-                        "trust_copies": opts.trust_copies, "val_cells": opts.val_cells,
-                        "review_target": opts.review_target},
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    site: dict[str, Any] = {
+        "adapted_on": {
+            "sources": cells.sources,
+            "counts": _counts(y, labels),
+            "files": [
+                {"name": printable(n), "label": labels[c], "sha256": h} for n, c, h in zip(cells.names, y, cells.sha256)
+            ],
+            "skipped": cells.skipped,
+            "unlabelled": (
+                {
+                    "source": printable(opts.unlabelled),
+                    "crops": len(unl.crops),
+                    "fields": unl.fields,
+                    "fields_left_out": len(held_out_fields),
+                }
+                if unl
+                else None
+            ),
+        },
+        "method": f"every layer fine-tuned; batches {cfg.local_share:.0%} site cells (framed as capture crops "
+        f"them), the rest PBC training cells; flips, rotations, zoom, blur, colour ({cfg.colour_mode})"
+        + (f"; distillation {cfg.distill:g}" if cfg.distill else "")
+        + (f"; L2-SP anchor {cfg.anchor:g}" if cfg.anchor else "")
+        + (f"; WiSE {cfg.wise:g}" if cfg.wise != 1.0 else ""),
+        "prior": prior,
+        "base_model": {"path": str(base), "sha256": src.sha256},
+        "options": {
+            **cfg.to_json(),
+            "rbc_px": opts.rbc_px,
+            "pbc_cells": opts.pbc_cells,
+            "trust_copies": opts.trust_copies,
+            "val_cells": opts.val_cells,
+            "review_target": opts.review_target,
+        },
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if val is not None and val_float is not None:
         site["validation_sources"] = val.sources
         site["validation_float"] = val_float.to_json()
-    bundle = _export(opts, src, model, out, local, y, cfg, rng, calibrate.sample(pbc, 600, cfg.seed), pbc_val,
-                     pbc_test, site, unl_px, labels, log, val, pseudo, base_test)
+    bundle = _export(
+        opts,
+        src,
+        model,
+        out,
+        local,
+        y,
+        cfg,
+        rng,
+        calibrate.sample(pbc, 600, cfg.seed),
+        pbc_val,
+        pbc_test,
+        site,
+        unl_px,
+        labels,
+        log,
+        val,
+        pseudo,
+        base_test,
+    )
     site["seconds"] = round(time.time() - t0, 1)
     log(f"adapt took {site['seconds']:.0f}s")
-    return {"bundle": str(bundle), "site": site, "skipped": cells.skipped + (val.skipped if val else 0)
-            + (len(unl.skipped) if unl else 0)}
+    return {
+        "bundle": str(bundle),
+        "site": site,
+        "skipped": cells.skipped + (val.skipped if val else 0) + (len(unl.skipped) if unl else 0),
+    }
 
 
 def _base_test(base: Path, pbc_test, test_cells: int, predict) -> float:
@@ -286,11 +356,30 @@ def _progress(what, log):
     def report(s, total, loss):
         if s % max(1, total // 4) == 0:
             log(f"  {what}: step {s}/{total}, loss {loss:.3f}")
+
     return report
 
 
-def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_test, site, unl_px, labels, log,
-            val=None, pseudo=None, base_test=None) -> Path:
+def _export(
+    opts,
+    src,
+    model,
+    out: Path,
+    local,
+    y,
+    cfg,
+    rng,
+    pbc,
+    pbc_val,
+    pbc_test,
+    site,
+    unl_px,
+    labels,
+    log,
+    val=None,
+    pseudo=None,
+    base_test=None,
+) -> Path:
     """Convert in a staging folder inside OUTDIR, check the bundle through the runtime, then write
     it to OUTDIR with the site section (manifest last)."""
     from PIL import Image
@@ -343,13 +432,27 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_t
         run_dir = stage / "run"
         run_dir.mkdir()
         model.save(run_dir / "model.keras")
-        cfg_json = {**src.config, "arch": src.arch, "input": src.spec.to_json(), "labels": labels,
-                    "split": {"csv": str(csv_path), "sha256": sha256_file(csv_path), "root": "/"}}
+        cfg_json = {
+            **src.config,
+            "arch": src.arch,
+            "input": src.spec.to_json(),
+            "labels": labels,
+            "split": {"csv": str(csv_path), "sha256": sha256_file(csv_path), "root": "/"},
+        }
         (run_dir / "config.json").write_text(json.dumps(cfg_json, indent=1, default=str) + "\n")
         name = opts.name or f"{src.arch}_{src.spec.size[0]}_site_int8"
-        eo = export.ExportOptions(model=str(run_dir / "model.keras"), quantize="int8", per_tensor=True,
-                                  out=str(stage / "bundle"), split=str(csv_path), calibration=str(csv_path),
-                                  trust_samples=None, name=name, seed=cfg.seed, data_root="/")
+        eo = export.ExportOptions(
+            model=str(run_dir / "model.keras"),
+            quantize="int8",
+            per_tensor=True,
+            out=str(stage / "bundle"),
+            split=str(csv_path),
+            calibration=str(csv_path),
+            trust_samples=None,
+            name=name,
+            seed=cfg.seed,
+            data_root="/",
+        )
         try:
             res = export.run(eo)
         except export.GateFailed as e:
@@ -360,8 +463,10 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_t
             res = export.run(replace(eo, per_tensor=False))
         staged = load_bundle(res["bundle"])
         clf = Classifier(staged)
-        checks = {"val_accuracy_int8": res["metrics"]["exported"]["accuracy"],
-                  "val": "PBC val sample + the local cells (in-sample)"}
+        checks = {
+            "val_accuracy_int8": res["metrics"]["exported"]["accuracy"],
+            "val": "PBC val sample + the local cells (in-sample)",
+        }
         if staged.trust is None:
             raise AdaptFailed(f"{res['bundle']}: the exported bundle has no trust statistics")
         thr = staged.trust.threshold
@@ -371,15 +476,16 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_t
 
         seen = {}
         half = len(unl_px) // 2
-        for what, px in (("local_labelled_in_sample", local),
-                         ("validate_held_out", val.px if val is not None else None),
-                         ("local_unlabelled", unl_px),
-                         ("local_unlabelled_held_out", unl_px[half:] if pseudo is not None and (pseudo >= 0).any()
-                          else None),
-                         # Another lab's stain, as a stand-in: the site's own crops with their colour
-                         # channels swapped (no third site's images may be brought in).
-                         ("another_stain_stand_in", unl_px[:, :, :, ::-1] if len(unl_px) else None),
-                         ("foreign_synthetic", core.foreign_images(48, src.spec.size, cfg.seed))):
+        for what, px in (
+            ("local_labelled_in_sample", local),
+            ("validate_held_out", val.px if val is not None else None),
+            ("local_unlabelled", unl_px),
+            ("local_unlabelled_held_out", unl_px[half:] if pseudo is not None and (pseudo >= 0).any() else None),
+            # Another lab's stain, as a stand-in: the site's own crops with their colour
+            # channels swapped (no third site's images may be brought in).
+            ("another_stain_stand_in", unl_px[:, :, :, ::-1] if len(unl_px) else None),
+            ("foreign_synthetic", core.foreign_images(48, src.spec.size, cfg.seed)),
+        ):
             if px is not None and len(px):
                 seen[what] = o = run(px)
                 checks[f"ood_{what}"] = float((o["ood_score"] > thr).mean())
@@ -387,49 +493,78 @@ def _export(opts, src, model, out: Path, local, y, cfg, rng, pbc, pbc_val, pbc_t
         from edge_bloodcls.edge_runtime.core.preprocess import load_rgb
 
         test_raw = run(core.to_model_size([load_rgb(p) for p in pbc_test.paths], src.spec.size))["raw"]
-        site["pbc_test"] = {"accuracy_int8": float((test_raw.argmax(1) == pbc_test.labels).mean()),
-                            "accuracy_base_float": base_test, "n": int(len(pbc_test.labels)),
-                            "split_sha256": pbc_test.split_sha256}
-        log(f"PBC test (home): {site['pbc_test']['accuracy_int8']:.2%} int8 on {len(pbc_test.labels)} cells "
-            f"(base model {base_test:.2%} float)")
+        site["pbc_test"] = {
+            "accuracy_int8": float((test_raw.argmax(1) == pbc_test.labels).mean()),
+            "accuracy_base_float": base_test,
+            "n": int(len(pbc_test.labels)),
+            "split_sha256": pbc_test.split_sha256,
+        }
+        log(
+            f"PBC test (home): {site['pbc_test']['accuracy_int8']:.2%} int8 on {len(pbc_test.labels)} cells "
+            f"(base model {base_test:.2%} float)"
+        )
         if val is not None:
             vr = seen["validate_held_out"]["raw"]
             est = ev.estimate(val.labels, vr.argmax(1), labels)
-            site["validation"] = {**est.to_json(), "what": "the --validate cells (never trained on), int8 bundle, "
-                                                           "framed as capture crops them", "sources": val.sources}
+            site["validation"] = {
+                **est.to_json(),
+                "what": "the --validate cells (never trained on), int8 bundle, framed as capture crops them",
+                "sources": val.sources,
+            }
             log(f"validation (held out, int8, as capture crops them): {est.line()}")
         manifest = dict(staged.manifest)
         v = run(core.to_model_size([load_rgb(p) for p in pbc_val.paths], src.spec.size))
         loc_raw = seen["validate_held_out"]["raw"] if val is not None else np.zeros((0, len(labels)), np.float32)
         loc_ood = (seen["validate_held_out"]["ood_score"] > thr) if val is not None else np.zeros(0, bool)
-        sp = core.site_operating_point(v["raw"], pbc_val.labels, v["ood_score"] > thr, loc_raw,
-                                       val.labels if val is not None else np.zeros(0, np.int64), loc_ood,
-                                       opts.review_target)
+        sp = core.site_operating_point(
+            v["raw"],
+            pbc_val.labels,
+            v["ood_score"] > thr,
+            loc_raw,
+            val.labels if val is not None else np.zeros(0, np.int64),
+            loc_ood,
+            opts.review_target,
+        )
         if val is None:
             # No held-out site cell: nothing shows how right the site's confident answers are (the
             # labelled ones are in-sample, PBC val is the home site), so every cell goes to review.
-            sp = {**sp, "review_threshold": 1.0,  # as convert does when nothing reaches the target
-                  "by_set": {k: {**v, "coverage": 0.0, "accepted_accuracy": None} for k, v in sp["by_set"].items()},
-                  "why": "no --validate cells: the site's accuracy is not certified, every cell is reviewed"}
-            log("no --validate cells: review threshold set so that every cell is reviewed (pass --validate with "
-                "held-out reviewed cells to fit one)")
-        manifest["trust"] = {**manifest["trust"], "temperature": sp["temperature"],
-                             "review_threshold": sp["review_threshold"],
-                             "review_target_accuracy": opts.review_target,
-                             "site_fit": {**sp, "convert_fit": {k: manifest["trust"][k] for k in
-                                                                ("temperature", "review_threshold",
-                                                                 "review_target_accuracy")},
-                                          "note": "temperature and review threshold refitted on PBC val (int8)"
-                                                  + (" + the --validate cells (held out)" if val is not None else "")
-                                                  + "; 'val' above is convert's fit, where the local cells are "
-                                                    "in-sample"}}
+            sp = {
+                **sp,
+                "review_threshold": 1.0,  # as convert does when nothing reaches the target
+                "by_set": {k: {**v, "coverage": 0.0, "accepted_accuracy": None} for k, v in sp["by_set"].items()},
+                "why": "no --validate cells: the site's accuracy is not certified, every cell is reviewed",
+            }
+            log(
+                "no --validate cells: review threshold set so that every cell is reviewed (pass --validate with "
+                "held-out reviewed cells to fit one)"
+            )
+        manifest["trust"] = {
+            **manifest["trust"],
+            "temperature": sp["temperature"],
+            "review_threshold": sp["review_threshold"],
+            "review_target_accuracy": opts.review_target,
+            "site_fit": {
+                **sp,
+                "convert_fit": {
+                    k: manifest["trust"][k] for k in ("temperature", "review_threshold", "review_target_accuracy")
+                },
+                "note": "temperature and review threshold refitted on PBC val (int8)"
+                + (" + the --validate cells (held out)" if val is not None else "")
+                + "; 'val' above is convert's fit, where the local cells are "
+                "in-sample",
+            },
+        }
         b = sp["by_set"]
-        log(f"site review threshold {sp['review_threshold']:.3f} for {opts.review_target:.1%} accepted accuracy "
+        log(
+            f"site review threshold {sp['review_threshold']:.3f} for {opts.review_target:.1%} accepted accuracy "
             f"(temperature {sp['temperature']:.2f}): accepts {b['pbc_val']['coverage']:.0%} of PBC val"
-            + (f", {b['local_out_of_fold']['coverage']:.0%} of the --validate cells" if val is not None else ""))
-        log("runtime check (int8 bundle): OOD flagged " + ", ".join(
-            f"{k[4:]} {v:.1%}" for k, v in checks.items() if k.startswith("ood_"))
-            + f"; PBC val OOD {staged.manifest['trust']['val']['ood_flagged']:.1%}")
+            + (f", {b['local_out_of_fold']['coverage']:.0%} of the --validate cells" if val is not None else "")
+        )
+        log(
+            "runtime check (int8 bundle): OOD flagged "
+            + ", ".join(f"{k[4:]} {v:.1%}" for k, v in checks.items() if k.startswith("ood_"))
+            + f"; PBC val OOD {staged.manifest['trust']['val']['ood_flagged']:.1%}"
+        )
         manifest["site"] = {**site, "checks": checks}
         trust = staged.trust_path.read_bytes() if staged.trust_path else None
         final = write_bundle(staged.tflite.read_bytes(), manifest, out, name, trust)
@@ -447,62 +582,180 @@ class AdaptFailed(RuntimeError):
 
 
 @click.command("adapt")
-@click.option("--labelled", required=True, multiple=True, type=click.Path(exists=True),
-              help="Class folders named as the model's labels, or a SESSION.db with reviewed cells; repeat to merge.")
-@click.option("--validate", multiple=True, type=click.Path(exists=True),
-              help="Held-out labelled cells (same forms, repeatable): never trained on; scored through the int8 "
-                   "bundle as capture crops them; their fields stay out of the unlabelled crops.")
-@click.option("--unlabelled", type=click.Path(exists=True, file_okay=False),
-              help="Local fields (white cells are located) or crops: own-field framing of tight crops, "
-                   "self-training, the site's class proportions, trust statistics, checks.")
-@click.option("--model", "model", help="Base: a .keras model or a bundle exported from one "
-                                       f"(default {DEFAULT_BASE}).")
+@click.option(
+    "--labelled",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Class folders named as the model's labels, or a SESSION.db with reviewed cells; repeat to merge.",
+)
+@click.option(
+    "--validate",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Held-out labelled cells (same forms, repeatable): never trained on; scored through the int8 "
+    "bundle as capture crops them; their fields stay out of the unlabelled crops.",
+)
+@click.option(
+    "--unlabelled",
+    type=click.Path(exists=True, file_okay=False),
+    help="Local fields (white cells are located) or crops: own-field framing of tight crops, "
+    "self-training, the site's class proportions, trust statistics, checks.",
+)
+@click.option("--model", "model", help=f"Base: a .keras model or a bundle exported from one (default {DEFAULT_BASE}).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the new bundle.")
 @click.option("--name", help="Bundle name (default ARCH_SIZE_site_int8).")
-@click.option("--framing", type=click.Choice(["auto", "capture", "tight"]), default="auto", show_default=True,
-              help="tight: boxes around cells, recropped from their own field in --unlabelled (else pasted into "
-                   "a local neighbourhood, or padded) as capture crops; capture: as capture crops; auto: capture "
-                   "for a session log or square crops, else tight.")
+@click.option(
+    "--framing",
+    type=click.Choice(["auto", "capture", "tight"]),
+    default="auto",
+    show_default=True,
+    help="tight: boxes around cells, recropped from their own field in --unlabelled (else pasted into "
+    "a local neighbourhood, or padded) as capture crops; capture: as capture crops; auto: capture "
+    "for a session log or square crops, else tight.",
+)
 @click.option("--rbc-px", type=click.FloatRange(1), help="Red-cell diameter in pixels (tight framing).")
 @click.option("--steps", type=click.IntRange(1), default=600, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
-              help="Adam learning rate.")
-@click.option("--colour", type=click.FloatRange(0), default=1.0, show_default=True,
-              help="Strength of the colour augmentation (--colour-mode; 0: none).")
-@click.option("--colour-mode", type=click.Choice(["stain", "light", "hed"]), default="hed", show_default=True,
-              help="stain: per-channel stain/colour mix; light: brightness, contrast, gamma only (keeps hue); "
-                   "hed: stain amounts in haematoxylin-eosin space.")
-@click.option("--wise", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-              help="Weight-space ensemble: (1 - WISE) x base + WISE x fine-tuned weights (1: fine-tuned only).")
-@click.option("--distill", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="Weight of distillation from the base model on the PBC cells (keeps the home site).")
-@click.option("--anchor", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="L2-SP: pull of the weights towards the base model's (keeps the home site; 0: off).")
-@click.option("--bn", type=click.Choice(["train", "frozen"]), default="train", show_default=True,
-              help="BatchNorm statistics: follow the mixed batches, or keep the base's.")
-@click.option("--pseudo", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Self-training: unlabelled local crops at least this sure join training (0: off).")
-@click.option("--pseudo-per-class", type=click.IntRange(0), default=0, show_default=True,
-              help="Self-training: at most this many pseudo-labelled crops per class, the surest (0: no cap).")
-@click.option("--prior", type=click.Choice(["none", "em"]), default="none", show_default=True,
-              help="em: the output answers under the site's class proportions, estimated from the unlabelled crops.")
-@click.option("--review-target", type=click.FloatRange(0.5, 1, max_open=True), default=0.90, show_default=True,
-              help="Accuracy the accepted (not reviewed) cells should reach; sets the review threshold.")
+@click.option(
+    "--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True, help="Adam learning rate."
+)
+@click.option(
+    "--colour",
+    type=click.FloatRange(0),
+    default=1.0,
+    show_default=True,
+    help="Strength of the colour augmentation (--colour-mode; 0: none).",
+)
+@click.option(
+    "--colour-mode",
+    type=click.Choice(["stain", "light", "hed"]),
+    default="hed",
+    show_default=True,
+    help="stain: per-channel stain/colour mix; light: brightness, contrast, gamma only (keeps hue); "
+    "hed: stain amounts in haematoxylin-eosin space.",
+)
+@click.option(
+    "--wise",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Weight-space ensemble: (1 - WISE) x base + WISE x fine-tuned weights (1: fine-tuned only).",
+)
+@click.option(
+    "--distill",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Weight of distillation from the base model on the PBC cells (keeps the home site).",
+)
+@click.option(
+    "--anchor",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="L2-SP: pull of the weights towards the base model's (keeps the home site; 0: off).",
+)
+@click.option(
+    "--bn",
+    type=click.Choice(["train", "frozen"]),
+    default="train",
+    show_default=True,
+    help="BatchNorm statistics: follow the mixed batches, or keep the base's.",
+)
+@click.option(
+    "--pseudo",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Self-training: unlabelled local crops at least this sure join training (0: off).",
+)
+@click.option(
+    "--pseudo-per-class",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Self-training: at most this many pseudo-labelled crops per class, the surest (0: no cap).",
+)
+@click.option(
+    "--prior",
+    type=click.Choice(["none", "em"]),
+    default="none",
+    show_default=True,
+    help="em: the output answers under the site's class proportions, estimated from the unlabelled crops.",
+)
+@click.option(
+    "--review-target",
+    type=click.FloatRange(0.5, 1, max_open=True),
+    default=0.90,
+    show_default=True,
+    help="Accuracy the accepted (not reviewed) cells should reach; sets the review threshold.",
+)
 @click.option("--split", type=click.Path(exists=True, dir_okay=False), help="PBC split CSV (default runs/split.csv).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where the split's paths live.")
-@click.option("--test-cells", type=click.IntRange(0), default=0, show_default=True,
-              help="PBC test cells scored for the home site (0: the whole test split).")
+@click.option(
+    "--test-cells",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="PBC test cells scored for the home site (0: the whole test split).",
+)
 @click.option("--seed", default=0, show_default=True)
-def adapt_cmd(labelled, validate, unlabelled, model, out, name, framing, rbc_px, steps, lr, colour, colour_mode, wise,
-              distill, anchor, bn, pseudo, pseudo_per_class, prior, review_target, split, data_root, test_cells, seed):
+def adapt_cmd(
+    labelled,
+    validate,
+    unlabelled,
+    model,
+    out,
+    name,
+    framing,
+    rbc_px,
+    steps,
+    lr,
+    colour,
+    colour_mode,
+    wise,
+    distill,
+    anchor,
+    bn,
+    pseudo,
+    pseudo_per_class,
+    prior,
+    review_target,
+    split,
+    data_root,
+    test_cells,
+    seed,
+):
     """Adapt the model to a new microscope; prints the new bundle's path last."""
     require_train_extra("adapt")  # it trains a model; the edge install only runs bundles
-    opts = AdaptOptions(labelled=list(labelled), validate=list(validate), out=out, unlabelled=unlabelled, model=model,
-                        name=name, split=split, data_root=data_root, framing=framing, rbc_px=rbc_px,
-                        test_cells=test_cells, review_target=review_target,
-                        ft={"steps": steps, "lr": lr, "seed": seed, "colour": colour, "colour_mode": colour_mode,
-                            "wise": wise, "distill": distill, "anchor": anchor, "bn": bn, "pseudo": pseudo,
-                            "pseudo_per_class": pseudo_per_class, "prior": prior})
+    opts = AdaptOptions(
+        labelled=list(labelled),
+        validate=list(validate),
+        out=out,
+        unlabelled=unlabelled,
+        model=model,
+        name=name,
+        split=split,
+        data_root=data_root,
+        framing=framing,
+        rbc_px=rbc_px,
+        test_cells=test_cells,
+        review_target=review_target,
+        ft={
+            "steps": steps,
+            "lr": lr,
+            "seed": seed,
+            "colour": colour,
+            "colour_mode": colour_mode,
+            "wise": wise,
+            "distill": distill,
+            "anchor": anchor,
+            "bn": bn,
+            "pseudo": pseudo,
+            "pseudo_per_class": pseudo_per_class,
+            "prior": prior,
+        },
+    )
     try:
         res = adapt(opts, log=_log.info)
     except AdaptInputError as e:

@@ -2,6 +2,7 @@
 (flips, rotations, zoom, blur, stain/colour jitter), the base model's shape check, synthetic
 non-cell images for the OOD check, and the site's review operating point.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,6 +15,7 @@ def to_model_size(images, size) -> np.ndarray:
 
 
 # --- augmentation in pixel space (uint8 at model size) -----------------------------------------
+
 
 def _stain_jitter(x: np.ndarray, rng, strength: float) -> np.ndarray:
     """Stain and camera differences: per-channel gain and gamma, a shift of hue in optical
@@ -72,8 +74,14 @@ def augment(img: np.ndarray, rng, cfg) -> np.ndarray:
         z = rng.uniform(1 - cfg.scale, 1 + cfg.scale)
         m = cv2.getRotationMatrix2D((w / 2, h / 2), float(rng.uniform(0, 360)), z)
         fill = np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]]), 0)
-        x = cv2.warpAffine(np.ascontiguousarray(x), m, (w, h), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=[float(v) for v in fill])
+        x = cv2.warpAffine(
+            np.ascontiguousarray(x),
+            m,
+            (w, h),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=[float(v) for v in fill],
+        )
     if cfg.blur and rng.random() < 0.5:
         x = cv2.GaussianBlur(np.ascontiguousarray(x), (0, 0), float(rng.uniform(0.3, cfg.blur)))
     if cfg.colour:
@@ -92,6 +100,7 @@ def augmented(pixels: np.ndarray, copies: int, rng, cfg) -> np.ndarray:
 
 
 # --- the network cut in two --------------------------------------------------------------------
+
 
 def backbone(model):
     """The nested application model inside the training head (archs.build)."""
@@ -133,6 +142,7 @@ def foreign_images(n: int, size, seed: int = 0) -> np.ndarray:
 
 # --- the site's review threshold ---------------------------------------------------------------
 
+
 def site_operating_point(pbc_raw, pbc_y, pbc_ood, local_raw, local_y, local_ood, target: float) -> dict:
     """Temperature and review threshold for the site the bundle serves. convert fits them on its
     validation split, where the local cells are in-sample (the model learnt them, so they look
@@ -165,9 +175,16 @@ def site_operating_point(pbc_raw, pbc_y, pbc_ood, local_raw, local_y, local_ood,
     part = {}
     for name, m in (("pbc_val", is_pbc), ("local_out_of_fold", ~is_pbc)):
         a = accept & m
-        part[name] = {"n": int(m.sum()), "accuracy": float(right[m].mean()) if m.any() else None,
-                      "coverage": float(a.sum() / max(1, m.sum())),
-                      "accepted_accuracy": float(right[a].mean()) if a.any() else None,
-                      "ood_flagged": float(ood[m].mean()) if m.any() else None}
-    return {"temperature": round(float(t), 6), "review_threshold": op["review_threshold"], "operating_point": op,
-            "by_set": part}
+        part[name] = {
+            "n": int(m.sum()),
+            "accuracy": float(right[m].mean()) if m.any() else None,
+            "coverage": float(a.sum() / max(1, m.sum())),
+            "accepted_accuracy": float(right[a].mean()) if a.any() else None,
+            "ood_flagged": float(ood[m].mean()) if m.any() else None,
+        }
+    return {
+        "temperature": round(float(t), 6),
+        "review_threshold": op["review_threshold"],
+        "operating_point": op,
+        "by_set": part,
+    }

@@ -5,6 +5,7 @@ Everything comes back as RGB uint8 arrays in memory (about 50 cells and a few hu
 nothing is written beside the user's data. Unreadable inputs are skipped, one line each, and
 counted; an input that leaves nothing to learn from is an AdaptInputError (exit 2).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,10 @@ def resolve_base(model) -> Path:
         raise AdaptInputError(str(e)) from None
     src = Path((b.manifest.get("source_model") or {}).get("path", ""))
     if src.suffix != ".keras" or not src.is_file():
-        raise AdaptInputError(f"{b.name}: the Keras model it was exported from ({src or 'not recorded'}) is not "
-                              "here; pass --model PATH/model.keras")
+        raise AdaptInputError(
+            f"{b.name}: the Keras model it was exported from ({src or 'not recorded'}) is not "
+            "here; pass --model PATH/model.keras"
+        )
     return src
 
 
@@ -103,19 +106,22 @@ def load_labelled(source, labels, log=print) -> Cells:
     for name, reason in cells.skipped:
         log(f"skipped {printable(name)}: {reason}")
     if not cells.images:
-        raise AdaptInputError(f"{printable(p)}: no readable labelled cells"
-                              + (f" ({len(cells.skipped)} unreadable)" if cells.skipped else ""))
+        raise AdaptInputError(
+            f"{printable(p)}: no readable labelled cells"
+            + (f" ({len(cells.skipped)} unreadable)" if cells.skipped else "")
+        )
     return cells
 
 
 def _from_dir(root: Path, labels) -> Cells:
     listing = list_class_images(root, labels)
     if listing.unknown:
-        raise AdaptInputError(f"{printable(root)}: folders {', '.join(map(printable, listing.unknown))} are not "
-                              f"labels of the model ({', '.join(labels)})")
+        raise AdaptInputError(
+            f"{printable(root)}: folders {', '.join(map(printable, listing.unknown))} are not "
+            f"labels of the model ({', '.join(labels)})"
+        )
     if not listing.files and not listing.errors:
-        raise AdaptInputError(f"{printable(root)}: no class folders named as the model's labels "
-                              f"({', '.join(labels)})")
+        raise AdaptInputError(f"{printable(root)}: no class folders named as the model's labels ({', '.join(labels)})")
     out = Cells([], np.zeros(0, np.int64), [], [], str(root), skipped=list(listing.errors))
     ys = []
     for path, label in listing.items():
@@ -149,8 +155,9 @@ def _from_session(path: Path, labels) -> Cells:
         raise AdaptInputError(msg) from None
     unknown = sorted({r[1] for r in rows} - set(labels))
     if unknown:
-        raise AdaptInputError(f"{printable(path)}: reviewed labels {', '.join(unknown)} are not labels of the "
-                              f"model ({', '.join(labels)})")
+        raise AdaptInputError(
+            f"{printable(path)}: reviewed labels {', '.join(unknown)} are not labels of the model ({', '.join(labels)})"
+        )
     out = Cells([], np.zeros(0, np.int64), [], [], str(path))
     ys = []
     for cid, label, jpeg in rows:
@@ -169,8 +176,9 @@ def _from_session(path: Path, labels) -> Cells:
         out.sha256.append(_sha(bytes(jpeg)))
     out.labels = np.asarray(ys, np.int64)
     if not rows:
-        raise AdaptInputError(f"{printable(path)}: no reviewed cells in this session log; review some first "
-                              "(`edge-bloodcls review`)")
+        raise AdaptInputError(
+            f"{printable(path)}: no reviewed cells in this session log; review some first (`edge-bloodcls review`)"
+        )
     return out
 
 
@@ -188,7 +196,7 @@ def reframe_tight(img: np.ndarray, rbc_px: float) -> np.ndarray:
     out = np.empty((side, side, 3), np.uint8)
     out[:] = border_colour(img)
     y0, x0 = (side - h) // 2, (side - w) // 2
-    out[y0:y0 + h, x0:x0 + w] = img
+    out[y0 : y0 + h, x0 : x0 + w] = img
     return out
 
 
@@ -210,8 +218,14 @@ def is_field(img: np.ndarray) -> bool:
     return max(h, w) > 1.15 * min(h, w)
 
 
-def load_unlabelled(folder, rbc_px: float | None = None, max_crops: int = 600, max_backgrounds: int = 160,
-                    log=print, exclude=frozenset()) -> Unlabelled:
+def load_unlabelled(
+    folder,
+    rbc_px: float | None = None,
+    max_crops: int = 600,
+    max_backgrounds: int = 160,
+    log=print,
+    exclude=frozenset(),
+) -> Unlabelled:
     """Crops of the white cells in local fields (located as capture locates them) and local crops
     as they are, in file order, until max_crops. Files whose stem is in `exclude` are left out
     (the fields of held-out validation cells)."""
@@ -280,11 +294,11 @@ def paste(img: np.ndarray, rbc_px: float, backgrounds, rng) -> np.ndarray:
 
         bg = cv2.resize(bg, (side, side), interpolation=cv2.INTER_LINEAR)
     o = (bg.shape[0] - side) // 2
-    out = bg[o:o + side, o:o + side].astype(np.float32)
+    out = bg[o : o + side, o : o + side].astype(np.float32)
     ramp = max(2, int(0.06 * min(h, w)))  # a soft seam: the box's own background fades into the field's
     ay = np.clip(np.minimum(np.arange(h), np.arange(h)[::-1]) / ramp, 0, 1)
     ax = np.clip(np.minimum(np.arange(w), np.arange(w)[::-1]) / ramp, 0, 1)
     a = (ay[:, None] * ax[None, :])[..., None]
     y0, x0 = (side - h) // 2, (side - w) // 2
-    out[y0:y0 + h, x0:x0 + w] = a * img + (1 - a) * out[y0:y0 + h, x0:x0 + w]
+    out[y0 : y0 + h, x0 : x0 + w] = a * img + (1 - a) * out[y0 : y0 + h, x0 : x0 + w]
     return np.round(out).astype(np.uint8)

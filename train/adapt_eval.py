@@ -10,6 +10,7 @@ its field (template matching), the field goes through capture's own `locate`, th
 overlaps the crop most is taken, and it is cut with capture's `crop` and fill. A cell `locate`
 does not find is one capture never classifies: it is counted apart (`missed`), not guessed.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,9 @@ def find_in_field(field_rgb: np.ndarray, tight: np.ndarray) -> tuple[tuple[int, 
     return (x, y, x + w, y + h), float(best)
 
 
-def capture_view(tight: np.ndarray, name: str, fields: dict[str, Path], rbc_px: float | None = None,
-                 cache: dict | None = None) -> CaptureView:
+def capture_view(
+    tight: np.ndarray, name: str, fields: dict[str, Path], rbc_px: float | None = None, cache: dict | None = None
+) -> CaptureView:
     """The crop capture makes of a labelled cell in its own field (see the module docstring)."""
     stem = field_stem(name)
     path = fields.get(stem)
@@ -102,6 +104,7 @@ def capture_views(images, names, fields_folder, rbc_px: float | None = None) -> 
 
 # --- figures with intervals --------------------------------------------------------------------
 
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion k/n."""
     if n == 0:
@@ -132,10 +135,13 @@ class Estimate:
 
     def line(self) -> str:
         a, b = self.accuracy_ci, self.balanced_ci
-        return (f"accuracy {self.accuracy:.1%} [{a[0]:.1%}, {a[1]:.1%}], balanced {self.balanced_accuracy:.1%} "
-                f"[{b[0]:.1%}, {b[1]:.1%}] on {self.n} cells"
-                + (f" ({self.missed} not located)" if self.missed else "") + "; "
-                + ", ".join(f"{c} {v['right']}/{v['n']}" for c, v in self.per_class.items()))
+        return (
+            f"accuracy {self.accuracy:.1%} [{a[0]:.1%}, {a[1]:.1%}], balanced {self.balanced_accuracy:.1%} "
+            f"[{b[0]:.1%}, {b[1]:.1%}] on {self.n} cells"
+            + (f" ({self.missed} not located)" if self.missed else "")
+            + "; "
+            + ", ".join(f"{c} {v['right']}/{v['n']}" for c, v in self.per_class.items())
+        )
 
 
 def estimate(y, pred, labels, min_cells: int = 5, boot: int = 2000, seed: int = 0, missed: int = 0) -> Estimate:
@@ -155,14 +161,15 @@ def estimate(y, pred, labels, min_cells: int = 5, boot: int = 2000, seed: int = 
         bci = (float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5)))
     else:
         bci = (float("nan"), float("nan"))
-    return Estimate(n, k / n if n else float("nan"), wilson(k, n), bal, bci, [labels[c] for c in classes], per,
-                    missed)
+    return Estimate(n, k / n if n else float("nan"), wilson(k, n), bal, bci, [labels[c] for c in classes], per, missed)
 
 
 # --- the site's class proportions --------------------------------------------------------------
 
-def em_priors(probs: np.ndarray, train_prior: np.ndarray, iters: int = 200, tol: float = 1e-6,
-              floor: float = 1e-4) -> np.ndarray:
+
+def em_priors(
+    probs: np.ndarray, train_prior: np.ndarray, iters: int = 200, tol: float = 1e-6, floor: float = 1e-4
+) -> np.ndarray:
     """Saerens, Latinne & Decaestecker (2002): the class proportions of an unlabelled sample, by
     EM on the classifier's posteriors (re-weight each posterior by new/old prior, renormalise,
     average). `floor` keeps a class the sample lacks from reaching exactly zero (log of it)."""

@@ -7,6 +7,7 @@ BCCD cells it never saw (capture's crops), where this plain fine-tune reached 82
 tight crops (issue 29). What is added to it is only what scripts/adapt_experiments.py showed to
 help on natural-proportion validation cells (docs/adapt.md).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -65,9 +66,20 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def train(model, spec, local_px: np.ndarray, local_y: np.ndarray, pbc_px: np.ndarray, pbc_y: np.ndarray,
-          cfg: FinetuneConfig, pbc_soft: np.ndarray | None = None, progress=None, steps: int | None = None,
-          seed_offset: int = 0, base_weights: list | None = None) -> list[float]:
+def train(
+    model,
+    spec,
+    local_px: np.ndarray,
+    local_y: np.ndarray,
+    pbc_px: np.ndarray,
+    pbc_y: np.ndarray,
+    cfg: FinetuneConfig,
+    pbc_soft: np.ndarray | None = None,
+    progress=None,
+    steps: int | None = None,
+    seed_offset: int = 0,
+    base_weights: list | None = None,
+) -> list[float]:
     """Adam on every layer. local_px/pbc_px: uint8 at model size; each step draws local cells
     uniformly (the site's own proportions) and PBC cells, and augments both. pbc_soft: the base
     model's probabilities on pbc_px, for distillation (cfg.distill > 0). base_weights: the base
@@ -88,8 +100,11 @@ def train(model, spec, local_px: np.ndarray, local_y: np.ndarray, pbc_px: np.nda
     anchored = []
     if cfg.anchor > 0 and base_weights is not None:
         where = {id(w): i for i, w in enumerate(model.weights)}
-        anchored = [(v, tf.constant(base_weights[where[id(v)]])) for v in model.trainable_variables
-                    if "kernel" in v.name and id(v) in where]
+        anchored = [
+            (v, tf.constant(base_weights[where[id(v)]]))
+            for v in model.trainable_variables
+            if "kernel" in v.name and id(v) in where
+        ]
 
     @tf.function(reduce_retracing=True)
     def step(x, y, soft, kd_mask):
@@ -143,7 +158,7 @@ def train(model, spec, local_px: np.ndarray, local_y: np.ndarray, pbc_px: np.nda
 def predict(model, spec, px: np.ndarray, batch: int = 64) -> np.ndarray:
     from edge_bloodcls.edge_runtime.core.preprocess import normalise
 
-    out = [model(normalise(px[i:i + batch], spec), training=False).numpy() for i in range(0, len(px), batch)]
+    out = [model(normalise(px[i : i + batch], spec), training=False).numpy() for i in range(0, len(px), batch)]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
@@ -172,8 +187,19 @@ def wise(model, base_weights: list, alpha: float) -> list:
     return tuned
 
 
-def self_train(model, spec, local_px, local_y, unl_px, pbc_px, pbc_y, cfg: FinetuneConfig, pbc_soft=None,
-               progress=None, base_weights: list | None = None) -> np.ndarray:
+def self_train(
+    model,
+    spec,
+    local_px,
+    local_y,
+    unl_px,
+    pbc_px,
+    pbc_y,
+    cfg: FinetuneConfig,
+    pbc_soft=None,
+    progress=None,
+    base_weights: list | None = None,
+) -> np.ndarray:
     """One round after `train`: unlabelled site crops the model is sure of join the labelled ones
     with that label for cfg.pseudo_steps more steps. Returns their pseudo-labels (-1: not used).
     The caller keeps the cells it scores on out of unl_px."""
@@ -182,9 +208,20 @@ def self_train(model, spec, local_px, local_y, unl_px, pbc_px, pbc_y, cfg: Finet
     lab = pseudo_labels(predict(model, spec, unl_px), cfg.pseudo, np.unique(local_y), cfg.pseudo_per_class)
     keep = lab >= 0
     if keep.any():
-        train(model, spec, np.concatenate([local_px, unl_px[keep]]), np.concatenate([local_y, lab[keep]]),
-              pbc_px, pbc_y, cfg, pbc_soft, progress, steps=cfg.pseudo_steps, seed_offset=1,
-              base_weights=base_weights)
+        train(
+            model,
+            spec,
+            np.concatenate([local_px, unl_px[keep]]),
+            np.concatenate([local_y, lab[keep]]),
+            pbc_px,
+            pbc_y,
+            cfg,
+            pbc_soft,
+            progress,
+            steps=cfg.pseudo_steps,
+            seed_offset=1,
+            base_weights=base_weights,
+        )
     return lab
 
 

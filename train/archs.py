@@ -6,6 +6,7 @@ and its report's row order all read it, in registration order (the shipped netwo
 Every model is a Keras application backbone (tf_keras, so tfmot QAT works on it) with the
 paper's head: global average pooling, dropout, dense softmax over the labels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,17 +30,26 @@ class Arch:
 REGISTRY: dict[str, Arch] = {}
 
 
-def register(name: str, imagenet_normalisation: str, lr: float, paper: str | None = None, variant: str = "",
-             pretrained: bool = True, **options):
+def register(
+    name: str,
+    imagenet_normalisation: str,
+    lr: float,
+    paper: str | None = None,
+    variant: str = "",
+    pretrained: bool = True,
+    **options,
+):
     def deco(fn):
         REGISTRY[name] = Arch(name, fn, imagenet_normalisation, lr, options, paper or name, variant, pretrained)
         return fn
+
     return deco
 
 
 def _apps():
     # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
+
     return tf_keras.applications
 
 
@@ -73,6 +83,7 @@ _VGG_BLOCKS = {"vgg16_bn": (2, 2, 3, 3, 3), "vgg19_bn": (2, 2, 4, 4, 4)}
 def _vgg_bn(name, input_shape, weights):
     # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
+
     layers = tf_keras.layers
     x = inputs = layers.Input(input_shape)
     for block, (convs, filters) in enumerate(zip(_VGG_BLOCKS[name], (64, 128, 256, 512, 512)), 1):
@@ -84,14 +95,16 @@ def _vgg_bn(name, input_shape, weights):
     return tf_keras.Model(inputs, x, name=name)
 
 
-@register("vgg16_bn", "symmetric", 1e-3, paper="vgg16", variant="VGG16-BN: BatchNorm after each convolution",
-          pretrained=False)
+@register(
+    "vgg16_bn", "symmetric", 1e-3, paper="vgg16", variant="VGG16-BN: BatchNorm after each convolution", pretrained=False
+)
 def _vgg16_bn(input_shape, weights):
     return _vgg_bn("vgg16_bn", input_shape, weights)
 
 
-@register("vgg19_bn", "symmetric", 1e-3, paper="vgg19", variant="VGG19-BN: BatchNorm after each convolution",
-          pretrained=False)
+@register(
+    "vgg19_bn", "symmetric", 1e-3, paper="vgg19", variant="VGG19-BN: BatchNorm after each convolution", pretrained=False
+)
 def _vgg19_bn(input_shape, weights):
     return _vgg_bn("vgg19_bn", input_shape, weights)
 
@@ -132,8 +145,15 @@ class WeightsUnavailable(RuntimeError):
     pass
 
 
-def build(arch: str, size: int, weights: str = "none", dropout: float = 0.2,
-          bn_momentum: float | None = 0.9, n_classes: int = len(LABELS), **options):
+def build(
+    arch: str,
+    size: int,
+    weights: str = "none",
+    dropout: float = 0.2,
+    bn_momentum: float | None = 0.9,
+    n_classes: int = len(LABELS),
+    **options,
+):
     """Backbone + head. weights: 'imagenet', 'none' or a path to a .keras/.h5 model or weights."""
     # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras

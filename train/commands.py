@@ -1,4 +1,5 @@
 """CLI: `data audit`, `data split`, `train`."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,9 @@ def _ratios(ctx, param, value):
 
 @data_group.command("split")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="split CSV to write (a .json report goes beside it)")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="split CSV to write (a .json report goes beside it)"
+)
 @click.option("--ratios", default="0.7,0.2,0.1", callback=_ratios, show_default=True, help="train,val,test")
 @click.option("--seed", default=0, show_default=True)
 def split_cmd(directory, out, ratios, seed):
@@ -75,28 +77,67 @@ def split_cmd(directory, out, ratios, seed):
 @click.option("--bn-momentum", default=0.9, show_default=True)
 @click.option("--dropout", default=0.2, show_default=True)
 @click.option("--patience", default=6, show_default=True, help="early stopping on validation loss")
-@click.option("--balance", type=click.Choice(["class_weights", "none"]), default="none", show_default=True,
-              help="class_weights: 'balanced' loss weights n / (k * count), for strongly imbalanced data")
-@click.option("--augment", "augment", type=click.Choice(["full", "geometric", "none"]), default="geometric",
-              show_default=True,
-              help="full: flips, quarter turns, zoom, colour jitter; geometric: flips and quarter turns only")
+@click.option(
+    "--balance",
+    type=click.Choice(["class_weights", "none"]),
+    default="none",
+    show_default=True,
+    help="class_weights: 'balanced' loss weights n / (k * count), for strongly imbalanced data",
+)
+@click.option(
+    "--augment",
+    "augment",
+    type=click.Choice(["full", "geometric", "none"]),
+    default="geometric",
+    show_default=True,
+    help="full: flips, quarter turns, zoom, colour jitter; geometric: flips and quarter turns only",
+)
 @click.option("--no-augment", is_flag=True, help="same as --augment none")
 @click.option("--weight-decay", default=0.0, show_default=True, help="decoupled weight decay (AdamW) when > 0")
-@click.option("--time-budget", "time_budget", type=float,
-              help="minutes; stop cleanly after the epoch that would overrun")
+@click.option(
+    "--time-budget", "time_budget", type=float, help="minutes; stop cleanly after the epoch that would overrun"
+)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--data-root", type=click.Path(file_okay=False),
-              help="where the split's paths live (default: as recorded)")
+@click.option(
+    "--data-root", type=click.Path(file_okay=False), help="where the split's paths live (default: as recorded)"
+)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="keep decoded pixels here between runs")
-@click.option("--teacher", type=click.Path(exists=True, dir_okay=False),
-              help="distil from the soft targets in this .npz (from `edge-bloodcls teacher`)")
+@click.option(
+    "--teacher",
+    type=click.Path(exists=True, dir_okay=False),
+    help="distil from the soft targets in this .npz (from `edge-bloodcls teacher`)",
+)
 @click.option("--distill-temperature", default=2.0, show_default=True, help="softmax temperature of the soft targets")
-@click.option("--distill-weight", default=0.7, show_default=True,
-              help="weight of the soft-target loss (the rest: hard labels)")
+@click.option(
+    "--distill-weight", default=0.7, show_default=True, help="weight of the soft-target loss (the rest: hard labels)"
+)
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
-def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, width, bn_momentum, dropout,
-              patience, balance, augment, no_augment, weight_decay, time_budget, seed, data_root, cache_dir,
-              teacher, distill_temperature, distill_weight, resume):
+def train_cmd(
+    arch,
+    split_csv,
+    out,
+    img_size,
+    epochs,
+    batch_size,
+    weights,
+    lr,
+    width,
+    bn_momentum,
+    dropout,
+    patience,
+    balance,
+    augment,
+    no_augment,
+    weight_decay,
+    time_budget,
+    seed,
+    data_root,
+    cache_dir,
+    teacher,
+    distill_temperature,
+    distill_weight,
+    resume,
+):
     """Train a classifier under the common protocol and evaluate it on the test split."""
     if not resume and not (arch and split_csv):
         raise click.UsageError("--arch and --split are required (unless --resume)")
@@ -106,12 +147,30 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
         except ValueError as e:
             raise CliError(str(e)) from None
     require_train_extra("train")
-    cfg = TrainConfig(arch=arch or "", split=split_csv or "", out=out, img_size=img_size, epochs=epochs,
-                      batch_size=batch_size, weights=weights, lr=lr, width=width, bn_momentum=bn_momentum,
-                      dropout=dropout, patience=patience, balance=balance,
-                      augment="none" if no_augment else augment, weight_decay=weight_decay,
-                      time_budget_min=time_budget, seed=seed, data_root=data_root, cache_dir=cache_dir,
-                      teacher=teacher, distill_temperature=distill_temperature, distill_weight=distill_weight)
+    cfg = TrainConfig(
+        arch=arch or "",
+        split=split_csv or "",
+        out=out,
+        img_size=img_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        weights=weights,
+        lr=lr,
+        width=width,
+        bn_momentum=bn_momentum,
+        dropout=dropout,
+        patience=patience,
+        balance=balance,
+        augment="none" if no_augment else augment,
+        weight_decay=weight_decay,
+        time_budget_min=time_budget,
+        seed=seed,
+        data_root=data_root,
+        cache_dir=cache_dir,
+        teacher=teacher,
+        distill_temperature=distill_temperature,
+        distill_weight=distill_weight,
+    )
     try:
         train(cfg, resume=resume)
     except (WeightsUnavailable, FileNotFoundError, FileExistsError, ValueError) as e:
@@ -119,8 +178,14 @@ def train_cmd(arch, split_csv, out, img_size, epochs, batch_size, weights, lr, w
 
 
 @click.command("teacher")
-@click.option("--model", "models", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
-              help="a trained .keras model; repeat for an ensemble")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="a trained .keras model; repeat for an ensemble",
+)
 @click.option("--split", "split_csv", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="NAME: writes NAME.npz and NAME.json")
 @click.option("--tta/--no-tta", default=True, show_default=True, help="average over the 8 flips and quarter turns")

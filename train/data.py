@@ -3,6 +3,7 @@
 The split CSV (path, label, split, sha256) is the record every later step cites by its hash.
 Paths in it are relative to the data root, which a sidecar JSON records with the report.
 """
+
 from __future__ import annotations
 
 import csv
@@ -82,8 +83,10 @@ def audit(records: list[FileRecord]) -> dict:
         # apart because it is a labelling conflict, not redundancy.
         "redundant_copies": sum(len(g) - 1 for g in groups if g not in conflicts),
         "conflicting_duplicates": [
-            {"sha256": g[0].sha256,
-             "files": [{"path": r.path, "label": r.label} for r in sorted(g, key=lambda r: r.path)]}
+            {
+                "sha256": g[0].sha256,
+                "files": [{"path": r.path, "label": r.label} for r in sorted(g, key=lambda r: r.path)],
+            }
             for g in conflicts
         ],
         "size_histogram": dict(sizes.most_common()),
@@ -95,8 +98,9 @@ def format_audit(a: dict) -> str:
     out += [f"  {k:<14}{v:>6}" for k, v in a["per_class"].items()]
     out.append(f"unreadable: {len(a['unreadable'])}")
     out += [f"  {u['path']}: {u['reason']}" for u in a["unreadable"]]
-    out.append(f"exact duplicates: {len(a['duplicate_groups'])} groups; "
-               f"{a['redundant_copies']} redundant same-label copies")
+    out.append(
+        f"exact duplicates: {len(a['duplicate_groups'])} groups; {a['redundant_copies']} redundant same-label copies"
+    )
     out.append(f"cross-label duplicates: {len(a['conflicting_duplicates'])}")
     for c in a["conflicting_duplicates"]:
         out.append("  " + " == ".join(f"{f['path']} ({f['label']})" for f in c["files"]))
@@ -121,8 +125,9 @@ def make_split(records: list[FileRecord], ratios=(0.7, 0.2, 0.1), seed: int = 0)
     for digest in sorted(by_hash):
         g = sorted(by_hash[digest], key=lambda r: r.path)
         if len({r.label for r in g}) > 1:
-            dropped.extend({"path": r.path, "label": r.label, "sha256": digest, "reason": "cross-label duplicate"}
-                           for r in g)
+            dropped.extend(
+                {"path": r.path, "label": r.label, "sha256": digest, "reason": "cross-label duplicate"} for r in g
+            )
             continue
         by_class[g[0].label].append(g)
     rng = np.random.default_rng(seed)
@@ -142,8 +147,10 @@ def make_split(records: list[FileRecord], ratios=(0.7, 0.2, 0.1), seed: int = 0)
     rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["label"], r["path"]))
     counts = {s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items())) for s in SPLITS}
     report = {
-        "seed": seed, "ratios": list(ratios),
-        "counts": counts, "totals": {s: sum(c.values()) for s, c in counts.items()},
+        "seed": seed,
+        "ratios": list(ratios),
+        "counts": counts,
+        "totals": {s: sum(c.values()) for s, c in counts.items()},
         "excluded_unreadable": [{"path": r.path, "reason": r.error} for r in records if r.error],
         "dropped_conflicts": dropped,
         "deduplication": "exact duplicates (sha256 of file bytes) kept in one split",

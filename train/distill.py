@@ -6,6 +6,7 @@ with the student's logits taken as the log of its softmax output (the same up to
 which a softmax ignores), so every architecture keeps its plain softmax head and exports as is.
 Both objects are registered so that a checkpoint of a distilled run resumes by name.
 """
+
 from __future__ import annotations
 
 import numpy as np

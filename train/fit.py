@@ -7,6 +7,7 @@ out/
   metrics.json    test-split metrics (edge_runtime.core.metrics, scikit-learn definitions)
   ckpt/           last epoch with optimizer state and loop state, for --resume (not committed)
 """
+
 from __future__ import annotations
 
 import csv
@@ -88,9 +89,16 @@ def _versions() -> dict:
     import tensorflow as tf
     import tf_keras
 
-    v = {"python": platform.python_version(), "tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
-         "numpy": np.__version__, "scikit-learn": sklearn.__version__, "edge_bloodcls": __version__,
-         "platform": platform.platform(), "processor": platform.processor() or platform.machine()}
+    v = {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "tf_keras": tf_keras.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "edge_bloodcls": __version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
     return v
 
 
@@ -180,11 +188,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         saved["time_budget_min"] = cfg.time_budget_min
         saved.update({k: v for k, v in (("data_root", cfg.data_root), ("cache_dir", cfg.cache_dir)) if v is not None})
         cfg, dropped = TrainConfig.from_saved(saved)
-        _log.info(f"resuming {cfg.arch} in {out} from its saved configuration"
-                  + (f" (ignoring settings no longer used: {', '.join(dropped)})" if dropped else ""))
+        _log.info(
+            f"resuming {cfg.arch} in {out} from its saved configuration"
+            + (f" (ignoring settings no longer used: {', '.join(dropped)})" if dropped else "")
+        )
     elif state_file.exists():
-        raise FileExistsError(f"{out}: holds a checkpoint already; "
-                              "pass --resume to continue it or choose another --out")
+        raise FileExistsError(
+            f"{out}: holds a checkpoint already; pass --resume to continue it or choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(exist_ok=True)
 
@@ -205,8 +216,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if not paths:
             raise ValueError(f"{cfg.split}: the {name} split is empty")
         data[name] = (cached_pixels(paths, spec.size, cfg.cache_dir, key, progress=True), y)
-    _log.info(f"data: {', '.join(f'{k} {len(v[1])}' for k, v in data.items())} images at {cfg.img_size}px "
-              f"({time.time() - t0:.0f}s)")
+    _log.info(
+        f"data: {', '.join(f'{k} {len(v[1])}' for k, v in data.items())} images at {cfg.img_size}px "
+        f"({time.time() - t0:.0f}s)"
+    )
 
     aug = augment_preset(cfg.augment)
     if cfg.teacher and cfg.balance == "class_weights":
@@ -216,8 +229,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     targets = {name: y for name, (_, y) in data.items()}
     if cfg.teacher:
         if aug.zoom or aug.brightness or aug.contrast or aug.saturation or aug.hue:
-            raise ValueError("--teacher needs --augment geometric or none: its stored soft targets are "
-                             "invariant to flips and quarter turns only")
+            raise ValueError(
+                "--teacher needs --augment geometric or none: its stored soft targets are "
+                "invariant to flips and quarter turns only"
+            )
         soft = load_teacher(cfg.teacher, split.sha256)
         if cfg.max_train:
             soft["train"] = soft["train"][: cfg.max_train]
@@ -240,41 +255,62 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             state = json.loads(state_file.read_text())
             _truncate_history(out / "history.csv", state["epoch"])
         else:
-            model = archs.build(cfg.arch, cfg.img_size, cfg.weights, cfg.dropout, cfg.bn_momentum,
-                                width=cfg.width)
+            model = archs.build(cfg.arch, cfg.img_size, cfg.weights, cfg.dropout, cfg.bn_momentum, width=cfg.width)
             sched = warmup_cosine_class()(lr, int(cfg.warmup_epochs * steps), cfg.epochs * steps)
-            opt = (tf_keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay) if cfg.weight_decay
-                   else tf_keras.optimizers.Adam(sched))
+            opt = (
+                tf_keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay)
+                if cfg.weight_decay
+                else tf_keras.optimizers.Adam(sched)
+            )
             if cfg.teacher:
                 loss_cls, acc = distill_objects()
-                model.compile(optimizer=opt, loss=loss_cls(cfg.distill_temperature, cfg.distill_weight),
-                              metrics=[tf_keras.metrics.MeanMetricWrapper(acc, name="accuracy")])
+                model.compile(
+                    optimizer=opt,
+                    loss=loss_cls(cfg.distill_temperature, cfg.distill_weight),
+                    metrics=[tf_keras.metrics.MeanMetricWrapper(acc, name="accuracy")],
+                )
             else:
-                model.compile(optimizer=opt, loss=tf_keras.losses.SparseCategoricalCrossentropy(),
-                              metrics=["accuracy"])
+                model.compile(optimizer=opt, loss=tf_keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     params = int(model.count_params())
 
     config = {
-        "train": asdict(cfg), "lr": lr, "input": spec.to_json(), "labels": list(LABELS),
-        "augment": aug.to_json(), "class_weights": weights_by_class,
+        "train": asdict(cfg),
+        "lr": lr,
+        "input": spec.to_json(),
+        "labels": list(LABELS),
+        "augment": aug.to_json(),
+        "class_weights": weights_by_class,
         "split": {"csv": str(cfg.split), "sha256": split.sha256, "root": str(split.root)},
-        "params": params, "gpus": n_gpus, "versions": _versions(),
+        "params": params,
+        "gpus": n_gpus,
+        "versions": _versions(),
         "optimizer": ("AdamW" if cfg.weight_decay else "Adam") + ", warm-up + cosine decay",
-        "loss": (f"distillation from {cfg.teacher}: {cfg.distill_weight:g} x T^2 KL at T={cfg.distill_temperature:g} "
-                 f"+ {1 - cfg.distill_weight:g} x cross-entropy" if cfg.teacher
-                 else "sparse categorical cross-entropy, class-weighted" if weights_by_class
-                 else "sparse categorical cross-entropy"),
+        "loss": (
+            f"distillation from {cfg.teacher}: {cfg.distill_weight:g} x T^2 KL at T={cfg.distill_temperature:g} "
+            f"+ {1 - cfg.distill_weight:g} x cross-entropy"
+            if cfg.teacher
+            else "sparse categorical cross-entropy, class-weighted"
+            if weights_by_class
+            else "sparse categorical cross-entropy"
+        ),
     }
     if not resume:
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    _log.info(f"{cfg.arch}: {params:,} parameters, input {spec.size} {spec.color}, lr {lr}, batch {batch}, "
-              f"{steps} steps/epoch, epochs {state['epoch']}..{cfg.epochs}")
+    _log.info(
+        f"{cfg.arch}: {params:,} parameters, input {spec.size} {spec.color}, lr {lr}, batch {batch}, "
+        f"{steps} steps/epoch, epochs {state['epoch']}..{cfg.epochs}"
+    )
 
     # One record per chunk (a first run or a --resume): its epochs, seconds and machine.
     chunks = state.setdefault("chunks", [])
     if state["epoch"] and not chunks:
-        chunks.append({"epochs": [1, state["epoch"]], "seconds": round(state["elapsed_s"], 1),
-                       "machine": "not recorded (trained before chunks were recorded)"})
+        chunks.append(
+            {
+                "epochs": [1, state["epoch"]],
+                "seconds": round(state["elapsed_s"], 1),
+                "machine": "not recorded (trained before chunks were recorded)",
+            }
+        )
     # [first, last] epoch; last < first until an epoch ends (metrics.json leaves such a chunk out).
     chunks.append({"epochs": [state["epoch"] + 1, state["epoch"]], "seconds": 0.0, "machine": _machine(n_gpus)})
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
@@ -283,14 +319,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     stop_reason = "completed all epochs"
 
     if state["epoch"] < cfg.epochs and state.get("stopped") != "early_stopping":
-        ds, _ = train_dataset(data["train"][0], targets["train"], spec, batch, aug, cfg.seed, state["epoch"],
-                              cfg.epochs)
+        ds, _ = train_dataset(
+            data["train"][0], targets["train"], spec, batch, aug, cfg.seed, state["epoch"], cfg.epochs
+        )
         loop = _EpochEnd(cfg, state, ckpt_dir, history_file, budget_s)
         # One fit call over a stream of all remaining epochs: Keras keeps one iterator across
         # epochs, so every batch is the one an uninterrupted run would draw.
-        model.fit(ds, steps_per_epoch=steps, epochs=cfg.epochs, initial_epoch=state["epoch"],
-                  validation_data=x_val, class_weight=weights_by_class, callbacks=[loop],
-                  verbose=1 if sys.stdout.isatty() else 2)
+        model.fit(
+            ds,
+            steps_per_epoch=steps,
+            epochs=cfg.epochs,
+            initial_epoch=state["epoch"],
+            validation_data=x_val,
+            class_weight=weights_by_class,
+            callbacks=[loop],
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
         stop_reason = loop.stop_reason
     _log.info(stop_reason)
 
@@ -301,11 +345,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     val_probs = best.predict(eval_dataset(*data["val"], spec, batch), verbose=0)
     metrics_val = classification_metrics(data["val"][1], val_probs.argmax(1))
     result = {
-        "arch": cfg.arch, "img_size": cfg.img_size, "params": params, "split_sha256": split.sha256,
-        "epochs_run": state["epoch"], "epochs_planned": cfg.epochs, "best_epoch": state["best_epoch"],
-        "stop_reason": stop_reason, "train_seconds": round(state["elapsed_s"], 1),
+        "arch": cfg.arch,
+        "img_size": cfg.img_size,
+        "params": params,
+        "split_sha256": split.sha256,
+        "epochs_run": state["epoch"],
+        "epochs_planned": cfg.epochs,
+        "best_epoch": state["best_epoch"],
+        "stop_reason": stop_reason,
+        "train_seconds": round(state["elapsed_s"], 1),
         "chunks": [c for c in state["chunks"] if c["epochs"][1] >= c["epochs"][0]],
-        "test": metrics, "val": {k: metrics_val[k] for k in ("n", "accuracy", "balanced_accuracy", "macro")},
+        "test": metrics,
+        "val": {k: metrics_val[k] for k in ("n", "accuracy", "balanced_accuracy", "macro")},
     }
     _write_json(out / "metrics.json", result)
     _log.info("test split:\n" + format_metrics(metrics))
@@ -341,13 +392,21 @@ def _epoch_end_class():
         def on_epoch_end(self, epoch, logs=None):
             cfg, state = self.cfg, self.state
             self.epoch_times.append(time.time() - self.t_epoch)
-            row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
-                   "val_loss": float(logs["val_loss"]), "val_accuracy": float(logs["val_accuracy"]),
-                   "lr": _current_lr(self.model.optimizer), "seconds": round(self.epoch_times[-1], 1),
-                   "steps": self.steps_done}
+            row = {
+                "epoch": epoch + 1,
+                "loss": float(logs["loss"]),
+                "accuracy": float(logs["accuracy"]),
+                "val_loss": float(logs["val_loss"]),
+                "val_accuracy": float(logs["val_accuracy"]),
+                "lr": _current_lr(self.model.optimizer),
+                "seconds": round(self.epoch_times[-1], 1),
+                "steps": self.steps_done,
+            }
             _append_csv(self.history_file, row)
-            _log.info(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
-                      f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} ({row['seconds']:.0f}s)")
+            _log.info(
+                f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
+                f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} ({row['seconds']:.0f}s)"
+            )
             if state["best_val_loss"] is None or row["val_loss"] < state["best_val_loss"]:
                 state.update(best_val_loss=row["val_loss"], best_epoch=epoch + 1, wait=0)
                 self.model.save(self.ckpt_dir / "best.keras")
@@ -367,13 +426,17 @@ def _epoch_end_class():
                 self.stop_reason = f"early stopping: validation loss did not improve for {cfg.patience} epochs"
                 state["stopped"] = "early_stopping"
             elif self.model.stop_training:
-                self.stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached during epoch {epoch + 1} "
-                                    f"after {self.steps_done} steps (history.csv 'steps'); "
-                                    "--resume continues with the next epoch")
+                self.stop_reason = (
+                    f"time budget of {cfg.time_budget_min:g} min reached during epoch {epoch + 1} "
+                    f"after {self.steps_done} steps (history.csv 'steps'); "
+                    "--resume continues with the next epoch"
+                )
                 state["stopped"] = "time_budget"
             elif self.budget_s and epoch + 1 < cfg.epochs and time.time() - self.start + mean_epoch > self.budget_s:
-                self.stop_reason = (f"time budget of {cfg.time_budget_min:g} min reached after epoch {epoch + 1} "
-                                    f"(another epoch would take ~{mean_epoch / 60:.1f} min); --resume continues")
+                self.stop_reason = (
+                    f"time budget of {cfg.time_budget_min:g} min reached after epoch {epoch + 1} "
+                    f"(another epoch would take ~{mean_epoch / 60:.1f} min); --resume continues"
+                )
                 state["stopped"] = "time_budget"
             _write_json(self.ckpt_dir / "state.json", state)
             if state.get("stopped"):

@@ -4,6 +4,7 @@ Images are decoded and resized once by the runtime's own functions (so training 
 pixels the Pi sees), kept in memory as uint8, and augmented with stateless ops seeded by
 (seed, epoch, index): a resumed run draws exactly the batches the uninterrupted one would.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,6 +22,7 @@ from edge_bloodcls.edge_runtime.core.spec import InputSpec
 @dataclass(frozen=True)
 class Augment:
     """Mild, label-preserving changes for single-cell micrographs (a cell has no up or left)."""
+
     flips: bool = True
     rot90: bool = True
     zoom: float = 0.10  # random crop of (1 - zoom)..1 of the side, resized back
@@ -62,6 +64,7 @@ def load_pixels(paths, size: tuple[int, int], workers: int | None = None, progre
         if progress:
             # tqdm: the [train] extra, only for progress bars
             from tqdm import tqdm
+
             results = tqdm(results, total=len(paths), desc=f"decode {size[0]}px", unit="img", mininterval=5)
         for _ in results:
             pass
@@ -125,8 +128,16 @@ def _augment(img, aug: Augment, seed):
     return tf.clip_by_value(img, 0.0, 1.0)
 
 
-def train_dataset(pixels: np.ndarray, labels: np.ndarray, spec: InputSpec, batch_size: int,
-                  aug: Augment, seed: int, first_epoch: int, epochs: int):
+def train_dataset(
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    spec: InputSpec,
+    batch_size: int,
+    aug: Augment,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
+):
     """An endless-until-`epochs` stream of batches; epoch e is a fixed function of (seed, e)."""
     # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
@@ -167,10 +178,15 @@ def eval_dataset(pixels: np.ndarray, labels, spec: InputSpec, batch_size: int):
 
     def gen():
         for start in range(0, len(labels), batch_size):
-            yield np.asarray(pixels[start:start + batch_size]), labels[start:start + batch_size]
+            yield np.asarray(pixels[start : start + batch_size]), labels[start : start + batch_size]
 
-    ds = tf.data.Dataset.from_generator(gen, output_signature=(
-        tf.TensorSpec((None, h, w, 3), tf.uint8), tf.TensorSpec((None,) + labels.shape[1:], tf.as_dtype(labels.dtype))))
+    ds = tf.data.Dataset.from_generator(
+        gen,
+        output_signature=(
+            tf.TensorSpec((None, h, w, 3), tf.uint8),
+            tf.TensorSpec((None,) + labels.shape[1:], tf.as_dtype(labels.dtype)),
+        ),
+    )
     return ds.map(lambda x, y: (normalise_tf(tf.cast(x, tf.float32), spec), y)).prefetch(2)
 
 
@@ -192,5 +208,17 @@ def class_weights(labels, n_classes: int) -> dict[int, float]:
     return out
 
 
-__all__ = ["Augment", "NO_AUGMENT", "GEOMETRIC", "AUGMENT_PRESETS", "augment_preset", "load_pixels", "cached_pixels",
-           "train_dataset", "eval_dataset", "class_weights", "normalise_tf", "ImageError"]
+__all__ = [
+    "Augment",
+    "NO_AUGMENT",
+    "GEOMETRIC",
+    "AUGMENT_PRESETS",
+    "augment_preset",
+    "load_pixels",
+    "cached_pixels",
+    "train_dataset",
+    "eval_dataset",
+    "class_weights",
+    "normalise_tf",
+    "ImageError",
+]

@@ -11,6 +11,7 @@ student's distillation costs no teacher forward pass.
 per image (the logits of its soft targets) keyed to the split hash, and a JSON report of its
 validation and test accuracy, alone and per member.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,15 +50,22 @@ def log_probs(model, pixels: np.ndarray, spec: InputSpec, tta: bool = True, batc
     """Mean log-probability over the D4 views (or the image alone) -> (N, n_classes) float32."""
     out = []
     for start in range(0, len(pixels), batch):
-        x = normalise(np.asarray(pixels[start:start + batch]), spec)  # the runtime's own
+        x = normalise(np.asarray(pixels[start : start + batch]), spec)  # the runtime's own
         views = d4_views(x) if tta else [x]
         lp = [np.log(np.clip(model(np.ascontiguousarray(v), training=False).numpy(), 1e-12, 1.0)) for v in views]
         out.append(np.mean(lp, axis=0))
     return np.concatenate(out).astype(np.float32)
 
 
-def build_teacher(models: list[str], split_csv: str, out: str, tta: bool = True, data_root: str | None = None,
-                  cache_dir: str | None = None, parts=PARTS) -> dict:
+def build_teacher(
+    models: list[str],
+    split_csv: str,
+    out: str,
+    tta: bool = True,
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    parts=PARTS,
+) -> dict:
     """Score every part of the split with every model; write out.npz and out.json."""
     configure()
     # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
@@ -85,9 +93,13 @@ def build_teacher(models: list[str], split_csv: str, out: str, tta: bool = True,
             per_member[str(path)][p] = round(acc, 5)
             _log.info(f"{path} {p}: accuracy {acc:.4f}{' (8-view TTA)' if tta else ''} ({time.time() - t:.0f}s)")
     logits = {p: totals[p] / len(models) for p in parts}
-    result: dict[str, Any] = {"members": members, "tta": "D4 (8 views)" if tta else "none",
-                              "split_sha256": split.sha256, "per_member_accuracy": per_member,
-                              "seconds": round(time.time() - t0, 1)}
+    result: dict[str, Any] = {
+        "members": members,
+        "tta": "D4 (8 views)" if tta else "none",
+        "split_sha256": split.sha256,
+        "per_member_accuracy": per_member,
+        "seconds": round(time.time() - t0, 1),
+    }
     for p in parts:
         _, y = split.items(p)
         m = classification_metrics(np.asarray(y), logits[p].argmax(1))

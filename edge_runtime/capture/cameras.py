@@ -4,6 +4,7 @@ Raspberry Pi camera module through Picamera2 (imported only when asked for).
 Both take a requested frame size (--width/--height). Every way a camera can fail to start is a
 SourceError with one line, which the CLI turns into `error: ...` and exit status 2.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,9 @@ def cv2_camera(spec, name, size=None, **kw) -> LiveSource:
             got = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
             if got != tuple(size) and not warned:
                 warned.append(got)
-                kw.get("warn", _stderr)(f"warning: {name}: asked for {size[0]}x{size[1]}, the camera gives "
-                                        f"{got[0]}x{got[1]}")
+                kw.get("warn", _stderr)(
+                    f"warning: {name}: asked for {size[0]}x{size[1]}, the camera gives {got[0]}x{got[1]}"
+                )
         return cap
 
     return LiveSource(name, opener, bgr_to_rgb, **kw)
@@ -45,12 +47,15 @@ class _Picamera2Device:
         except ImportError:
             raise SourceError(
                 "picamera2 is not importable. On Raspberry Pi OS: `sudo apt install python3-picamera2` "
-                "and create the virtual environment with `python3 -m venv --system-site-packages`") from None
+                "and create the virtual environment with `python3 -m venv --system-site-packages`"
+            ) from None
         try:
             self.cam = Picamera2(num)
         except Exception as e:  # IndexError when there is no camera num, RuntimeError when busy
-            raise SourceError(f"picamera2 {num}: cannot open ({_one_line(e)}; is the camera connected, "
-                              "enabled and not used by another program?)") from None
+            raise SourceError(
+                f"picamera2 {num}: cannot open ({_one_line(e)}; is the camera connected, "
+                "enabled and not used by another program?)"
+            ) from None
         try:
             # libcamera's "RGB888" is B, G, R in memory: the array is BGR
             main: dict[str, object] = {"format": "RGB888"}

@@ -22,6 +22,7 @@ Per frame (see slide.py for the frame's state and its position on the slide):
     is a flicker, while a field that lasts one frame (a folder of still images) counts its cells.
     A cell that ends without qualifying is dropped, and comes back to life if seen again there.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -65,6 +66,7 @@ class SlideCell:
 @dataclass(frozen=True)
 class ShownCell:
     """A located cell as the operator sees it (frame coordinates)."""
+
     box: tuple[int, int, int, int]
     note: str  # "counted", "already counted", "pending" (being looked at), "not counted" (not a counting frame)
     label: str = ""
@@ -94,9 +96,15 @@ class CountingStats:
 
 
 class CountingCore:
-    def __init__(self, labels: Sequence[str], review_threshold: float, rbc_px: float | None = None,
-                 min_observations: int = MIN_OBSERVATIONS, count_views: int = COUNT_VIEWS,
-                 position: SlidePosition | None = None):
+    def __init__(
+        self,
+        labels: Sequence[str],
+        review_threshold: float,
+        rbc_px: float | None = None,
+        min_observations: int = MIN_OBSERVATIONS,
+        count_views: int = COUNT_VIEWS,
+        position: SlidePosition | None = None,
+    ):
         self.labels = list(labels)
         self.review_threshold = review_threshold
         self.min_obs = min_observations
@@ -117,8 +125,9 @@ class CountingCore:
         """The operator says the field has changed (preview's space bar): count what is open."""
         self.position.force_new = True
 
-    def step(self, index: int, timestamp: float, rgb: np.ndarray, detections: Sequence[Detection],
-             classify: Classify) -> StepResult:
+    def step(
+        self, index: int, timestamp: float, rgb: np.ndarray, detections: Sequence[Detection], classify: Classify
+    ) -> StepResult:
         for t in self._release:  # counted at the previous frame: its record has the crop by now
             if t.best is not None:
                 t.best.crop = None
@@ -192,8 +201,9 @@ class CountingCore:
                 c.missed = 0
                 label = self.labels[int(np.argmax(o.probs))]
                 if c.track is None:
-                    c.track = Track(c.id, c.segment, index, _float_box(o.box), np.asarray(o.probs, np.float64),
-                                    last_frame=index)
+                    c.track = Track(
+                        c.id, c.segment, index, _float_box(o.box), np.asarray(o.probs, np.float64), last_frame=index
+                    )
                     c.track._note(o, label)
                 else:
                     c.track.add(o, label)
@@ -288,5 +298,13 @@ def _overlaps_centre(box, view) -> bool:
     return view[0] <= cx < view[2] and view[1] <= cy < view[3]
 
 
-__all__ = ["CountingCore", "StepResult", "ShownCell", "SlideCell", "Classify", "COUNT_VIEWS", "MAX_CENTRE_SHIFT",
-           "MIN_OBSERVATIONS"]
+__all__ = [
+    "CountingCore",
+    "StepResult",
+    "ShownCell",
+    "SlideCell",
+    "Classify",
+    "COUNT_VIEWS",
+    "MAX_CENTRE_SHIFT",
+    "MIN_OBSERVATIONS",
+]

@@ -16,6 +16,7 @@ of two fields to ~0.7 (medians over 61 BCCD fields; `python -m benchmarks.counti
 The value depends on what is in the field (x2 between BCCD fields), so slide.py compares it with
 the best value seen at the same place and with the session's, never with a constant.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -114,7 +115,7 @@ def _overlap_ncc(prev: np.ndarray, cur: np.ndarray, dx: float, dy: float) -> flo
     x0, x1, y0, y1 = max(0, ix), min(w, w + ix), max(0, iy), min(h, h + iy)
     if x1 - x0 < w / 2 or y1 - y0 < h / 2:
         return -1.0
-    a = prev[y0 - iy:y1 - iy, x0 - ix:x1 - ix]
+    a = prev[y0 - iy : y1 - iy, x0 - ix : x1 - ix]
     b = cur[y0:y1, x0:x1]
     a = a - cv2.GaussianBlur(a, (0, 0), 6)
     b = b - cv2.GaussianBlur(b, (0, 0), 6)

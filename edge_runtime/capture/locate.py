@@ -14,6 +14,7 @@ a red cell is 7-8 um everywhere, so it is the one ruler that travels from one mi
 objective and camera to another. Work is done on a copy scaled so that a red cell is
 WORK_RBC_PX pixels wide, which bounds the cost per frame on a Pi whatever the camera resolution.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,8 +72,12 @@ class Detection:
         return (x0 + x1) / 2, (y0 + y1) / 2
 
     def to_json(self) -> dict:
-        return {"box": list(self.box), "nucleus_box": list(self.nucleus_box),
-                "nucleus_area": round(self.nucleus_area, 3), "stain": round(self.stain, 2)}
+        return {
+            "box": list(self.box),
+            "nucleus_box": list(self.nucleus_box),
+            "nucleus_area": round(self.nucleus_area, 3),
+            "stain": round(self.stain, 2),
+        }
 
 
 def default_rbc_px(shape) -> float:
@@ -105,8 +110,11 @@ def locate(rgb: np.ndarray, rbc_px: float | None = None, params: LocateParams = 
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     rbc_area = r * r
     # (x0, y0, x1, y1, area in red-cell areas, component ids); specks of noise never join.
-    clusters = [[st[0], st[1], st[0] + st[2], st[1] + st[3], st[4] / rbc_area, [i]]
-                for i, st in enumerate(stats) if i and st[4] / rbc_area >= 0.01]
+    clusters = [
+        [st[0], st[1], st[0] + st[2], st[1] + st[3], st[4] / rbc_area, [i]]
+        for i, st in enumerate(stats)
+        if i and st[4] / rbc_area >= 0.01
+    ]
     _merge_lobes(clusters, params.group_gap * r, params.max_nucleus * r, params.lobe_area)
     clusters = [piece for c in clusters for piece in _split_touching(c, labels, r, params)]
 
@@ -211,8 +219,15 @@ def crop(rgb: np.ndarray, det: Detection, rbc_px: float | None = None, fill=None
     # OpenCV: the [edge] extra; classify, review and report run without it
     import cv2
 
-    return cv2.copyMakeBorder(np.ascontiguousarray(rgb[sy0:sy1, sx0:sx1]), sy0 - y0, y0 + side - sy1,
-                              sx0 - x0, x0 + side - sx1, cv2.BORDER_CONSTANT, value=[int(v) for v in fill])
+    return cv2.copyMakeBorder(
+        np.ascontiguousarray(rgb[sy0:sy1, sx0:sx1]),
+        sy0 - y0,
+        y0 + side - sy1,
+        sx0 - x0,
+        x0 + side - sx1,
+        cv2.BORDER_CONSTANT,
+        value=[int(v) for v in fill],
+    )
 
 
 def _disc(radius: int):

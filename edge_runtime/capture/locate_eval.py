@@ -7,6 +7,7 @@ per box, greedy by IoU). Precision is detections matched / detections made; BCCD
 but not all white cells, so precision is a lower bound. Reported for all images and for each split
 in ImageSets/Main (parameters were tuned on train only).
 """
+
 from __future__ import annotations
 
 import json
@@ -96,10 +97,17 @@ def summarise(rows) -> dict:
     n_pred = sum(len(r["pred"]) for r in rows)
     tp = sum(r["matched"] for r in rows)
     ms = np.array([r["ms"] for r in rows]) if rows else np.zeros(1)
-    return {"images": len(rows), "wbc_boxes": n_truth, "detections": n_pred, "matched": tp,
-            "recall": tp / n_truth if n_truth else 0.0, "precision": tp / n_pred if n_pred else 0.0,
-            "images_all_found": sum(r["matched"] == len(r["truth"]) for r in rows),
-            "locate_ms_median": float(np.median(ms)), "locate_ms_p95": float(np.percentile(ms, 95))}
+    return {
+        "images": len(rows),
+        "wbc_boxes": n_truth,
+        "detections": n_pred,
+        "matched": tp,
+        "recall": tp / n_truth if n_truth else 0.0,
+        "precision": tp / n_pred if n_pred else 0.0,
+        "images_all_found": sum(r["matched"] == len(r["truth"]) for r in rows),
+        "locate_ms_median": float(np.median(ms)),
+        "locate_ms_p95": float(np.percentile(ms, 95)),
+    }
 
 
 # Values tried for each parameter by `tune`, around the hand-set starting point.
@@ -146,27 +154,45 @@ def tune(root, rbc_px=None, rounds: int = 3, log=print) -> LocateParams:
 def report(root, params: LocateParams = DEFAULT_PARAMS, rbc_px=None) -> dict:
     root = Path(root)
     rows = evaluate_images(load_images(root), params, rbc_px)
-    out = {"data": str(root), "iou_min": IOU_MIN, "params": asdict(params),
-           "rbc_px": rbc_px or "default (0.21 x short side)", "all": summarise(rows)}
+    out = {
+        "data": str(root),
+        "iou_min": IOU_MIN,
+        "params": asdict(params),
+        "rbc_px": rbc_px or "default (0.21 x short side)",
+        "all": summarise(rows),
+    }
     for name, ids in splits(root).items():
         out[name] = summarise([r for r in rows if r["id"] in ids])
-    out["missed"] = [{"id": r["id"], "truth": r["truth"], "pred": r["pred"]}
-                     for r in rows if r["matched"] < len(r["truth"])]
+    out["missed"] = [
+        {"id": r["id"], "truth": r["truth"], "pred": r["pred"]} for r in rows if r["matched"] < len(r["truth"])
+    ]
     # Listed so that each can be looked at: on BCCD most are white cells left unannotated.
-    out["unmatched_detections"] = [{"id": r["id"], "box": p} for r in rows for p in r["pred"]
-                                   if all(iou(p, t) < IOU_MIN for t in r["truth"])]
-    out["machine"] = {"python": platform.python_version(), "machine": platform.machine(),
-                      "processor": platform.processor() or platform.machine()}
+    out["unmatched_detections"] = [
+        {"id": r["id"], "box": p} for r in rows for p in r["pred"] if all(iou(p, t) < IOU_MIN for t in r["truth"])
+    ]
+    out["machine"] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+    }
     return out
 
 
 @click.command("locate-eval")
 @click.argument("bccd", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the full report (with every missed box) here.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the full report (with every missed box) here.",
+)
 @click.option("--rbc-px", type=float, default=None, help="Red-cell diameter in pixels (default: 0.21 x short side).")
-@click.option("--tune", "do_tune", is_flag=True,
-              help="First search the parameters on the train split (ImageSets/Main/train.txt), then report with them.")
+@click.option(
+    "--tune",
+    "do_tune",
+    is_flag=True,
+    help="First search the parameters on the train split (ImageSets/Main/train.txt), then report with them.",
+)
 def locate_eval_command(bccd, json_path, rbc_px, do_tune):
     """Recall and precision of white-cell location on a BCCD-style (Pascal VOC) folder."""
     steps = []
@@ -178,14 +204,21 @@ def locate_eval_command(bccd, json_path, rbc_px, do_tune):
     params = tune(bccd, rbc_px, log=log) if do_tune else LocateParams()
     out = report(bccd, params, rbc_px=rbc_px)
     if do_tune:
-        out["tuning"] = {"split": "train", "objective": "F2 (recall weighted 4x)", "grid": GRID,
-                         "start": asdict(LocateParams()), "improvements": steps}
+        out["tuning"] = {
+            "split": "train",
+            "objective": "F2 (recall weighted 4x)",
+            "grid": GRID,
+            "start": asdict(LocateParams()),
+            "improvements": steps,
+        }
     for name in ("all", "train", "val", "test"):
         if name in out:
             s = out[name]
-            click.echo(f"{name:<6} images={s['images']:>4} wbc={s['wbc_boxes']:>4} detections={s['detections']:>4} "
-                       f"recall={s['recall']:.4f} precision={s['precision']:.4f} "
-                       f"locate median={s['locate_ms_median']:.1f} ms")
+            click.echo(
+                f"{name:<6} images={s['images']:>4} wbc={s['wbc_boxes']:>4} detections={s['detections']:>4} "
+                f"recall={s['recall']:.4f} precision={s['precision']:.4f} "
+                f"locate median={s['locate_ms_median']:.1f} ms"
+            )
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(out, indent=1) + "\n")

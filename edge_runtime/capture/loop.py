@@ -14,6 +14,7 @@ registration, focus and slide position, crop, preprocess, tensor I/O, log, previ
 interpreter's invoke: on a Pi the stages around the model can cost as much as the model, and
 this shows which.
 """
+
 from __future__ import annotations
 
 import platform
@@ -52,8 +53,7 @@ from .track import (
     single_track,
 )
 
-STAGES = ("decode", "locate", "motion", "crop", "preprocess", "tensor_io", "interpreter", "log", "preview",
-          "other")
+STAGES = ("decode", "locate", "motion", "crop", "preprocess", "tensor_io", "interpreter", "log", "preview", "other")
 DEFAULT_COUNT = 100  # white cells: the usual manual differential (200 for a closer look)
 
 
@@ -127,8 +127,11 @@ class _Capture:
     def __init__(self, source: Source, clf: Classifier, log: SessionSink | None, opts: CaptureOptions):
         self.source, self.clf, self.log, self.opts = source, clf, log, opts
         self.counter = CellCounter(clf.labels, clf.review_threshold, opts.count)
-        self.core = (CountingCore(clf.labels, clf.review_threshold, opts.rbc_px, opts.min_observations)
-                     if opts.mode == "field" else None)
+        self.core = (
+            CountingCore(clf.labels, clf.review_threshold, opts.rbc_px, opts.min_observations)
+            if opts.mode == "field"
+            else None
+        )
         self.timings = TimingStats(STAGES)  # constant memory: a session may run for a whole shift
         self.window = None
         if opts.preview and has_display():
@@ -241,8 +244,10 @@ class _Capture:
         best = track.best
         if best is None or best.crop is None or not self.opts.save_crops:
             return None
-        path = str(Path(self.opts.save_crops) / f"s{self.log.id if self.log else 0}_"
-                   f"f{best.frame_index:06d}_t{track.id}_{label}.jpg")
+        path = str(
+            Path(self.opts.save_crops) / f"s{self.log.id if self.log else 0}_"
+            f"f{best.frame_index:06d}_t{track.id}_{label}.jpg"
+        )
         save_jpeg(best.crop, path)
         return path
 
@@ -255,9 +260,15 @@ class _Capture:
             if self.log is not None:
                 if self.counter.tripped_now:
                     self.log.set_trust(self.counter.gate.to_json())
-                ids = self.log.log_frame(frame.index, frame.timestamp, frame.name, frame.rgb.shape,
-                                         n_located, records,
-                                         {k: round(v, 3) for k, v in t.items() if v})
+                ids = self.log.log_frame(
+                    frame.index,
+                    frame.timestamp,
+                    frame.name,
+                    frame.rgb.shape,
+                    n_located,
+                    records,
+                    {k: round(v, 3) for k, v in t.items() if v},
+                )
                 self.counter.note_ids(records, ids)
         except (SessionFileError, OSError) as e:
             # a full disk, a lock never released, a log made read-only: stop counting what cannot be
@@ -285,8 +296,7 @@ class _Capture:
             else:
                 boxes = [Box(r.box, r.label, r.confidence, r.review, r.ood, note="counted") for r in records]
             g = self.counter.gate
-            banner = (f"UNVALIDATED: {g.n_ood} of {g.n_cells} white cells out of distribution"
-                      if g.tripped else "")
+            banner = f"UNVALIDATED: {g.n_ood} of {g.n_cells} white cells out of distribution" if g.tripped else ""
             img = annotate(frame.rgb, boxes, status, banner, state=self.state if self.core is not None else "")
             action = self.window.show(img) if self.window is not None else None
             if opts.live is not None:
@@ -330,16 +340,30 @@ class _Capture:
                 self.log_error, self.not_logged = _one_line(e, self.opts), len(records)
                 self.end_reason = f"{self.end_reason}; then {self.log_error}"
         summary = CaptureSummary(
-            end_reason=self.end_reason, frames=self.n_frames, cells=sum(counter.diff.counts.values()),
-            detections=self.detections, wall_s=round(wall_s, 3),
-            counting="tracked" if core else "per-frame", count_target=self.opts.count,
-            fields=core.segments if core else None, tracks_dropped=core.stats.dropped if core else 0,
-            differential=counter.diff.to_json(), review=counter.review, review_total=counter.n_review,
-            ood_cells=counter.ood, trust=counter.gate.to_json(), timing_ms=self.timings.summary(),
-            model=self.clf.describe(), mode=self.opts.mode, source_failed=bool(getattr(self.source, "failed", False)),
-            frame_states=dict(core.stats.states) if core else {}, seen_again=core.stats.seen_again if core else 0,
+            end_reason=self.end_reason,
+            frames=self.n_frames,
+            cells=sum(counter.diff.counts.values()),
+            detections=self.detections,
+            wall_s=round(wall_s, 3),
+            counting="tracked" if core else "per-frame",
+            count_target=self.opts.count,
+            fields=core.segments if core else None,
+            tracks_dropped=core.stats.dropped if core else 0,
+            differential=counter.diff.to_json(),
+            review=counter.review,
+            review_total=counter.n_review,
+            ood_cells=counter.ood,
+            trust=counter.gate.to_json(),
+            timing_ms=self.timings.summary(),
+            model=self.clf.describe(),
+            mode=self.opts.mode,
+            source_failed=bool(getattr(self.source, "failed", False)),
+            frame_states=dict(core.stats.states) if core else {},
+            seen_again=core.stats.seen_again if core else 0,
             classified=core.stats.classified if core else self.n_frames,
-            log_error=self.log_error, cells_not_logged=self.not_logged if self.log_error else 0)
+            log_error=self.log_error,
+            cells_not_logged=self.not_logged if self.log_error else 0,
+        )
         if log is not None:
             try:
                 # after a failed write: one attempt, not the retry budget again; an end time is
@@ -351,8 +375,12 @@ class _Capture:
         return summary
 
 
-_STATE_TEXT = {COUNTING: "COUNTING", "moving": "MOVING: not counting", "out of focus": "OUT OF FOCUS: not counting",
-               LOST: "LOST: not counting (jump, dark or blurred frame)"}
+_STATE_TEXT = {
+    COUNTING: "COUNTING",
+    "moving": "MOVING: not counting",
+    "out of focus": "OUT OF FOCUS: not counting",
+    LOST: "LOST: not counting (jump, dark or blurred frame)",
+}
 
 
 def crop_folder_problem(folder) -> str | None:
@@ -382,27 +410,39 @@ def format_summary(summary: CaptureSummary | dict) -> str:
     d = s["differential"]
     lines = [f"session ended: {s['end_reason']}"]
     if s.get("log_error"):
-        lines.append(f"SESSION LOG INCOMPLETE: {s['log_error']}; frames after the failure are not in the log"
-                     + (f", nor {s['cells_not_logged']} cell(s) counted at the frame that failed (in the totals "
-                        "below)" if s.get("cells_not_logged") else ""))
+        lines.append(
+            f"SESSION LOG INCOMPLETE: {s['log_error']}; frames after the failure are not in the log"
+            + (
+                f", nor {s['cells_not_logged']} cell(s) counted at the frame that failed (in the totals below)"
+                if s.get("cells_not_logged")
+                else ""
+            )
+        )
     if s.get("log_unfinished"):
         lines.append(f"the session could not be closed in the log (no end time): {s['log_unfinished']}")
     lines.append(f"frames {s['frames']}, cells {s['cells']}, white cells {d['wbc_total']} in {s['wall_s']:.1f} s")
     if s.get("counting") == "tracked":
-        lines.append(f"each cell counted once: {s['cells']} cells from {s['detections']} detections in "
-                     f"{s['fields']} field(s) (segments of the slide); {s['tracks_dropped']} located but not "
-                     "counted (seen in too few of the frames that showed them)")
+        lines.append(
+            f"each cell counted once: {s['cells']} cells from {s['detections']} detections in "
+            f"{s['fields']} field(s) (segments of the slide); {s['tracks_dropped']} located but not "
+            "counted (seen in too few of the frames that showed them)"
+        )
         states = s.get("frame_states") or {}
         if states:
-            lines.append("frames by state: " + ", ".join(f"{k} {states[k]}" for k in _STATE_TEXT if k in states)
-                         + f"; counted cells seen again {s.get('seen_again', 0)} time(s), not counted again")
+            lines.append(
+                "frames by state: "
+                + ", ".join(f"{k} {states[k]}" for k in _STATE_TEXT if k in states)
+                + f"; counted cells seen again {s.get('seen_again', 0)} time(s), not counted again"
+            )
     if s.get("count_target"):
         done = "reached" if d["wbc_total"] >= s["count_target"] else "NOT reached"
         lines.append(f"count target {s['count_target']} white cells: {done}")
     trust = s.get("trust") or {}
     if trust.get("tripped"):
-        lines.append(f"UNVALIDATED differential: {trust['ood_cells']} of {trust['cells']} white cells out of "
-                     f"distribution (the trust gate tripped at white cell {trust['tripped_at_cell']})")
+        lines.append(
+            f"UNVALIDATED differential: {trust['ood_cells']} of {trust['cells']} white cells out of "
+            f"distribution (the trust gate tripped at white cell {trust['tripped_at_cell']})"
+        )
         lines.append("  " + trust.get("message", "").removeprefix("WARNING: "))
     lines.append(f"out of distribution: {s.get('ood_cells', 0)} of {s['cells']} cells")
     lines.append("differential (% of white cells):")
@@ -414,28 +454,38 @@ def format_summary(summary: CaptureSummary | dict) -> str:
     if tm:
         stages = ", ".join(f"{k} {tm[k]['median']:.2f}" for k in STAGES if tm[k]["mean"] > 0)
         lines.append(f"per frame, median ms: {stages}")
-        lines.append(f"  interpreter {tm['interpreter']['median']:.2f} ms vs everything else "
-                     f"{tm['overhead']['median']:.2f} ms ({100 * tm['overhead_share']:.0f}% of frame time "
-                     "outside the interpreter)")
+        lines.append(
+            f"  interpreter {tm['interpreter']['median']:.2f} ms vs everything else "
+            f"{tm['overhead']['median']:.2f} ms ({100 * tm['overhead_share']:.0f}% of frame time "
+            "outside the interpreter)"
+        )
     rv = s["review"]
     n_flagged = s.get("review_total", len(rv))
     lines.append(f"flagged for review: {n_flagged}")
     for r in rv[:10]:
-        lines.append(f"  cell {r.get('cell_id', '-')} (frame {r['frame']}): {r['label']} {r['confidence']:.2f}"
-                     + (f" - {r['reason']}" if r.get("reason") else "")
-                     + (f" {printable(r['crop'])}" if r["crop"] else ""))
+        lines.append(
+            f"  cell {r.get('cell_id', '-')} (frame {r['frame']}): {r['label']} {r['confidence']:.2f}"
+            + (f" - {r['reason']}" if r.get("reason") else "")
+            + (f" {printable(r['crop'])}" if r["crop"] else "")
+        )
     if n_flagged > 10:
         lines.append(f"  … and {n_flagged - 10} more")
     if s.get("db"):
-        lines.append(f"check and sign: edge-bloodcls review {s['db']}; report: edge-bloodcls report {s['db']} "
-                     "--out report.html")
+        lines.append(
+            f"check and sign: edge-bloodcls review {s['db']}; report: edge-bloodcls report {s['db']} --out report.html"
+        )
     return "\n".join(lines)
 
 
 def runtime_versions(clf: Classifier) -> dict:
     """What a signed report must name: the software and the exact model that produced it."""
-    v = {"edge_bloodcls": __version__, "python": platform.python_version(), "numpy": np.__version__,
-         "bundle": str(clf.bundle.tflite), "quantization": clf.bundle.quantization}
+    v = {
+        "edge_bloodcls": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "bundle": str(clf.bundle.tflite),
+        "quantization": clf.bundle.quantization,
+    }
     try:
         import cv2  # OpenCV is optional (the [edge] extra): named when installed
 

@@ -4,6 +4,7 @@
 Apart from sources.py because it picks among all of them: the cameras and the video source build
 on sources.py, so the one function that knows them all sits above the three.
 """
+
 from __future__ import annotations
 
 import time
@@ -16,9 +17,15 @@ from .sources import DEFAULT_BACKOFF, READ_TIMEOUT_S, FolderSource, ImageSource,
 from .video import VideoSource
 
 
-def open_source(spec: str, fps: float | None = None, backoff=DEFAULT_BACKOFF,
-                sleep: Callable[[float], None] = time.sleep, warn: Callable[[str], None] = _stderr,
-                size: tuple[int, int] | None = None, read_timeout: float | None = READ_TIMEOUT_S) -> Source:
+def open_source(
+    spec: str,
+    fps: float | None = None,
+    backoff=DEFAULT_BACKOFF,
+    sleep: Callable[[float], None] = time.sleep,
+    warn: Callable[[str], None] = _stderr,
+    size: tuple[int, int] | None = None,
+    read_timeout: float | None = READ_TIMEOUT_S,
+) -> Source:
     """The source named by `spec` (see sources.py's docstring); raises SourceError. `size`
     (width, height) is asked of cameras; recorded sources keep their own."""
     kw: dict[str, Any] = {"fps": fps, "sleep": sleep, "warn": warn}
@@ -41,5 +48,7 @@ def open_source(spec: str, fps: float | None = None, backoff=DEFAULT_BACKOFF,
         if p.suffix.lower() in IMAGE_SUFFIXES:
             return ImageSource(p, **kw)
         return VideoSource(p, **kw)
-    raise SourceError(f"{spec}: no such camera, file or folder "
-                      "(use a camera index such as 0, picamera2, a video file or a folder of images)")
+    raise SourceError(
+        f"{spec}: no such camera, file or folder "
+        "(use a camera index such as 0, picamera2, a video file or a folder of images)"
+    )

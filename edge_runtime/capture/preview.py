@@ -3,6 +3,7 @@ count, in an OpenCV window (where OpenCV has a GUI) and/or in a web page (`captu
 which works on the recommended install: [edge] brings headless OpenCV, which can draw and encode
 JPEG but not open a window.
 """
+
 from __future__ import annotations
 
 import threading
@@ -21,10 +22,20 @@ BLUE, YELLOW = (200, 120, 0), (0, 200, 230)
 # The Pi touch screen: the drawn view is scaled to fit, so that text stays legible on it.
 SCREEN = (800, 480)
 # state of the frame (slide.py) -> banner colour and text
-STATES = {"counting": (GREEN, "COUNTING"), "moving": (ORANGE, "MOVING - not counting"),
-          "out of focus": (ORANGE, "OUT OF FOCUS - not counting"), "lost": (RED, "LOST - not counting")}
-LEGEND = (("counted", GREEN), ("flagged", ORANGE), ("out of distr.", RED), ("already counted", BLUE),
-          ("pending", YELLOW), ("not counted", GREY))
+STATES = {
+    "counting": (GREEN, "COUNTING"),
+    "moving": (ORANGE, "MOVING - not counting"),
+    "out of focus": (ORANGE, "OUT OF FOCUS - not counting"),
+    "lost": (RED, "LOST - not counting"),
+}
+LEGEND = (
+    ("counted", GREEN),
+    ("flagged", ORANGE),
+    ("out of distr.", RED),
+    ("already counted", BLUE),
+    ("pending", YELLOW),
+    ("not counted", GREY),
+)
 
 
 @dataclass
@@ -56,8 +67,14 @@ def _caption(b: Box) -> str:
     return text + (" (already counted)" if b.note == "already counted" else "")
 
 
-def annotate(rgb: np.ndarray, boxes: list[Box], status: list[str], banner: str = "", state: str = "",
-             screen: tuple[int, int] = SCREEN) -> np.ndarray:
+def annotate(
+    rgb: np.ndarray,
+    boxes: list[Box],
+    status: list[str],
+    banner: str = "",
+    state: str = "",
+    screen: tuple[int, int] = SCREEN,
+) -> np.ndarray:
     """BGR image at most `screen` (800x480) in size: boxes coloured by what happened to the cell
     (see LEGEND), the frame's state (counting / moving / out of focus / lost) at the top, status
     lines at the bottom, a red banner when the session is unvalidated."""
@@ -142,8 +159,11 @@ class Window:
             closed = self.shown and cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1
         except cv2.error as e:
             self.on = False
-            self.echo("preview off: this OpenCV cannot open a window (" + str(e).strip().splitlines()[-1][:80]
-                      + "); the web live view (--live-port 8080) works with headless OpenCV")
+            self.echo(
+                "preview off: this OpenCV cannot open a window ("
+                + str(e).strip().splitlines()[-1][:80]
+                + "); the web live view (--live-port 8080) works with headless OpenCV"
+            )
             return None
         self.shown = True
         if closed or key in (ord("q"), 27):
@@ -183,8 +203,11 @@ class LiveView:
         self.last = 0.0
         self.lock = threading.Lock()
         web = Path(__file__).parent / "web"
-        files = {"/": ("live.html", "text/html; charset=utf-8"), "/live.js": ("live.js", "text/javascript"),
-                 "/live.css": ("live.css", "text/css")}
+        files = {
+            "/": ("live.html", "text/html; charset=utf-8"),
+            "/live.js": ("live.js", "text/javascript"),
+            "/live.css": ("live.css", "text/css"),
+        }
 
         async def page(request):
             name, ctype = files[request.url.path]
@@ -199,9 +222,15 @@ class LiveView:
             with self.lock:
                 return JSONResponse({"seq": self.seq, "text": self.text, "state": self.state})
 
-        app = Starlette(routes=[Route("/", page), Route("/live.js", page), Route("/live.css", page),
-                                Route("/frame.jpg", frame),
-                                Route("/status.json", status)])
+        app = Starlette(
+            routes=[
+                Route("/", page),
+                Route("/live.js", page),
+                Route("/live.css", page),
+                Route("/frame.jpg", frame),
+                Route("/status.json", status),
+            ]
+        )
         self.server = WebServer(app, host, port, lambda path: CSP).start()
         self.base = self.server.base
         self.token = self.server.token

@@ -6,6 +6,7 @@ which has these methods. CellRecord is the record that crosses that border; Sess
 what a log that cannot be written raises (the lab's store raises it, capture catches it and ends
 the session with its one line).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ class SessionFileError(Exception):
 class CellRecord:
     """One counted cell as capture hands it to the log: in field mode a track over frames, in
     cell mode one frame."""
+
     box: tuple[int, int, int, int]
     label: str
     confidence: float
@@ -44,8 +46,16 @@ class SessionSink(Protocol):
 
     id: int
 
-    def log_frame(self, frame_index: int, timestamp: float, name: str, shape, n_detections: int,
-                  cells: list[CellRecord], timing: dict | None = None) -> list[int]: ...
+    def log_frame(
+        self,
+        frame_index: int,
+        timestamp: float,
+        name: str,
+        shape,
+        n_detections: int,
+        cells: list[CellRecord],
+        timing: dict | None = None,
+    ) -> list[int]: ...
 
     def log_cells(self, cells: list[CellRecord]) -> list[int]: ...
 

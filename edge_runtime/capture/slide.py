@@ -28,6 +28,7 @@ State of a frame, in this order:
                 SESSION_FLOOR of the session's usual sharpness (a view that arrives blurred)
   counting      otherwise: cells are classified and counted from this frame
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -119,8 +120,9 @@ class SlidePosition:
                 r = self.corr.register(self.prev.grey, g)
                 if r.ok:
                     offset = (self.prev.offset[0] + r.dx * scale, self.prev.offset[1] + r.dy * scale)
-                    near_key = (np.hypot(offset[0] - self.key.offset[0], offset[1] - self.key.offset[1])
-                                < CHANGE_STEP * w)
+                    near_key = (
+                        np.hypot(offset[0] - self.key.offset[0], offset[1] - self.key.offset[1]) < CHANGE_STEP * w
+                    )
                     # the key frame should still match here: if this frame is as sharp as the place
                     # allows, what it shows has changed in place (a cross-fade, another slide)
                     changed = near_key and s >= FOCUS_RATIO * self.place_best and floor_ok
@@ -130,12 +132,15 @@ class SlidePosition:
         if offset is None:
             # a pair of frames that match each other where nothing matched before: the stage has
             # come to rest at a place (however plain the field), not a smear in passing
-            at_rest = (not changed and last is not None and self.prev is None
-                       and (r2 := self.corr.register(last, g)).ok
-                       and np.hypot(r2.dx, r2.dy) * scale <= MOVING_RBC * rbc)
+            at_rest = (
+                not changed
+                and last is not None
+                and self.prev is None
+                and (r2 := self.corr.register(last, g)).ok
+                and np.hypot(r2.dx, r2.dy) * scale <= MOVING_RBC * rbc
+            )
             # before the session has a usual sharpness, the last key frame stands in for it
-            sharp_enough = (floor_ok if ref is not None
-                            else self.key is None or s >= SESSION_FLOOR * self.key.sharpness)
+            sharp_enough = floor_ok if ref is not None else self.key is None or s >= SESSION_FLOOR * self.key.sharpness
             if not (sharp_enough or at_rest or changed or self.force_new):
                 self.prev = None
                 return FrameState(LOST, self.segment, None, (0.0, 0.0), s, 0.0)
@@ -143,7 +148,7 @@ class SlidePosition:
             # found again by a verified registration
             self.force_new = False
             cur = _Key(g, 0, (0.0, 0.0), s)
-            for a in (reversed(self.anchors) if not changed else ()):
+            for a in reversed(self.anchors) if not changed else ():
                 r = self.corr.register(a.grey, g)
                 if r.ok:
                     cur.segment, cur.offset = a.segment, (a.offset[0] + r.dx * scale, a.offset[1] + r.dy * scale)

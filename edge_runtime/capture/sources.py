@@ -12,6 +12,7 @@ every retry fails the iterator ends and `end_reason` says why. A read that hangs
 wedged in the driver, a stalled stream) counts as a failed read after READ_TIMEOUT_S: reads run
 in a helper thread so the loop never waits on a dead device. Recorded sources end at their end.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,6 +36,8 @@ DEFAULT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 READ_FAILURES_BEFORE_REOPEN = 3
 # A camera delivers a frame every 33-100 ms; a read that takes this long is a hung device.
 READ_TIMEOUT_S = 5.0
+
+
 class SourceError(RuntimeError):
     """A source that cannot be opened at all; str() is a one-line reason."""
 
@@ -59,8 +62,13 @@ class Source:
     live = False
     failed = False
 
-    def __init__(self, name: str, fps: float | None = None, sleep: Callable[[float], None] = time.sleep,
-                 warn: Callable[[str], None] = _stderr):
+    def __init__(
+        self,
+        name: str,
+        fps: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        warn: Callable[[str], None] = _stderr,
+    ):
         self.name = name
         self.fps = fps
         self.sleep = sleep
@@ -156,9 +164,16 @@ class LiveSource(Source):
     live = True
     gave_up = False
 
-    def __init__(self, name: str, opener: Callable, to_rgb: Callable[[np.ndarray], np.ndarray],
-                 backoff=DEFAULT_BACKOFF, read_failures: int = READ_FAILURES_BEFORE_REOPEN,
-                 read_timeout: float | None = READ_TIMEOUT_S, **kw):
+    def __init__(
+        self,
+        name: str,
+        opener: Callable,
+        to_rgb: Callable[[np.ndarray], np.ndarray],
+        backoff=DEFAULT_BACKOFF,
+        read_failures: int = READ_FAILURES_BEFORE_REOPEN,
+        read_timeout: float | None = READ_TIMEOUT_S,
+        **kw,
+    ):
         super().__init__(name, **kw)
         self.opener = opener
         self.to_rgb = to_rgb
@@ -228,13 +243,16 @@ class LiveSource(Source):
             if attempt >= len(self.backoff):
                 self.gave_up = self.failed = True
                 waited = ", ".join(f"{d:g}" for d in self.backoff)
-                self.end_reason = (f"{self.name} stopped delivering frames; gave up after "
-                                   f"{len(self.backoff)} reopen attempts (waited {waited} s)")
+                self.end_reason = (
+                    f"{self.name} stopped delivering frames; gave up after "
+                    f"{len(self.backoff)} reopen attempts (waited {waited} s)"
+                )
                 return
             delay = self.backoff[attempt]
             attempt += 1
-            self.warn(f"warning: {self.name}: no frames; reopening in {delay:g} s "
-                      f"(attempt {attempt}/{len(self.backoff)})")
+            self.warn(
+                f"warning: {self.name}: no frames; reopening in {delay:g} s (attempt {attempt}/{len(self.backoff)})"
+            )
             self.sleep(delay)
             self.device = self._open()
             if self.device is not None:

@@ -6,6 +6,7 @@ from running sums (exact); medians from a fixed-size reservoir sample of frames 
 session has at most RESERVOIR frames, an unbiased sample of all frames after that). The reservoir
 draws from a seeded generator, so the same session gives the same summary.
 """
+
 from __future__ import annotations
 
 import random
@@ -55,15 +56,17 @@ class TimingStats:
         """Median and mean per stage over frames, and the share of a frame outside the interpreter."""
         if not self.n:
             return {}
-        kept = self.rows[:min(self.n, self.capacity)]
+        kept = self.rows[: min(self.n, self.capacity)]
         out: dict[str, Any] = {}
         for i, k in enumerate(self.stages):
             out[k] = {"median": round(float(np.median(kept[:, i])), 3), "mean": round(float(self.sums[i] / self.n), 3)}
         total = kept.sum(axis=1)
         interp = kept[:, self.i_interp] if self.i_interp is not None else np.zeros(len(kept))
         out["frame_total"] = {"median": round(float(np.median(total)), 3), "mean": round(self.total_sum / self.n, 3)}
-        out["overhead"] = {"median": round(float(np.median(total - interp)), 3),
-                           "mean": round(self.overhead_sum / self.n, 3)}
+        out["overhead"] = {
+            "median": round(float(np.median(total - interp)), 3),
+            "mean": round(self.overhead_sum / self.n, 3),
+        }
         out["overhead_share"] = round(self.overhead_sum / self.total_sum, 4) if self.total_sum else 0.0
         out["frames"] = self.n
         if self.n > self.capacity:
@@ -75,6 +78,7 @@ class TimingStats:
 class CaptureSummary:
     """What a capture session did: printed by format_summary, stored as JSON in the log's
     sessions row and written by --summary-json (to_json keeps the keys those have always had)."""
+
     end_reason: str
     frames: int
     cells: int

@@ -5,6 +5,7 @@ holds what a cell carries while it is looked at (Track: the sum of its views' ca
 probabilities, flags, the best crop) and what happens once it is counted (CellCounter: the
 differential, the trust gate, the review list and the CellRecord a store writes).
 """
+
 from __future__ import annotations
 
 import io
@@ -34,6 +35,7 @@ CROP_STORE_PX = 360  # crops in the log at most PBC's own image size: enough to 
 @dataclass
 class Observation:
     """One located cell in one frame, classified."""
+
     frame_index: int
     box: tuple[int, int, int, int]
     probs: np.ndarray  # in label order
@@ -109,8 +111,9 @@ class Track:
         else:
             review = conf < review_threshold or ood or self.n_review * 2 > self.observations
             if conf < review_threshold:
-                reasons.append(f"low confidence {conf:.2f} < {review_threshold:.2f} "
-                               f"(mean of {self.observations} frames)")
+                reasons.append(
+                    f"low confidence {conf:.2f} < {review_threshold:.2f} (mean of {self.observations} frames)"
+                )
             if ood:
                 reasons.append(f"out of distribution in {self.n_ood} of {self.observations} frames")
             if self.n_review * 2 > self.observations and not reasons:
@@ -119,9 +122,15 @@ class Track:
             # frames disagree: worth a look even when the mean is confident
             review = True
             reasons.append("frames disagree: " + ", ".join(sorted(self.labels_seen)))
-        return {"label": labels[i], "confidence": conf, "probs": dict(zip(labels, map(float, mean))),
-                "review": review, "review_reason": "; ".join(reasons), "ood": ood,
-                "ood_score": self.ood_score_sum / self.n_ood_scores if self.n_ood_scores else None}
+        return {
+            "label": labels[i],
+            "confidence": conf,
+            "probs": dict(zip(labels, map(float, mean))),
+            "review": review,
+            "review_reason": "; ".join(reasons),
+            "ood": ood,
+            "ood_score": self.ood_score_sum / self.n_ood_scores if self.n_ood_scores else None,
+        }
 
 
 def centre_close(a, b) -> float:
@@ -132,6 +141,7 @@ def centre_close(a, b) -> float:
 
 
 # --- counting: ended tracks -> differential, trust gate, review list, log records -------------
+
 
 @dataclass
 class Differential:
@@ -155,8 +165,11 @@ class Differential:
         return f"WBC {self.wbc}: " + " ".join(parts) + (" | " + " ".join(extra) if extra else "")
 
     def to_json(self) -> dict:
-        return {"counts": dict(self.counts), "wbc_total": self.wbc,
-                "percent": {k: round(v, 2) for k, v in self.percentages().items()}}
+        return {
+            "counts": dict(self.counts),
+            "wbc_total": self.wbc,
+            "percent": {k: round(v, 2) for k, v in self.percentages().items()},
+        }
 
 
 class CellCounter:
@@ -176,8 +189,9 @@ class CellCounter:
         self.full = False
         self.tripped_now = False  # the gate tripped during the last take()
 
-    def take(self, tracks: list[Track], save_crop: Callable[[Track, str], str | None] | None = None
-             ) -> list[CellRecord]:
+    def take(
+        self, tracks: list[Track], save_crop: Callable[[Track, str], str | None] | None = None
+    ) -> list[CellRecord]:
         """Records of the counted cells, in order, until --count is reached; save_crop(track,
         label) may write the best crop and return its path."""
         out = []
@@ -190,18 +204,38 @@ class CellCounter:
             assert best is not None  # set by the track's first observation (Track._note)
             crop_path = save_crop(t, v["label"]) if save_crop is not None and best.crop is not None else None
             x0, y0, x1, y1 = (int(round(x)) for x in best.box)
-            rec = CellRecord((x0, y0, x1, y1), v["label"], v["confidence"], v["review"],
-                             v["probs"], crop_path, _jpeg_bytes(best.crop), t.observations, best.frame_index,
-                             t.first_frame, t.last_frame, best.timestamp, v["ood_score"], v["ood"], v["review_reason"])
+            rec = CellRecord(
+                (x0, y0, x1, y1),
+                v["label"],
+                v["confidence"],
+                v["review"],
+                v["probs"],
+                crop_path,
+                _jpeg_bytes(best.crop),
+                t.observations,
+                best.frame_index,
+                t.first_frame,
+                t.last_frame,
+                best.timestamp,
+                v["ood_score"],
+                v["ood"],
+                v["review_reason"],
+            )
             out.append(rec)
             self.diff.add(v["label"])
             self.ood += bool(v["ood"])
             if v["label"] in WBC_LABELS and self.gate.add(v["ood"]):
                 self.tripped_now = True
             if v["review"]:
-                rec.extra["review"] = {"frame": best.frame_index, "box": list(rec.box), "label": v["label"],
-                                       "confidence": round(v["confidence"], 4), "reason": v["review_reason"],
-                                       "observations": t.observations, "crop": crop_path}
+                rec.extra["review"] = {
+                    "frame": best.frame_index,
+                    "box": list(rec.box),
+                    "label": v["label"],
+                    "confidence": round(v["confidence"], 4),
+                    "reason": v["review_reason"],
+                    "observations": t.observations,
+                    "crop": crop_path,
+                }
                 self.n_review += 1
                 if len(self.review) < REVIEW_KEEP:
                     self.review.append(rec.extra["review"])
@@ -219,8 +253,15 @@ class CellCounter:
 
 def single_track(obs: Observation, labels) -> Track:
     """Cell mode: the frame is the cell, counted at once."""
-    t = Track(obs.frame_index, 0, obs.frame_index, _float_box(obs.box), np.asarray(obs.probs, np.float64),
-              last_frame=obs.frame_index, end_frame=obs.frame_index)
+    t = Track(
+        obs.frame_index,
+        0,
+        obs.frame_index,
+        _float_box(obs.box),
+        np.asarray(obs.probs, np.float64),
+        last_frame=obs.frame_index,
+        end_frame=obs.frame_index,
+    )
     t._note(obs, labels[int(np.argmax(obs.probs))])
     return t
 

@@ -1,5 +1,6 @@
 """Video files as a capture source: replayed once, with damaged frames skipped and counted and a
 truncated file reported (see VideoSource)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,8 +53,9 @@ class VideoSource(Source):
                 if run:  # the failed reads before this frame were damaged frames, not the end
                     self.bad_frames += run
                     if self.bad_frames - run < MAX_FRAME_WARNINGS:
-                        self.warn(f"warning: {self.name}: {run} frame(s) at frame {run_start} could not be "
-                                  "decoded, skipped")
+                        self.warn(
+                            f"warning: {self.name}: {run} frame(s) at frame {run_start} could not be decoded, skipped"
+                        )
                 run = 0
                 n += 1
                 yield bgr_to_rgb(bgr), f"{base} #{n - 1}"
@@ -70,8 +72,10 @@ class VideoSource(Source):
                 # FFmpeg's position does not move over undecodable frames, so a truncated file and a
                 # long damaged stretch look alike here: both end the session short, with exit 1.
                 self.failed = True
-                self.end_reason = (f"{self.name}: video ended after {n} of the {self.declared} frames it declares "
-                                   f"({run} reads in a row failed: truncated or damaged file)")
+                self.end_reason = (
+                    f"{self.name}: video ended after {n} of the {self.declared} frames it declares "
+                    f"({run} reads in a row failed: truncated or damaged file)"
+                )
                 if self.bad_frames:
                     self.end_reason += f"; {self.bad_frames} bad frame(s) skipped before"
                 self.warn(f"warning: {self.end_reason}")
@@ -79,8 +83,10 @@ class VideoSource(Source):
         skipped = f", {self.bad_frames} undecodable frame(s) skipped" if self.bad_frames else ""
         if self.declared > 0 and n + self.bad_frames < self.declared:
             self.failed = True
-            self.end_reason = (f"{self.name}: video ended after {n} of the {self.declared} frames it declares "
-                               f"(truncated or damaged file{skipped})")
+            self.end_reason = (
+                f"{self.name}: video ended after {n} of the {self.declared} frames it declares "
+                f"(truncated or damaged file{skipped})"
+            )
             self.warn(f"warning: {self.end_reason}")
         else:
             self.end_reason = f"end of video ({n} frames{skipped})"

@@ -13,6 +13,7 @@ of http.server, which says of itself that it is not for production), plus:
   small schema per endpoint (400 with the reason); a connection must send its request head
   within HEAD_TIMEOUT_S; at most LIMIT_CONCURRENCY connections (then 503) and a small thread pool.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,14 +44,23 @@ KEEP_ALIVE_S = 5
 LIMIT_CONCURRENCY = 32
 THREADS = 8  # the store serialises its connection anyway; more threads would only queue
 
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 # The report page has its CSS inline (it is one self-contained file) and no script at all.
-CSP_REPORT = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; " \
-             "frame-ancestors 'none'"
-HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
-           (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-store"),
-           (b"cross-origin-opener-policy", b"same-origin"), (b"cross-origin-resource-policy", b"same-origin")]
+CSP_REPORT = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
 
 
 class BadRequest(Exception):
@@ -63,8 +73,7 @@ def json_for_html(value: Any) -> str:
     """JSON that is safe inside an HTML element: no '<', '>' or '&' (a '</script>' in a name cannot
     end the element), and U+2028/2029 escaped (line ends for older JavaScript parsers)."""
     s = json.dumps(value)
-    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
-                    ("\u2029", "\\u2029")):
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         s = s.replace(ch, esc)
     return s
 
@@ -76,9 +85,10 @@ def json_for_html(value: Any) -> str:
 class Field:
     """One key of a JSON body: its type (bool is never an int here) and, for ints, a range; for
     strings, a length limit and optionally the values allowed."""
+
     kind: type
     lo: int = 0
-    hi: int = 2 ** 31 - 1
+    hi: int = 2**31 - 1
     max_len: int = 500
     choices: tuple[str, ...] | None = None
 
@@ -151,9 +161,14 @@ def _header(scope, name: bytes) -> str:
 
 async def _plain(send, status: int, text: str, extra: list | None = None) -> None:
     body = json.dumps({"error": text}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-                + (extra or [])})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            + (extra or []),
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -172,8 +187,11 @@ class Guard:
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 message = dict(message)
-                message["headers"] = [*message.get("headers", []), *HEADERS,
-                                      (b"content-security-policy", self.csp(path).encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *HEADERS,
+                    (b"content-security-policy", self.csp(path).encode()),
+                ]
             await send(message)
 
         host = _host_name(_header(scope, b"host"))
@@ -200,6 +218,7 @@ class Guard:
                     message = dict(message)
                     message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie)]
                 await inner(message)
+
         await self.app(scope, receive, send_with_headers)
 
 
@@ -214,7 +233,7 @@ def _cookie(scope, name: str) -> str:
 def _host_name(host: str) -> str:
     host = host.strip().lower()
     if host.startswith("["):  # [::1]:8765
-        return host[1:host.find("]")] if "]" in host else host
+        return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
@@ -297,8 +316,15 @@ def _protocol() -> type:
 class WebServer:
     """A Starlette app on uvicorn, behind Guard, on a socket bound at creation."""
 
-    def __init__(self, app, host: str, port: int, csp: Callable[[str], str], allow: tuple[str, ...] = (),
-                 on_close: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        app,
+        host: str,
+        port: int,
+        csp: Callable[[str], str],
+        allow: tuple[str, ...] = (),
+        on_close: Callable[[], None] | None = None,
+    ):
         # the web server's dependencies: the [edge] extra, only when a page is served
         import uvicorn
 
@@ -308,18 +334,33 @@ class WebServer:
         self.token = secrets.token_urlsafe(24)
         self.hosts = allowed_hosts(host, allow)
         guarded = Guard(app, self.hosts, self.token, f"edge_bloodcls_{self.port}", csp)
-        self.config = uvicorn.Config(guarded, http=_protocol(), lifespan="off", access_log=False,
-                                     log_level="warning", timeout_keep_alive=KEEP_ALIVE_S,
-                                     limit_concurrency=LIMIT_CONCURRENCY, server_header=False, date_header=False,
-                                     h11_max_incomplete_event_size=16 * 1024)
+        self.config = uvicorn.Config(
+            guarded,
+            http=_protocol(),
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_keep_alive=KEEP_ALIVE_S,
+            limit_concurrency=LIMIT_CONCURRENCY,
+            server_header=False,
+            date_header=False,
+            h11_max_incomplete_event_size=16 * 1024,
+        )
         self.server = uvicorn.Server(self.config)
         self.thread: threading.Thread | None = None
         self.on_close = on_close
 
     @property
     def base(self) -> str:
-        shown = "127.0.0.1" if self.host in ("0.0.0.0", "") else "[::1]" if self.host == "::" else \
-            f"[{self.host}]" if ":" in self.host else self.host
+        shown = (
+            "127.0.0.1"
+            if self.host in ("0.0.0.0", "")
+            else "[::1]"
+            if self.host == "::"
+            else f"[{self.host}]"
+            if ":" in self.host
+            else self.host
+        )
         return f"http://{shown}:{self.port}/"
 
     @property

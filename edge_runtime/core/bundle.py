@@ -4,6 +4,7 @@ The manifest says everything the runtime needs to feed the model the pixels it w
 (labels in output order, input size, colour order, normalisation, quantization of input and
 output) and ties the file to its training record (split hash, metrics).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -90,8 +91,12 @@ def _paths(path) -> tuple[Path, Path]:
     # Strip only our own suffixes: `net.v2.tflite` is the bundle `net.v2`, not `net`.
     stem = p.parent / p.name[: -len(p.suffix)] if p.suffix in (".tflite", ".json") else p
     tflite, manifest = stem.parent / f"{stem.name}.tflite", stem.parent / f"{stem.name}.json"
-    if not manifest.exists() and not tflite.exists() and p.parent == Path(".") \
-            and (MODELS_DIR / f"{stem.name}.json").exists():
+    if (
+        not manifest.exists()
+        and not tflite.exists()
+        and p.parent == Path(".")
+        and (MODELS_DIR / f"{stem.name}.json").exists()
+    ):
         # A bare name: one of the bundled models.
         return MODELS_DIR / f"{stem.name}.tflite", MODELS_DIR / f"{stem.name}.json"
     return tflite, manifest
@@ -102,20 +107,26 @@ def _check_manifest(m, where: Path) -> None:
     if not isinstance(m, dict):
         raise BundleError(f"{where}: the manifest is a JSON {type(m).__name__}, not an object")
     if m.get("schema") != SCHEMA:
-        raise BundleError(f"{where}: manifest schema {m.get('schema')!r} is not supported "
-                          f"(this toolkit reads schema {SCHEMA})")
+        raise BundleError(
+            f"{where}: manifest schema {m.get('schema')!r} is not supported (this toolkit reads schema {SCHEMA})"
+        )
     missing = [k for k in ("name", "labels", "input", "output", "tflite_sha256") if k not in m]
     if missing:
         raise BundleError(f"{where}: manifest lacks {', '.join(missing)}")
     labels = m["labels"]
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels) \
-            or len(set(labels)) != len(labels):
+    if (
+        not isinstance(labels, list)
+        or not labels
+        or not all(isinstance(x, str) and x for x in labels)
+        or len(set(labels)) != len(labels)
+    ):
         raise BundleError(f"{where}: manifest field 'labels' must be a list of distinct names, not {labels!r}")
     foreign = [x for x in labels if x not in LABELS]
     if foreign:
         # a label reaches the report, the review page and the log: only the known set may
-        raise BundleError(f"{where}: manifest label {foreign[0][:40]!r} is not one of the label set "
-                          f"({', '.join(LABELS)})")
+        raise BundleError(
+            f"{where}: manifest label {foreign[0][:40]!r} is not one of the label set ({', '.join(LABELS)})"
+        )
     inp = m["input"]
     if not isinstance(inp, dict):
         raise BundleError(f"{where}: manifest field 'input' must be an object")
@@ -123,12 +134,14 @@ def _check_manifest(m, where: Path) -> None:
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
         raise BundleError(f"{where}: manifest field 'input.size' must be [height, width], not {size!r}")
     if inp.get("color", "RGB") not in COLOR_ORDERS:
-        raise BundleError(f"{where}: manifest field 'input.color' is {inp.get('color')!r}, not one of "
-                          f"{', '.join(COLOR_ORDERS)}")
+        raise BundleError(
+            f"{where}: manifest field 'input.color' is {inp.get('color')!r}, not one of {', '.join(COLOR_ORDERS)}"
+        )
     for key in ("mean", "std"):
         v = inp.get(key)
-        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and math.isfinite(x)
-                                                             for x in v)):
+        if not (
+            isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+        ):
             raise BundleError(f"{where}: manifest field 'input.{key}' must be three numbers, not {v!r}")
     if any(x == 0 for x in inp["std"]):
         raise BundleError(f"{where}: manifest field 'input.std' has a zero: {inp['std']!r}")
@@ -144,8 +157,7 @@ def _load_trust(m: dict, tflite: Path, where: Path, verify: bool) -> TrustStats 
     if not path.is_file():
         raise BundleError(f"{where}: its trust statistics {t['file']} are missing")
     if verify and sha256_file(path) != t.get("sha256"):
-        raise BundleError(f"{path}: sha256 does not match the manifest's (modified or corrupt file); "
-                          "refusing to load")
+        raise BundleError(f"{path}: sha256 does not match the manifest's (modified or corrupt file); refusing to load")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -161,8 +173,10 @@ def load_bundle(path=None, verify: bool = True) -> Bundle:
     tflite, manifest_path = _paths(path if path is not None else MODELS_DIR / DEFAULT_MODEL)
     if not manifest_path.exists():
         if tflite.exists():
-            raise BundleError(f"{tflite}: no manifest {manifest_path.name} beside it; "
-                              "export with `edge-bloodcls convert`, which writes both")
+            raise BundleError(
+                f"{tflite}: no manifest {manifest_path.name} beside it; "
+                "export with `edge-bloodcls convert`, which writes both"
+            )
         raise BundleError(f"{path if path is not None else manifest_path}: no such model bundle")
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -173,15 +187,21 @@ def load_bundle(path=None, verify: bool = True) -> Bundle:
         raise BundleError(f"{manifest_path}: its model file {tflite.name} is missing")
     if verify:
         if not isinstance(manifest.get("manifest_sha256"), str):
-            raise BundleError(f"{manifest_path}: the manifest has no manifest_sha256 (not written by `edge-bloodcls "
-                              "convert`, or edited); refusing to load")
+            raise BundleError(
+                f"{manifest_path}: the manifest has no manifest_sha256 (not written by `edge-bloodcls "
+                "convert`, or edited); refusing to load"
+            )
         if manifest_sha256(manifest) != manifest["manifest_sha256"]:
-            raise BundleError(f"{manifest_path}: the manifest was edited after export (its manifest_sha256 "
-                              "does not match its content); refusing to load")
+            raise BundleError(
+                f"{manifest_path}: the manifest was edited after export (its manifest_sha256 "
+                "does not match its content); refusing to load"
+            )
         actual = sha256_file(tflite)
         if actual != manifest["tflite_sha256"]:
-            raise BundleError(f"{tflite}: sha256 {actual[:12]}… does not match the manifest's "
-                              f"{manifest['tflite_sha256'][:12]}… (modified or corrupt file); refusing to load")
+            raise BundleError(
+                f"{tflite}: sha256 {actual[:12]}… does not match the manifest's "
+                f"{manifest['tflite_sha256'][:12]}… (modified or corrupt file); refusing to load"
+            )
     return Bundle(tflite, manifest, _load_trust(manifest, tflite, manifest_path, verify))
 
 
@@ -192,8 +212,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_bundle(tflite_bytes: bytes, manifest: dict, out_dir, name: str | None = None,
-                 trust_bytes: bytes | None = None) -> Bundle:
+def write_bundle(
+    tflite_bytes: bytes, manifest: dict, out_dir, name: str | None = None, trust_bytes: bytes | None = None
+) -> Bundle:
     """Write NAME.tflite, NAME.trust.npz (when given) and NAME.json; the manifest gets schema,
     name, hashes and time. The manifest goes last: a bundle is complete once it exists."""
     out_dir = Path(out_dir)
@@ -201,15 +222,24 @@ def write_bundle(tflite_bytes: bytes, manifest: dict, out_dir, name: str | None 
     name = name or manifest["name"]
     if "/" in name or name.startswith("."):
         raise BundleError(f"{name!r}: a bundle name cannot hold '/' or start with '.'")
-    m = {"schema": SCHEMA, **{k: v for k, v in manifest.items() if k != "manifest_sha256"}, "name": name,
-         "tflite_sha256": hashlib.sha256(tflite_bytes).hexdigest(),
-         "size_bytes": len(tflite_bytes), "toolkit": __version__,
-         "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    m = {
+        "schema": SCHEMA,
+        **{k: v for k, v in manifest.items() if k != "manifest_sha256"},
+        "name": name,
+        "tflite_sha256": hashlib.sha256(tflite_bytes).hexdigest(),
+        "size_bytes": len(tflite_bytes),
+        "toolkit": __version__,
+        "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if trust_bytes is not None:
         if not isinstance(m.get("trust"), dict):
             raise BundleError(f"{name}: trust statistics given without their manifest section")
-        m["trust"] = {**m["trust"], "file": f"{name}.trust.npz",
-                      "sha256": hashlib.sha256(trust_bytes).hexdigest(), "size_bytes": len(trust_bytes)}
+        m["trust"] = {
+            **m["trust"],
+            "file": f"{name}.trust.npz",
+            "sha256": hashlib.sha256(trust_bytes).hexdigest(),
+            "size_bytes": len(trust_bytes),
+        }
         _write_atomic(out_dir / f"{name}.trust.npz", trust_bytes)
     else:
         m.pop("trust", None)

@@ -7,6 +7,7 @@ The model gives probabilities and its pooled features; with the bundle's trust s
 probabilities are calibrated (temperature), the features give an out-of-distribution score, and
 `review` says a human should look (low confidence, or unlike the training cells), with the reason.
 """
+
 from __future__ import annotations
 
 import time
@@ -38,8 +39,9 @@ class Prediction:
 
 
 class Classifier:
-    def __init__(self, bundle: Bundle, threads: int | None = None, device: str = "cpu",
-                 review_threshold: float | None = None):
+    def __init__(
+        self, bundle: Bundle, threads: int | None = None, device: str = "cpu", review_threshold: float | None = None
+    ):
         self.bundle = bundle
         self.labels = bundle.labels
         self.spec = bundle.spec
@@ -51,8 +53,11 @@ class Classifier:
         # The bundle's threshold was chosen on validation for a target accepted accuracy; an
         # explicit one (--review-threshold) overrides it.
         if review_threshold is None:
-            review_threshold = (self.trust.review_threshold if self.trust and self.trust.review_threshold is not None
-                                else DEFAULT_REVIEW_THRESHOLD)
+            review_threshold = (
+                self.trust.review_threshold
+                if self.trust and self.trust.review_threshold is not None
+                else DEFAULT_REVIEW_THRESHOLD
+            )
         self.review_threshold = review_threshold
         # Quantized tensors: real = scale * (q - zero_point).
         self._in_q = self._in["quantization"] if self._in["dtype"] != np.float32 else None
@@ -62,8 +67,10 @@ class Classifier:
         converter does not promise."""
         probs = [d for d in details if d["shape"][-1] == len(self.labels)]
         if not probs:
-            raise BundleError(f"{self.bundle.tflite}: no model output has {len(self.labels)} values, one per "
-                              f"label in the manifest (outputs: {[list(map(int, d['shape'])) for d in details]})")
+            raise BundleError(
+                f"{self.bundle.tflite}: no model output has {len(self.labels)} values, one per "
+                f"label in the manifest (outputs: {[list(map(int, d['shape'])) for d in details]})"
+            )
         rest = [d for d in details if d is not probs[0] and len(d["shape"]) == 2]
         return probs[0], (rest[0] if rest else None)
 
@@ -72,26 +79,35 @@ class Classifier:
         where = self.bundle.tflite.with_suffix(".json")
         shape = [int(v) for v in self._in["shape"]]
         if shape[1:3] != list(self.spec.size) or shape[-1] != 3:
-            raise BundleError(f"{where}: manifest field 'input.size' {list(self.spec.size)} does not match the "
-                              f"model's input {shape}")
+            raise BundleError(
+                f"{where}: manifest field 'input.size' {list(self.spec.size)} does not match the model's input {shape}"
+            )
         dtype = (self.bundle.manifest.get("input") or {}).get("dtype")
         if dtype and dtype != np.dtype(self._in["dtype"]).name:
-            raise BundleError(f"{where}: manifest field 'input.dtype' {dtype} does not match the model's "
-                              f"{np.dtype(self._in['dtype']).name}")
+            raise BundleError(
+                f"{where}: manifest field 'input.dtype' {dtype} does not match the model's "
+                f"{np.dtype(self._in['dtype']).name}"
+            )
         if self.trust is not None:
             if self._feat is None:
                 raise BundleError(f"{where}: manifest has trust statistics but the model has no feature output")
             if int(self._feat["shape"][-1]) != self.trust.feature_dim:
-                raise BundleError(f"{where}: trust field 'mean' has {self.trust.feature_dim} features but the "
-                                  f"model's feature output has {int(self._feat['shape'][-1])}")
+                raise BundleError(
+                    f"{where}: trust field 'mean' has {self.trust.feature_dim} features but the "
+                    f"model's feature output has {int(self._feat['shape'][-1])}"
+                )
 
     @classmethod
     def load(cls, model=None, **kw) -> Classifier:
         return cls(load_bundle(model), **kw)
 
     def describe(self) -> dict:
-        return {"model": self.bundle.name, "model_sha256": self.bundle.sha256,
-                "quantization": self.bundle.quantization, **self.info}
+        return {
+            "model": self.bundle.name,
+            "model_sha256": self.bundle.sha256,
+            "quantization": self.bundle.quantization,
+            **self.info,
+        }
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         if self._in_q is None:
@@ -162,10 +178,15 @@ class Classifier:
         i = int(np.argmax(probs))
         order = np.argsort(-probs)[:top_k]
         conf = float(probs[i])
-        reason = review_reason(conf, self.review_threshold, ood, score,
-                               self.trust.threshold if self.trust else None)
+        reason = review_reason(conf, self.review_threshold, ood, score, self.trust.threshold if self.trust else None)
         return Prediction(
-            label=self.labels[i], confidence=conf,
-            probs={lab: float(p) for lab, p in zip(self.labels, probs)}, latency_ms=ms,
-            review=bool(reason), top=[(self.labels[j], float(probs[j])) for j in order],
-            ood_score=score, ood=ood, review_reason=reason)
+            label=self.labels[i],
+            confidence=conf,
+            probs={lab: float(p) for lab, p in zip(self.labels, probs)},
+            latency_ms=ms,
+            review=bool(reason),
+            top=[(self.labels[j], float(probs[j])) for j in order],
+            ood_score=score,
+            ood=ood,
+            review_reason=reason,
+        )

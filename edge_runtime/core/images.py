@@ -13,6 +13,7 @@ The rules, stated once:
   and an image name that is not a regular file (a broken link, a named pipe, a device), each
   come back as (path, reason) beside the images.
 """
+
 from __future__ import annotations
 
 import glob

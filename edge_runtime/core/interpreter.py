@@ -1,5 +1,6 @@
 """Which TFLite interpreter runs the model: ai_edge_litert, else tflite_runtime, else
 tensorflow.lite (imported only when neither package is installed). Edge TPU via its delegate."""
+
 from __future__ import annotations
 
 import contextlib
@@ -82,7 +83,8 @@ def _module(allowed=None):
     raise InterpreterUnavailable(
         "no TFLite interpreter could be imported (" + "; ".join(errors) + "). "
         "Install one: `pip install ai-edge-litert` (64-bit Raspberry Pi OS, Python 3.10-3.14), "
-        "or `pip install tflite-runtime 'numpy<2'` (32-bit or Python <= 3.11)")
+        "or `pip install tflite-runtime 'numpy<2'` (32-bit or Python <= 3.11)"
+    )
 
 
 def backend_name() -> str:
@@ -93,8 +95,9 @@ def _edgetpu_delegate(mod):
     lib = EDGETPU_LIB.get(platform.system(), "libedgetpu.so.1")
     load_delegate = getattr(mod, "load_delegate", None)
     if load_delegate is None:
-        raise InterpreterUnavailable("this interpreter package cannot load delegates; "
-                                     "install ai-edge-litert or tflite-runtime")
+        raise InterpreterUnavailable(
+            "this interpreter package cannot load delegates; install ai-edge-litert or tflite-runtime"
+        )
     try:
         # Loaded here first: a library load_delegate cannot open leaves it a half-built
         # Delegate whose __del__ then prints "Exception ignored in Delegate.__del__".
@@ -104,7 +107,8 @@ def _edgetpu_delegate(mod):
         raise InterpreterUnavailable(
             f"Edge TPU delegate {lib} could not be loaded ({e}). Install the Edge TPU runtime "
             "(`sudo apt-get install libedgetpu1-std` from Coral's apt repository) and plug the Coral in; "
-            "or run on the CPU with --device cpu (or --device auto to fall back)") from None
+            "or run on the CPU with --device cpu (or --device auto to fall back)"
+        ) from None
 
 
 def make_interpreter(model_path, threads: int | None = None, device: str = "cpu"):
@@ -122,8 +126,9 @@ def make_interpreter(model_path, threads: int | None = None, device: str = "cpu"
                 raise
     try:
         with _without_info_lines():
-            interp = mod.Interpreter(model_path=str(model_path), num_threads=threads,
-                                     experimental_delegates=delegates or None)
+            interp = mod.Interpreter(
+                model_path=str(model_path), num_threads=threads, experimental_delegates=delegates or None
+            )
             interp.allocate_tensors()
     except ValueError as e:
         raise InterpreterUnavailable(f"{model_path}: the interpreter cannot load this model ({e})") from None
@@ -132,7 +137,11 @@ def make_interpreter(model_path, threads: int | None = None, device: str = "cpu"
         first = (str(e).splitlines() or [""])[0]
         raise InterpreterUnavailable(
             f"{name} could not start ({type(e).__name__}: {first}) with NumPy {np.__version__}; "
-            + ("tflite-runtime needs `pip install 'numpy<2'`, or install ai-edge-litert instead"
-               if name == "tflite_runtime" else "reinstall it or try another interpreter package")) from None
+            + (
+                "tflite-runtime needs `pip install 'numpy<2'`, or install ai-edge-litert instead"
+                if name == "tflite_runtime"
+                else "reinstall it or try another interpreter package"
+            )
+        ) from None
     version = getattr(importlib.import_module(name.split(".")[0]), "__version__", "?")
     return interp, {"interpreter": name, "interpreter_version": version, "threads": threads, "device": used}

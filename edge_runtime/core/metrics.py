@@ -6,6 +6,7 @@ has no recall to average, and counting it as 0 would make a folder of one class 
 zero whatever the model did. Per-class rows and the confusion matrix keep every label.
 scikit-learn is imported when metrics are asked for, so classify/capture run without it.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -17,8 +18,9 @@ import numpy as np
 from .spec import LABELS
 
 
-def classification_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-                           labels: Sequence[str] = LABELS) -> dict:
+def classification_metrics(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, labels: Sequence[str] = LABELS
+) -> dict:
     # scikit-learn: the [edge]/[train] extras, only for metrics
     from sklearn.metrics import (
         accuracy_score,

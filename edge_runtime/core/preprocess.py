@@ -8,6 +8,7 @@ holding the full-size image twice.
 Every failure to read or decode a file, whatever the decoder raises, becomes an ImageError
 whose str() is one line naming the file: callers catch ImageError and nothing else.
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,9 +44,13 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # full size in a wider type (a 16-bit image as float64 is 8 bytes a pixel).
 _BAND_PIXELS = 1 << 20
 
-NOT_REGULAR = {stat.S_IFDIR: "is a directory", stat.S_IFIFO: "not a regular file (named pipe)",
-                stat.S_IFCHR: "not a regular file (character device)",
-                stat.S_IFBLK: "not a regular file (block device)", stat.S_IFSOCK: "not a regular file (socket)"}
+NOT_REGULAR = {
+    stat.S_IFDIR: "is a directory",
+    stat.S_IFIFO: "not a regular file (named pipe)",
+    stat.S_IFCHR: "not a regular file (character device)",
+    stat.S_IFBLK: "not a regular file (block device)",
+    stat.S_IFSOCK: "not a regular file (socket)",
+}
 
 
 class ImageError(ValueError):
@@ -243,13 +248,12 @@ def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = rgb.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = rgb[top:top + side, left:left + side]
+    square = rgb[top : top + side, left : left + side]
     if square.shape[:2] == tuple(size):
         return np.ascontiguousarray(square)
     # Image.BILINEAR, not Image.Resampling (Pillow >= 9.1 only): Pillow sets the module constant
     # at run time, where its annotations cannot see it
-    im = Image.fromarray(np.ascontiguousarray(square), "RGB").resize(
-        (size[1], size[0]), Image.BILINEAR)  # type: ignore[attr-defined]
+    im = Image.fromarray(np.ascontiguousarray(square), "RGB").resize((size[1], size[0]), Image.BILINEAR)  # type: ignore[attr-defined]
     return np.asarray(im, dtype=np.uint8)
 
 

@@ -1,6 +1,7 @@
 """A one-line progress count on stderr for long runs, without a dependency (the edge install
 has no tqdm). Shown only where a person watches: stderr is a terminal and there are more than
 MIN_ITEMS items; logs, pipes and tests get nothing, so their output stays the results alone."""
+
 from __future__ import annotations
 
 import sys

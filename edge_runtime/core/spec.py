@@ -1,12 +1,19 @@
 """Labels in model output order and the input specification of a model."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import TypedDict
 
 LABELS: tuple[str, ...] = (
-    "basophil", "eosinophil", "erythroblast", "ig",
-    "lymphocyte", "monocyte", "neutrophil", "platelet",
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "ig",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
 )
 
 # Classes that count towards the white-cell differential (erythroblasts and platelets are
@@ -110,5 +117,4 @@ class InputSpec:
 
     @classmethod
     def from_json(cls, d: dict) -> InputSpec:
-        return cls(size=tuple(d["size"]), color=d.get("color", "RGB"),
-                   mean=tuple(d["mean"]), std=tuple(d["std"]))
+        return cls(size=tuple(d["size"]), color=d.get("color", "RGB"), mean=tuple(d["mean"]), std=tuple(d["std"]))

@@ -11,6 +11,7 @@ Per cell:
     ood   = score > threshold              # threshold set on validation for a stated false-alarm rate
 Per session: SessionGate keeps the share of OOD cells among the last N white cells.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -25,10 +26,12 @@ GATE_WINDOW = 50
 GATE_SHARE = 1 / 3
 GATE_MIN_CELLS = 10
 
-GATE_ADVICE = ("these cells do not look like the cells the model was trained on (another microscope, "
-               "camera, stain or magnification?): the differential is UNVALIDATED. Review every cell, "
-               "or adapt the model to this microscope (`edge-bloodcls adapt`, README: Using it on your "
-               "microscope)")
+GATE_ADVICE = (
+    "these cells do not look like the cells the model was trained on (another microscope, "
+    "camera, stain or magnification?): the differential is UNVALIDATED. Review every cell, "
+    "or adapt the model to this microscope (`edge-bloodcls adapt`, README: Using it on your "
+    "microscope)"
+)
 
 
 class SessionGate:
@@ -57,14 +60,22 @@ class SessionGate:
         return sum(self.recent) / len(self.recent) if self.recent else 0.0
 
     def message(self) -> str:
-        return (f"WARNING: {self.n_ood} of {self.n_cells} white cells are out of distribution "
-                f"({100 * self.share:.0f}% of the last {len(self.recent)}); {GATE_ADVICE}")
+        return (
+            f"WARNING: {self.n_ood} of {self.n_cells} white cells are out of distribution "
+            f"({100 * self.share:.0f}% of the last {len(self.recent)}); {GATE_ADVICE}"
+        )
 
     def to_json(self) -> dict:
-        return {"tripped": self.tripped, "tripped_at_cell": self.tripped_at, "cells": self.n_cells,
-                "ood_cells": self.n_ood, "recent_share": round(self.share, 4), "window": self.window,
-                "share_limit": round(self.share_limit, 4),
-                "message": self.message() if self.tripped else ""}
+        return {
+            "tripped": self.tripped,
+            "tripped_at_cell": self.tripped_at,
+            "cells": self.n_cells,
+            "ood_cells": self.n_ood,
+            "recent_share": round(self.share, 4),
+            "window": self.window,
+            "share_limit": round(self.share_limit, 4),
+            "message": self.message() if self.tripped else "",
+        }
 
 
 # --- per-cell statistics, as stored in a bundle -------------------------------------------------
@@ -102,7 +113,7 @@ class TrustStats:
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Batch version of score(): (N, D) -> (N,)."""
         z = (features.astype(np.float32) - self.mean) @ self.proj
-        d2 = (z * z).sum(1)[:, None] - 2 * z @ self.centres.T + (self.centres ** 2).sum(1)[None, :]
+        d2 = (z * z).sum(1)[:, None] - 2 * z @ self.centres.T + (self.centres**2).sum(1)[None, :]
         return np.sqrt(np.maximum(d2.min(1), 0.0))
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
@@ -111,8 +122,12 @@ class TrustStats:
     def arrays(self) -> dict:
         # float16 projection: half the size (a 2048-d ResNet50 stays under 1 MB); the error it
         # adds to a distance is ~1e-3 relative, far below the gap between PBC and foreign cells.
-        return {"format": np.array(TRUST_FORMAT), "mean": self.mean.astype(np.float32),
-                "proj": self.proj.astype(np.float16), "centres": self.centres.astype(np.float32)}
+        return {
+            "format": np.array(TRUST_FORMAT),
+            "mean": self.mean.astype(np.float32),
+            "proj": self.proj.astype(np.float16),
+            "centres": self.centres.astype(np.float32),
+        }
 
     @classmethod
     def from_arrays(cls, arrays, trust: dict, where: str, n_classes: int) -> TrustStats:
@@ -124,11 +139,14 @@ class TrustStats:
         except KeyError as e:
             raise TrustError(f"{where}: trust statistics lack {e.args[0]!r}") from None
         if mean.ndim != 1 or proj.ndim != 2 or proj.shape[0] != mean.shape[0]:
-            raise TrustError(f"{where}: trust field 'proj' has shape {list(proj.shape)}, "
-                             f"not (feature size {mean.shape[0]}, K)")
+            raise TrustError(
+                f"{where}: trust field 'proj' has shape {list(proj.shape)}, not (feature size {mean.shape[0]}, K)"
+            )
         if centres.shape != (n_classes, proj.shape[1]):
-            raise TrustError(f"{where}: trust field 'centres' has shape {list(centres.shape)}, "
-                             f"not ({n_classes} labels, {proj.shape[1]})")
+            raise TrustError(
+                f"{where}: trust field 'centres' has shape {list(centres.shape)}, "
+                f"not ({n_classes} labels, {proj.shape[1]})"
+            )
         if not all(np.isfinite(a).all() for a in (mean, proj, centres)):
             raise TrustError(f"{where}: trust statistics hold NaN or infinite values")
         threshold = _number(trust, "ood_threshold", where, lo=0.0)
@@ -165,6 +183,7 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 # --- calibration metrics, shared by convert, evaluate and the bench -------------------------------
 
+
 def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     """Expected calibration error: |accuracy - confidence| over equal-width confidence bins."""
     conf = probs.max(1)
@@ -188,8 +207,7 @@ def review_flags(conf: np.ndarray, ood: np.ndarray, review_threshold: float) -> 
     return (conf < review_threshold) | ood
 
 
-def review_reason(conf: float, review_threshold: float, ood: bool, score: float | None,
-                  threshold: float | None) -> str:
+def review_reason(conf: float, review_threshold: float, ood: bool, score: float | None, threshold: float | None) -> str:
     reasons = []
     if conf < review_threshold:
         reasons.append(f"low confidence {conf:.3f} < {review_threshold:.3f}")
@@ -198,22 +216,32 @@ def review_reason(conf: float, review_threshold: float, ood: bool, score: float 
     return "; ".join(reasons)
 
 
-def trust_summary(probs: np.ndarray, y: np.ndarray, ood: np.ndarray, review: np.ndarray, has_trust: bool,
-                  review_threshold: float) -> dict:
+def trust_summary(
+    probs: np.ndarray, y: np.ndarray, ood: np.ndarray, review: np.ndarray, has_trust: bool, review_threshold: float
+) -> dict:
     """What `evaluate` reports on a labelled folder: calibration, OOD share, review coverage."""
     correct = probs.argmax(1) == y
     accepted = ~review
-    out: dict[str, Any] = {"ece": ece(probs, y), "nll": nll(probs, y), "has_trust_statistics": has_trust,
-                           "ood": int(ood.sum()), "review": int(review.sum()), "review_threshold": review_threshold,
-                           "coverage": float(accepted.mean()),
-                           "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
-                           "errors_flagged": int((~correct & review).sum()), "errors": int((~correct).sum())}
+    out: dict[str, Any] = {
+        "ece": ece(probs, y),
+        "nll": nll(probs, y),
+        "has_trust_statistics": has_trust,
+        "ood": int(ood.sum()),
+        "review": int(review.sum()),
+        "review_threshold": review_threshold,
+        "coverage": float(accepted.mean()),
+        "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
+        "errors_flagged": int((~correct & review).sum()),
+        "errors": int((~correct).sum()),
+    }
     acc = "-" if out["accepted_accuracy"] is None else f"{100 * out['accepted_accuracy']:.2f}%"
     ood_part = f"out of distribution {out['ood']} of {len(y)}" if has_trust else "no OOD check (older bundle)"
-    out["line"] = (f"calibration: ECE {100 * out['ece']:.2f}% (15 bins), NLL {out['nll']:.4f}; {ood_part}; "
-                   f"flagged for review {out['review']} (threshold {review_threshold:.3f}), accepted "
-                   f"{100 * out['coverage']:.1f}% at {acc} accuracy; {out['errors_flagged']} of "
-                   f"{out['errors']} errors flagged")
+    out["line"] = (
+        f"calibration: ECE {100 * out['ece']:.2f}% (15 bins), NLL {out['nll']:.4f}; {ood_part}; "
+        f"flagged for review {out['review']} (threshold {review_threshold:.3f}), accepted "
+        f"{100 * out['coverage']:.1f}% at {acc} accuracy; {out['errors_flagged']} of "
+        f"{out['errors']} errors flagged"
+    )
     if has_trust and len(y) and out["ood"] > len(y) / 3:
         out["line"] += f"\nwarning: {GATE_ADVICE}"
     return out

@@ -3,6 +3,7 @@ foreign database, a folder that is a file, a file name SQLite cannot store. Used
 every fault becomes a SessionFileError, which capture turns into `error: DB: reason` (exit 2 at
 the start; mid-run the session is closed with the reason and capture exits 1).
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,10 @@ def db_reason(e: sqlite3.Error) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     low = msg.lower()
     if _locked(e):
-        return (f"database is locked: another program held its write lock for more than {lock_wait_s():g} s "
-                "(a crashed capture or an open `sqlite3` shell?)")
+        return (
+            f"database is locked: another program held its write lock for more than {lock_wait_s():g} s "
+            "(a crashed capture or an open `sqlite3` shell?)"
+        )
     if "readonly" in low or "read-only" in low:
         return "read-only (no permission to write the file, or its -wal/-shm files in its folder)"
     if "unable to open" in low:
@@ -64,8 +67,9 @@ def text(value):
         value.encode("utf-8")
         return value
     except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape" if _escaped_only(value) else "backslashreplace") \
-            .decode("utf-8", "backslashreplace")
+        return value.encode("utf-8", "surrogateescape" if _escaped_only(value) else "backslashreplace").decode(
+            "utf-8", "backslashreplace"
+        )
 
 
 def _escaped_only(s: str) -> bool:
@@ -88,8 +92,10 @@ def _check_writable(path: Path) -> None:
         if not os.access(path, os.R_OK | os.W_OK):
             raise SessionFileError(f"{_p(path)}: read-only (no permission to write the session log)")
         if not os.access(path.parent, os.W_OK | os.X_OK) and not Path(f"{path}-wal").exists():
-            raise SessionFileError(f"{_p(path)}: its folder {_p(path.parent)} is read-only (SQLite writes "
-                                   f"{path.name}-wal and -shm beside the log)")
+            raise SessionFileError(
+                f"{_p(path)}: its folder {_p(path.parent)} is read-only (SQLite writes "
+                f"{path.name}-wal and -shm beside the log)"
+            )
     elif anc.exists() and not os.access(anc, os.W_OK | os.X_OK):
         raise SessionFileError(f"{_p(path)}: cannot create the session log: folder {_p(anc)} is read-only")
 

@@ -2,6 +2,7 @@
 dataclasses rather than rows or dicts, so that report, review and capture name their fields.
 No SQL here: a row becomes a record in _record(), by the dataclass's field names.
 """
+
 from __future__ import annotations
 
 import json
@@ -140,6 +141,7 @@ class AuditEntry:
 @dataclass(frozen=True)
 class Decision:
     """What a decision, an amendment or an undo left: the cell's review as it now is."""
+
     audit_id: int
     cell_id: int
     machine_label: str
@@ -163,6 +165,7 @@ class SignOff:
 class SignCheck:
     """Where a session stands against the sign-off rules (store.SessionStore.sign_check): what the
     review page states, and what sign_off() enforces."""
+
     signed_version: int  # the last signed version (0: never signed)
     signed_by: str | None
     pending: int  # amendments since the last signed version (a new version to sign)
@@ -190,22 +193,27 @@ class SignCheck:
     def blockers(self, short_count: bool = False) -> list[str]:
         """Why a sign-off now is refused (empty: it may be signed)."""
         if self.closed:
-            return [f"signed off by {self.signed_by} (version {self.signed_version}): the session is read-only; "
-                    "amend with a reason to make a new version"]
+            return [
+                f"signed off by {self.signed_by} (version {self.signed_version}): the session is read-only; "
+                "amend with a reason to make a new version"
+            ]
         out = []
         if self.flagged_left:
             out.append(f"{self.flagged_left} flagged cell(s) not reviewed yet")
         if self.unvalidated and self.unreviewed:
             out.append(f"UNVALIDATED session: every cell must be reviewed ({self.unreviewed} not reviewed yet)")
         if self.short and not short_count:
-            out.append(f"short count: {self.wbc} white cells after review, below the session's target of "
-                       f"{self.count_target}: acknowledge the short count to sign")
+            out.append(
+                f"short count: {self.wbc} white cells after review, below the session's target of "
+                f"{self.count_target}: acknowledge the short count to sign"
+            )
         return out
 
 
 @dataclass(frozen=True)
 class SessionData:
     """One session with its cells and its audit trail (what report and review show)."""
+
     path: str
     session: Session
     cells: list[Cell]
@@ -234,10 +242,20 @@ def _record(cls, row: sqlite3.Row, **convert):
 
 
 def _session(row: sqlite3.Row) -> Session:
-    return _record(Session, row, versions=_json, trust=_json, unvalidated=bool, frames=lambda v: v or 0,
-                   cells=lambda v: v or 0)
+    return _record(
+        Session, row, versions=_json, trust=_json, unvalidated=bool, frames=lambda v: v or 0, cells=lambda v: v or 0
+    )
 
 
 def _cell(row: sqlite3.Row) -> Cell:
-    return _record(Cell, row, probs=_json, review=bool, ood=bool, has_crop=bool, version=lambda v: v or 0,
-                   observations=lambda v: v or 1, crop=lambda v: bytes(v) if v is not None else None)
+    return _record(
+        Cell,
+        row,
+        probs=_json,
+        review=bool,
+        ood=bool,
+        has_crop=bool,
+        version=lambda v: v or 0,
+        observations=lambda v: v or 1,
+        crop=lambda v: bytes(v) if v is not None else None,
+    )

@@ -13,6 +13,7 @@ key left out keeps its default):
     [rules]
     min_wbc = 200
 """
+
 from __future__ import annotations
 
 import json
@@ -23,18 +24,29 @@ from pathlib import Path
 from ..core.spec import WBC_LABELS
 
 DEFAULT_PERCENT: dict[str, tuple[float, float]] = {
-    "neutrophil": (45.0, 70.0), "lymphocyte": (20.0, 40.0), "monocyte": (1.0, 10.0),
-    "eosinophil": (1.0, 3.0), "basophil": (0.0, 2.0),
+    "neutrophil": (45.0, 70.0),
+    "lymphocyte": (20.0, 40.0),
+    "monocyte": (1.0, 10.0),
+    "eosinophil": (1.0, 3.0),
+    "basophil": (0.0, 2.0),
 }
 DEFAULT_ABSOLUTE: dict[str, tuple[float, float]] = {
-    "neutrophil": (2.0, 7.5), "lymphocyte": (1.1, 4.0), "monocyte": (0.2, 1.0),
-    "eosinophil": (0.04, 0.4), "basophil": (0.0, 0.21),
+    "neutrophil": (2.0, 7.5),
+    "lymphocyte": (1.1, 4.0),
+    "monocyte": (0.2, 1.0),
+    "eosinophil": (0.04, 0.4),
+    "basophil": (0.0, 0.21),
 }
 # min_wbc: fewer white cells than this is a short count (a manual differential counts 100), unless
 # the session set its own target. ig_percent / nrbc_per_100: above these, a flag. eosinophilia:
 # absolute count above eosinophil_abs (x10^9/L) or, with no WBC count, share above eosinophil_pct.
-DEFAULT_RULES: dict[str, float] = {"min_wbc": 100, "ig_percent": 0.0, "nrbc_per_100": 0.0,
-                                   "eosinophil_abs": 0.5, "eosinophil_pct": 7.0}
+DEFAULT_RULES: dict[str, float] = {
+    "min_wbc": 100,
+    "ig_percent": 0.0,
+    "nrbc_per_100": 0.0,
+    "eosinophil_abs": 0.5,
+    "eosinophil_pct": 7.0,
+}
 
 
 class RangesError(Exception):
@@ -86,9 +98,12 @@ def load_intervals(path: Path | None) -> Intervals:
         for label, pair in (data.get(name) or {}).items():
             if label not in WBC_LABELS:
                 raise RangesError(f"{path}: [{name}] {label}: not a white-cell class ({', '.join(WBC_LABELS)})")
-            if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
-                    or pair[0] > pair[1]):
+            if (
+                not isinstance(pair, (list, tuple))
+                or len(pair) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+                or pair[0] > pair[1]
+            ):
                 raise RangesError(f"{path}: [{name}] {label}: expected [low, high] numbers, low <= high")
             table[label] = (float(pair[0]), float(pair[1]))
     rules = dict(DEFAULT_RULES)

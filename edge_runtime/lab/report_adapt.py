@@ -1,6 +1,7 @@
 """The one place that knows the shape of what the session store returns (store.SessionData with
 records.Session, Cell and AuditEntry) and turns it into the report's records (report_model.py).
 Every report output (HTML, PDF, CSV summary, FHIR) is rendered from the latter only."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -13,22 +14,62 @@ from .report_model import AuditEntry, CellRow, ReportData, SessionMeta, SignedVe
 def from_store(d: SessionData, wbc_count: float | None = None) -> ReportData:
     s = d.session
     meta = SessionMeta(
-        id=s.id, path=d.path, sample=s.sample, operator=s.operator, started=s.started, ended=s.ended,
-        model=s.model, model_sha256=s.model_sha256, interpreter=s.interpreter, device=s.device, threads=s.threads,
-        review_threshold=s.review_threshold, source=s.source, mode=s.mode, frames=s.frames,
-        end_reason=s.end_reason, count_target=s.count_target, counting=s.counting, versions=s.versions,
+        id=s.id,
+        path=d.path,
+        sample=s.sample,
+        operator=s.operator,
+        started=s.started,
+        ended=s.ended,
+        model=s.model,
+        model_sha256=s.model_sha256,
+        interpreter=s.interpreter,
+        device=s.device,
+        threads=s.threads,
+        review_threshold=s.review_threshold,
+        source=s.source,
+        mode=s.mode,
+        frames=s.frames,
+        end_reason=s.end_reason,
+        count_target=s.count_target,
+        counting=s.counting,
+        versions=s.versions,
         unvalidated=bool(s.unvalidated or s.trust.get("tripped")),
-        trust_message=str(s.trust.get("message") or ""))
-    cells = [CellRow(id=c.id, label=c.label, confidence=c.confidence, review=c.review,
-                     review_reason=c.review_reason or "", ood=c.ood, ood_score=c.ood_score,
-                     observations=c.observations or 1, reviewed_label=c.reviewed_label, reviewer=c.reviewer,
-                     reviewed_at=c.reviewed_at, crop=c.crop)
-             for c in d.cells]
+        trust_message=str(s.trust.get("message") or ""),
+    )
+    cells = [
+        CellRow(
+            id=c.id,
+            label=c.label,
+            confidence=c.confidence,
+            review=c.review,
+            review_reason=c.review_reason or "",
+            ood=c.ood,
+            ood_score=c.ood_score,
+            observations=c.observations or 1,
+            reviewed_label=c.reviewed_label,
+            reviewer=c.reviewer,
+            reviewed_at=c.reviewed_at,
+            crop=c.crop,
+        )
+        for c in d.cells
+    ]
     signoff = SignOff(s.signed_by, s.signed_at) if s.signed_by and s.signed_at else None
     undone = {a.undoes for a in d.audit if a.undoes is not None}
-    audit = [AuditEntry(at=a.at, reviewer=a.reviewer, action=a.action, cell_id=a.cell_id, from_label=a.from_label,
-                        to_label=a.to_label, reason=a.reason, undone=a.id in undone, id=a.id, undoes=a.undoes)
-             for a in d.audit]
+    audit = [
+        AuditEntry(
+            at=a.at,
+            reviewer=a.reviewer,
+            action=a.action,
+            cell_id=a.cell_id,
+            from_label=a.from_label,
+            to_label=a.to_label,
+            reason=a.reason,
+            undone=a.id in undone,
+            id=a.id,
+            undoes=a.undoes,
+        )
+        for a in d.audit
+    ]
     return ReportData(meta, cells, signoff, audit, wbc_count, versions(d.cells, d.audit))
 
 
@@ -54,8 +95,9 @@ def versions(cells: list[Cell], audit: list[StoreAudit]) -> list[SignedVersion]:
     for a in audit:
         if a.action != "signoff":
             continue
-        reasons = tuple(dict.fromkeys(b.reason for b in audit if b.action == "amend" and prev < b.id < a.id
-                                      and b.reason))
+        reasons = tuple(
+            dict.fromkeys(b.reason for b in audit if b.action == "amend" and prev < b.id < a.id and b.reason)
+        )
         final = Counter(labels_at(cells, audit, a.id).values())
         out.append(SignedVersion(len(out) + 1, a.reviewer, a.at, dict(final), reasons, a.reason or ""))
         prev = a.id

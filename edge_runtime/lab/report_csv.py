@@ -7,6 +7,7 @@ Google Sheets; a sample ID or a name typed into capture or review could be one. 
 written with a leading apostrophe (OWASP's advice), except a plain number such as -1.5, which
 no spreadsheet runs.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,13 +45,34 @@ class SafeWriter:
 
 
 def summary_columns() -> list[str]:
-    return (["sample", "session_id", "log", "operator", "status", "signed_by", "signed_at", "started", "ended",
-             "model", "model_sha256", "trust", "cells", "wbc_counted", "count_target", "flagged", "flagged_reviewed",
-             "wbc_count_1e9_per_l"]
-            + [f"pct_{k}" for k in WBC_LABELS] + [f"abs_{k}" for k in WBC_LABELS]
-            + ["nrbc_per_100_wbc", "platelets_counted"]
-            + [f"pct_{k}" for k in ADDED_WBC_LABELS] + [f"abs_{k}" for k in ADDED_WBC_LABELS]
-            + ["smudge_cells", "removed_cells", "signed_version", "flags", "note"])
+    return (
+        [
+            "sample",
+            "session_id",
+            "log",
+            "operator",
+            "status",
+            "signed_by",
+            "signed_at",
+            "started",
+            "ended",
+            "model",
+            "model_sha256",
+            "trust",
+            "cells",
+            "wbc_counted",
+            "count_target",
+            "flagged",
+            "flagged_reviewed",
+            "wbc_count_1e9_per_l",
+        ]
+        + [f"pct_{k}" for k in WBC_LABELS]
+        + [f"abs_{k}" for k in WBC_LABELS]
+        + ["nrbc_per_100_wbc", "platelets_counted"]
+        + [f"pct_{k}" for k in ADDED_WBC_LABELS]
+        + [f"abs_{k}" for k in ADDED_WBC_LABELS]
+        + ["smudge_cells", "removed_cells", "signed_version", "flags", "note"]
+    )
 
 
 def summary_row(data: ReportData, iv: Intervals) -> list[Any]:
@@ -59,16 +81,40 @@ def summary_row(data: ReportData, iv: Intervals) -> list[Any]:
     pct = {r.label: "" if r.per_100_wbc is None else f"{r.per_100_wbc:.1f}" for r in d.rows}
     ab = {r.label: "" if r.absolute is None else f"{r.absolute:.3f}" for r in d.rows}
     flagged = [c for c in data.cells if c.review]
-    return ([m.sample or "", m.id, m.path, m.operator or "", data.status, data.signoff.by if data.signoff else "",
-             iso(data.signoff.at) if data.signoff else "", iso(m.started), iso(m.ended), m.model or "",
-             m.model_sha256 or "", "UNVALIDATED" if m.unvalidated else "ok", len(data.cells), d.wbc_final,
-             m.count_target or "", len(flagged), sum(c.reviewed_label is not None for c in flagged),
-             "" if data.wbc_count is None else f"{data.wbc_count:g}"]
-            + [pct[k] for k in WBC_LABELS] + [ab[k] for k in WBC_LABELS]
-            + [pct["erythroblast"], d.row("platelet").final]
-            + [pct[k] for k in ADDED_WBC_LABELS] + [ab[k] for k in ADDED_WBC_LABELS]
-            + [d.apart, d.removed, (len(data.versions) or 1) if data.signoff else "",
-               "; ".join(f.rule for f in flags(data, d, iv)), RESEARCH_USE])
+    return (
+        [
+            m.sample or "",
+            m.id,
+            m.path,
+            m.operator or "",
+            data.status,
+            data.signoff.by if data.signoff else "",
+            iso(data.signoff.at) if data.signoff else "",
+            iso(m.started),
+            iso(m.ended),
+            m.model or "",
+            m.model_sha256 or "",
+            "UNVALIDATED" if m.unvalidated else "ok",
+            len(data.cells),
+            d.wbc_final,
+            m.count_target or "",
+            len(flagged),
+            sum(c.reviewed_label is not None for c in flagged),
+            "" if data.wbc_count is None else f"{data.wbc_count:g}",
+        ]
+        + [pct[k] for k in WBC_LABELS]
+        + [ab[k] for k in WBC_LABELS]
+        + [pct["erythroblast"], d.row("platelet").final]
+        + [pct[k] for k in ADDED_WBC_LABELS]
+        + [ab[k] for k in ADDED_WBC_LABELS]
+        + [
+            d.apart,
+            d.removed,
+            (len(data.versions) or 1) if data.signoff else "",
+            "; ".join(f.rule for f in flags(data, d, iv)),
+            RESEARCH_USE,
+        ]
+    )
 
 
 def write_summary(data: ReportData, iv: Intervals, path) -> None:
@@ -76,4 +122,3 @@ def write_summary(data: ReportData, iv: Intervals, path) -> None:
         w = SafeWriter(f)
         w.writerow(summary_columns())
         w.writerow(summary_row(data, iv))
-

@@ -14,6 +14,7 @@ laboratory maps it to its own catalogue. Ids are derived from the session (uuid5
 the same session again gives the same resources: a laboratory system updates instead of
 duplicating, and sees status 'amended' when a decision changed after the sign-off.
 """
+
 from __future__ import annotations
 
 import time
@@ -51,11 +52,20 @@ ABSOLUTE_CODES: dict[str, tuple[str, str]] = {
     "blast": ("30376-8", "Blasts [#/volume] in Blood"),
 }
 PANEL = ("69738-3", "Differential panel, method unspecified - Blood")
-NAMES = {"neutrophil": "Neutrophils", "lymphocyte": "Lymphocytes", "monocyte": "Monocytes",
-         "eosinophil": "Eosinophils", "basophil": "Basophils", "ig": "Immature granulocytes",
-         "erythroblast": "Nucleated red cells", "band_neutrophil": "Band neutrophils",
-         "reactive_lymphocyte": "Reactive lymphocytes", "blast": "Blasts", "plasma_cell": "Plasma cells",
-         "unidentified": "Unidentified white cells"}
+NAMES = {
+    "neutrophil": "Neutrophils",
+    "lymphocyte": "Lymphocytes",
+    "monocyte": "Monocytes",
+    "eosinophil": "Eosinophils",
+    "basophil": "Basophils",
+    "ig": "Immature granulocytes",
+    "erythroblast": "Nucleated red cells",
+    "band_neutrophil": "Band neutrophils",
+    "reactive_lymphocyte": "Reactive lymphocytes",
+    "blast": "Blasts",
+    "plasma_cell": "Plasma cells",
+    "unidentified": "Unidentified white cells",
+}
 
 
 def _id(*parts: Any) -> str:
@@ -69,8 +79,7 @@ def _ref(rid: str) -> dict:
 def _code(label: str, absolute: bool) -> dict:
     table = ABSOLUTE_CODES if absolute else PERCENT_CODES
     name = NAMES[label]
-    text = f"{name} [#/volume] in Blood" if absolute else (
-        f"{name}/100 leukocytes in Blood")
+    text = f"{name} [#/volume] in Blood" if absolute else (f"{name}/100 leukocytes in Blood")
     coding = [{"system": CLASS_SYSTEM, "code": f"{label}-{'absolute' if absolute else 'percent'}", "display": text}]
     if label in table:
         code, display = table[label]
@@ -81,8 +90,17 @@ def _code(label: str, absolute: bool) -> dict:
 def _interp(mark: str) -> list[dict]:
     if not mark:
         return []
-    return [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
-                         "code": mark, "display": "High" if mark == "H" else "Low"}]}]
+    return [
+        {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                    "code": mark,
+                    "display": "High" if mark == "H" else "Low",
+                }
+            ]
+        }
+    ]
 
 
 def bundle(data: ReportData, iv: Intervals | None = None, now: float | None = None) -> dict:
@@ -101,15 +119,21 @@ def bundle(data: ReportData, iv: Intervals | None = None, now: float | None = No
             entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource})
         return resource["id"]
 
-    specimen: dict[str, Any] = {"resourceType": "Specimen", "id": _id("specimen", *key),
-                                "type": {"text": "Peripheral blood smear"}}
+    specimen: dict[str, Any] = {
+        "resourceType": "Specimen",
+        "id": _id("specimen", *key),
+        "type": {"text": "Peripheral blood smear"},
+    }
     if m.sample:
         specimen["identifier"] = [{"system": "urn:edge-bloodcls:sample", "value": m.sample}]
         specimen["accessionIdentifier"] = {"value": m.sample}
     specimen_id = add(specimen)
-    device: dict[str, Any] = {"resourceType": "Device", "id": _id("device", m.model_sha256 or m.model),
-                              "type": {"text": "White-cell image classifier (edge-bloodcls), research use only"},
-                              "deviceName": [{"name": m.model or "unknown model", "type": "model-name"}]}
+    device: dict[str, Any] = {
+        "resourceType": "Device",
+        "id": _id("device", m.model_sha256 or m.model),
+        "type": {"text": "White-cell image classifier (edge-bloodcls), research use only"},
+        "deviceName": [{"name": m.model or "unknown model", "type": "model-name"}],
+    }
     if m.model_sha256:
         device["version"] = [{"type": {"text": "sha256"}, "value": m.model_sha256}]
     device_id = add(device)
@@ -125,14 +149,51 @@ def bundle(data: ReportData, iv: Intervals | None = None, now: float | None = No
         # platelets: a count only; smudge cells, artefacts, duplicates: not a result (the conclusion
         # says how many); a class the reviewer adds: only when a cell was put in it (a 0 % of a
         # class the model cannot see would look like a finding)
-        if (r.label == "platelet" or r.role not in (WBC, OTHER) or r.per_100_wbc is None
-                or (not r.model and not r.final)):
+        if (
+            r.label == "platelet"
+            or r.role not in (WBC, OTHER)
+            or r.per_100_wbc is None
+            or (not r.model and not r.final)
+        ):
             continue
-        results.append(add(_observation(r, False, iv, d.wbc_final, status, effective, issued, specimen_id, device_id,
-                                        performers, key, m.unvalidated)))
+        results.append(
+            add(
+                _observation(
+                    r,
+                    False,
+                    iv,
+                    d.wbc_final,
+                    status,
+                    effective,
+                    issued,
+                    specimen_id,
+                    device_id,
+                    performers,
+                    key,
+                    m.unvalidated,
+                )
+            )
+        )
         if r.absolute is not None and r.in_differential:
-            results.append(add(_observation(r, True, iv, d.wbc_final, status, effective, issued, specimen_id,
-                                            device_id, performers, key, m.unvalidated, data.wbc_count)))
+            results.append(
+                add(
+                    _observation(
+                        r,
+                        True,
+                        iv,
+                        d.wbc_final,
+                        status,
+                        effective,
+                        issued,
+                        specimen_id,
+                        device_id,
+                        performers,
+                        key,
+                        m.unvalidated,
+                        data.wbc_count,
+                    )
+                )
+            )
     review = []
     if d.apart:
         review.append(f"Smudge cells: {d.apart} (reported apart, not in the differential).")
@@ -140,14 +201,25 @@ def bundle(data: ReportData, iv: Intervals | None = None, now: float | None = No
         review.append(f"Removed by the reviewer from the count: {d.removed} (artefacts, duplicates).")
     conclusion = [f.message for f in flags(data, d, iv)] + review + [RESEARCH_USE]
     report = {
-        "resourceType": "DiagnosticReport", "id": _id("report", *key), "status": status,
+        "resourceType": "DiagnosticReport",
+        "id": _id("report", *key),
+        "status": status,
         "identifier": [{"system": "urn:edge-bloodcls:session", "value": _id("session", *key)}],
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "HM",
-                                  "display": "Hematology"}]}],
-        "code": {"coding": [{"system": LOINC, "code": PANEL[0], "display": PANEL[1]}],
-                 "text": "White-cell differential (edge-bloodcls)"},
-        "effectiveDateTime": effective, "issued": issued,
-        "specimen": [_ref(specimen_id)], "result": [_ref(x) for x in results],
+        "category": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "HM", "display": "Hematology"}
+                ]
+            }
+        ],
+        "code": {
+            "coding": [{"system": LOINC, "code": PANEL[0], "display": PANEL[1]}],
+            "text": "White-cell differential (edge-bloodcls)",
+        },
+        "effectiveDateTime": effective,
+        "issued": issued,
+        "specimen": [_ref(specimen_id)],
+        "result": [_ref(x) for x in results],
         "conclusion": " ".join(conclusion),
     }
     if performers:
@@ -155,35 +227,66 @@ def bundle(data: ReportData, iv: Intervals | None = None, now: float | None = No
     if reviewer_ref:
         report["resultsInterpreter"] = reviewer_ref
     entries.insert(0, {"fullUrl": f"urn:uuid:{report['id']}", "resource": report})
-    return {"resourceType": "Bundle", "id": _id("bundle", *key, status), "type": "collection",
-            "timestamp": iso(now), "entry": entries}
+    return {
+        "resourceType": "Bundle",
+        "id": _id("bundle", *key, status),
+        "type": "collection",
+        "timestamp": iso(now),
+        "entry": entries,
+    }
 
 
-def _observation(r: ClassRow, absolute: bool, iv: Intervals, wbc_final: int, status: str, effective: str,
-                 issued: str, specimen_id: str, device_id: str, performers: list, key: tuple, unvalidated: bool,
-                 wbc_count: float | None = None) -> dict:
+def _observation(
+    r: ClassRow,
+    absolute: bool,
+    iv: Intervals,
+    wbc_final: int,
+    status: str,
+    effective: str,
+    issued: str,
+    specimen_id: str,
+    device_id: str,
+    performers: list,
+    key: tuple,
+    unvalidated: bool,
+    wbc_count: float | None = None,
+) -> dict:
     if absolute:
         assert r.absolute is not None
         value = {"value": round(r.absolute, 3), "unit": "10*9/L", "system": UCUM, "code": "10*9/L"}
         mark, ref = iv.mark(r.label, r.absolute, True), iv.interval(r.label, True)
-        note = (f"{r.final} of {wbc_final} white cells after review x the analyser's WBC count "
-                f"{wbc_count:g} x10^9/L.")
+        note = f"{r.final} of {wbc_final} white cells after review x the analyser's WBC count {wbc_count:g} x10^9/L."
     else:
         assert r.per_100_wbc is not None
         value = {"value": round(r.per_100_wbc, 1), "unit": "%", "system": UCUM, "code": "%"}
         mark = iv.mark(r.label, r.per_100_wbc) if r.in_differential else ""
         ref = iv.interval(r.label) if r.in_differential else None
-        note = (f"{r.final} of {wbc_final} white cells after review (analyser: {r.machine})"
-                + (f"; 95% Wilson interval {r.ci[0]:.1f}-{r.ci[1]:.1f}%." if r.in_differential else "."))
+        note = f"{r.final} of {wbc_final} white cells after review (analyser: {r.machine})" + (
+            f"; 95% Wilson interval {r.ci[0]:.1f}-{r.ci[1]:.1f}%." if r.in_differential else "."
+        )
     if unvalidated:
         note += " UNVALIDATED differential: the model's trust gate tripped."
     obs: dict[str, Any] = {
-        "resourceType": "Observation", "id": _id("obs", r.label, "abs" if absolute else "pct", *key),
+        "resourceType": "Observation",
+        "id": _id("obs", r.label, "abs" if absolute else "pct", *key),
         "status": status,
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "laboratory", "display": "Laboratory"}]}],
-        "code": _code(r.label, absolute), "effectiveDateTime": effective, "issued": issued,
-        "valueQuantity": value, "specimen": _ref(specimen_id), "device": _ref(device_id),
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                        "display": "Laboratory",
+                    }
+                ]
+            }
+        ],
+        "code": _code(r.label, absolute),
+        "effectiveDateTime": effective,
+        "issued": issued,
+        "valueQuantity": value,
+        "specimen": _ref(specimen_id),
+        "device": _ref(device_id),
         "note": [{"text": note}],
     }
     if performers:

@@ -15,6 +15,7 @@ page gets links only with `report --full-crops`, which copies the stored JPEGs a
 folder beside it (write_crops). Not the default: 10,000 crops are 80-150 MB, written again at
 every report, on a Pi's SD card, for a page mostly filed as paper or PDF.
 """
+
 from __future__ import annotations
 
 import base64
@@ -102,7 +103,7 @@ def _flat(parts) -> list:
     parts = list(parts)
     out: list = [None] * sum(len(p) for p in parts)
     for i, p in enumerate(parts):
-        out[i::len(parts)] = p
+        out[i :: len(parts)] = p
     return out
 
 
@@ -123,7 +124,7 @@ def build(cells: list[CellRow], label_of: Callable[[CellRow], str] = lambda c: c
     for label in sorted(by):
         group = by[label]
         for start in range(0, len(group), SHEET_CELLS):
-            chunk = group[start:start + SHEET_CELLS]
+            chunk = group[start : start + SHEET_CELLS]
             cols = min(COLS, len(chunk))
             rows = -(-len(chunk) // cols)
             w, h = cols * THUMB, rows * THUMB

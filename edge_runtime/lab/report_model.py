@@ -5,6 +5,7 @@ Every output (HTML, PDF, CSV, FHIR) is rendered from these records only, never f
 rows, so that the report does not depend on how the log is read: report_adapt.py turns
 the store's SessionData into a ReportData.
 """
+
 from __future__ import annotations
 
 import math
@@ -104,6 +105,7 @@ class SignOff:
 class SignedVersion:
     """One signed version of the session's differential: version 1 is the first sign-off, each
     later one signs the amendments made since the one before (whose reasons it carries)."""
+
     version: int
     by: str
     at: float
@@ -115,6 +117,7 @@ class SignedVersion:
 @dataclass(frozen=True)
 class AuditEntry:
     """One decision of the review's append-only trail."""
+
     at: float
     reviewer: str
     action: str  # confirm | reclassify | undo | signoff | amend (store.py)
@@ -159,6 +162,7 @@ class ReportData:
 @dataclass(frozen=True)
 class ClassRow:
     """One class of the report, counted by the analyser and after review."""
+
     label: str
     machine: int
     final: int
@@ -192,12 +196,14 @@ class Differential:
 
 
 def differential(data: ReportData) -> Differential:
-    return counts_differential(Counter(c.label for c in data.cells), Counter(c.final_label for c in data.cells),
-                               data.wbc_count)
+    return counts_differential(
+        Counter(c.label for c in data.cells), Counter(c.final_label for c in data.cells), data.wbc_count
+    )
 
 
-def counts_differential(machine: Mapping[str, int], final: Mapping[str, int],
-                        wbc_count: float | None = None) -> Differential:
+def counts_differential(
+    machine: Mapping[str, int], final: Mapping[str, int], wbc_count: float | None = None
+) -> Differential:
     """The differential of cells per class (the analyser's and after review): white cells are the
     classes of role wbc (spec.REVIEW_CLASSES), the model's and those a reviewer added; smudge
     cells and erythroblasts are given per 100 white cells, outside the differential; artefacts and
@@ -212,6 +218,7 @@ def counts_differential(machine: Mapping[str, int], final: Mapping[str, int],
         share = 100 * n / wbc_f if per else None
         lo, hi = wilson(n, wbc_f) if wbc_f and rc.role == WBC else (0.0, 0.0)
         absolute = wbc_count * n / wbc_f if wbc_count is not None and wbc_f and rc.role == WBC else None
-        rows.append(ClassRow(k, machine.get(k, 0), n, rc.role == WBC, share, (100 * lo, 100 * hi), absolute,
-                             rc.role, rc.model))
+        rows.append(
+            ClassRow(k, machine.get(k, 0), n, rc.role == WBC, share, (100 * lo, 100 * hi), absolute, rc.role, rc.model)
+        )
     return Differential(rows, wbc_m, wbc_f, wbc_count)

@@ -6,6 +6,7 @@ install; it prints the same page a technologist sees, CSS margin boxes included 
 statement on every page, since Chromium 131). WeasyPrint would add Pango and a dozen Python
 packages to the edge install for the same page.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,17 +38,30 @@ def find_chromium() -> str | None:
 def html_to_pdf(page: str, out: Path, timeout: float = TIMEOUT_S) -> None:
     browser = find_chromium()
     if browser is None:
-        raise PdfError("no PDF route: headless Chromium not found (install it: apt install chromium; "
-                       "or set CHROMIUM=/path/to/chromium)")
+        raise PdfError(
+            "no PDF route: headless Chromium not found (install it: apt install chromium; "
+            "or set CHROMIUM=/path/to/chromium)"
+        )
     with tempfile.TemporaryDirectory(prefix="edge-report-") as tmp:
         src = Path(tmp) / "report.html"
         src.write_text(page, encoding="utf-8")
         target = Path(tmp) / "report.pdf"
         # A private profile and no network: the print reads only the local page.
-        cmd = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--no-first-run", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", f"--user-data-dir={Path(tmp) / 'profile'}", "--no-pdf-header-footer",
-               f"--print-to-pdf={target}", src.as_uri()]
+        cmd = [
+            browser,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={Path(tmp) / 'profile'}",
+            "--no-pdf-header-footer",
+            f"--print-to-pdf={target}",
+            src.as_uri(),
+        ]
         try:
             r = subprocess.run(cmd, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:

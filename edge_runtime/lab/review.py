@@ -24,6 +24,7 @@ the page's. The page (web/review.html, review.js, review.css) has no inline scri
 puts every value in the DOM as text. Cell numbers are the store's cell ids, as in capture's
 summary, the report and the CSVs.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -42,12 +43,15 @@ from .store import Cell, Decision, Refusal, SessionFileError, SessionStore, Stal
 
 WEB = Path(__file__).parent / "web"
 STATIC = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8"}
-MAX_CELL = 2 ** 31 - 1
+MAX_CELL = 2**31 - 1
 
 ReviewError = Refusal  # what a review action the log refuses raises (HTTP status, one line)
 
-DECIDE = {"cell": Field(int, 1, MAX_CELL), "label": Field(str, choices=REVIEW_LABELS),
-          "version": Field(int, 0, MAX_CELL)}
+DECIDE = {
+    "cell": Field(int, 1, MAX_CELL),
+    "label": Field(str, choices=REVIEW_LABELS),
+    "version": Field(int, 0, MAX_CELL),
+}
 AMEND = {**DECIDE, "reason": Field(str, max_len=500)}
 SIGNOFF = {"short_count": Field(int, 0, 1)}  # 1: the reviewer acknowledges a short count
 EMPTY: dict[str, Field] = {}
@@ -59,47 +63,101 @@ def state(store: SessionStore, sid: int, all_cells: bool) -> dict:
     s = d.session
     signs = [a for a in d.audit if a.action == "signoff"]
     return {
-        "session": {"id": s.id, "sample": s.sample, "operator": s.operator, "model": s.model, "started": s.started,
-                    "ended": s.ended, "signed_by": s.signed_by, "signed_at": s.signed_at,
-                    "unvalidated": int(s.unvalidated), "count_target": s.count_target,
-                    "review_threshold": s.review_threshold,
-                    "trust_message": str(s.trust.get("message") or "").removeprefix("WARNING: ")},
-        "labels": list(LABELS), "wbc_labels": list(WBC_LABELS), "all": all_cells,
-        "classes": [{"label": c.label, "name": c.name, "role": c.role, "key": c.key, "model": c.model}
-                    for c in REVIEW_CLASSES],
+        "session": {
+            "id": s.id,
+            "sample": s.sample,
+            "operator": s.operator,
+            "model": s.model,
+            "started": s.started,
+            "ended": s.ended,
+            "signed_by": s.signed_by,
+            "signed_at": s.signed_at,
+            "unvalidated": int(s.unvalidated),
+            "count_target": s.count_target,
+            "review_threshold": s.review_threshold,
+            "trust_message": str(s.trust.get("message") or "").removeprefix("WARNING: "),
+        },
+        "labels": list(LABELS),
+        "wbc_labels": list(WBC_LABELS),
+        "all": all_cells,
+        "classes": [
+            {"label": c.label, "name": c.name, "role": c.role, "key": c.key, "model": c.model} for c in REVIEW_CLASSES
+        ],
         "cells": [cell_json(c) for c in d.cells if all_cells or c.review],
         "check": check_json(store.sign_check(sid)),
-        "versions": [{"version": k, "by": a.reviewer, "at": a.at, "note": a.reason or ""}
-                     for k, a in enumerate(signs, 1)],
-        "tally": {"machine": dict(t["machine"]), "final": dict(t["final"]), "wbc_machine": t["wbc_machine"],
-                  "wbc_final": t["wbc_final"], "flagged": t["flagged"], "flagged_reviewed": t["flagged_reviewed"],
-                  "removed": t["removed"], "apart": t["apart"], "cells": len(d.cells)},
+        "versions": [
+            {"version": k, "by": a.reviewer, "at": a.at, "note": a.reason or ""} for k, a in enumerate(signs, 1)
+        ],
+        "tally": {
+            "machine": dict(t["machine"]),
+            "final": dict(t["final"]),
+            "wbc_machine": t["wbc_machine"],
+            "wbc_final": t["wbc_final"],
+            "flagged": t["flagged"],
+            "flagged_reviewed": t["flagged_reviewed"],
+            "removed": t["removed"],
+            "apart": t["apart"],
+            "cells": len(d.cells),
+        },
     }
 
 
 def check_json(c: SignCheck) -> dict:
     """The sign-off rules as the page states them: each rule, whether it holds, and the reasons a
     sign-off now would be refused."""
-    return {"signed_version": c.signed_version, "signed_by": c.signed_by, "pending": c.pending,
-            "closed": c.closed, "next_version": c.next_version, "cells": c.cells, "flagged": c.flagged,
-            "flagged_left": c.flagged_left, "unreviewed": c.unreviewed, "unvalidated": c.unvalidated,
-            "wbc": c.wbc, "count_target": c.count_target, "short": c.short,
-            "blockers": c.blockers(short_count=True), "blockers_unacknowledged": c.blockers()}
+    return {
+        "signed_version": c.signed_version,
+        "signed_by": c.signed_by,
+        "pending": c.pending,
+        "closed": c.closed,
+        "next_version": c.next_version,
+        "cells": c.cells,
+        "flagged": c.flagged,
+        "flagged_left": c.flagged_left,
+        "unreviewed": c.unreviewed,
+        "unvalidated": c.unvalidated,
+        "wbc": c.wbc,
+        "count_target": c.count_target,
+        "short": c.short,
+        "blockers": c.blockers(short_count=True),
+        "blockers_unacknowledged": c.blockers(),
+    }
 
 
 def cell_json(c: Cell) -> dict:
     top = sorted(c.probs.items(), key=lambda kv: -float(kv[1]))[:3]
-    return {"id": c.id, "label": c.label, "confidence": c.confidence, "review": int(c.review),
-            "review_reason": c.review_reason, "ood": int(c.ood), "ood_score": c.ood_score,
-            "observations": c.observations, "first_frame": c.first_frame, "last_frame": c.last_frame,
-            "frame": c.frame_index, "box": [c.x0, c.y0, c.x1, c.y1],
-            "reviewed_label": c.reviewed_label, "reviewer": c.reviewer, "reviewed_at": c.reviewed_at,
-            "version": c.version, "top": [[k, round(float(p), 3)] for k, p in top], "has_crop": c.has_crop}
+    return {
+        "id": c.id,
+        "label": c.label,
+        "confidence": c.confidence,
+        "review": int(c.review),
+        "review_reason": c.review_reason,
+        "ood": int(c.ood),
+        "ood_score": c.ood_score,
+        "observations": c.observations,
+        "first_frame": c.first_frame,
+        "last_frame": c.last_frame,
+        "frame": c.frame_index,
+        "box": [c.x0, c.y0, c.x1, c.y1],
+        "reviewed_label": c.reviewed_label,
+        "reviewer": c.reviewer,
+        "reviewed_at": c.reviewed_at,
+        "version": c.version,
+        "top": [[k, round(float(p), 3)] for k, p in top],
+        "has_crop": c.has_crop,
+    }
 
 
 def decision_json(d: Decision) -> dict:
-    return {"cell": d.cell_id, "reviewed_label": d.reviewed_label, "machine_label": d.machine_label,
-            "reviewer": d.reviewer, "version": d.version, "audit_id": d.audit_id, "action": d.action}
+    return {
+        "cell": d.cell_id,
+        "reviewed_label": d.reviewed_label,
+        "machine_label": d.machine_label,
+        "reviewer": d.reviewer,
+        "version": d.version,
+        "audit_id": d.audit_id,
+        "action": d.action,
+    }
 
 
 def check_labels(store: SessionStore, sid: int) -> None:
@@ -108,8 +166,10 @@ def check_labels(store: SessionStore, sid: int) -> None:
     for c in store.cells(sid):
         for label, allowed in ((c.label, LABELS), (c.reviewed_label, REVIEW_LABELS)):
             if label is not None and label not in allowed:
-                raise SessionFileError(f"{store.path}: cell {c.id} has label {label[:40]!r}, not one of the "
-                                       "label set; refusing to serve it")
+                raise SessionFileError(
+                    f"{store.path}: cell {c.id} has label {label[:40]!r}, not one of the "
+                    "label set; refusing to serve it"
+                )
 
 
 def make_app(store: SessionStore, sid: int, all_cells: bool, reviewer: str):
@@ -120,12 +180,16 @@ def make_app(store: SessionStore, sid: int, all_cells: bool, reviewer: str):
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    page = (WEB / "review.html").read_text(encoding="utf-8").replace(
-        "{{CONFIG}}", json_for_html({"all": all_cells, "reviewer": reviewer}))
+    page = (
+        (WEB / "review.html")
+        .read_text(encoding="utf-8")
+        .replace("{{CONFIG}}", json_for_html({"all": all_cells, "reviewer": reviewer}))
+    )
 
     def answer(fn):
         """One place that turns refusals into 4xx JSON with a reason, and anything the log cannot
         do into 503 with its one line: no traceback reaches the page or the console."""
+
         async def endpoint(request: Request):
             try:
                 return JSONResponse(await fn(request))
@@ -135,6 +199,7 @@ def make_app(store: SessionStore, sid: int, all_cells: bool, reviewer: str):
                 return JSONResponse({"error": str(e)}, e.status)
             except SessionFileError as e:
                 return JSONResponse({"error": str(e)}, 503)
+
         return endpoint
 
     async def index(request: Request):
@@ -168,13 +233,13 @@ def make_app(store: SessionStore, sid: int, all_cells: bool, reviewer: str):
 
     async def decide(request: Request):
         b = await read_json(request, DECIDE)
-        return decision_json(await run_in_threadpool(store.decide, sid, b["cell"], b["label"], reviewer,
-                                                     b["version"]))
+        return decision_json(await run_in_threadpool(store.decide, sid, b["cell"], b["label"], reviewer, b["version"]))
 
     async def amend(request: Request):
         b = await read_json(request, AMEND)
-        return decision_json(await run_in_threadpool(store.amend, sid, b["cell"], b["label"], reviewer,
-                                                     b["version"], b["reason"]))
+        return decision_json(
+            await run_in_threadpool(store.amend, sid, b["cell"], b["label"], reviewer, b["version"], b["reason"])
+        )
 
     async def undo(request: Request):
         await read_json(request, EMPTY)
@@ -184,24 +249,41 @@ def make_app(store: SessionStore, sid: int, all_cells: bool, reviewer: str):
         b = await read_json(request, SIGNOFF)
         # the signer is this server's reviewer: the body carries only the acknowledgement
         r = await run_in_threadpool(store.sign_off, sid, reviewer, bool(b["short_count"]))
-        return {"signed_by": r.signed_by, "signed_at": r.signed_at, "audit_id": r.audit_id, "version": r.version,
-                "short_count": r.short_count}
+        return {
+            "signed_by": r.signed_by,
+            "signed_at": r.signed_at,
+            "audit_id": r.audit_id,
+            "version": r.version,
+            "short_count": r.short_count,
+        }
 
     async def get_check(request: Request):
         return check_json(await run_in_threadpool(store.sign_check, sid))
 
-    routes = [Route("/", index), Route("/static/{name}", static), Route("/api/state", answer(get_state)),
-              Route("/api/check", answer(get_check)),
-              Route("/crop/{cell:int}", crop), Route("/report", report),
-              Route("/api/decide", answer(decide), methods=["POST"]),
-              Route("/api/amend", answer(amend), methods=["POST"]),
-              Route("/api/undo", answer(undo), methods=["POST"]),
-              Route("/api/signoff", answer(signoff), methods=["POST"])]
+    routes = [
+        Route("/", index),
+        Route("/static/{name}", static),
+        Route("/api/state", answer(get_state)),
+        Route("/api/check", answer(get_check)),
+        Route("/crop/{cell:int}", crop),
+        Route("/report", report),
+        Route("/api/decide", answer(decide), methods=["POST"]),
+        Route("/api/amend", answer(amend), methods=["POST"]),
+        Route("/api/undo", answer(undo), methods=["POST"]),
+        Route("/api/signoff", answer(signoff), methods=["POST"]),
+    ]
     return Starlette(routes=routes)
 
 
-def make_server(path, sid: int, host: str = "127.0.0.1", port: int = 8765, all_cells: bool = False,
-                reviewer: str = "", allow: tuple[str, ...] = ()) -> WebServer:
+def make_server(
+    path,
+    sid: int,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    all_cells: bool = False,
+    reviewer: str = "",
+    allow: tuple[str, ...] = (),
+) -> WebServer:
     """The review server of session sid, bound (not yet serving: .start() in a thread, .serve()
     here). Raises SessionFileError (one line) for a log it cannot serve, ValueError without a
     reviewer, OSError when it cannot listen."""
@@ -219,15 +301,23 @@ def make_server(path, sid: int, host: str = "127.0.0.1", port: int = 8765, all_c
 
 @click.command("review")
 @click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Another machine on the lab network: 0.0.0.0 (README: the URL with "
-                   "its token is the key; anyone who has it can review).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Another machine on the lab network: 0.0.0.0 (README: the URL with "
+    "its token is the key; anyone who has it can review).",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port.")
 @click.option("--all", "all_cells", is_flag=True, help="Open the gallery on every cell, not on the flagged ones.")
 @click.option("--session", "session_id", type=int, default=None, help="Session ID (default: the last one).")
 @click.option("--reviewer", default=None, help="Your name, put on each decision [default: the login name].")
-@click.option("--allow-host", "allow", multiple=True,
-              help="Another name the browser may use for this machine (repeatable), e.g. pi.lab.example.")
+@click.option(
+    "--allow-host",
+    "allow",
+    multiple=True,
+    help="Another name the browser may use for this machine (repeatable), e.g. pi.lab.example.",
+)
 def review_command(db, host, port, all_cells, session_id, reviewer, allow):
     """Review a session's cells in the browser (a gallery by class), reclassify, sign off.
 
@@ -245,8 +335,10 @@ def review_command(db, host, port, all_cells, session_id, reviewer, allow):
     except OSError as e:
         raise CliError(f"{host}:{port}: cannot listen ({e.strerror})") from None
     t = tally(d.cells)
-    click.echo(f"review {server.url} (session {d.session.id}, sample {d.session.sample or '-'}: {len(d.cells)} "
-               f"cells, {t['flagged']} flagged, {t['flagged_reviewed']} reviewed); Ctrl-C to stop")
+    click.echo(
+        f"review {server.url} (session {d.session.id}, sample {d.session.sample or '-'}: {len(d.cells)} "
+        f"cells, {t['flagged']} flagged, {t['flagged_reviewed']} reviewed); Ctrl-C to stop"
+    )
     sys.stdout.flush()
     try:
         server.serve()

@@ -7,6 +7,7 @@ A process killed at any moment (kill -9, power cut) leaves a log that opens and 
 committed before, each with the cells counted at it (one transaction per frame, WAL,
 synchronous=FULL); a reader (report, review) can query it while capture runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,28 +22,56 @@ class SessionLog:
     """Every write raises SessionFileError (one line) when SQLite fails: capture then ends the
     session with that reason instead of a traceback."""
 
-    def __init__(self, path, source: str, mode: str, model: dict, review_threshold: float, *,
-                 sample: str | None = None, operator: str | None = None, count_target: int | None = None,
-                 counting: str = "tracked", versions: dict | None = None):
+    def __init__(
+        self,
+        path,
+        source: str,
+        mode: str,
+        model: dict,
+        review_threshold: float,
+        *,
+        sample: str | None = None,
+        operator: str | None = None,
+        count_target: int | None = None,
+        counting: str = "tracked",
+        versions: dict | None = None,
+    ):
         self.path = Path(path)
         self.store = SessionStore(self.path, create=True)
         self.model_sha256 = model.get("model_sha256", "")
         try:
-            self.id = self.store.start_session(source=source, mode=mode, model=model,
-                                               review_threshold=review_threshold, sample=sample, operator=operator,
-                                               count_target=count_target, counting=counting, versions=versions)
+            self.id = self.store.start_session(
+                source=source,
+                mode=mode,
+                model=model,
+                review_threshold=review_threshold,
+                sample=sample,
+                operator=operator,
+                count_target=count_target,
+                counting=counting,
+                versions=versions,
+            )
         except BaseException:
             self.store.close()
             raise
         self.frames = 0
         self.cells = 0
 
-    def log_frame(self, frame_index: int, timestamp: float, name: str, shape, n_detections: int,
-                  cells: list[CellRecord], timing: dict | None = None) -> list[int]:
+    def log_frame(
+        self,
+        frame_index: int,
+        timestamp: float,
+        name: str,
+        shape,
+        n_detections: int,
+        cells: list[CellRecord],
+        timing: dict | None = None,
+    ) -> list[int]:
         """The frame and the cells counted at it, in one transaction, committed before returning;
         returns the cells' ids."""
-        ids = self.store.log_frame(self.id, self.model_sha256, frame_index, timestamp, name, shape, n_detections,
-                                   cells, timing)
+        ids = self.store.log_frame(
+            self.id, self.model_sha256, frame_index, timestamp, name, shape, n_detections, cells, timing
+        )
         self.frames += 1
         self.cells += len(cells)
         return ids
@@ -74,10 +103,19 @@ def read_session(path, session_id: int | None = None) -> dict:
     with SessionStore(path) as store:
         data = store.load(session_id, crops=False, frames=True)
     s = asdict(data.session)
-    s.update(versions=json.dumps(s["versions"]), trust=json.dumps(s["trust"]) if s["trust"] else None,
-             unvalidated=int(s["unvalidated"]))
+    s.update(
+        versions=json.dumps(s["versions"]),
+        trust=json.dumps(s["trust"]) if s["trust"] else None,
+        unvalidated=int(s["unvalidated"]),
+    )
     s["frames_list"] = [asdict(f) for f in data.frames]
-    s["cells_list"] = [{**{k: v for k, v in asdict(c).items() if k not in ("crop", "has_crop")},
-                        "probs": json.dumps(c.probs), "review": int(c.review), "ood": int(c.ood)}
-                       for c in data.cells]
+    s["cells_list"] = [
+        {
+            **{k: v for k, v in asdict(c).items() if k not in ("crop", "has_crop")},
+            "probs": json.dumps(c.probs),
+            "review": int(c.review),
+            "ood": int(c.ood),
+        }
+        for c in data.cells
+    ]
     return s

@@ -19,6 +19,7 @@ in one transaction; a newer one is refused untouched.
 
 Records cross the store's boundary as dataclasses (records.py: Session, Frame, Cell, AuditEntry, Decision).
 """
+
 from __future__ import annotations
 
 import json
@@ -247,29 +248,72 @@ class SessionStore:
 
     # -------------------------------------------------------- capture
 
-    def start_session(self, *, source: str, mode: str, model: dict, review_threshold: float,
-                      sample: str | None = None, operator: str | None = None, count_target: int | None = None,
-                      counting: str = "tracked", versions: dict | None = None) -> int:
+    def start_session(
+        self,
+        *,
+        source: str,
+        mode: str,
+        model: dict,
+        review_threshold: float,
+        sample: str | None = None,
+        operator: str | None = None,
+        count_target: int | None = None,
+        counting: str = "tracked",
+        versions: dict | None = None,
+    ) -> int:
         with self._tx() as con:
             cur = con.execute(
                 "INSERT INTO sessions (started, source, mode, model, model_sha256, interpreter, device, threads, "
                 "review_threshold, sample, operator, count_target, counting, versions) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), text(source), mode, text(model.get("model")), model.get("model_sha256", ""),
-                 model.get("interpreter"), model.get("device"), model.get("threads"), review_threshold,
-                 text(sample), text(operator), count_target, counting, json.dumps(versions or {})))
+                (
+                    time.time(),
+                    text(source),
+                    mode,
+                    text(model.get("model")),
+                    model.get("model_sha256", ""),
+                    model.get("interpreter"),
+                    model.get("device"),
+                    model.get("threads"),
+                    review_threshold,
+                    text(sample),
+                    text(operator),
+                    count_target,
+                    counting,
+                    json.dumps(versions or {}),
+                ),
+            )
         assert cur.lastrowid is not None  # set by every INSERT
         return cur.lastrowid
 
-    def log_frame(self, sid: int, model_sha256: str, frame_index: int, timestamp: float, name: str, shape,
-                  n_detections: int, cells: list[CellRecord], timing: dict | None = None) -> list[int]:
+    def log_frame(
+        self,
+        sid: int,
+        model_sha256: str,
+        frame_index: int,
+        timestamp: float,
+        name: str,
+        shape,
+        n_detections: int,
+        cells: list[CellRecord],
+        timing: dict | None = None,
+    ) -> list[int]:
         """The frame and the cells counted at it, in one transaction, committed before returning."""
         with self._tx() as con:
             con.execute(
                 "INSERT INTO frames (session_id, frame_index, timestamp, name, width, height, n_cells, timing) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (sid, frame_index, timestamp, text(name), int(shape[1]), int(shape[0]), n_detections,
-                 json.dumps(timing) if timing else None))
+                (
+                    sid,
+                    frame_index,
+                    timestamp,
+                    text(name),
+                    int(shape[1]),
+                    int(shape[0]),
+                    n_detections,
+                    json.dumps(timing) if timing else None,
+                ),
+            )
             ids = self._insert_cells(con, sid, model_sha256, cells, frame_index, timestamp)
             con.execute("UPDATE sessions SET frames = frames + 1 WHERE id = ?", (sid,))
         return ids
@@ -289,10 +333,27 @@ class SessionStore:
                 "INSERT INTO cells (session_id, frame_id, frame_index, timestamp, x0, y0, x1, y1, label, confidence, "
                 "review, model_sha256, probs, crop_path, crop, observations, first_frame, last_frame, ood_score, "
                 "ood, review_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sid, row[0], fi, c.timestamp or timestamp, *map(int, c.box), c.label, float(c.confidence),
-                 int(c.review), model_sha256, json.dumps({k: round(float(v), 6) for k, v in c.probs.items()}),
-                 text(c.crop_path), c.crop_jpeg, c.observations, c.first_frame if c.first_frame is not None else fi,
-                 c.last_frame if c.last_frame is not None else fi, c.ood_score, int(c.ood), text(c.review_reason)))
+                (
+                    sid,
+                    row[0],
+                    fi,
+                    c.timestamp or timestamp,
+                    *map(int, c.box),
+                    c.label,
+                    float(c.confidence),
+                    int(c.review),
+                    model_sha256,
+                    json.dumps({k: round(float(v), 6) for k, v in c.probs.items()}),
+                    text(c.crop_path),
+                    c.crop_jpeg,
+                    c.observations,
+                    c.first_frame if c.first_frame is not None else fi,
+                    c.last_frame if c.last_frame is not None else fi,
+                    c.ood_score,
+                    int(c.ood),
+                    text(c.review_reason),
+                ),
+            )
             assert cur.lastrowid is not None  # set by every INSERT
             ids.append(cur.lastrowid)
         if cells:
@@ -301,16 +362,25 @@ class SessionStore:
 
     def set_trust(self, sid: int, gate: dict) -> None:
         with self._tx() as con:
-            con.execute("UPDATE sessions SET unvalidated = ?, trust = ? WHERE id = ?",
-                        (int(bool(gate.get("tripped"))), json.dumps(gate), sid))
+            con.execute(
+                "UPDATE sessions SET unvalidated = ?, trust = ? WHERE id = ?",
+                (int(bool(gate.get("tripped"))), json.dumps(gate), sid),
+            )
 
     def finish(self, sid: int, end_reason: str, summary: dict, retry: bool = True) -> None:
         trust = summary.get("trust") or {}
         with self._tx(retry=retry) as con:
-            con.execute("UPDATE sessions SET ended = ?, end_reason = ?, summary = ?, unvalidated = ?, "
-                        "trust = ? WHERE id = ?",
-                        (time.time(), text(end_reason), json.dumps(summary), int(bool(trust.get("tripped"))),
-                         json.dumps(trust) if trust else None, sid))
+            con.execute(
+                "UPDATE sessions SET ended = ?, end_reason = ?, summary = ?, unvalidated = ?, trust = ? WHERE id = ?",
+                (
+                    time.time(),
+                    text(end_reason),
+                    json.dumps(summary),
+                    int(bool(trust.get("tripped"))),
+                    json.dumps(trust) if trust else None,
+                    sid,
+                ),
+            )
 
     # -------------------------------------------------------- reading
 
@@ -332,8 +402,12 @@ class SessionStore:
 
     def cells(self, sid: int, crops: bool = False) -> list[Cell]:
         with self._read() as con:
-            return [_cell(r) for r in con.execute(f"SELECT {_cell_columns(crops)} FROM cells WHERE session_id = ? "
-                                                  "ORDER BY id", (sid,))]
+            return [
+                _cell(r)
+                for r in con.execute(
+                    f"SELECT {_cell_columns(crops)} FROM cells WHERE session_id = ? ORDER BY id", (sid,)
+                )
+            ]
 
     def cell(self, sid: int, cell_id: int) -> Cell:
         with self._read() as con:
@@ -341,16 +415,19 @@ class SessionStore:
 
     @staticmethod
     def _cell(con, sid: int, cell_id: int) -> Cell:
-        row = con.execute(f"SELECT {_cell_columns(False)} FROM cells WHERE id = ? AND session_id = ?",
-                          (cell_id, sid)).fetchone()
+        row = con.execute(
+            f"SELECT {_cell_columns(False)} FROM cells WHERE id = ? AND session_id = ?", (cell_id, sid)
+        ).fetchone()
         if row is None:
             raise NotFound(f"no cell {cell_id} in session {sid}")
         return _cell(row)
 
     def frames(self, sid: int) -> list[Frame]:
         with self._read() as con:
-            return [_record(Frame, r) for r in con.execute(
-                "SELECT * FROM frames WHERE session_id = ? ORDER BY frame_index", (sid,))]
+            return [
+                _record(Frame, r)
+                for r in con.execute("SELECT * FROM frames WHERE session_id = ? ORDER BY frame_index", (sid,))
+            ]
 
     def crop(self, sid: int, cell_id: int) -> bytes | None:
         with self._read() as con:
@@ -359,8 +436,10 @@ class SessionStore:
 
     def audit(self, sid: int) -> list[AuditEntry]:
         with self._read() as con:
-            return [_record(AuditEntry, r) for r in con.execute(
-                "SELECT * FROM audit WHERE session_id = ? ORDER BY id", (sid,))]
+            return [
+                _record(AuditEntry, r)
+                for r in con.execute("SELECT * FROM audit WHERE session_id = ? ORDER BY id", (sid,))
+            ]
 
     def load(self, sid: int | None = None, crops: bool = True, frames: bool = False) -> SessionData:
         """The session (the last one by default) with its cells (crops unless crops=False) and its
@@ -370,8 +449,14 @@ class SessionStore:
                 self.con.execute("BEGIN")
             try:
                 s = self.session(sid)
-                return SessionData(str(self.path), s, self.cells(s.id, crops), self.session_ids(), self.audit(s.id),
-                                   self.frames(s.id) if frames else [])
+                return SessionData(
+                    str(self.path),
+                    s,
+                    self.cells(s.id, crops),
+                    self.session_ids(),
+                    self.audit(s.id),
+                    self.frames(s.id) if frames else [],
+                )
             finally:
                 with self._errors():
                     self.con.execute("COMMIT")
@@ -379,8 +464,12 @@ class SessionStore:
     def reviewed_crops(self) -> list[tuple[int, str, bytes | None]]:
         """(cell id, reviewed label, crop JPEG) of every reviewed cell of every session (adapt)."""
         with self._read() as con:
-            return [(r[0], r[1], bytes(r[2]) if r[2] is not None else None) for r in con.execute(
-                "SELECT id, reviewed_label, crop FROM cells WHERE reviewed_label IS NOT NULL ORDER BY id")]
+            return [
+                (r[0], r[1], bytes(r[2]) if r[2] is not None else None)
+                for r in con.execute(
+                    "SELECT id, reviewed_label, crop FROM cells WHERE reviewed_label IS NOT NULL ORDER BY id"
+                )
+            ]
 
     def integrity_check(self) -> str:
         with self._read() as con:
@@ -426,7 +515,8 @@ class SessionStore:
             r = con.execute(
                 "SELECT * FROM audit a WHERE session_id = ? AND reviewer = ? AND action IN ('confirm', 'reclassify') "
                 "AND NOT EXISTS (SELECT 1 FROM audit u WHERE u.undoes = a.id) ORDER BY id DESC LIMIT 1",
-                (sid, reviewer)).fetchone()
+                (sid, reviewer),
+            ).fetchone()
             if r is None:
                 raise Conflict(f"nothing of {reviewer}'s to undo")
             entry = _record(AuditEntry, r)
@@ -446,18 +536,26 @@ class SessionStore:
         s = con.execute("SELECT signed_by, unvalidated, count_target FROM sessions WHERE id = ?", (sid,)).fetchone()
         if s is None:
             raise NotFound(f"no session {sid}")
-        signs = con.execute("SELECT COUNT(*), MAX(id) FROM audit WHERE session_id = ? AND action = 'signoff'",
-                            (sid,)).fetchone()
-        pending = con.execute("SELECT COUNT(*) FROM audit WHERE session_id = ? AND action = 'amend' AND id > ?",
-                              (sid, signs[1] or 0)).fetchone()[0] if signs[0] else 0
+        signs = con.execute(
+            "SELECT COUNT(*), MAX(id) FROM audit WHERE session_id = ? AND action = 'signoff'", (sid,)
+        ).fetchone()
+        pending = (
+            con.execute(
+                "SELECT COUNT(*) FROM audit WHERE session_id = ? AND action = 'amend' AND id > ?", (sid, signs[1] or 0)
+            ).fetchone()[0]
+            if signs[0]
+            else 0
+        )
         marks = ", ".join("?" * len(DIFFERENTIAL_LABELS))
         n = con.execute(
             "SELECT COUNT(*), COALESCE(SUM(review), 0), COALESCE(SUM(review = 1 AND reviewed_label IS NULL), 0), "
             "COALESCE(SUM(reviewed_label IS NULL), 0), "
             f"COALESCE(SUM(COALESCE(reviewed_label, label) IN ({marks})), 0) FROM cells WHERE session_id = ?",
-            (*DIFFERENTIAL_LABELS, sid)).fetchone()
-        return SignCheck(signs[0], s["signed_by"], pending, n[0], n[1], n[2], n[3], bool(s["unvalidated"]), n[4],
-                         s["count_target"])
+            (*DIFFERENTIAL_LABELS, sid),
+        ).fetchone()
+        return SignCheck(
+            signs[0], s["signed_by"], pending, n[0], n[1], n[2], n[3], bool(s["unvalidated"]), n[4], s["count_target"]
+        )
 
     def sign_off(self, sid: int, reviewer: str, short_count: bool = False) -> SignOff:
         """Sign the session's differential as it now is, as version 1, or a signed session's
@@ -470,10 +568,11 @@ class SessionStore:
             if blockers:
                 raise Conflict("; ".join(blockers))
             now = time.time()
-            ack = (f"short count acknowledged: {check.wbc} of {check.count_target} white cells"
-                   if check.short else None)
-            cur = con.execute("INSERT INTO audit (session_id, action, reviewer, at, reason) "
-                              "VALUES (?, 'signoff', ?, ?, ?)", (sid, reviewer, now, ack))
+            ack = f"short count acknowledged: {check.wbc} of {check.count_target} white cells" if check.short else None
+            cur = con.execute(
+                "INSERT INTO audit (session_id, action, reviewer, at, reason) VALUES (?, 'signoff', ?, ?, ?)",
+                (sid, reviewer, now, ack),
+            )
             con.execute("UPDATE sessions SET signed_by = ?, signed_at = ? WHERE id = ?", (reviewer, now, sid))
         assert cur.lastrowid is not None
         return SignOff(cur.lastrowid, reviewer, now, check.next_version, check.short)
@@ -497,8 +596,15 @@ class SessionStore:
         return c
 
     @staticmethod
-    def _change(con, c: Cell, action: str, label: str | None, reviewer: str, reason: str | None,
-                restore: AuditEntry | None = None) -> Decision:
+    def _change(
+        con,
+        c: Cell,
+        action: str,
+        label: str | None,
+        reviewer: str,
+        reason: str | None,
+        restore: AuditEntry | None = None,
+    ) -> Decision:
         now = time.time()
         version = c.version + 1
         new: tuple[str | None, str | None, float | None]  # the cell's review after the change
@@ -507,17 +613,42 @@ class SessionStore:
             cur = con.execute(
                 "INSERT INTO audit (session_id, cell_id, action, from_label, to_label, prev_reviewer, prev_at, "
                 "reviewer, at, reason, cell_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (c.session_id, c.id, action, c.reviewed_label, label, c.reviewer, c.reviewed_at, reviewer, now,
-                 reason, version))
+                (
+                    c.session_id,
+                    c.id,
+                    action,
+                    c.reviewed_label,
+                    label,
+                    c.reviewer,
+                    c.reviewed_at,
+                    reviewer,
+                    now,
+                    reason,
+                    version,
+                ),
+            )
         else:
             new = (restore.from_label, restore.prev_reviewer, restore.prev_at)
             cur = con.execute(
                 "INSERT INTO audit (session_id, cell_id, action, from_label, to_label, prev_reviewer, prev_at, "
                 "reviewer, at, cell_version, undoes) VALUES (?, ?, 'undo', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (c.session_id, c.id, c.reviewed_label, restore.from_label, c.reviewer, c.reviewed_at, reviewer, now,
-                 version, restore.id))
-        con.execute("UPDATE cells SET reviewed_label = ?, reviewer = ?, reviewed_at = ?, version = ? WHERE id = ?",
-                    (*new, version, c.id))
+                (
+                    c.session_id,
+                    c.id,
+                    c.reviewed_label,
+                    restore.from_label,
+                    c.reviewer,
+                    c.reviewed_at,
+                    reviewer,
+                    now,
+                    version,
+                    restore.id,
+                ),
+            )
+        con.execute(
+            "UPDATE cells SET reviewed_label = ?, reviewer = ?, reviewed_at = ?, version = ? WHERE id = ?",
+            (*new, version, c.id),
+        )
         assert cur.lastrowid is not None
         return Decision(cur.lastrowid, c.id, c.label, new[0], new[1], now, version, action)
 
@@ -531,8 +662,10 @@ def _changed(c: Cell, head: str) -> str:
     if c.reviewed_label is None:
         return f"{head} (now not reviewed, version {c.version}); it is shown again as it is now"
     when = time.strftime("%H:%M:%S", time.localtime(c.reviewed_at)) if c.reviewed_at else "?"
-    return (f"{head}: {c.reviewer or '?'} set it to {c.reviewed_label} at {when} (version {c.version}); "
-            "it is shown again as it is now")
+    return (
+        f"{head}: {c.reviewer or '?'} set it to {c.reviewed_label} at {when} (version {c.version}); "
+        "it is shown again as it is now"
+    )
 
 
 def _ranges(ids) -> str:
@@ -572,8 +705,9 @@ def _open(path: Path, create: bool) -> sqlite3.Connection:
     # timeout a writer waits for another's lock.
     busy = busy_timeout_s()
     try:
-        con = sqlite3.connect(_uri(path, "rwc" if create else "rw"), uri=True, timeout=busy,
-                              isolation_level=None, check_same_thread=False)
+        con = sqlite3.connect(
+            _uri(path, "rwc" if create else "rw"), uri=True, timeout=busy, isolation_level=None, check_same_thread=False
+        )
     except sqlite3.Error as e:
         raise SessionFileError(f"{_p(path)}: {db_reason(e)}") from None
     con.row_factory = sqlite3.Row
@@ -593,8 +727,10 @@ def _open(path: Path, create: bool) -> sqlite3.Connection:
         if not names and not create:
             raise SessionFileError(f"{_p(path)}: not a session log (an SQLite file without a sessions table)")
         if version > SCHEMA_VERSION:
-            raise NewerLogError(f"{_p(path)}: written by a newer edge-bloodcls, version {version}: upgrade "
-                                f"(this one reads versions up to {SCHEMA_VERSION})")
+            raise NewerLogError(
+                f"{_p(path)}: written by a newer edge-bloodcls, version {version}: upgrade "
+                f"(this one reads versions up to {SCHEMA_VERSION})"
+            )
         con.execute("PRAGMA foreign_keys=ON")
         con.execute("PRAGMA journal_mode=WAL")
         # FULL syncs the WAL at each commit: a Pi at a microscope gets unplugged, a review decision
@@ -632,8 +768,9 @@ def _migrate(con: sqlite3.Connection, path: Path) -> tuple[int, Path | None]:
     try:
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if version < SCHEMA_VERSION:
-            has_data = con.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = ?",
-                                   (_REQUIRED_TABLE,)).fetchone()[0]
+            has_data = con.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = ?", (_REQUIRED_TABLE,)).fetchone()[
+                0
+            ]
             if has_data:
                 backup = _backup(path, version)
             if version == 0:
@@ -687,4 +824,3 @@ def _statements(script: str) -> list[str]:
     if buf.strip():
         out.append(buf.strip())
     return out
-

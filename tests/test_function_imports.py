@@ -2,9 +2,7 @@
 inside a function is allowed only for a module that may be missing at run time (an optional
 extra, the Pi's camera, a newer standard library), and it says why in a comment.
 
-Scanned: the whole package (app/, edge_runtime/, train/, convert/, benchmarks/) except
-train/adapt*.py, which is being reworked on another branch: its imports of convert/ (and the
-train <-> convert cycle they make, ignored in .importlinter) move with that work (issue 24)."""
+Scanned: the whole package (app/, edge_runtime/, train/, convert/, benchmarks/)."""
 
 from __future__ import annotations
 
@@ -13,7 +11,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCANNED = ("app", "edge_runtime", "train", "convert", "benchmarks")
-NOT_YET = ("train/adapt*.py",)
 
 # Top-level names of the modules that may be imported inside a function: each is optional at
 # run time (pyproject.toml's extras, or not on PyPI at all).
@@ -71,9 +68,8 @@ def _has_why(lines: list[str], lineno: int) -> bool:
 
 
 def _files():
-    skip = {f for pattern in NOT_YET for f in REPO.glob(pattern)}
     for top in SCANNED:
-        yield from (f for f in sorted((REPO / top).rglob("*.py")) if f not in skip)
+        yield from sorted((REPO / top).rglob("*.py"))
 
 
 def test_function_level_imports_are_optional_modules_with_a_reason():

@@ -27,11 +27,19 @@ from typing import Any
 
 import click
 import numpy as np
+from PIL import Image
 
+from edge_bloodcls.convert import calibrate, export
 from edge_bloodcls.edge_runtime.core.bundle import BundleError, load_bundle, sha256_file, write_bundle
+from edge_bloodcls.edge_runtime.core.classifier import Classifier
 from edge_bloodcls.edge_runtime.core.images import printable
+from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, normalise
 from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, InputsFailed, require_train_extra
+from edge_bloodcls.tfenv import configure
 
+from . import adapt_core as core
+from . import adapt_eval as ev
+from . import adapt_ft as ft
 from .adapt_data import (
     DEFAULT_BASE,
     AdaptInputError,
@@ -89,8 +97,6 @@ def _frame(sources, labels, framing, opts, unl, spec, rng, log, what="labelled")
     """Load and frame each source. Tight boxes are recropped from their own field when the
     --unlabelled folder holds it (exactly capture's crop: train/adapt_eval.capture_view), else
     pasted into a local neighbourhood, else padded to capture's framing."""
-    from . import adapt_core as core
-    from . import adapt_eval as ev
 
     fields = ev.index_fields(opts.unlabelled)
     cache: dict = {}
@@ -156,15 +162,8 @@ def _frame(sources, labels, framing, opts, unl, spec, rng, log, what="labelled")
 
 
 def adapt(opts: AdaptOptions, log=print) -> dict:
-    from edge_bloodcls.tfenv import configure
 
     configure()  # before TensorFlow is first imported (adapt may run without the CLI)
-    from edge_bloodcls.convert import calibrate, export
-    from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb
-
-    from . import adapt_core as core
-    from . import adapt_eval as ev
-    from . import adapt_ft as ft
 
     t0 = time.time()
     out = Path(opts.out)
@@ -214,7 +213,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     except (OSError, ValueError) as e:
         raise AdaptInputError(str(e)) from None
 
-    import tf_keras
+    import tf_keras  # [train] extra: loaded only when a model is built (the CLI starts without TensorFlow)
 
     tf_keras.utils.set_random_seed(cfg.seed)
     model: Any = src.model  # a tf_keras Model (tf_keras is untyped)
@@ -382,14 +381,6 @@ def _export(
 ) -> Path:
     """Convert in a staging folder inside OUTDIR, check the bundle through the runtime, then write
     it to OUTDIR with the site section (manifest last)."""
-    from PIL import Image
-
-    from edge_bloodcls.convert import export
-    from edge_bloodcls.edge_runtime.core.classifier import Classifier
-    from edge_bloodcls.edge_runtime.core.preprocess import normalise
-
-    from . import adapt_core as core
-    from . import adapt_eval as ev
 
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f"{STAGING_PREFIX}*"):  # left by a killed run
@@ -490,7 +481,6 @@ def _export(
                 seen[what] = o = run(px)
                 checks[f"ood_{what}"] = float((o["ood_score"] > thr).mean())
         # What the home site keeps: the int8 bundle on the PBC test split, as the runtime runs it.
-        from edge_bloodcls.edge_runtime.core.preprocess import load_rgb
 
         test_raw = run(core.to_model_size([load_rgb(p) for p in pbc_test.paths], src.spec.size))["raw"]
         site["pbc_test"] = {

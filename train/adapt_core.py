@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_bloodcls.convert import trust_fit
 from edge_bloodcls.edge_runtime.core.preprocess import resize
+from edge_bloodcls.edge_runtime.core.trust import apply_temperature, ece
 
 
 def to_model_size(images, size) -> np.ndarray:
@@ -63,7 +65,7 @@ _COLOUR = {"stain": _stain_jitter, "light": _light_jitter, "hed": _hed_jitter}
 def augment(img: np.ndarray, rng, cfg) -> np.ndarray:
     """One random, label-preserving variant of a uint8 crop at model size; cfg: scale, blur,
     colour and colour_mode (adapt_ft.FinetuneConfig)."""
-    import cv2
+    import cv2  # OpenCV, the [edge] extra: loaded when an image is resized or located
 
     x = np.rot90(img, rng.integers(4))
     if rng.random() < 0.5:
@@ -104,7 +106,7 @@ def augmented(pixels: np.ndarray, copies: int, rng, cfg) -> np.ndarray:
 
 def backbone(model):
     """The nested application model inside the training head (archs.build)."""
-    import tf_keras
+    import tf_keras  # [train] extra: loaded only when a model is built (the CLI starts without TensorFlow)
 
     nested = [layer for layer in model.layers if isinstance(layer, tf_keras.Model)]
     if len(nested) != 1 or not _has(model, "pool") or not _has(model, "probs"):
@@ -119,7 +121,7 @@ def _has(model, name) -> bool:
 def foreign_images(n: int, size, seed: int = 0) -> np.ndarray:
     """Images that are no blood cell (noise, smooth colour blobs, stripes, flat colours), uint8 at
     model size: the new bundle's OOD statistics should flag them."""
-    import cv2
+    import cv2  # OpenCV, the [edge] extra: loaded when an image is resized or located
 
     rng = np.random.default_rng(seed)
     h, w = size
@@ -152,8 +154,6 @@ def site_operating_point(pbc_raw, pbc_y, pbc_ood, local_raw, local_y, local_ood,
     The same rule as convert's (trust_fit.review_operating_point: lowest threshold whose accepted,
     in-distribution cells reach `target` at the one-sided 90% Wilson bound), met by PBC val and by
     the site's held-out cells each on their own (the higher threshold of the two)."""
-    from edge_bloodcls.convert import trust_fit
-    from edge_bloodcls.edge_runtime.core.trust import apply_temperature, ece
 
     raw = np.concatenate([pbc_raw, local_raw])
     y = np.concatenate([pbc_y, local_y])

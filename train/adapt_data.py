@@ -272,7 +272,7 @@ def _wide(img: np.ndarray, det: Detection, rbc_px: float) -> tuple[np.ndarray, i
     wide = crop(img, Detection(box, box, 0.0, 0.0), rbc_px)
     side = int(round(WIDE_PER_RBC * rbc_px))
     if wide.shape[0] != side:  # box rounding: one pixel either way, so all stack alike
-        import cv2
+        import cv2  # OpenCV, the [edge] extra: loaded when an image is resized or located
 
         wide = cv2.resize(wide, (side, side), interpolation=cv2.INTER_LINEAR)
     return wide, max(x1 - x0, y1 - y0)
@@ -290,7 +290,7 @@ def paste(img: np.ndarray, rbc_px: float, backgrounds, rng) -> np.ndarray:
     fits = [b for b, s in backgrounds if s <= 0.9 * max(h, w)] or [min(backgrounds, key=lambda t: t[1])[0]]
     bg = fits[rng.integers(len(fits))]
     if bg.shape[0] < side:
-        import cv2
+        import cv2  # OpenCV, the [edge] extra: loaded when an image is resized or located
 
         bg = cv2.resize(bg, (side, side), interpolation=cv2.INTER_LINEAR)
     o = (bg.shape[0] - side) // 2

@@ -55,7 +55,7 @@ class CaptureView:
 
 
 def find_in_field(field_rgb: np.ndarray, tight: np.ndarray) -> tuple[tuple[int, int, int, int], float] | None:
-    import cv2
+    import cv2  # OpenCV, the [edge] extra: loaded when an image is resized or located
 
     h, w = tight.shape[:2]
     if h > field_rgb.shape[0] or w > field_rgb.shape[1]:

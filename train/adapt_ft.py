@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edge_bloodcls.edge_runtime.core.preprocess import normalise
+
 from .adapt_core import augment
 
 
@@ -49,7 +51,7 @@ def _aug(px: np.ndarray, rng, cfg: FinetuneConfig) -> np.ndarray:
 def set_bn(model, cfg: FinetuneConfig) -> None:
     """All layers trainable; with bn "frozen", BatchNorm layers run on the base's statistics
     (a non-trainable tf_keras BatchNormalization runs in inference mode)."""
-    import tf_keras
+    import tf_keras  # [train] extra: loaded only when a model is built (the CLI starts without TensorFlow)
 
     model.trainable = True
     for layer in _all_layers(model):
@@ -58,7 +60,7 @@ def set_bn(model, cfg: FinetuneConfig) -> None:
 
 
 def _all_layers(model):
-    import tf_keras
+    import tf_keras  # [train] extra: loaded only when a model is built (the CLI starts without TensorFlow)
 
     for layer in model.layers:
         yield layer
@@ -85,10 +87,8 @@ def train(
     model's probabilities on pbc_px, for distillation (cfg.distill > 0). base_weights: the base
     model's get_weights(), the anchor of cfg.anchor (taken before the first call: a later call,
     e.g. self-training, still pulls towards the base and not towards where the last one ended)."""
-    import tensorflow as tf
-    import tf_keras
-
-    from edge_bloodcls.edge_runtime.core.preprocess import normalise
+    import tensorflow as tf  # [train] extra: loaded only when a model is trained
+    import tf_keras  # [train] extra: loaded only when a model is built (the CLI starts without TensorFlow)
 
     rng = np.random.default_rng(cfg.seed + seed_offset)
     set_bn(model, cfg)
@@ -156,7 +156,6 @@ def train(
 
 
 def predict(model, spec, px: np.ndarray, batch: int = 64) -> np.ndarray:
-    from edge_bloodcls.edge_runtime.core.preprocess import normalise
 
     out = [model(normalise(px[i : i + batch], spec), training=False).numpy() for i in range(0, len(px), batch)]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)

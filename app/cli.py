@@ -23,6 +23,7 @@ configure()  # before any command can import TensorFlow
 COMMAND_MODULES = (
     "edge_bloodcls.train.commands",
     "edge_bloodcls.convert.commands",
+    "edge_bloodcls.adapt.run",
     "edge_bloodcls.edge_runtime.cli",
     "edge_bloodcls.benchmarks.commands",
 )

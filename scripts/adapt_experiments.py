@@ -5,7 +5,7 @@
 
 Protocol (issue 29), so that no figure is tuned on the cells it reports:
 - Training: the 41 labelled bccd_site cells (class-balanced sample) only, as capture frames them
-  (each crop found in its own BCCD field and cut by capture's locate + crop, train/adapt_eval.py),
+  (each crop found in its own BCCD field and cut by capture's locate + crop, adapt/evaluate.py),
   mixed 1:1 with PBC training cells, base runs/mobilenetv2_160_ft/model.keras.
 - Validation: the 60 bccd_session cells (BCCD's natural proportions), also as capture sees them in
   their own fields. They are split once, stratified by class (seed 0), into part A (30, where
@@ -36,13 +36,13 @@ configure()
 
 import numpy as np  # noqa: E402
 
+from edge_bloodcls.adapt import evaluate as ev  # noqa: E402
+from edge_bloodcls.adapt import finetune as ft  # noqa: E402
+from edge_bloodcls.adapt.core import to_model_size  # noqa: E402
+from edge_bloodcls.adapt.data import load_labelled, load_unlabelled, paste  # noqa: E402
 from edge_bloodcls.convert import calibrate  # noqa: E402
 from edge_bloodcls.edge_runtime.core.preprocess import load_rgb  # noqa: E402
 from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec  # noqa: E402
-from edge_bloodcls.train import adapt_eval as ev  # noqa: E402
-from edge_bloodcls.train import adapt_ft as ft  # noqa: E402
-from edge_bloodcls.train.adapt_core import to_model_size  # noqa: E402
-from edge_bloodcls.train.adapt_data import load_labelled, load_unlabelled, paste  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -15,6 +15,7 @@ tf_keras = pytest.importorskip("tf_keras")
 
 from conftest import make_dataset, synthetic_cell  # noqa: E402
 
+from edge_bloodcls.adapt.data import AdaptInputError, load_labelled  # noqa: E402
 from edge_bloodcls.cli import main  # noqa: E402
 from edge_bloodcls.edge_runtime.core.bundle import load_bundle, sha256_file  # noqa: E402
 from edge_bloodcls.edge_runtime.core.classifier import Classifier  # noqa: E402
@@ -22,7 +23,6 @@ from edge_bloodcls.edge_runtime.core.preprocess import normalise, resize  # noqa
 from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec  # noqa: E402
 from edge_bloodcls.edge_runtime.lab.session import CellRecord, SessionLog  # noqa: E402
 from edge_bloodcls.edge_runtime.lab.store import SessionStore  # noqa: E402
-from edge_bloodcls.train.adapt_data import AdaptInputError, load_labelled  # noqa: E402
 from edge_bloodcls.train.data import make_split, read_split, scan, write_split  # noqa: E402
 from edge_bloodcls.train.pipeline import load_pixels  # noqa: E402
 
@@ -277,7 +277,7 @@ def test_session_log_reviewed_cells(tmp_path):
 
 
 def test_reframe_tight_matches_capture_framing():
-    from edge_bloodcls.train.adapt_data import reframe_tight
+    from edge_bloodcls.adapt.data import reframe_tight
 
     cell = np.zeros((50, 40, 3), np.uint8)
     cell[0] = cell[-1] = cell[:, 0] = cell[:, -1] = (200, 180, 190)
@@ -287,7 +287,7 @@ def test_reframe_tight_matches_capture_framing():
 
 
 def test_paste_puts_the_cell_in_a_local_neighbourhood():
-    from edge_bloodcls.train.adapt_data import paste
+    from edge_bloodcls.adapt.data import paste
 
     cell = np.full((50, 40, 3), 90, np.uint8)
     bg = np.full((140, 140, 3), 220, np.uint8)

@@ -1,4 +1,4 @@
-"""adapt's honest figures (train/adapt_eval.py): intervals, balanced accuracy, the EM estimate of
+"""adapt's honest figures (adapt/evaluate.py): intervals, balanced accuracy, the EM estimate of
 a site's class proportions, capture's view of a labelled crop; and `adapt` without TensorFlow.
 No TensorFlow needed."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_bloodcls.train import adapt_eval as ev
+from edge_bloodcls.adapt import evaluate as ev
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -83,7 +83,7 @@ def test_site_review_threshold_holds_for_the_site_cells_on_their_own():
     """400 PBC val cells nearly all right and 60 site cells 65% right, all equally sure: pooled, the
     PBC cells would carry the bound and accept the site's cells wholesale; the site's own bound
     sends them to review."""
-    from edge_bloodcls.train.adapt_core import site_operating_point
+    from edge_bloodcls.adapt.core import site_operating_point
 
     rng = np.random.default_rng(0)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_bloodcls.train import adapt_core as core
-from edge_bloodcls.train.adapt_ft import FinetuneConfig, pseudo_labels
+from edge_bloodcls.adapt import core as core
+from edge_bloodcls.adapt.finetune import FinetuneConfig, pseudo_labels
 
 
 def test_pseudo_labels_threshold_allowed_classes_and_balance():
@@ -53,7 +53,7 @@ def test_hed_round_trip_without_perturbation():
 
 def test_wise_mixes_weights_and_returns_the_tuned_ones():
     tf_keras = pytest.importorskip("tf_keras")
-    from edge_bloodcls.train.adapt_ft import wise
+    from edge_bloodcls.adapt.finetune import wise
 
     model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(2)])
     base = [np.ones_like(w) for w in model.get_weights()]
@@ -69,8 +69,8 @@ def test_wise_mixes_weights_and_returns_the_tuned_ones():
 
 def test_anchor_keeps_the_weights_near_the_base():
     tf_keras = pytest.importorskip("tf_keras")
+    from edge_bloodcls.adapt.finetune import train
     from edge_bloodcls.edge_runtime.core.spec import InputSpec
-    from edge_bloodcls.train.adapt_ft import train
 
     spec = InputSpec.named(8)
     rng = np.random.default_rng(0)

@@ -2,7 +2,7 @@
 inside a function is allowed only for a module that may be missing at run time (an optional
 extra, the Pi's camera, a newer standard library), and it says why in a comment.
 
-Scanned: the whole package (app/, edge_runtime/, train/, convert/, benchmarks/)."""
+Scanned: the whole package (app/, edge_runtime/, train/, convert/, adapt/, benchmarks/)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SCANNED = ("app", "edge_runtime", "train", "convert", "benchmarks")
+SCANNED = ("app", "edge_runtime", "train", "convert", "adapt", "benchmarks")
 
 # Top-level names of the modules that may be imported inside a function: each is optional at
 # run time (pyproject.toml's extras, or not on PyPI at all).

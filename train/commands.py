@@ -201,6 +201,4 @@ def teacher_cmd(models, split_csv, out, tta, data_root, cache_dir):
         raise CliError(str(e)) from None
 
 
-from .adapt import adapt_cmd  # noqa: E402 - beside the commands it joins
-
-COMMANDS = [data_group, train_cmd, teacher_cmd, adapt_cmd]
+COMMANDS = [data_group, train_cmd, teacher_cmd]

@@ -1,4 +1,4 @@
-"""Pieces of `adapt` that are not the training loop (train/adapt_ft.py): pixel-space augmentation
+"""Pieces of `adapt` that are not the training loop (adapt/finetune.py): pixel-space augmentation
 (flips, rotations, zoom, blur, stain/colour jitter), the base model's shape check, synthetic
 non-cell images for the OOD check, and the site's review operating point.
 """
@@ -64,7 +64,7 @@ _COLOUR = {"stain": _stain_jitter, "light": _light_jitter, "hed": _hed_jitter}
 
 def augment(img: np.ndarray, rng, cfg) -> np.ndarray:
     """One random, label-preserving variant of a uint8 crop at model size; cfg: scale, blur,
-    colour and colour_mode (adapt_ft.FinetuneConfig)."""
+    colour and colour_mode (finetune.FinetuneConfig)."""
     import cv2  # OpenCV, the [edge] extra: loaded when an image is resized or located
 
     x = np.rot90(img, rng.integers(4))

@@ -2,7 +2,7 @@
 cells (and unlabelled local fields), exported as one int8 bundle with a `site` section.
 
     labelled cells (folders, session logs) ─frame as capture crops─▶ model-size crops
-        ─▶ every layer fine-tuned, batches half site / half PBC, augmented (adapt_ft)
+        ─▶ every layer fine-tuned, batches half site / half PBC, augmented (adapt/finetune.py)
         ─▶ [self-training on unlabelled site crops] ─▶ [output bias to the site's class proportions]
         ─▶ --validate cells (held out) scored as capture sees them, PBC test (home) scored
         ─▶ convert (int8, calibration + trust statistics on PBC + local cells, gate)
@@ -37,10 +37,10 @@ from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, nor
 from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, InputsFailed, require_train_extra
 from edge_bloodcls.tfenv import configure
 
-from . import adapt_core as core
-from . import adapt_eval as ev
-from . import adapt_ft as ft
-from .adapt_data import (
+from . import core
+from . import evaluate as ev
+from . import finetune as ft
+from .data import (
     DEFAULT_BASE,
     AdaptInputError,
     framing_of,
@@ -95,7 +95,7 @@ class Framed:
 
 def _frame(sources, labels, framing, opts, unl, spec, rng, log, what="labelled") -> Framed:
     """Load and frame each source. Tight boxes are recropped from their own field when the
-    --unlabelled folder holds it (exactly capture's crop: train/adapt_eval.capture_view), else
+    --unlabelled folder holds it (exactly capture's crop: adapt/evaluate.capture_view), else
     pasted into a local neighbourhood, else padded to capture's framing."""
 
     fields = ev.index_fields(opts.unlabelled)
@@ -759,3 +759,6 @@ def adapt_cmd(
     click.echo(res["bundle"])
     if res["skipped"]:
         raise InputsFailed()
+
+
+COMMANDS = [adapt_cmd]

@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_bloodcls.edge_runtime.core.preprocess import normalise
 
-from .adapt_core import augment
+from .core import augment
 
 
 @dataclass
@@ -26,7 +26,7 @@ class FinetuneConfig:
     batch: int = 32
     local_share: float = 0.5  # share of each batch drawn from the site's cells, the rest PBC
     colour: float = 1.0  # colour jitter strength (0: none)
-    colour_mode: str = "stain"  # adapt_core: "stain" (hue mix), "light" (brightness/contrast only), "hed"
+    colour_mode: str = "stain"  # adapt/core.py: "stain" (hue mix), "light" (brightness/contrast only), "hed"
     scale: float = 0.15  # random zoom in/out
     blur: float = 1.0  # largest Gaussian blur sigma (0: none)
     bn: str = "train"  # "train": BatchNorm statistics follow the mixed batches; "frozen": the base's
@@ -37,7 +37,7 @@ class FinetuneConfig:
     pseudo_steps: int = 200  # further steps with them
     pseudo_per_class: int = 0  # > 0: at most this many pseudo-labelled crops per class, the surest (balance)
     wise: float = 1.0  # weight-space ensemble: (1 - wise) * base + wise * fine-tuned (1: the fine-tuned model)
-    prior: str = "none"  # "em": output bias shifted to the site's class proportions (adapt_eval.em_priors)
+    prior: str = "none"  # "em": output bias shifted to the site's class proportions (evaluate.em_priors)
     seed: int = 0
 
     def to_json(self) -> dict:

@@ -34,17 +34,25 @@ _COLOURS = [
 ]
 
 
+def synthetic_cell(label_index: int, rng: np.random.Generator, size: int = 64, jitter: float = 4.0) -> Image.Image:
+    """An easy, learnable stand-in for a PBC cell (also the tests' generated cells): a disc of the
+    class's colour and size on a pale background, with noise and a position jittered by +-jitter px."""
+    bg = np.full((size, size, 3), (235, 220, 215), np.float32)
+    bg += rng.normal(0, 6, bg.shape)
+    im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    r = size * (0.15 + 0.03 * label_index)
+    cx, cy = size / 2 + rng.uniform(-jitter, jitter), size / 2 + rng.uniform(-jitter, jitter)
+    col = tuple(int(np.clip(c + rng.normal(0, 8), 0, 255)) for c in _COLOURS[label_index])
+    ImageDraw.Draw(im).ellipse([cx - r, cy - r, cx + r, cy + r], fill=col)
+    return im
+
+
 def synthetic_cells(root: Path, n_per_class: int = 24, size: int = 48, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     for i, label in enumerate(LABELS):
         (root / label).mkdir(parents=True, exist_ok=True)
         for j in range(n_per_class):
-            bg = np.full((size, size, 3), (235, 220, 215), np.float32) + rng.normal(0, 6, (size, size, 3))
-            im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
-            r = size * (0.15 + 0.03 * i)
-            cx, cy = size / 2 + rng.uniform(-3, 3), size / 2 + rng.uniform(-3, 3)
-            col = tuple(int(np.clip(c + rng.normal(0, 8), 0, 255)) for c in _COLOURS[i])
-            ImageDraw.Draw(im).ellipse([cx - r, cy - r, cx + r, cy + r], fill=col)
+            im = synthetic_cell(i, rng, size, jitter=3)
             im.save(root / label / f"{label[:3].upper()}_{j:04d}.jpg", quality=92)
     return root
 

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from headless import chromium  # scripts/headless.py (this script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -73,31 +75,10 @@ def main() -> int:
 def _browser_load(page: Path) -> None:
     """Seconds headless Chromium takes to load and lay out the page (load event, then layout)."""
     try:
-        os.environ.setdefault("SE_OFFLINE", "true")
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+        driver = chromium(1100, 800)
     except ImportError:
         print("browser: selenium not installed (dev extra): not measured")
         return
-    import tempfile
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-        "--window-size=1100,800",
-    ):
-        opts.add_argument(arg)
-    try:
-        driver = webdriver.Chrome(
-            service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts
-        )
     except Exception as e:  # no browser here: say so, the other figures stand
         print(f"browser: not measured ({type(e).__name__})")
         return
@@ -112,7 +93,6 @@ def _browser_load(page: Path) -> None:
         )
     finally:
         driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 if __name__ == "__main__":

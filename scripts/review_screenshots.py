@@ -10,13 +10,12 @@ banner. The PNGs are reduced to a 128-colour palette to stay small in the reposi
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from headless import chromium  # scripts/headless.py (this script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = [(800, 480), (1366, 768)]
@@ -25,34 +24,14 @@ SIZES = [(800, 480), (1366, 768)]
 def main(db: Path) -> None:
     if not db.is_file():
         sys.exit(f"error: {db}: no such session log (run `make demo` first)")
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never fetch anything
     from PIL import Image
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        f"--user-data-dir={profile}",
-        "--window-size=1366,768",
-    ):
-        opts.add_argument(arg)
     cli = str(REPO / ".venv" / "bin" / "edge-bloodcls")
     server = subprocess.Popen(
         [cli, "review", str(db), "--port", "0", "--reviewer", "demo"], stdout=subprocess.PIPE, text=True
     )
     url = server.stdout.readline().split()[1]  # "review http://127.0.0.1:PORT/?token=... (session ..."
-    driver = webdriver.Chrome(service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts)
+    driver = chromium(1366, 768, "--hide-scrollbars")
     try:
         for w, h in SIZES:
             # the viewport itself, not the window: what a 800x480 screen shows
@@ -74,7 +53,6 @@ def main(db: Path) -> None:
         driver.quit()
         server.terminate()
         server.wait(10)
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 if __name__ == "__main__":

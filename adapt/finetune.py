@@ -157,8 +157,12 @@ def train(
 
 def predict(model, spec, px: np.ndarray, batch: int = 64) -> np.ndarray:
 
-    out = [model(normalise(px[i : i + batch], spec), training=False).numpy() for i in range(0, len(px), batch)]
-    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+    out = []
+    for i in range(0, len(px), batch):
+        y = model(normalise(px[i : i + batch], spec), training=False)
+        out.append((y[0] if isinstance(y, (list, tuple)) else y).numpy())  # a routed model: [probs, features]
+    n_cls = model.output_shape[0][-1] if isinstance(model.output_shape, list) else model.output_shape[-1]
+    return np.concatenate(out) if out else np.zeros((0, n_cls), np.float32)
 
 
 def pseudo_labels(probs: np.ndarray, threshold: float, allowed, per_class: int = 0) -> np.ndarray:

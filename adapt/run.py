@@ -40,6 +40,7 @@ from edge_bloodcls.tfenv import configure
 from . import core
 from . import evaluate as ev
 from . import finetune as ft
+from . import route as rt
 from .data import (
     DEFAULT_BASE,
     AdaptInputError,
@@ -77,6 +78,9 @@ class AdaptOptions:
     # that at the 90% Wilson bound takes >= ~330 accepted validation cells all right, which a few
     # hundred validation cells of an ~85%-accurate site model never give.
     review_target: float = 0.90
+    # route: the bundle holds the base network for home cells and the fine-tuned one for the site's,
+    # with a router (adapt/route.py); shared: the fine-tuned network answers both (half the size).
+    home: str = "route"
     ft: dict = field(default_factory=dict)  # FinetuneConfig overrides (steps, lr, pseudo, prior, ...)
 
 
@@ -256,6 +260,9 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     if not cfg.pseudo and len(unl_px):  # labels for the trust statistics of the site's crops (below)
         pseudo = ft.pseudo_labels(ft.predict(model, spec, unl_px), 0.9, np.unique(y))
     log(f"trained ({time.time() - t0:.0f}s)")
+    route_info = None
+    if opts.home == "route":
+        model, route_info = _route(base, model, spec, pbc_px, pbc_val, local, unl_px, val, cfg, log)
     val_float = None
     if val is not None:
         # The same held-out cells through the float model: beside the int8 figure below, what
@@ -286,7 +293,9 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         f"them), the rest PBC training cells; flips, rotations, zoom, blur, colour ({cfg.colour_mode})"
         + (f"; distillation {cfg.distill:g}" if cfg.distill else "")
         + (f"; L2-SP anchor {cfg.anchor:g}" if cfg.anchor else "")
-        + (f"; WiSE {cfg.wise:g}" if cfg.wise != 1.0 else ""),
+        + (f"; WiSE {cfg.wise:g}" if cfg.wise != 1.0 else "")
+        + ("; routed: the base network answers home cells, the fine-tuned one the site's" if route_info else ""),
+        "route": route_info,
         "prior": prior,
         "base_model": {"path": str(base), "sha256": src.sha256},
         "options": {
@@ -296,6 +305,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
             "trust_copies": opts.trust_copies,
             "val_cells": opts.val_cells,
             "review_target": opts.review_target,
+            "home": opts.home,
         },
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -328,6 +338,40 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         "bundle": str(bundle),
         "site": site,
         "skipped": cells.skipped + (val.skipped if val else 0) + (len(unl.skipped) if unl else 0),
+    }
+
+
+def _route(base: Path, site_model, spec, pbc_px, pbc_val, local, unl_px, val, cfg, log):
+    """The routed model (adapt/route.py) and what its router does on cells it was not fitted on."""
+    home_model = export.load_source(base).model  # a fresh copy: src.model is the fine-tuned one now
+    # Fitted on PBC training cells against the labelled cells and the first half of the unlabelled
+    # crops (the half the OOD statistics are fitted on too); the second half checks it.
+    half = len(unl_px) // 2
+    site_px = np.concatenate([local, unl_px[:half]]) if half else local
+    w, b = rt.fit_router(rt.pooled(home_model, spec, pbc_px), rt.pooled(home_model, spec, site_px), cfg.seed)
+    checks = {}
+    try:
+        val_px = core.to_model_size([load_rgb(p) for p in pbc_val.paths], spec.size)
+    except ImageError as e:
+        raise AdaptInputError(f"PBC: {e}") from None
+    for what, px, site_side in (
+        ("pbc_val", val_px, False),
+        ("unlabelled_held_out", unl_px[half:], True),
+        ("validate", val.px if val is not None else unl_px[:0], True),
+    ):
+        if len(px):
+            g = rt.gate(rt.pooled(home_model, spec, px), w, b)
+            right = (g >= 0.5) == site_side
+            checks[what] = {"cells": len(px), "routed_right": round(float(right.mean()), 4)}
+    log(
+        "router (base network's features, logistic regression): "
+        + ", ".join(f"{k} {v['routed_right']:.1%} of {v['cells']} routed right" for k, v in checks.items())
+    )
+    model = rt.routed(home_model, site_model, w, b, name=site_model.name)
+    return model, {
+        "how": "g = sigmoid(w . base pooled features + b); probs and features = g x site + (1 - g) x home",
+        "fitted_on": {"home": len(pbc_px), "site": len(site_px)},
+        "checks": checks,
     }
 
 
@@ -430,6 +474,7 @@ def _export(
             "labels": labels,
             "split": {"csv": str(csv_path), "sha256": sha256_file(csv_path), "root": "/"},
         }
+        cfg_json["params"] = int(model.count_params())  # a routed model holds two networks
         (run_dir / "config.json").write_text(json.dumps(cfg_json, indent=1, default=str) + "\n")
         name = opts.name or f"{src.arch}_{src.spec.size[0]}_site_int8"
         eo = export.ExportOptions(
@@ -689,6 +734,14 @@ class AdaptFailed(RuntimeError):
     show_default=True,
     help="PBC test cells scored for the home site (0: the whole test split).",
 )
+@click.option(
+    "--home",
+    type=click.Choice(["route", "shared"]),
+    default="route",
+    show_default=True,
+    help="route: the bundle keeps the base network for home (PBC) cells and routes the site's cells to "
+    "the fine-tuned one (twice the size and time per cell); shared: the fine-tuned network answers both.",
+)
 @click.option("--seed", default=0, show_default=True)
 def adapt_cmd(
     labelled,
@@ -714,6 +767,7 @@ def adapt_cmd(
     split,
     data_root,
     test_cells,
+    home,
     seed,
 ):
     """Adapt the model to a new microscope; prints the new bundle's path last."""
@@ -731,6 +785,7 @@ def adapt_cmd(
         rbc_px=rbc_px,
         test_cells=test_cells,
         review_target=review_target,
+        home=home,
         ft={
             "steps": steps,
             "lr": lr,

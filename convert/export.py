@@ -79,8 +79,9 @@ def load_source(path) -> Source:
         # Every model trained from scratch here uses [-1, 1] (edge_runtime.core.spec.NORMALISATIONS).
         spec = InputSpec.named(shape, "symmetric")
     labels = list(config.get("labels") or LABELS)
-    if model.output_shape[-1] != len(labels):
-        raise ExportError(f"{path}: {model.output_shape[-1]} outputs but {len(labels)} labels")
+    n_out = probs_shape(model)[-1]
+    if n_out != len(labels):
+        raise ExportError(f"{path}: {n_out} outputs but {len(labels)} labels")
     split = config.get("split") or {}
     return Source(
         model,
@@ -163,6 +164,17 @@ def _pixels(images: calibrate.ImageSet, spec: InputSpec, cache_dir, whole_split:
     return cached_pixels(images.paths, spec.size, cache_dir if whole_split else None, key)
 
 
+def carries_features(model) -> bool:
+    """A model saved with its features as its second output (adapt's routed model, adapt/route.py:
+    its "pool" mixes two networks' features and feeds no probability, so a one-output model would
+    drop it)."""
+    return len(model.outputs) == 2 and model.outputs[1].name.split("/")[0] == "pool"
+
+
+def probs_shape(model) -> tuple:
+    return tuple(model.output_shape[0] if carries_features(model) else model.output_shape)
+
+
 def with_features(model):
     """The model with a second output, its pooled features (the layer the training head names
     "pool"), from the same graph: the runtime's out-of-distribution score needs them. Models
@@ -170,6 +182,8 @@ def with_features(model):
     # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tf_keras
 
+    if carries_features(model):
+        return model, True
     try:
         pool = model.get_layer("pool")
     except ValueError:

@@ -129,7 +129,8 @@ def predict_keras(model, pixels: np.ndarray, spec: InputSpec, batch: int = 64) -
     out = []
     for start in range(0, len(pixels), batch):
         x = normalise(np.asarray(pixels[start : start + batch]), spec)
-        out.append(model(x, training=False).numpy())
+        y = model(x, training=False)
+        out.append((y[0] if isinstance(y, (list, tuple)) else y).numpy())  # [probs, features]: a routed model
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 

@@ -367,6 +367,8 @@ def _site(manifest: dict) -> str | None:
             f"PBC test {test:.1%}"
             + (f" (base {t['accuracy_base_float']:.1%})" if isinstance(t.get("accuracy_base_float"), float) else "")
         )
+    if isinstance(site.get("route"), dict):  # adapt --home route: two networks in the bundle
+        parts.append("routed (base network for home cells)")
     return ", ".join(parts)
 
 

@@ -174,6 +174,15 @@ def test_site_learned_and_bundle_complete(base, adapted):
     assert site["base_model"]["sha256"] == sha256_file(base / "run" / "model.keras")
     t = site["pbc_test"]
     assert 0 <= t["accuracy_int8"] <= 1 and 0 <= t["accuracy_base_float"] <= 1 and t["n"] > 0
+    # --home route (the default): home cells go to the base network, the site's to the fine-tuned
+    # one; the router is checked on cells it was not fitted on, and home keeps the base's answers.
+    route = site["route"]
+    assert route["checks"]["pbc_val"]["routed_right"] >= 0.9
+    assert route["checks"]["validate"]["cells"] == 12 and route["checks"]["validate"]["routed_right"] >= 0.9
+    assert t["accuracy_int8"] >= t["accuracy_base_float"] - 0.1, t
+    # Two networks and the router (a weight per pooled feature, 16, and a bias) in one bundle.
+    n_base = tf_keras.models.load_model(base / "run" / "model.keras", compile=False).count_params()
+    assert bundle.manifest["params"] == 2 * n_base + 16 + 1
     # --prior em: the site's class proportions estimated from the unlabelled crops (no basophil,
     # erythroblast, ig or platelet there) and built into the output layer.
     prior = site["prior"]["site_em"]
@@ -192,6 +201,7 @@ def test_site_learned_and_bundle_complete(base, adapted):
     listing = CliRunner().invoke(main, ["models", "--dir", str(d / "out")])
     assert listing.exit_code == 0 and bundle.name in listing.output and "site-adapted on 25 cells" in listing.output
     assert "held-out" in listing.output and "PBC test" in listing.output and "(base " in listing.output
+    assert "routed (base network for home cells)" in listing.output
 
 
 def validate_files(d):

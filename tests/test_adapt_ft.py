@@ -89,3 +89,46 @@ def test_anchor_keeps_the_weights_near_the_base():
 
     free, anchored = drift(0.0), drift(10.0)
     assert anchored < 0.5 * free, (anchored, free)
+
+
+def _head_model(tf_keras, seed, name):
+    """The training head's shape (image -> ... -> "pool" -> "probs"), tiny."""
+    tf_keras.utils.set_random_seed(seed)
+    x = tf_keras.Input((8, 8, 3), name="image")
+    h = tf_keras.layers.Conv2D(4, 3, activation="relu")(x)
+    f = tf_keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    return tf_keras.Model(x, tf_keras.layers.Dense(3, activation="softmax", name="probs")(f), name=name)
+
+
+def test_router_separates_home_from_site_on_cells_it_never_saw():
+    from edge_bloodcls.adapt.route import fit_router, gate
+
+    rng = np.random.default_rng(0)
+    home = rng.normal(0, 1, (400, 6))
+    site = rng.normal(0, 1, (60, 6)) + [4, 0, 0, 0, 0, -3]  # another stain: the features move
+    w, b = fit_router(home[:300], site[:40])
+    assert (gate(home[300:], w, b) < 0.5).mean() >= 0.97
+    assert (gate(site[40:], w, b) >= 0.5).mean() >= 0.95
+
+
+def test_routed_model_answers_with_the_expert_the_router_picks(tmp_path):
+    tf_keras = pytest.importorskip("tf_keras")
+    from edge_bloodcls.adapt.route import routed
+    from edge_bloodcls.convert.export import carries_features, probs_shape, with_features
+
+    home, site = _head_model(tf_keras, 0, "home_net"), _head_model(tf_keras, 1, "site_net")
+    x = np.random.default_rng(0).normal(0, 1, (4, 8, 8, 3)).astype(np.float32)
+    pool = lambda m: tf_keras.Model(m.inputs, m.get_layer("pool").output)(x).numpy()  # noqa: E731
+    w = np.zeros(4, np.float32)
+    for bias, expert in ((-30.0, home), (30.0, site)):  # the router sure of home, then of the site
+        model = routed(home, site, w, bias, name="routed")
+        model.save(tmp_path / "m.keras")  # plain layers only: it loads back without unsafe code
+        model = tf_keras.models.load_model(tmp_path / "m.keras", compile=False)
+        probs, feats = model(x)
+        assert np.allclose(probs.numpy(), expert(x).numpy(), atol=1e-6)
+        assert np.allclose(feats.numpy(), pool(expert), atol=1e-6)
+        # convert takes the features from the model itself and sees 3 classes
+        assert carries_features(model) and probs_shape(model)[-1] == 3 and with_features(model)[0] is model
+    # Halfway, the answer is the mean of the two experts'.
+    half = routed(home, site, w, 0.0, name="routed")(x)[0].numpy()
+    assert np.allclose(half, (home(x).numpy() + site(x).numpy()) / 2, atol=1e-6)

@@ -41,7 +41,7 @@ def fit_router(home_features: np.ndarray, site_features: np.ndarray, seed: int =
     """(w, b) of g = sigmoid(w . f + b): 1 for the site's cells, 0 for home's. Classes weighted
     equally (PBC cells outnumber the site's); the standardisation is folded into w and b so the
     graph needs one Dense layer."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # scikit-learn: the [train] extra, for this fit only
 
     x = np.concatenate([home_features, site_features]).astype(np.float64)
     y = np.r_[np.zeros(len(home_features)), np.ones(len(site_features))]

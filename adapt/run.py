@@ -367,6 +367,11 @@ def _route(base: Path, site_model, spec, pbc_px, pbc_val, local, unl_px, val, cf
         "router (base network's features, logistic regression): "
         + ", ".join(f"{k} {v['routed_right']:.1%} of {v['cells']} routed right" for k, v in checks.items())
     )
+    if any(c["routed_right"] < 0.9 for c in checks.values()):
+        # Home and site cells that look alike (the same microscope adapted again): g stays between
+        # 0 and 1 and the two networks' answers are averaged. Both were trained on such cells, so
+        # that is safe, but the router says nothing about which site a cell is from.
+        log("router: home and site cells are hard to tell apart here; --home shared gives one network")
     model = rt.routed(home_model, site_model, w, b, name=site_model.name)
     return model, {
         "how": "g = sigmoid(w . base pooled features + b); probs and features = g x site + (1 - g) x home",

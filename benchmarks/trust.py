@@ -203,6 +203,15 @@ def _colour_share(out: dict, t) -> dict:
     }
 
 
+def _ood(d: dict) -> str:
+    """Either statistic, then each apart where the bundle has the colour statistic."""
+    if "colour_ood_flagged" not in d:
+        return _pct(d.get("ood_flagged"))
+    return (
+        f"{_pct(d['ood_flagged'])} (features {_pct(d['feature_ood_flagged'])}, colour {_pct(d['colour_ood_flagged'])})"
+    )
+
+
 def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.2f}%"
 
@@ -233,8 +242,10 @@ def markdown(report: dict) -> str:
         b, s, c, t = r.get("bccd_fields", {}), r.get("bccd_site", {}), r["cost"], r["trust"]
         L.append(
             f"| {r['model']} | {_pct(p['accuracy'])} | {_pct(p['ece']['raw'])} → {_pct(p['ece']['calibrated'])} "
-            f"| {t['temperature']:.3g} | {_pct(p['ood_flagged'])} | {_pct(b.get('ood_flagged'))} "
-            f"| {b.get('auroc_mahalanobis', float('nan')):.4f} / {b.get('auroc_max_softmax', float('nan')):.4f} "
+            f"| {t['temperature']:.3g} | {_ood(p)} | {_ood(b)} "
+            f"| {b.get('auroc_mahalanobis', float('nan')):.4f} / {b.get('auroc_max_softmax', float('nan')):.4f}"
+            + (f" (colour {b['auroc_colour']:.4f})" if "auroc_colour" in b else "")
+            + " "
             f"| {t['review_threshold']:.3f} | {_pct(p['coverage'])} | {_pct(p['accepted_accuracy'])} "
             f"| {_pct(s.get('accuracy'))} | {s.get('wrong_flagged', '–')}/{s.get('wrong', '–')} "
             f"({_pct(s.get('wrong_flagged_share'))}) | {c['ood_ms']:.3f} ms ({100 * c['share_of_invoke']:.1f}% "
@@ -243,7 +254,9 @@ def markdown(report: dict) -> str:
     L += [
         "",
         "- **OOD threshold**: set at convert time on the validation split for the stated false-alarm "
-        "rate (`false_alarm_target`); the PBC test column is the false-alarm rate on unseen PBC cells.",
+        "rate (`false_alarm_target`), for the features and, where the bundle has it, the colour "
+        "statistic; a cell is OOD when either is over. The PBC test column is the false-alarm rate on "
+        "unseen PBC cells.",
         "- **Review**: a cell is accepted when its calibrated confidence is at least the review threshold "
         "(chosen on validation for the target accepted accuracy) and it is not OOD; coverage is the share "
         "accepted, accepted acc. their accuracy on PBC test.",

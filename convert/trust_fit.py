@@ -84,6 +84,8 @@ def fit_colour(colour: np.ndarray, domain: np.ndarray | None = None) -> tuple[np
             raise ValueError(f"colour statistic: domain {m} has {len(x)} cell(s), at least 2 are needed")
         mu = x.mean(0)
         cov, _ = ledoit_wolf(x - mu, assume_centered=True)
+        # A ridge far below any real stain's spread: identical crops must not make it singular.
+        cov += np.eye(len(mu)) * (1e-6 * np.trace(cov) / len(mu) + 1e-12)
         means.append(mu)
         # cov = L L^T, so (c - mu) @ inv(L)^T has identity covariance
         whiten.append(np.linalg.inv(np.linalg.cholesky(cov)).T)

@@ -493,6 +493,7 @@ def _export(
             name=name,
             seed=cfg.seed,
             data_root="/",
+            site_cells=str(cells_dir),
         )
         try:
             res = export.run(eo)
@@ -510,7 +511,6 @@ def _export(
         }
         if staged.trust is None:
             raise AdaptFailed(f"{res['bundle']}: the exported bundle has no trust statistics")
-        thr = staged.trust.threshold
 
         def run(px):
             return clf.predict_many([normalise(p, src.spec) for p in px])
@@ -529,7 +529,7 @@ def _export(
         ):
             if px is not None and len(px):
                 seen[what] = o = run(px)
-                checks[f"ood_{what}"] = float((o["ood_score"] > thr).mean())
+                checks[f"ood_{what}"] = float(o["ood"].mean())
         # What the home site keeps: the int8 bundle on the PBC test split, as the runtime runs it.
 
         test_raw = run(core.to_model_size([load_rgb(p) for p in pbc_test.paths], src.spec.size))["raw"]
@@ -555,11 +555,11 @@ def _export(
         manifest = dict(staged.manifest)
         v = run(core.to_model_size([load_rgb(p) for p in pbc_val.paths], src.spec.size))
         loc_raw = seen["validate_held_out"]["raw"] if val is not None else np.zeros((0, len(labels)), np.float32)
-        loc_ood = (seen["validate_held_out"]["ood_score"] > thr) if val is not None else np.zeros(0, bool)
+        loc_ood = seen["validate_held_out"]["ood"] if val is not None else np.zeros(0, bool)
         sp = core.site_operating_point(
             v["raw"],
             pbc_val.labels,
-            v["ood_score"] > thr,
+            v["ood"],
             loc_raw,
             val.labels if val is not None else np.zeros(0, np.int64),
             loc_ood,

@@ -82,7 +82,7 @@ def run_bundle(clf: Classifier, inputs) -> dict:
 
 
 def ood_cost(clf: Classifier, x: np.ndarray, runs: int = 300) -> dict:
-    """Median ms of the OOD score and of invoke, on the same cell, interleaved."""
+    """Median ms of the OOD scores (features and colour) and of invoke, on the same cell, interleaved."""
     _, f, _ = clf.infer(x)
     trust = clf.trust
     if trust is None or f is None:
@@ -92,6 +92,7 @@ def ood_cost(clf: Classifier, x: np.ndarray, runs: int = 300) -> dict:
         _, _, ms = clf.infer(x)
         t = time.perf_counter()
         trust.score(f)  # the same cell each time: its features do not change
+        clf.colour_score(x)  # None at once for a bundle without the colour statistic
         score_ms.append((time.perf_counter() - t) * 1000)
         invoke_ms.append(ms)
     s, i = float(np.median(score_ms)), float(np.median(invoke_ms))
@@ -126,13 +127,14 @@ def evaluate_bundle(name: str, test, bccd_cells, site) -> dict:
     if t is None:
         return res
     conf = pbc["probs"].max(1)
-    ood = pbc["ood_score"] > t.threshold
+    ood = pbc["ood"]  # either statistic over its threshold (the runtime's rule)
     accepted = (conf >= clf.review_threshold) & ~ood
     correct = pbc["probs"].argmax(1) == y
     res["trust"] = {
         k: clf.bundle.manifest["trust"].get(k)
         for k in (
             "ood_threshold",
+            "colour_ood_threshold",
             "false_alarm_target",
             "temperature",
             "review_threshold",
@@ -144,6 +146,7 @@ def evaluate_bundle(name: str, test, bccd_cells, site) -> dict:
     res["pbc_test"].update(
         {
             "ood_flagged": float(ood.mean()),
+            **_colour_share(pbc, t),
             "coverage": float(accepted.mean()),
             "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
             "errors": int((~correct).sum()),
@@ -153,13 +156,19 @@ def evaluate_bundle(name: str, test, bccd_cells, site) -> dict:
     )
     if bccd_cells:
         b = run_bundle(clf, bccd_cells)
-        b_ood = b["ood_score"] > t.threshold
+        b_ood = b["ood"]
         b_conf = b["probs"].max(1)
         res["bccd_fields"] = {
             "n": len(bccd_cells),
             "ood_flagged": float(b_ood.mean()),
+            **_colour_share(b, t),
             "review_flagged": float(((b_conf < clf.review_threshold) | b_ood).mean()),
             "auroc_mahalanobis": auroc(pbc["ood_score"], b["ood_score"]),
+            **(
+                {"auroc_colour": auroc(pbc["colour_score"], b["colour_score"])}
+                if pbc["colour_score"] is not None
+                else {}
+            ),
             "auroc_max_softmax": auroc(-conf, -b_conf),
             "predicted": {
                 lab: int(n) for lab, n in zip(clf.labels, np.bincount(b["probs"].argmax(1), minlength=len(clf.labels)))
@@ -168,7 +177,7 @@ def evaluate_bundle(name: str, test, bccd_cells, site) -> dict:
     if site is not None and len(site[0]):
         sp, sy = site
         s = run_bundle(clf, sp)
-        s_ood = s["ood_score"] > t.threshold
+        s_ood = s["ood"]
         s_flag = (s["probs"].max(1) < clf.review_threshold) | s_ood
         wrong = s["probs"].argmax(1) != sy
         res["bccd_site"] = {
@@ -178,9 +187,29 @@ def evaluate_bundle(name: str, test, bccd_cells, site) -> dict:
             "wrong_flagged": int((wrong & s_flag).sum()),
             "wrong_flagged_share": float((wrong & s_flag).sum() / max(1, wrong.sum())),
             "ood_flagged": float(s_ood.mean()),
+            **_colour_share(s, t),
         }
     res["cost"] = ood_cost(clf, prepare(paths[0], clf.spec))
     return res
+
+
+def _colour_share(out: dict, t) -> dict:
+    """Feature and colour OOD shares apart, where the bundle has the colour statistic."""
+    if out["colour_score"] is None or t.colour is None:
+        return {}
+    return {
+        "feature_ood_flagged": float((out["ood_score"] > t.threshold).mean()),
+        "colour_ood_flagged": float((out["colour_score"] > t.colour.threshold).mean()),
+    }
+
+
+def _ood(d: dict) -> str:
+    """Either statistic, then each apart where the bundle has the colour statistic."""
+    if "colour_ood_flagged" not in d:
+        return _pct(d.get("ood_flagged"))
+    return (
+        f"{_pct(d['ood_flagged'])} (features {_pct(d['feature_ood_flagged'])}, colour {_pct(d['colour_ood_flagged'])})"
+    )
 
 
 def _pct(v) -> str:
@@ -213,8 +242,10 @@ def markdown(report: dict) -> str:
         b, s, c, t = r.get("bccd_fields", {}), r.get("bccd_site", {}), r["cost"], r["trust"]
         L.append(
             f"| {r['model']} | {_pct(p['accuracy'])} | {_pct(p['ece']['raw'])} → {_pct(p['ece']['calibrated'])} "
-            f"| {t['temperature']:.3g} | {_pct(p['ood_flagged'])} | {_pct(b.get('ood_flagged'))} "
-            f"| {b.get('auroc_mahalanobis', float('nan')):.4f} / {b.get('auroc_max_softmax', float('nan')):.4f} "
+            f"| {t['temperature']:.3g} | {_ood(p)} | {_ood(b)} "
+            f"| {b.get('auroc_mahalanobis', float('nan')):.4f} / {b.get('auroc_max_softmax', float('nan')):.4f}"
+            + (f" (colour {b['auroc_colour']:.4f})" if "auroc_colour" in b else "")
+            + " "
             f"| {t['review_threshold']:.3f} | {_pct(p['coverage'])} | {_pct(p['accepted_accuracy'])} "
             f"| {_pct(s.get('accuracy'))} | {s.get('wrong_flagged', '–')}/{s.get('wrong', '–')} "
             f"({_pct(s.get('wrong_flagged_share'))}) | {c['ood_ms']:.3f} ms ({100 * c['share_of_invoke']:.1f}% "
@@ -223,7 +254,9 @@ def markdown(report: dict) -> str:
     L += [
         "",
         "- **OOD threshold**: set at convert time on the validation split for the stated false-alarm "
-        "rate (`false_alarm_target`); the PBC test column is the false-alarm rate on unseen PBC cells.",
+        "rate (`false_alarm_target`), for the features and, where the bundle has it, the colour "
+        "statistic; a cell is OOD when either is over. The PBC test column is the false-alarm rate on "
+        "unseen PBC cells.",
         "- **Review**: a cell is accepted when its calibrated confidence is at least the review threshold "
         "(chosen on validation for the target accepted accuracy) and it is not OOD; coverage is the share "
         "accepted, accepted acc. their accuracy on PBC test.",

@@ -126,6 +126,9 @@ class ExportOptions:
     trust_samples: int | None = None  # all training cells
     false_alarm: float = DEFAULT_FALSE_ALARM
     review_target: float = DEFAULT_REVIEW_TARGET
+    # A folder: the training rows under it are a site's cells (adapt), which the colour statistic
+    # fits with a Gaussian of their own, so that they read as in distribution beside PBC's.
+    site_cells: str | None = None
 
 
 def default_name(src: Source, fmt: formats.Format, io: str) -> str:
@@ -210,13 +213,24 @@ def _evaluate(src: Source, tflite: Path, manifest: dict, images, pixels, threads
     return gate.compare(images.labels, float_probs, exp["raw"], src.labels), interp, exp
 
 
+def site_domain(paths, site_cells: str | None) -> np.ndarray | None:
+    """0 for a home (PBC) cell, 1 for one under the site's folder; None without a site."""
+    if not site_cells:
+        return None
+    site = Path(site_cells).resolve()
+    return np.array([int(Path(p).resolve().is_relative_to(site)) for p in paths], np.int64)
+
+
 def _fit_trust(
-    opts: ExportOptions, src: Source, split_csv, tflite: Path, manifest: dict, val, val_out: dict
+    opts: ExportOptions, src: Source, split_csv, tflite: Path, manifest: dict, val, val_out: dict, val_pixels
 ) -> tuple[bytes, dict, TrustStats]:
     """Trust statistics on training cells through the exported model (see trust_fit)."""
     train = calibrate.sample(calibrate.from_split(split_csv, "train", opts.data_root), opts.trust_samples, opts.seed)
     pixels = _pixels(train, src.spec, opts.cache_dir, opts.trust_samples is None)
     out, _ = gate.predict_tflite(tflite, manifest, pixels, opts.threads)
+    domain = site_domain(train.paths, opts.site_cells)
+    if domain is not None and len(np.unique(domain)) < 2:
+        raise ExportError(f"site cells {opts.site_cells}: no training row of the split is (or is not) under it")
     stats, section = trust_fit.fit(
         out["features"],
         train.labels,
@@ -226,10 +240,18 @@ def _fit_trust(
         len(src.labels),
         opts.false_alarm,
         opts.review_target,
+        train_pixels=pixels,
+        val_pixels=val_pixels,
+        train_domain=domain,
     )
     v = section["val"]
+    colour = (
+        f", colour threshold {stats.colour.threshold:.2f} ({stats.colour.means.shape[0]} component(s))"
+        if stats.colour is not None
+        else ""
+    )
     _log.info(
-        f"trust: OOD threshold {stats.threshold:.2f} ({opts.false_alarm:.0%} of val flagged), temperature "
+        f"trust: OOD threshold {stats.threshold:.2f} ({opts.false_alarm:.0%} of val flagged){colour}, temperature "
         f"{stats.temperature:.3g}, val ECE {v['ece']['raw']:.4f} -> {v['ece']['calibrated']:.4f}; review below "
         f"confidence {stats.review_threshold:.3f}: val coverage {v['coverage']:.4f}, accepted accuracy "
         f"{_fmt(v['accepted_accuracy'])} (target {opts.review_target})"
@@ -398,14 +420,16 @@ def run(opts: ExportOptions) -> dict:
         trust_bytes: bytes | None = None
         stats: TrustStats | None = None
         if has_features:
-            trust_bytes, manifest["trust"], stats = _fit_trust(opts, src, split_csv, tmp_tflite, manifest, val, val_out)
+            trust_bytes, manifest["trust"], stats = _fit_trust(
+                opts, src, split_csv, tmp_tflite, manifest, val, val_out, val_pixels
+            )
         if opts.eval_test:
             test = calibrate.from_split(split_csv, "test", opts.data_root)
             test_pixels = _pixels(test, spec, opts.cache_dir, True)
             metrics["test"], _, test_out = _evaluate(src, tmp_tflite, manifest, test, test_pixels, opts.threads)
             if stats is not None:
                 manifest["trust"]["test"] = trust_fit.evaluate(
-                    stats, test_out["raw"], test_out["features"], test.labels
+                    stats, test_out["raw"], test_out["features"], test.labels, test_pixels
                 )
     _log.info(
         f"val accuracy: float {metrics['float']['accuracy']:.4f}, "
@@ -422,7 +446,9 @@ def run(opts: ExportOptions) -> dict:
         if tt:
             _log.info(
                 f"test trust: ECE {tt['ece']['raw']:.4f} -> {tt['ece']['calibrated']:.4f}, OOD flagged "
-                f"{tt['ood_flagged']:.4f}, coverage {tt['coverage']:.4f}, "
+                f"{tt['ood_flagged']:.4f}"
+                + (f" (colour {tt['colour_ood_flagged']:.4f})" if "colour_ood_flagged" in tt else "")
+                + f", coverage {tt['coverage']:.4f}, "
                 f"accepted accuracy {_fmt(tt['accepted_accuracy'])}"
             )
     if metrics["drop"] > opts.max_drop:

@@ -93,6 +93,7 @@ def _trust_row(t: dict | None) -> dict | None:
     out = {
         "temperature": t["temperature"],
         "ood_threshold": t["ood_threshold"],
+        "colour_ood_threshold": t.get("colour_ood_threshold"),  # None: no colour statistic
         "review_threshold": t["review_threshold"],
     }
     for split in ("val", "test"):
@@ -103,6 +104,7 @@ def _trust_row(t: dict | None) -> dict | None:
                 "ece_raw": v["ece"]["raw"],
                 "nll": v["nll"]["calibrated"],
                 "ood_flagged": v["ood_flagged"],
+                "colour_ood_flagged": v.get("colour_ood_flagged"),
                 "coverage": v["coverage"],
                 "accepted_accuracy": v["accepted_accuracy"],
             }

@@ -8,6 +8,10 @@ TFLite file, so the statistics describe the features the Pi will compute (int8 i
   - Temperature: the one that minimises validation NLL, kept only where it lowers validation ECE.
   - Review threshold: the lowest confidence at which the accepted validation cells (confident and
     in distribution) are at least the target accuracy; coverage recorded with it.
+  - Colour (when the cells' pixels are given): edge_runtime.core.trust.colour_features of each
+    training cell, one Gaussian (Ledoit-Wolf) per domain (PBC; a site's cells after adapt);
+    score = Mahalanobis distance to the nearest component. Threshold: the (1 - false-alarm)
+    quantile of validation scores, as for the features. A cell is OOD when either score is over.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import numpy as np
 from edge_bloodcls.edge_runtime.core.trust import (
     DEFAULT_FALSE_ALARM,
     DEFAULT_REVIEW_TARGET,
+    TRUST_FORMAT,
+    ColourStats,
     TrustStats,
     apply_temperature,
+    colour_features,
     ece,
     nll,
 )
@@ -31,6 +38,10 @@ from edge_bloodcls.edge_runtime.core.trust import (
 MAX_DIMS = 256
 MAX_PROJ_BYTES = 900_000
 METHOD = "class-conditional Mahalanobis distance, tied covariance (Ledoit-Wolf), after PCA"
+COLOUR_METHOD = (
+    "optical density of the crop at model size (mean and std per channel, mean of the darkest and "
+    "brightest 20% by luminance); Mahalanobis distance (Ledoit-Wolf) to the nearest of one Gaussian per domain"
+)
 
 
 def fit_ood(features: np.ndarray, y: np.ndarray, n_classes: int, dims: int = MAX_DIMS):
@@ -57,6 +68,51 @@ def fit_ood(features: np.ndarray, y: np.ndarray, n_classes: int, dims: int = MAX
     # A class the fit never saw gets a centre no cell is near (it cannot make a cell look familiar).
     centres_w[~present] = 1e6
     return mean.astype(np.float32), proj.astype(np.float32), centres_w.astype(np.float32)
+
+
+def fit_colour(colour: np.ndarray, domain: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(means (M, 12), whiten (M, 12, 12)): one Gaussian per domain id (0..M-1; None: one)."""
+    # scikit-learn: the [edge]/[train] extras, only for this step
+    from sklearn.covariance import ledoit_wolf
+
+    c = np.asarray(colour, np.float64)
+    d = np.zeros(len(c), np.int64) if domain is None else np.asarray(domain, np.int64)
+    means, whiten = [], []
+    for m in np.unique(d):
+        x = c[d == m]
+        if len(x) < 2:
+            raise ValueError(f"colour statistic: domain {m} has {len(x)} cell(s), at least 2 are needed")
+        mu = x.mean(0)
+        cov, _ = ledoit_wolf(x - mu, assume_centered=True)
+        # A ridge far below any real stain's spread: identical crops must not make it singular.
+        cov += np.eye(len(mu)) * (1e-6 * np.trace(cov) / len(mu) + 1e-12)
+        means.append(mu)
+        # cov = L L^T, so (c - mu) @ inv(L)^T has identity covariance
+        whiten.append(np.linalg.inv(np.linalg.cholesky(cov)).T)
+    return np.stack(means).astype(np.float32), np.stack(whiten).astype(np.float32)
+
+
+def colour_stats(
+    train_pixels: np.ndarray,
+    val_pixels: np.ndarray,
+    false_alarm: float = DEFAULT_FALSE_ALARM,
+    train_domain: np.ndarray | None = None,
+) -> tuple[ColourStats, dict]:
+    """-> (the colour statistic, its part of the manifest's trust section). Pixels: uint8 RGB
+    crops at model size, as the runtime sees them."""
+    means, whiten = fit_colour(colour_features(train_pixels), train_domain)
+    stats = ColourStats(means, whiten, threshold=0.0)
+    val_scores = stats.scores(colour_features(val_pixels))
+    stats.threshold = float(np.quantile(val_scores, 1.0 - false_alarm))
+    domains = np.zeros(len(train_pixels), np.int64) if train_domain is None else np.asarray(train_domain)
+    section = {
+        "method": COLOUR_METHOD,
+        "components": int(means.shape[0]),
+        "fit": {"split": "train", "n": [int((domains == m).sum()) for m in np.unique(domains)]},
+        "false_alarm_target": false_alarm,
+        "val_flagged": float((val_scores > stats.threshold).mean()),
+    }
+    return stats, section
 
 
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
@@ -123,11 +179,15 @@ def coverage_curve(probs: np.ndarray, y: np.ndarray, ood: np.ndarray, points: in
     return out
 
 
-def evaluate(stats: TrustStats, raw: np.ndarray, features: np.ndarray, y: np.ndarray) -> dict:
-    """The trust figures of one labelled set: ECE/NLL before and after, OOD false alarms, review."""
+def evaluate(
+    stats: TrustStats, raw: np.ndarray, features: np.ndarray, y: np.ndarray, pixels: np.ndarray | None = None
+) -> dict:
+    """The trust figures of one labelled set: ECE/NLL before and after, OOD false alarms, review.
+    `pixels` (uint8 crops at model size) give the colour statistic's share, where the bundle has one."""
     probs = stats.calibrate(raw)
     scores = stats.scores(features)
-    ood = scores > stats.threshold
+    colour = stats.colour.scores(colour_features(pixels)) if stats.colour is not None and pixels is not None else None
+    ood = stats.flags(scores, colour)
     conf = probs.max(1)
     accepted = (conf >= (stats.review_threshold or 0.0)) & ~ood
     correct = probs.argmax(1) == y
@@ -136,6 +196,14 @@ def evaluate(stats: TrustStats, raw: np.ndarray, features: np.ndarray, y: np.nda
         "ece": {"raw": ece(raw, y), "calibrated": ece(probs, y)},
         "nll": {"raw": nll(raw, y), "calibrated": nll(probs, y)},
         "ood_flagged": float(ood.mean()),
+        **(
+            {
+                "feature_ood_flagged": float((scores > stats.threshold).mean()),
+                "colour_ood_flagged": float((colour > stats.colour.threshold).mean()),
+            }
+            if colour is not None and stats.colour is not None
+            else {}
+        ),
         "coverage": float(accepted.mean()),
         "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
         "accuracy": float(correct.mean()),
@@ -152,21 +220,30 @@ def fit(
     false_alarm: float = DEFAULT_FALSE_ALARM,
     review_target: float = DEFAULT_REVIEW_TARGET,
     dims: int = MAX_DIMS,
+    train_pixels: np.ndarray | None = None,
+    val_pixels: np.ndarray | None = None,
+    train_domain: np.ndarray | None = None,
 ) -> tuple[TrustStats, dict]:
-    """-> (statistics, the manifest's trust section without file/sha256)."""
+    """-> (statistics, the manifest's trust section without file/sha256). With the cells' pixels
+    (uint8 at model size) the colour statistic too, one component per `train_domain` id."""
     mean, proj, centres = fit_ood(train_features, train_y, n_classes, dims)
     stats = TrustStats(mean, proj, centres, threshold=0.0)
     val_scores = stats.scores(val_features)
     stats.threshold = float(np.quantile(val_scores, 1.0 - false_alarm))
+    colour_section = None
+    val_colour = None
+    if train_pixels is not None and val_pixels is not None:
+        stats.colour, colour_section = colour_stats(train_pixels, val_pixels, false_alarm, train_domain)
+        val_colour = stats.colour.scores(colour_features(val_pixels))
     t = fit_temperature(val_raw, val_y)
     ece_raw, ece_t = ece(val_raw, val_y), ece(apply_temperature(val_raw, t), val_y)
     stats.temperature = t if ece_t < ece_raw else 1.0
-    ood = val_scores > stats.threshold
+    ood = stats.flags(val_scores, val_colour)
     op = review_operating_point(stats.calibrate(val_raw), val_y, ood, review_target)
     stats.review_threshold = op["review_threshold"]
     section = {
         "method": METHOD,
-        "format": 1,
+        "format": TRUST_FORMAT,
         "feature_dim": int(mean.shape[0]),
         "dims": int(proj.shape[1]),
         "fit": {"split": "train", "n": int(len(train_y))},
@@ -179,8 +256,11 @@ def fit(
         "review_rule": "lowest threshold whose accepted val cells reach the target at the lower one-sided 90% "
         "Wilson bound",
         "val_operating_point": op,
-        "val": {**evaluate(stats, val_raw, val_features, val_y), "ece_with_fitted_temperature": ece_t},
+        "val": {**evaluate(stats, val_raw, val_features, val_y, val_pixels), "ece_with_fitted_temperature": ece_t},
     }
+    if stats.colour is not None and colour_section is not None:
+        section["colour_ood_threshold"] = round(stats.colour.threshold, 6)
+        section["colour"] = colour_section
     return stats, section
 
 

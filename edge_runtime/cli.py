@@ -185,6 +185,8 @@ def classify(paths, model, threads, device, fmt, top_k, review_threshold, verbos
                         "review": pred.review,
                         "ood_score": None if pred.ood_score is None else round(pred.ood_score, 4),
                         "ood": pred.ood,
+                        # None: the bundle has no colour statistic (CSV: in review_reason only)
+                        "colour_score": None if pred.colour_score is None else round(pred.colour_score, 4),
                         "review_reason": pred.review_reason,
                         "interpreter": desc["interpreter"],
                         "device": desc["device"],

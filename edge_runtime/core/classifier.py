@@ -4,8 +4,9 @@
     result = clf.classify("cell.jpg")             # -> Prediction(label, confidence, probs, ...)
 
 The model gives probabilities and its pooled features; with the bundle's trust statistics the
-probabilities are calibrated (temperature), the features give an out-of-distribution score, and
-`review` says a human should look (low confidence, or unlike the training cells), with the reason.
+probabilities are calibrated (temperature), the features give an out-of-distribution score (and,
+where the bundle carries one, the input's colours a second one), and `review` says a human should
+look (low confidence, or unlike the training cells), with the reason.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import numpy as np
 
 from .bundle import Bundle, BundleError, load_bundle
 from .interpreter import make_interpreter
-from .preprocess import prepare
-from .trust import review_reason
+from .preprocess import pixels_of, prepare
+from .trust import colour_features, review_reason
 
 # Below this confidence a result is flagged for a human to look at, for bundles that do not carry
 # a threshold chosen on validation (older ones); newer bundles carry their own (trust section).
@@ -34,8 +35,9 @@ class Prediction:
     review: bool  # a human should look: low calibrated confidence, or out of distribution
     top: list[tuple[str, float]] = field(default_factory=list)
     ood_score: float | None = None  # distance to the training cells; None: the bundle has no trust statistics
-    ood: bool = False  # ood_score above the bundle's threshold: unlike anything the model was trained on
+    ood: bool = False  # either score above its threshold: unlike anything the model was trained on
     review_reason: str = ""  # why review is set, e.g. "low confidence 0.62 < 0.91; out of distribution"
+    colour_score: float | None = None  # distance of the crop's colours; None: the bundle has no colour statistic
 
 
 class Classifier:
@@ -137,28 +139,50 @@ class Classifier:
         probs, _, ms = self.infer(x)
         return probs, ms
 
+    def colour_score(self, x: np.ndarray) -> float | None:
+        """The colour statistic of one float32 model input, None when the bundle has none."""
+        if self.trust is None or self.trust.colour is None:
+            return None
+        return self.trust.colour.score(colour_features(pixels_of(x, self.spec)))
+
     def predict_many(self, xs) -> dict:
         """Float32 model inputs, one at a time as on the Pi -> {"probs": calibrated (N, C),
-        "raw": model probabilities, "features": (N, D) or None, "ood_score": (N,) or None, "ms": (N,)}."""
+        "raw": model probabilities, "features": (N, D) or None, "ood_score": (N,) or None,
+        "colour_score": (N,) or None, "ood": (N,) bool or None (either score over its threshold),
+        "ms": (N,)}."""
         raws: list[np.ndarray] = []
         feats: list[np.ndarray] = []  # empty when the model has no feature output
+        colours: list[float] = []  # empty when the bundle has no colour statistic
         ms: list[float] = []
         for x in xs:
             p, f, t = self.infer(x)
             raws.append(p)
             if f is not None:
                 feats.append(f)
+            c = self.colour_score(x)
+            if c is not None:
+                colours.append(c)
             ms.append(t)
         raw = np.stack(raws) if raws else np.zeros((0, len(self.labels)), np.float32)
         features = np.stack(feats) if feats else None
-        out = {"raw": raw, "probs": raw, "features": features, "ood_score": None, "ms": np.asarray(ms)}
+        out = {
+            "raw": raw,
+            "probs": raw,
+            "features": features,
+            "ood_score": None,
+            "colour_score": None,
+            "ood": None,
+            "ms": np.asarray(ms),
+        }
         if self.trust is not None:
             out["probs"] = self.trust.calibrate(raw)
             if len(raw):
                 assert features is not None  # trust statistics imply a feature output (_check_model)
-                out["ood_score"] = self.trust.scores(features)
+                scores = self.trust.scores(features)
             else:
-                out["ood_score"] = np.zeros(0)
+                scores = np.zeros(0)
+            colour = np.asarray(colours, np.float64) if self.trust.colour is not None else None
+            out.update(ood_score=scores, colour_score=colour, ood=self.trust.flags(scores, colour))
         return out
 
     def classify(self, source, name=None, top_k: int = 3) -> Prediction:
@@ -169,16 +193,24 @@ class Classifier:
         """An already prepared model input (see preprocess.prepare) -> Prediction; lets the capture
         loop time preprocessing apart from the interpreter."""
         probs, feats, ms = self.infer(x)
-        score, ood = None, False
+        score, colour, ood = None, self.colour_score(x), False
         if self.trust is not None:
             probs = self.trust.calibrate(probs)
             assert feats is not None  # trust statistics imply a feature output (_check_model)
             score = self.trust.score(feats)
-            ood = score > self.trust.threshold
+            ood = bool(self.trust.flags(np.asarray(score), None if colour is None else np.asarray(colour)))
         i = int(np.argmax(probs))
         order = np.argsort(-probs)[:top_k]
         conf = float(probs[i])
-        reason = review_reason(conf, self.review_threshold, ood, score, self.trust.threshold if self.trust else None)
+        t = self.trust
+        reason = review_reason(
+            conf,
+            self.review_threshold,
+            score,
+            t.threshold if t else None,
+            colour,
+            t.colour.threshold if t and t.colour else None,
+        )
         return Prediction(
             label=self.labels[i],
             confidence=conf,
@@ -189,4 +221,5 @@ class Classifier:
             ood_score=score,
             ood=ood,
             review_reason=reason,
+            colour_score=colour,
         )

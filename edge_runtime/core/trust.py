@@ -9,6 +9,12 @@ Per cell:
                                            # within-class covariance (shrunk), folded into W
     score = min_c || z - centre_c ||       # class-conditional Mahalanobis distance, tied covariance
     ood   = score > threshold              # threshold set on validation for a stated false-alarm rate
+Optionally (trust format 2) a colour statistic on the crop's own pixels, whatever the model:
+    c      = colour_features(uint8 crop at model size)      # 12 optical-density numbers
+    colour = min_m || (c - mean_m) @ W_m ||                 # one Gaussian per domain (PBC, a site)
+    ood    = score > threshold or colour > colour_threshold
+It catches another stain or camera that the features alone miss: confident wrong calls on
+another lab's cells whose features still sit near a PBC class (docs/trust.md).
 Per session: SessionGate keeps the share of OOD cells among the last N white cells.
 """
 
@@ -80,7 +86,10 @@ class SessionGate:
 
 # --- per-cell statistics, as stored in a bundle -------------------------------------------------
 
-TRUST_FORMAT = 1
+# 1: the feature statistics; 2: and, optionally, the colour statistic (colour_* arrays and
+# colour_ood_threshold). A bundle of a format this runtime does not know is refused, not half-read.
+TRUST_FORMAT = 2
+TRUST_FORMATS = (1, 2)
 DEFAULT_REVIEW_TARGET = 0.995  # accepted (not flagged) cells should be at least this accurate
 DEFAULT_FALSE_ALARM = 0.02  # share of in-distribution validation cells the OOD gate may flag
 _EPS = 1e-6
@@ -100,6 +109,7 @@ class TrustStats:
     threshold: float  # score above this: out of distribution
     temperature: float = 1.0  # calibrated p = softmax(log p / T)
     review_threshold: float | None = None  # calibrated confidence below this: review
+    colour: ColourStats | None = None  # None: no colour statistic (format 1 bundles)
 
     @property
     def feature_dim(self) -> int:
@@ -116,6 +126,13 @@ class TrustStats:
         d2 = (z * z).sum(1)[:, None] - 2 * z @ self.centres.T + (self.centres**2).sum(1)[None, :]
         return np.sqrt(np.maximum(d2.min(1), 0.0))
 
+    def flags(self, scores: np.ndarray, colour_scores: np.ndarray | None) -> np.ndarray:
+        """The OOD rule, for one cell or many: either statistic over its threshold."""
+        ood = np.asarray(scores) > self.threshold
+        if self.colour is not None and colour_scores is not None:
+            ood = ood | (np.asarray(colour_scores) > self.colour.threshold)
+        return ood
+
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         return apply_temperature(probs, self.temperature)
 
@@ -127,6 +144,7 @@ class TrustStats:
             "mean": self.mean.astype(np.float32),
             "proj": self.proj.astype(np.float16),
             "centres": self.centres.astype(np.float32),
+            **(self.colour.arrays() if self.colour is not None else {}),
         }
 
     @classmethod
@@ -154,7 +172,91 @@ class TrustStats:
         review = trust.get("review_threshold")
         if review is not None:
             review = _number(trust, "review_threshold", where, lo=0.0, hi=1.0)
-        return cls(mean, proj, centres, threshold, temperature, review)
+        fmt = trust.get("format", 1)
+        if fmt not in TRUST_FORMATS or isinstance(fmt, bool):
+            raise TrustError(
+                f"{where}: trust field 'format' is {fmt!r}; this toolkit reads formats "
+                f"{', '.join(map(str, TRUST_FORMATS))} (a newer export? update the toolkit)"
+            )
+        colour = ColourStats.from_arrays(arrays, trust, where)
+        return cls(mean, proj, centres, threshold, temperature, review, colour)
+
+
+# --- the colour statistic -----------------------------------------------------------------------
+
+# Darkest / brightest share of a crop's pixels by luminance: the nucleus and the background.
+COLOUR_TAIL = 0.2
+COLOUR_DIM = 12
+COLOUR_REASON = "colours unlike the training cells' (another stain or camera?)"
+# Rec. 601 luma: only to rank pixels from dark to bright.
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def colour_features(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB crop(s) at model size, (H, W, 3) or (N, H, W, 3) -> (12,) or (N, 12).
+
+    Optical density OD = -log(clip(rgb / 255, 1/255, 1)) (Beer-Lambert: OD is proportional to the
+    amount of stain, so a stain or a lamp shows as a shift, whatever the cell): its mean and std
+    per channel, and the mean OD of the darkest 20% of pixels by luminance (mostly the nucleus) and
+    of the brightest 20% (mostly the background), per channel."""
+    a = np.asarray(rgb)
+    if a.dtype != np.uint8 or a.ndim not in (3, 4) or a.shape[-1] != 3:
+        raise ValueError(f"colour_features wants uint8 RGB crops (H, W, 3) or (N, H, W, 3), not {a.dtype} {a.shape}")
+    one = a.ndim == 3
+    px = a.reshape(1 if one else a.shape[0], -1, 3)
+    od = -np.log(np.clip(px.astype(np.float32) / 255.0, 1.0 / 255.0, 1.0))
+    # Stable sort: the same crop ranks its pixels the same way at convert time and on the Pi.
+    order = np.argsort(px.astype(np.float32) @ _LUMA, axis=1, kind="stable")
+    k = max(1, int(round(COLOUR_TAIL * px.shape[1])))
+    dark = np.take_along_axis(od, order[:, :k, None], axis=1).mean(1)
+    bright = np.take_along_axis(od, order[:, -k:, None], axis=1).mean(1)
+    out = np.concatenate([od.mean(1), od.std(1), dark, bright], axis=1).astype(np.float32)
+    return out[0] if one else out
+
+
+@dataclass
+class ColourStats:
+    """One Gaussian per domain (PBC; a site's cells after adapt) over colour_features."""
+
+    means: np.ndarray  # (M, 12)
+    whiten: np.ndarray  # (M, 12, 12): z = (c - means[m]) @ whiten[m] has identity covariance
+    threshold: float  # min over m of ||z|| above this: out of distribution
+
+    def scores(self, colour: np.ndarray) -> np.ndarray:
+        """(N, 12) colour features -> (N,) Mahalanobis distance to the nearest component."""
+        c = np.asarray(colour, np.float32).reshape(-1, self.means.shape[1])
+        z = np.einsum("nmd,mde->nme", c[:, None, :] - self.means[None], self.whiten)
+        return np.sqrt((z * z).sum(-1)).min(1)
+
+    def score(self, colour: np.ndarray) -> float:
+        return float(self.scores(colour)[0])
+
+    def arrays(self) -> dict:
+        return {"colour_mean": self.means.astype(np.float32), "colour_whiten": self.whiten.astype(np.float32)}
+
+    @classmethod
+    def from_arrays(cls, arrays, trust: dict, where: str) -> ColourStats | None:
+        has_arrays = "colour_mean" in arrays or "colour_whiten" in arrays
+        if not has_arrays and "colour_ood_threshold" not in trust:
+            return None  # a bundle without the colour statistic: as before
+        try:
+            means = np.asarray(arrays["colour_mean"], np.float32)
+            whiten = np.asarray(arrays["colour_whiten"], np.float32)
+        except KeyError as e:
+            raise TrustError(f"{where}: trust statistics lack {e.args[0]!r}") from None
+        if means.ndim != 2 or means.shape[0] < 1 or means.shape[1] != COLOUR_DIM:
+            raise TrustError(
+                f"{where}: trust field 'colour_mean' has shape {list(means.shape)}, not (components, {COLOUR_DIM})"
+            )
+        if whiten.shape != (means.shape[0], COLOUR_DIM, COLOUR_DIM):
+            raise TrustError(
+                f"{where}: trust field 'colour_whiten' has shape {list(whiten.shape)}, "
+                f"not ({means.shape[0]}, {COLOUR_DIM}, {COLOUR_DIM})"
+            )
+        for name, a in (("colour_mean", means), ("colour_whiten", whiten)):
+            if not np.isfinite(a).all():
+                raise TrustError(f"{where}: trust field {name!r} holds NaN or infinite values")
+        return cls(means, whiten, _number(trust, "colour_ood_threshold", where, lo=0.0))
 
 
 def _number(d: dict, key: str, where: str, lo=None, hi=None, default=None, open_lo=False) -> float:
@@ -207,12 +309,22 @@ def review_flags(conf: np.ndarray, ood: np.ndarray, review_threshold: float) -> 
     return (conf < review_threshold) | ood
 
 
-def review_reason(conf: float, review_threshold: float, ood: bool, score: float | None, threshold: float | None) -> str:
+def review_reason(
+    conf: float,
+    review_threshold: float,
+    score: float | None = None,
+    threshold: float | None = None,
+    colour_score: float | None = None,
+    colour_threshold: float | None = None,
+) -> str:
+    """Why a human should look, "" when nothing says so: each statistic over its threshold named."""
     reasons = []
     if conf < review_threshold:
         reasons.append(f"low confidence {conf:.3f} < {review_threshold:.3f}")
-    if ood:
+    if score is not None and threshold is not None and score > threshold:
         reasons.append(f"out of distribution (score {score:.1f} > {threshold:.1f}): unlike the training cells")
+    if colour_score is not None and colour_threshold is not None and colour_score > colour_threshold:
+        reasons.append(f"out of distribution (colour {colour_score:.1f} > {colour_threshold:.1f}): {COLOUR_REASON}")
     return "; ".join(reasons)
 
 

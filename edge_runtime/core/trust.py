@@ -189,9 +189,9 @@ COLOUR_TAIL = 0.2
 COLOUR_DIM = 12
 COLOUR_REASON = "colours unlike the training cells' (another stain or camera?)"
 # The colour statistic's own false-alarm target, below DEFAULT_FALSE_ALARM: another lab's cells sit
-# several times beyond the PBC val quantile (BCCD: even the nearest cell is about three times the
-# threshold away; docs/trust.md), so a lower target costs nothing on foreign cells, while the
-# features' 2% added about 1.7 points of PBC cells to review on top of the features' own.
+# far beyond the PBC val quantile (every BCCD cell is flagged at this target too; docs/trust.md),
+# so a lower target costs nothing on foreign cells, while the features' 2% for it too added about 1.7
+# points of PBC cells to review on top of the features' own.
 COLOUR_FALSE_ALARM = 0.005
 # Rec. 601 luma in integers (weights sum to 256, so white stays 255): only to rank pixels from
 # dark to bright. Integers, so that convert and the Pi put every pixel on the same level.

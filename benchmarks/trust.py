@@ -136,6 +136,7 @@ def evaluate_bundle(name: str, test, bccd_cells, site) -> dict:
             "ood_threshold",
             "colour_ood_threshold",
             "false_alarm_target",
+            "colour_false_alarm_target",  # the colour statistic's own, lower target
             "temperature",
             "review_threshold",
             "review_target_accuracy",
@@ -254,9 +255,9 @@ def markdown(report: dict) -> str:
     L += [
         "",
         "- **OOD threshold**: set at convert time on the validation split for the stated false-alarm "
-        "rate (`false_alarm_target`), for the features and, where the bundle has it, the colour "
-        "statistic; a cell is OOD when either is over. The PBC test column is the false-alarm rate on "
-        "unseen PBC cells.",
+        "rate (`false_alarm_target`) for the features and, where the bundle has it, its own lower "
+        "rate (`colour_false_alarm_target`) for the colour statistic; a cell is OOD when either is "
+        "over. The PBC test column is the false-alarm rate on unseen PBC cells.",
         "- **Review**: a cell is accepted when its calibrated confidence is at least the review threshold "
         "(chosen on validation for the target accepted accuracy) and it is not OOD; coverage is the share "
         "accepted, accepted acc. their accuracy on PBC test.",

@@ -20,7 +20,12 @@ import numpy as np
 
 from edge_bloodcls.edge_runtime.core.bundle import Bundle, sha256_file, write_bundle
 from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec
-from edge_bloodcls.edge_runtime.core.trust import DEFAULT_FALSE_ALARM, DEFAULT_REVIEW_TARGET, TrustStats
+from edge_bloodcls.edge_runtime.core.trust import (
+    COLOUR_FALSE_ALARM,
+    DEFAULT_FALSE_ALARM,
+    DEFAULT_REVIEW_TARGET,
+    TrustStats,
+)
 from edge_bloodcls.train.pipeline import Augment, cached_pixels
 
 from . import calibrate, edgetpu, formats, gate, qat, trust_fit
@@ -125,6 +130,7 @@ class ExportOptions:
     trust: bool = True
     trust_samples: int | None = None  # all training cells
     false_alarm: float = DEFAULT_FALSE_ALARM
+    colour_false_alarm: float = COLOUR_FALSE_ALARM  # the colour statistic's own target (see there)
     review_target: float = DEFAULT_REVIEW_TARGET
     # A folder: the training rows under it are a site's cells (adapt), which the colour statistic
     # fits with a Gaussian of their own, so that they read as in distribution beside PBC's.
@@ -243,10 +249,12 @@ def _fit_trust(
         train_pixels=pixels,
         val_pixels=val_pixels,
         train_domain=domain,
+        colour_false_alarm=opts.colour_false_alarm,
     )
     v = section["val"]
     colour = (
-        f", colour threshold {stats.colour.threshold:.2f} ({stats.colour.means.shape[0]} component(s))"
+        f", colour threshold {stats.colour.threshold:.2f} ({opts.colour_false_alarm:.1%} of val, "
+        f"{stats.colour.means.shape[0]} component(s))"
         if stats.colour is not None
         else ""
     )

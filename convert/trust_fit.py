@@ -10,8 +10,9 @@ TFLite file, so the statistics describe the features the Pi will compute (int8 i
     in distribution) are at least the target accuracy; coverage recorded with it.
   - Colour (when the cells' pixels are given): edge_runtime.core.trust.colour_features of each
     training cell, one Gaussian (Ledoit-Wolf) per domain (PBC; a site's cells after adapt);
-    score = Mahalanobis distance to the nearest component. Threshold: the (1 - false-alarm)
-    quantile of validation scores, as for the features. A cell is OOD when either score is over.
+    score = Mahalanobis distance to the nearest component. Threshold: the (1 - colour false-alarm)
+    quantile of validation scores, at its own, lower target (COLOUR_FALSE_ALARM: why there). A
+    cell is OOD when either score is over.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import io
 import numpy as np
 
 from edge_bloodcls.edge_runtime.core.trust import (
+    COLOUR_FALSE_ALARM,
     DEFAULT_FALSE_ALARM,
     DEFAULT_REVIEW_TARGET,
     TRUST_FORMAT,
@@ -95,24 +97,28 @@ def fit_colour(colour: np.ndarray, domain: np.ndarray | None = None) -> tuple[np
 def colour_stats(
     train_pixels: np.ndarray,
     val_pixels: np.ndarray,
-    false_alarm: float = DEFAULT_FALSE_ALARM,
+    false_alarm: float = COLOUR_FALSE_ALARM,
     train_domain: np.ndarray | None = None,
 ) -> tuple[ColourStats, dict]:
-    """-> (the colour statistic, its part of the manifest's trust section). Pixels: uint8 RGB
-    crops at model size, as the runtime sees them."""
+    """-> (the colour statistic, its fields of the manifest's trust section: colour_ood_threshold,
+    colour_false_alarm_target and the colour section). Pixels: uint8 RGB crops at model size, as
+    the runtime sees them."""
     means, whiten = fit_colour(colour_features(train_pixels), train_domain)
     stats = ColourStats(means, whiten, threshold=0.0)
     val_scores = stats.scores(colour_features(val_pixels))
     stats.threshold = float(np.quantile(val_scores, 1.0 - false_alarm))
     domains = np.zeros(len(train_pixels), np.int64) if train_domain is None else np.asarray(train_domain)
-    section = {
-        "method": COLOUR_METHOD,
-        "components": int(means.shape[0]),
-        "fit": {"split": "train", "n": [int((domains == m).sum()) for m in np.unique(domains)]},
-        "false_alarm_target": false_alarm,
-        "val_flagged": float((val_scores > stats.threshold).mean()),
+    fields = {
+        "colour_ood_threshold": round(stats.threshold, 6),
+        "colour_false_alarm_target": false_alarm,
+        "colour": {
+            "method": COLOUR_METHOD,
+            "components": int(means.shape[0]),
+            "fit": {"split": "train", "n": [int((domains == m).sum()) for m in np.unique(domains)]},
+            "val_flagged": float((val_scores > stats.threshold).mean()),
+        },
     }
-    return stats, section
+    return stats, fields
 
 
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
@@ -223,17 +229,19 @@ def fit(
     train_pixels: np.ndarray | None = None,
     val_pixels: np.ndarray | None = None,
     train_domain: np.ndarray | None = None,
+    colour_false_alarm: float = COLOUR_FALSE_ALARM,
 ) -> tuple[TrustStats, dict]:
     """-> (statistics, the manifest's trust section without file/sha256). With the cells' pixels
-    (uint8 at model size) the colour statistic too, one component per `train_domain` id."""
+    (uint8 at model size) the colour statistic too, one component per `train_domain` id, its
+    threshold at `colour_false_alarm` of val."""
     mean, proj, centres = fit_ood(train_features, train_y, n_classes, dims)
     stats = TrustStats(mean, proj, centres, threshold=0.0)
     val_scores = stats.scores(val_features)
     stats.threshold = float(np.quantile(val_scores, 1.0 - false_alarm))
-    colour_section = None
+    colour_fields = None
     val_colour = None
     if train_pixels is not None and val_pixels is not None:
-        stats.colour, colour_section = colour_stats(train_pixels, val_pixels, false_alarm, train_domain)
+        stats.colour, colour_fields = colour_stats(train_pixels, val_pixels, colour_false_alarm, train_domain)
         val_colour = stats.colour.scores(colour_features(val_pixels))
     t = fit_temperature(val_raw, val_y)
     ece_raw, ece_t = ece(val_raw, val_y), ece(apply_temperature(val_raw, t), val_y)
@@ -258,9 +266,8 @@ def fit(
         "val_operating_point": op,
         "val": {**evaluate(stats, val_raw, val_features, val_y, val_pixels), "ece_with_fitted_temperature": ece_t},
     }
-    if stats.colour is not None and colour_section is not None:
-        section["colour_ood_threshold"] = round(stats.colour.threshold, 6)
-        section["colour"] = colour_section
+    if colour_fields is not None:
+        section.update(colour_fields)
     return stats, section
 
 

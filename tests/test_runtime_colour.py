@@ -25,11 +25,15 @@ from edge_bloodcls.edge_runtime.core.preprocess import load_rgb, normalise, pixe
 from edge_bloodcls.edge_runtime.core.spec import InputSpec
 from edge_bloodcls.edge_runtime.core.trust import (
     COLOUR_DIM,
+    COLOUR_FALSE_ALARM,
     COLOUR_REASON,
+    COLOUR_TAIL,
+    DEFAULT_FALSE_ALARM,
     ColourStats,
     TrustError,
     TrustStats,
     colour_features,
+    luminance,
     review_reason,
 )
 
@@ -60,6 +64,62 @@ def test_colour_features_split_nucleus_from_background():
     np.testing.assert_allclose(c[9:12], -np.log(240 / 255.0), rtol=1e-5)
     # black pixels are clipped to 1/255, not infinite
     assert np.isfinite(colour_features(np.zeros((16, 16, 3), np.uint8))).all()
+
+
+def _od(rgb) -> np.ndarray:
+    return -np.log(np.maximum(np.asarray(rgb, np.float64), 1) / 255.0)
+
+
+def _reference(crop: np.ndarray) -> np.ndarray:
+    """The features as their definition reads: a log per pixel and a sort by luminance. Exact
+    only where no luminance tie straddles the 20% cut (the caller checks), where any order works."""
+    px = crop.reshape(-1, 3)
+    od = _od(px)
+    order = np.argsort(luminance(px), kind="stable")
+    k = max(1, int(round(COLOUR_TAIL * len(px))))
+    return np.concatenate([od.mean(0), od.std(0), od[order[:k]].mean(0), od[order[-k:]].mean(0)])
+
+
+def test_colour_features_match_the_sorting_reference_on_random_crops():
+    rng = np.random.default_rng(5)
+    checked = 0
+    for _ in range(60):
+        h, w = rng.integers(6, 20, 2)
+        crop = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        y = np.sort(luminance(crop).ravel())
+        k = max(1, int(round(COLOUR_TAIL * y.size)))
+        if y[k - 1] == y[k] or y[-k - 1] == y[-k]:
+            continue  # a tie across the cut: the sort's pick would depend on pixel order
+        np.testing.assert_allclose(colour_features(crop), _reference(crop), rtol=2e-6, atol=1e-6)
+        checked += 1
+    assert checked >= 20, checked  # enough crops without a tie at either cut
+
+
+def test_luminance_is_rec601_in_integers():
+    rng = np.random.default_rng(6)
+    px = rng.integers(0, 256, (5000, 3), dtype=np.uint8)
+    y = luminance(px)
+    assert y.min() >= 0 and y.max() <= 255 and luminance(np.full((1, 3), 255, np.uint8))[0] == 255
+    assert np.abs(y - px.astype(np.float64) @ [0.299, 0.587, 0.114]).max() <= 1.0
+
+
+def test_pixels_tied_at_the_cut_count_alike_whatever_their_order():
+    """Two colours of one luminance straddle each 20% cut: each tied pixel counts the same share,
+    so the tail is the tied group's mean OD, and shuffling the pixels changes nothing."""
+    dark_a, dark_b = (100, 100, 100), (140, 80, 100)
+    light_c, light_d = (250, 250, 250), (254, 249, 246)
+    assert luminance(np.array([dark_a, dark_b], np.uint8)).tolist() == [100, 100]
+    assert luminance(np.array([light_c, light_d], np.uint8)).tolist() == [250, 250]
+    # 100 pixels, k = 20 at each end: 30 dark pixels tied for the darkest 20, 70 light for the brightest 20
+    px = np.array([dark_a] * 10 + [dark_b] * 20 + [light_c] * 30 + [light_d] * 40, np.uint8)
+    assert int(round(COLOUR_TAIL * len(px))) == 20
+    c = colour_features(px.reshape(10, 10, 3))
+    np.testing.assert_allclose(c[6:9], (10 * _od(dark_a) + 20 * _od(dark_b)) / 30, rtol=1e-6)
+    np.testing.assert_allclose(c[9:12], (30 * _od(light_c) + 40 * _od(light_d)) / 70, rtol=1e-6)
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        shuffled = rng.permutation(px).reshape(10, 10, 3)
+        np.testing.assert_allclose(colour_features(shuffled), c, rtol=1e-6, atol=1e-7)
 
 
 def test_colour_features_batch_equals_one_at_a_time_and_wants_uint8():
@@ -117,9 +177,13 @@ def test_threshold_is_the_validation_quantile():
         jitter = rng.normal(0, 6, (n, 1, 1, 3)) + rng.normal(0, 3, (n, 12, 12, 3))
         return np.clip(base + jitter, 0, 255).astype(np.uint8)
 
-    stats, section = colour_stats(cells(400), cells(500), false_alarm=0.1)
+    stats, fields = colour_stats(cells(400), cells(500), false_alarm=0.1)
+    section = fields["colour"]
     val_share = section["val_flagged"]
     assert 0.08 <= val_share <= 0.1 and section["components"] == 1 and section["fit"]["n"] == [400]
+    assert fields["colour_false_alarm_target"] == 0.1 and fields["colour_ood_threshold"] == pytest.approx(
+        stats.threshold
+    )
     # A crop with another stain (red and blue swapped) is far outside.
     swapped = cells(20)[..., ::-1].copy()
     assert (stats.scores(colour_features(swapped)) > stats.threshold).all()
@@ -216,9 +280,11 @@ def test_runtime_shipped_bundles_carry_the_colour_statistic_and_load(name):
     assert b.trust is not None and b.trust.colour is not None
     assert t["format"] == 2 and t["colour_ood_threshold"] == pytest.approx(b.trust.colour.threshold)
     assert b.trust.colour.means.shape == (1, COLOUR_DIM)  # PBC only
-    # Recorded with it: the val false alarms of each statistic, near their target.
+    # Recorded with it: the val false alarms of each statistic, near their own targets; the
+    # colour statistic's is the lower one (COLOUR_FALSE_ALARM).
     v = t["val"]
-    assert abs(v["colour_ood_flagged"] - t["false_alarm_target"]) < 0.005
+    assert t["colour_false_alarm_target"] == COLOUR_FALSE_ALARM < t["false_alarm_target"] == DEFAULT_FALSE_ALARM
+    assert abs(v["colour_ood_flagged"] - t["colour_false_alarm_target"]) < 0.002
     assert v["feature_ood_flagged"] <= v["ood_flagged"] <= v["feature_ood_flagged"] + v["colour_ood_flagged"]
 
 
@@ -235,7 +301,8 @@ def test_runtime_a_colour_shifted_cell_is_flagged_and_its_reason_says_colour(tmp
     cells = [load_rgb(p) for p in list_images(DEMO_CELLS).files]
     home = [clf.classify(c) for c in cells]
     # PBC cells (the training distribution): their colours are familiar, but for the share the
-    # threshold gives away (2% of val): the demo ig cell is one of PBC's cooler-lit images, in that tail.
+    # threshold gives away (COLOUR_FALSE_ALARM of val): the demo ig cell is one of PBC's
+    # cooler-lit images, in that tail.
     assert all(p.colour_score is not None for p in home)
     assert sum(p.colour_score <= clf.trust.colour.threshold for p in home) >= 7
     # The same cells under another stain or lamp: a blue cast, or red and blue swapped.

@@ -42,8 +42,9 @@ def test_runtime_shipped_bundle_classifies_the_demo_cells(name):
     calls any of them out of distribution by its features, and none gets one wrong without
     flagging it for review. A 98% model may miss one of the eight (the fast int8 calls the band
     neutrophil ig at 0.50 against 0.50, flagged REVIEW); the default gets all eight. The colour
-    statistic gives away 2% of PBC val by design; of these eight it flags one, the ig cell (one
-    of PBC's cooler-lit images, colour distance about twice the threshold), for review."""
+    statistic gives away COLOUR_FALSE_ALARM (0.5%) of PBC val by design; of these eight it flags
+    one, the ig cell (one of PBC's cooler-lit images, colour distance about 1.5 times the
+    threshold), for review."""
     clf = Classifier(load_bundle(MODELS_DIR / name), threads=1)
     cells = list_images(DEMO / "cells").files
     assert len(cells) == 8

@@ -62,6 +62,35 @@ def _hed_jitter(x: np.ndarray, rng, strength: float) -> np.ndarray:
 _COLOUR = {"stain": _stain_jitter, "light": _light_jitter, "hed": _hed_jitter}
 
 
+# --- the site's look on home cells (Reinhard et al. 2001) ---------------------------------------
+
+
+def lab_stats(pixels: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB -> (N, 2, 3): per crop, the mean and standard deviation of each
+    CIELAB channel, the "look" (stain, lamp, camera) that colour transfer moves to another crop."""
+    import cv2  # OpenCV, the [edge] extra: loaded when an image is resized or located
+
+    out = np.empty((len(pixels), 2, 3), np.float32)
+    for i, p in enumerate(pixels):
+        lab = cv2.cvtColor(p.astype(np.float32) / 255, cv2.COLOR_RGB2LAB).reshape(-1, 3)
+        out[i] = lab.mean(0), lab.std(0) + 1e-3
+    return out
+
+
+def site_look(img: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """A home (PBC) crop given a site crop's look: each CIELAB channel shifted and scaled to the
+    target's mean and standard deviation (target: one row of lab_stats). The home cell keeps its
+    label and shape, so rehearsal shows the network thousands of labelled cells as the site's
+    microscope would show them, where the site labelled ten of each class."""
+    import cv2  # OpenCV, the [edge] extra: loaded when an image is resized or located
+
+    lab = cv2.cvtColor(img.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
+    mean, std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0) + 1e-3
+    lab = (lab - mean) / std * target[1] + target[0]
+    rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
+    return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+
+
 def augment(img: np.ndarray, rng, cfg) -> np.ndarray:
     """One random, label-preserving variant of a uint8 crop at model size; cfg: scale, blur,
     colour and colour_mode (finetune.FinetuneConfig)."""

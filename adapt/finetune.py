@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_bloodcls.edge_runtime.core.preprocess import normalise
 
-from .core import augment
+from .core import augment, site_look
 
 
 @dataclass
@@ -38,6 +38,7 @@ class FinetuneConfig:
     pseudo_per_class: int = 0  # > 0: at most this many pseudo-labelled crops per class, the surest (balance)
     wise: float = 1.0  # weight-space ensemble: (1 - wise) * base + wise * fine-tuned (1: the fine-tuned model)
     prior: str = "none"  # "em": output bias shifted to the site's class proportions (evaluate.em_priors)
+    transfer: float = 0.0  # share of the PBC cells given a site crop's look (core.site_look) before augmenting
     seed: int = 0
 
     def to_json(self) -> dict:
@@ -81,12 +82,14 @@ def train(
     steps: int | None = None,
     seed_offset: int = 0,
     base_weights: list | None = None,
+    site_looks: np.ndarray | None = None,
 ) -> list[float]:
     """Adam on every layer. local_px/pbc_px: uint8 at model size; each step draws local cells
     uniformly (the site's own proportions) and PBC cells, and augments both. pbc_soft: the base
     model's probabilities on pbc_px, for distillation (cfg.distill > 0). base_weights: the base
     model's get_weights(), the anchor of cfg.anchor (taken before the first call: a later call,
-    e.g. self-training, still pulls towards the base and not towards where the last one ended)."""
+    e.g. self-training, still pulls towards the base and not towards where the last one ended).
+    site_looks: core.lab_stats of the site's crops, drawn from for cfg.transfer."""
     import tensorflow as tf  # [train] extra: loaded only when a model is trained
     import tf_keras  # [train] extra: loaded only when a model is built (the CLI starts without TensorFlow)
 
@@ -143,7 +146,12 @@ def train(
         mask = np.zeros(cfg.batch, np.float32)
         if n_pbc:
             pi = rng.integers(k, size=n_pbc)
-            xs.append(_aug(pbc_px[pi], rng, cfg))
+            home = pbc_px[pi]
+            if cfg.transfer and site_looks is not None and len(site_looks):
+                home = home.copy()
+                for j in np.flatnonzero(rng.random(n_pbc) < cfg.transfer):
+                    home[j] = site_look(home[j], site_looks[rng.integers(len(site_looks))])
+            xs.append(_aug(home, rng, cfg))
             ys.append(pbc_y[pi])
             if soft_t is not None:
                 soft[n_local:] = soft_t[pi]

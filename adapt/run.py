@@ -233,8 +233,21 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         f"fine-tuning every layer: {cfg.steps} steps, Adam {cfg.lr:g}, batches of {cfg.batch} "
         f"({cfg.local_share:.0%} site cells, the rest of {len(pbc.labels)} PBC cells) ({time.time() - t0:.0f}s)"
     )
+    # The site's looks for cfg.transfer: its labelled crops and the unlabelled ones (never the
+    # --validate fields, left out of the unlabelled crops above).
+    looks = core.lab_stats(np.concatenate([local, unl_px])) if cfg.transfer else None
     ft.train(
-        model, spec, local, y, pbc_px, pbc.labels, cfg, soft, _progress("fine-tune", log), base_weights=base_weights
+        model,
+        spec,
+        local,
+        y,
+        pbc_px,
+        pbc.labels,
+        cfg,
+        soft,
+        _progress("fine-tune", log),
+        base_weights=base_weights,
+        site_looks=looks,
     )
     pseudo = ft.self_train(
         model, spec, local, y, unl_px, pbc_px, pbc.labels, cfg, soft, _progress("self-training", log), base_weights
@@ -293,6 +306,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         f"them), the rest PBC training cells; flips, rotations, zoom, blur, colour ({cfg.colour_mode})"
         + (f"; distillation {cfg.distill:g}" if cfg.distill else "")
         + (f"; L2-SP anchor {cfg.anchor:g}" if cfg.anchor else "")
+        + (f"; {cfg.transfer:.0%} of the PBC cells in the site's colours" if cfg.transfer else "")
         + (f"; WiSE {cfg.wise:g}" if cfg.wise != 1.0 else "")
         + ("; routed: the base network answers home cells, the fine-tuned one the site's" if route_info else ""),
         "route": route_info,
@@ -696,6 +710,21 @@ class AdaptFailed(RuntimeError):
     help="L2-SP: pull of the weights towards the base model's (keeps the home site; 0: off).",
 )
 @click.option(
+    "--transfer",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of the PBC cells shown in a site crop's colours (CIELAB mean and spread, Reinhard "
+    "transfer) while training (0: off).",
+)
+@click.option(
+    "--site-share",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Share of each training batch drawn from the site's labelled cells; the rest is PBC cells.",
+)
+@click.option(
     "--bn",
     type=click.Choice(["train", "frozen"]),
     default="train",
@@ -764,6 +793,8 @@ def adapt_cmd(
     wise,
     distill,
     anchor,
+    transfer,
+    site_share,
     bn,
     pseudo,
     pseudo_per_class,
@@ -800,6 +831,8 @@ def adapt_cmd(
             "wise": wise,
             "distill": distill,
             "anchor": anchor,
+            "transfer": transfer,
+            "local_share": site_share,
             "bn": bn,
             "pseudo": pseudo,
             "pseudo_per_class": pseudo_per_class,

@@ -1,7 +1,7 @@
 """Cross-validated estimate of `adapt` over both labelled BCCD samples (101 cells), issue 29.
 
     .venv/bin/python scripts/adapt_cv.py [--settings NAME ...] [--folds 5] \
-        [--out benchmarks/results/adapt_cv.json]        # trains; merged by setting into --out
+        [--seed S] [--out benchmarks/results/adapt_cv.json]  # trains; merged by setting into --out
     .venv/bin/python scripts/adapt_cv.py --table        # docs/adapt.md's table from --out
 
 Why: the 60 natural-proportion cells split 30/30 (scripts/adapt_experiments.py) cannot tell two
@@ -158,6 +158,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--settings", nargs="*", default=["default"], choices=list(SETTINGS))
     ap.add_argument("--folds", type=int, default=5)
+    # Another training seed over the same folds (the folds stay seed 0, so settings and seeds are
+    # paired cell by cell): stored as NAME_seedS. Fold k trains with seed 1000 x S + k.
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ax.REPO / "benchmarks" / "results" / "adapt_cv.json"))
     ap.add_argument("--table", action="store_true")
     args = ap.parse_args()
@@ -179,12 +182,15 @@ def main() -> int:
         "folds": args.folds,
         "natural_weights": {LABELS[c]: round(float(w), 4) for c, w in enumerate(weights) if w},
     }
-    for name in args.settings:
-        cfg = SETTINGS[name]
+    for setting in args.settings:
+        cfg = replace(SETTINGS[setting], seed=1000 * args.seed) if args.seed else SETTINGS[setting]
+        name = f"{setting}_seed{args.seed}" if args.seed else setting
         r = run_setting(name, cfg, x, y, fold, unl, pbc, spec)
         r["config"] = cfg.to_json()
         r["summary"] = {v: summarise(y, np.asarray(r["probs"][v]).argmax(1), session, weights) for v in VARIANTS}
-        r["command"] = f".venv/bin/python scripts/adapt_cv.py --settings {name} --folds {args.folds}"
+        r["command"] = f".venv/bin/python scripts/adapt_cv.py --settings {setting} --folds {args.folds}" + (
+            f" --seed {args.seed}" if args.seed else ""
+        )
         results[name] = r
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")

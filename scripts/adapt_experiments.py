@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 from edge_bloodcls.adapt import evaluate as ev  # noqa: E402
 from edge_bloodcls.adapt import finetune as ft  # noqa: E402
-from edge_bloodcls.adapt.core import to_model_size  # noqa: E402
+from edge_bloodcls.adapt.core import lab_stats, to_model_size  # noqa: E402
 from edge_bloodcls.adapt.data import load_labelled, load_unlabelled, paste  # noqa: E402
 from edge_bloodcls.convert import calibrate  # noqa: E402
 from edge_bloodcls.edge_runtime.core.preprocess import load_rgb  # noqa: E402
@@ -82,6 +82,15 @@ EXPERIMENTS = {
     # A second seed of the chosen setting and of plain at 600 steps: how far one run is from another.
     "hed_seed1": (replace(PLAIN, colour_mode="hed", seed=1), "capture", (600,)),
     "plain_600_seed1": (replace(PLAIN, seed=1), "capture", (600,)),
+    # Third round, once home is routed (the base network answers PBC cells): three quarters of each
+    # batch from the site, the lead of the cross-validation (scripts/adapt_cv.py, `site75`), on the
+    # 41-cell protocol; two seeds.
+    "hed_site75": (replace(PLAIN, colour_mode="hed", local_share=0.75), "capture", (600,)),
+    "hed_site75_seed1": (replace(PLAIN, colour_mode="hed", local_share=0.75, seed=1), "capture", (600,)),
+    # Half the PBC cells of each batch given a site crop's look (colour transfer in CIELAB,
+    # Reinhard et al. 2001), so that PBC's thousands of labelled eosinophils and neutrophils are
+    # seen as the site's microscope shows them.
+    "hed_transfer": (replace(PLAIN, colour_mode="hed", transfer=0.5), "capture", (600,)),
 }
 
 
@@ -207,6 +216,8 @@ def run(name, cfg, framing, checkpoints, site_cells, site, ses, unl, pbc, spec, 
         local = site["x"]
     y = site["y"]
     soft = ft.predict(model, spec, pbc["train"]) if cfg.distill else None
+    # The site's looks: its labelled crops and the unlabelled ones (never the validation fields).
+    looks = lab_stats(np.concatenate([local, unl["x"]])) if cfg.transfer else None
     prior_train = ft.training_prior(y, pbc["train_y"], len(LABELS), cfg)
     res = {"config": cfg.to_json(), "framing": framing, "checkpoints": {}}
     done = 0
@@ -232,6 +243,7 @@ def run(name, cfg, framing, checkpoints, site_cells, site, ses, unl, pbc, spec, 
             steps=c - done,
             seed_offset=done,
             base_weights=base_weights,
+            site_looks=looks,
         )
         done = c
         if cfg.pseudo:

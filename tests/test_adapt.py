@@ -307,3 +307,26 @@ def test_paste_puts_the_cell_in_a_local_neighbourhood():
     # Only backgrounds whose own cell the box covers are used; a larger one is the fallback.
     out = paste(cell, 30, [(bg, 80), (bg // 2, 30)], np.random.default_rng(0))
     assert tuple(out[0, 0]) == (110, 110, 110)
+
+
+def test_training_options_reach_the_fine_tune(tmp_path, monkeypatch):
+    """--transfer and --site-share are the fine-tune's (FinetuneConfig transfer, local_share);
+    the run itself is replaced: what is checked is the CLI's mapping, not training."""
+    import edge_bloodcls.adapt.run as run
+
+    seen = {}
+
+    def fake_adapt(opts, log=print):
+        seen.update(opts.ft)
+        return {"bundle": "b.tflite", "skipped": 0}
+
+    monkeypatch.setattr(run, "adapt", fake_adapt)
+    labelled = _site(tmp_path / "labelled", 1, seed=1)
+    args = ["adapt", "--labelled", str(labelled), "--out", str(tmp_path / "out")]
+    res = CliRunner().invoke(main, [*args, "--transfer", "0.5", "--site-share", "0.75"])
+    assert res.exit_code == 0, res.output
+    assert seen["transfer"] == 0.5 and seen["local_share"] == 0.75
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0 and seen["transfer"] == 0.0 and seen["local_share"] == 0.5
+    res = CliRunner().invoke(main, [*args, "--site-share", "0"])  # a batch with no site cell trains nothing
+    assert res.exit_code == 2 and "--site-share" in res.output

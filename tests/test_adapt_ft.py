@@ -51,6 +51,22 @@ def test_hed_round_trip_without_perturbation():
     assert np.allclose(back, x, atol=1e-6)
 
 
+def test_site_look_moves_a_home_crop_to_the_site_crops_colour_statistics():
+    rng = np.random.default_rng(0)
+    # A pinkish "home" crop and a greyish-blue "site" crop, with texture.
+    home = np.clip(rng.normal((230, 190, 200), 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+    site = np.clip(rng.normal((170, 175, 200), 12, (32, 32, 3)), 0, 255).astype(np.uint8)
+    looks = core.lab_stats(np.stack([home, site]))
+    assert looks.shape == (2, 2, 3)
+    moved = core.site_look(home, looks[1])
+    assert moved.shape == home.shape and moved.dtype == np.uint8
+    got = core.lab_stats(moved[None])[0]
+    assert np.allclose(got, looks[1], atol=1.0)  # mean and spread of L, a, b now the site's
+    assert not np.allclose(looks[0], looks[1], atol=1.0)
+    # The crop's own look changes nothing (up to uint8 rounding): the cell's shape is kept.
+    assert np.abs(core.site_look(home, looks[0]).astype(int) - home.astype(int)).max() <= 2
+
+
 def test_wise_mixes_weights_and_returns_the_tuned_ones():
     tf_keras = pytest.importorskip("tf_keras")
     from edge_bloodcls.adapt.finetune import wise
@@ -89,6 +105,37 @@ def test_anchor_keeps_the_weights_near_the_base():
 
     free, anchored = drift(0.0), drift(10.0)
     assert anchored < 0.5 * free, (anchored, free)
+
+
+def test_transfer_gives_home_cells_only_the_sites_looks(monkeypatch):
+    tf_keras = pytest.importorskip("tf_keras")
+    from edge_bloodcls.adapt import finetune
+    from edge_bloodcls.edge_runtime.core.spec import InputSpec
+
+    spec = InputSpec.named(8)
+    rng = np.random.default_rng(0)
+    site_px, home_px = (rng.integers(0, 256, (16, 8, 8, 3)).astype(np.uint8) for _ in range(2))
+    y = rng.integers(0, 2, 16)
+    looks = core.lab_stats(site_px)
+    seen = []
+
+    def spy(img, target):
+        seen.append((img.copy(), target.copy()))
+        return core.site_look(img, target)
+
+    monkeypatch.setattr(finetune, "site_look", spy)
+    model = tf_keras.Sequential(
+        [tf_keras.Input((8, 8, 3)), tf_keras.layers.Flatten(), tf_keras.layers.Dense(2, activation="softmax")]
+    )
+    base = FinetuneConfig(lr=1e-3, batch=8, scale=0.0, blur=0.0, colour=0.0)
+    finetune.train(model, spec, site_px, y, home_px, y, base, steps=3, site_looks=looks)
+    assert seen == []  # off by default
+    cfg = FinetuneConfig(lr=1e-3, batch=8, scale=0.0, blur=0.0, colour=0.0, transfer=1.0)
+    finetune.train(model, spec, site_px, y, home_px, y, cfg, steps=3, site_looks=looks)
+    assert len(seen) == 3 * 4  # every home cell of the 3 batches (4 of 8 each), no site cell
+    homes = {p.tobytes() for p in home_px}
+    assert all(img.tobytes() in homes for img, _ in seen)
+    assert all(any(np.array_equal(t, row) for row in looks) for _, t in seen)
 
 
 def _head_model(tf_keras, seed, name):

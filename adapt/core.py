@@ -65,15 +65,21 @@ _COLOUR = {"stain": _stain_jitter, "light": _light_jitter, "hed": _hed_jitter}
 # --- the site's look on home cells (Reinhard et al. 2001) ---------------------------------------
 
 
+def _lab_moments(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 RGB -> (CIELAB image, per-channel mean, per-channel standard deviation)."""
+    import cv2  # OpenCV, the [edge] extra: loaded when an image is resized or located
+
+    lab = cv2.cvtColor(img.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
+    flat = lab.reshape(-1, 3)
+    return lab, flat.mean(0), flat.std(0) + 1e-3
+
+
 def lab_stats(pixels: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB -> (N, 2, 3): per crop, the mean and standard deviation of each
     CIELAB channel, the "look" (stain, lamp, camera) that colour transfer moves to another crop."""
-    import cv2  # OpenCV, the [edge] extra: loaded when an image is resized or located
-
     out = np.empty((len(pixels), 2, 3), np.float32)
     for i, p in enumerate(pixels):
-        lab = cv2.cvtColor(p.astype(np.float32) / 255, cv2.COLOR_RGB2LAB).reshape(-1, 3)
-        out[i] = lab.mean(0), lab.std(0) + 1e-3
+        out[i] = _lab_moments(p)[1:]
     return out
 
 
@@ -84,10 +90,8 @@ def site_look(img: np.ndarray, target: np.ndarray) -> np.ndarray:
     microscope would show them, where the site labelled ten of each class."""
     import cv2  # OpenCV, the [edge] extra: loaded when an image is resized or located
 
-    lab = cv2.cvtColor(img.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
-    mean, std = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0) + 1e-3
-    lab = (lab - mean) / std * target[1] + target[0]
-    rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
+    lab, mean, std = _lab_moments(img)
+    rgb = cv2.cvtColor(((lab - mean) / std * target[1] + target[0]).astype(np.float32), cv2.COLOR_LAB2RGB)
     return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
 
 

@@ -210,6 +210,7 @@ def self_train(
     pbc_soft=None,
     progress=None,
     base_weights: list | None = None,
+    site_looks: np.ndarray | None = None,
 ) -> np.ndarray:
     """One round after `train`: unlabelled site crops the model is sure of join the labelled ones
     with that label for cfg.pseudo_steps more steps. Returns their pseudo-labels (-1: not used).
@@ -232,6 +233,7 @@ def self_train(
             steps=cfg.pseudo_steps,
             seed_offset=1,
             base_weights=base_weights,
+            site_looks=site_looks,
         )
     return lab
 

@@ -250,7 +250,18 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         site_looks=looks,
     )
     pseudo = ft.self_train(
-        model, spec, local, y, unl_px, pbc_px, pbc.labels, cfg, soft, _progress("self-training", log), base_weights
+        model,
+        spec,
+        local,
+        y,
+        unl_px,
+        pbc_px,
+        pbc.labels,
+        cfg,
+        soft,
+        _progress("self-training", log),
+        base_weights,
+        site_looks=looks,
     )
     if cfg.pseudo and len(unl_px):
         log(

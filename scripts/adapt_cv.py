@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 from edge_bloodcls.adapt import evaluate as ev  # noqa: E402
 from edge_bloodcls.adapt import finetune as ft  # noqa: E402
 from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec  # noqa: E402
+from edge_bloodcls.train.teacher import d4_views  # noqa: E402
 
 DEFAULT = replace(ax.PLAIN, colour_mode="hed", steps=600)  # adapt's defaults
 SETTINGS = {
@@ -63,9 +64,7 @@ def folds(y: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 
 def tta(model, spec, x):
-    views = [np.rot90(x, k, axes=(1, 2)) for k in range(4)]
-    views += [v[:, :, ::-1] for v in views]
-    return np.mean([ft.predict(model, spec, np.ascontiguousarray(v)) for v in views], 0)
+    return np.mean([ft.predict(model, spec, np.ascontiguousarray(v)) for v in d4_views(x)], 0)
 
 
 def run_setting(name, cfg, x, y, fold, unl, pbc, spec) -> dict:

@@ -43,6 +43,7 @@ from edge_bloodcls.adapt.data import load_labelled, load_unlabelled, paste  # no
 from edge_bloodcls.convert import calibrate  # noqa: E402
 from edge_bloodcls.edge_runtime.core.preprocess import load_rgb  # noqa: E402
 from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec  # noqa: E402
+from edge_bloodcls.train.teacher import d4_views  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -180,8 +181,7 @@ def score(model, spec, ses, unl, pbc, prior_train, em: bool = True) -> dict:
     out = {"pbc_test_accuracy": float((pt.argmax(1) == pbc["test_y"]).mean()), "pbc_test_n": int(len(pbc["test_y"]))}
     variants = [("none", p)]
     if em:  # test-time augmentation, the 8 flips and quarter turns averaged: 8x the runtime per cell
-        views = [np.rot90(ses["x"], k, axes=(1, 2)) for k in range(4)]
-        views += [v[:, :, ::-1] for v in views]
+        views = d4_views(ses["x"])
         variants.append(("tta", np.mean([ft.predict(model, spec, np.ascontiguousarray(v)) for v in views], 0)))
         site_prior = ev.em_priors(ft.predict(model, spec, unl["x"]), prior_train)
         out["pbc_test_accuracy_em"] = float((ev.adjust(pt, prior_train, site_prior).argmax(1) == pbc["test_y"]).mean())

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from edge_bloodcls.edge_runtime.core.preprocess import normalise  # noqa: E402
 from edge_bloodcls.edge_runtime.core.spec import LABELS, InputSpec  # noqa: E402
+from edge_bloodcls.train.teacher import d4_views  # noqa: E402
 
 DEPTHS = ("block_2_add", "block_5_add", "block_9_add", "block_12_add", "block_15_add", "out_relu")
 
@@ -35,8 +36,7 @@ def pooled_features(model, spec, x: np.ndarray) -> list[np.ndarray]:
     trunk = model.layers[1]  # the MobileNetV2 trunk between the input and the head
     pool = tf_keras.layers.GlobalAveragePooling2D()
     fx = tf_keras.Model(trunk.input, [pool(trunk.get_layer(n).output) for n in DEPTHS])
-    views = [np.rot90(x, k, axes=(1, 2)) for k in range(4)]
-    views += [v[:, :, ::-1] for v in views]
+    views = d4_views(x)
     total = None
     for v in views:
         v = np.ascontiguousarray(v)

@@ -318,6 +318,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         + (f"; distillation {cfg.distill:g}" if cfg.distill else "")
         + (f"; L2-SP anchor {cfg.anchor:g}" if cfg.anchor else "")
         + (f"; {cfg.transfer:.0%} of the PBC cells in the site's colours" if cfg.transfer else "")
+        + (f"; weights averaged over the last {cfg.average:.0%} of the steps" if cfg.average else "")
         + (f"; WiSE {cfg.wise:g}" if cfg.wise != 1.0 else "")
         + ("; routed: the base network answers home cells, the fine-tuned one the site's" if route_info else ""),
         "route": route_info,
@@ -729,6 +730,14 @@ class AdaptFailed(RuntimeError):
     "transfer) while training (0: off).",
 )
 @click.option(
+    "--average",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Export the mean of the weights over this last share of the steps (stochastic weight "
+    "averaging, snapshots every 10 steps; 0: the last step's weights).",
+)
+@click.option(
     "--site-share",
     type=click.FloatRange(0, 1, min_open=True),
     default=0.5,
@@ -805,6 +814,7 @@ def adapt_cmd(
     distill,
     anchor,
     transfer,
+    average,
     site_share,
     bn,
     pseudo,
@@ -843,6 +853,7 @@ def adapt_cmd(
             "distill": distill,
             "anchor": anchor,
             "transfer": transfer,
+            "average": average,
             "local_share": site_share,
             "bn": bn,
             "pseudo": pseudo,

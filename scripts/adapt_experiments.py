@@ -92,7 +92,27 @@ EXPERIMENTS = {
     # Reinhard et al. 2001), so that PBC's thousands of labelled eosinophils and neutrophils are
     # seen as the site's microscope shows them.
     "hed_transfer": (replace(PLAIN, colour_mode="hed", transfer=0.5), "capture", (600,)),
+    # Fourth round: the weights averaged along the last part of the run (SWA, Izmailov et al. 2018;
+    # SWAD, Cha et al. 2021, for domain generalisation) against the same run's last step, so the
+    # comparison is paired: checkpoint "600" is the last step, "600 avg 1/2" and "600 avg 1/3" the
+    # means of the snapshots (every 10 steps) of the last 300 and 200 steps. Two seeds.
+    "hed_avg": (replace(PLAIN, colour_mode="hed", average=0.5), "capture", (600,)),
+    "hed_avg_seed1": (replace(PLAIN, colour_mode="hed", average=0.5, seed=1), "capture", (600,)),
 }
+
+
+class _TwoAverages:
+    """The snapshots of cfg.average = 1/2 of the steps into one mean, the last 2/3 of them (the
+    run's last third) into a second: two averaging windows from one run."""
+
+    def __init__(self, snapshots: int) -> None:
+        self.half, self.third, self.seen, self.skip = ft.WeightAverage(), ft.WeightAverage(), 0, snapshots // 3
+
+    def add(self, weights) -> None:
+        self.seen += 1
+        self.half.add(weights)
+        if self.seen > self.skip:
+            self.third.add(weights)
 
 
 def cached(name, make):
@@ -230,6 +250,7 @@ def run(name, cfg, framing, checkpoints, site_cells, site, ses, unl, pbc, spec, 
 
     for c in checkpoints:
         wise_alphas = wise_at.get(c, ())
+        averages = _TwoAverages(int(round(cfg.average * (c - done))) // cfg.average_every) if cfg.average else None
         ft.train(
             model,
             spec,
@@ -244,6 +265,7 @@ def run(name, cfg, framing, checkpoints, site_cells, site, ses, unl, pbc, spec, 
             seed_offset=done,
             base_weights=base_weights,
             site_looks=looks,
+            averager=averages,  # a _TwoAverages: train() only calls its add()
         )
         done = c
         if cfg.pseudo:
@@ -265,6 +287,15 @@ def run(name, cfg, framing, checkpoints, site_cells, site, ses, unl, pbc, spec, 
             model.set_weights(tuned)
             r["seconds"] = round(time.time() - t0, 1)
             _print(name, f"{c} wise {a:g}", r)
+        if averages is not None:
+            last = model.get_weights()
+            for label, avg in (("1/2", averages.half), ("1/3", averages.third)):
+                model.set_weights(avg.weights(last))
+                res["checkpoints"][f"{c} avg {label}"] = r = score(model, spec, ses, unl, pbc, prior_train)
+                r["snapshots"] = avg.n
+                r["seconds"] = round(time.time() - t0, 1)
+                _print(name, f"{c} avg {label}", r)
+            model.set_weights(last)
     res["seconds"] = round(time.time() - t0, 1)
     return res
 

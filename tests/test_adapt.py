@@ -310,9 +310,11 @@ def test_paste_puts_the_cell_in_a_local_neighbourhood():
 
 
 def test_training_options_reach_the_fine_tune(tmp_path, monkeypatch):
-    """--transfer and --site-share are the fine-tune's (FinetuneConfig transfer, local_share);
+    """--transfer, --average and --site-share are the fine-tune's (FinetuneConfig transfer, average,
+    local_share);
     the run itself is replaced: what is checked is the CLI's mapping, not training."""
     import edge_bloodcls.adapt.run as run
+    from edge_bloodcls.adapt.finetune import FinetuneConfig
 
     seen = {}
 
@@ -323,10 +325,11 @@ def test_training_options_reach_the_fine_tune(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "adapt", fake_adapt)
     labelled = _site(tmp_path / "labelled", 1, seed=1)
     args = ["adapt", "--labelled", str(labelled), "--out", str(tmp_path / "out")]
-    res = CliRunner().invoke(main, [*args, "--transfer", "0.5", "--site-share", "0.75"])
+    res = CliRunner().invoke(main, [*args, "--transfer", "0.5", "--site-share", "0.75", "--average", "0.25"])
     assert res.exit_code == 0, res.output
-    assert seen["transfer"] == 0.5 and seen["local_share"] == 0.75
+    assert seen["transfer"] == 0.5 and seen["local_share"] == 0.75 and seen["average"] == 0.25
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0 and seen["transfer"] == 0.0 and seen["local_share"] == 0.5
+    assert seen["average"] == FinetuneConfig().average
     res = CliRunner().invoke(main, [*args, "--site-share", "0"])  # a batch with no site cell trains nothing
     assert res.exit_code == 2 and "--site-share" in res.output

@@ -179,3 +179,73 @@ def test_routed_model_answers_with_the_expert_the_router_picks(tmp_path):
     # Halfway, the answer is the mean of the two experts'.
     half = routed(home, site, w, 0.0, name="routed")(x)[0].numpy()
     assert np.allclose(half, (home(x).numpy() + site(x).numpy()) / 2, atol=1e-6)
+
+
+def test_weight_average_is_the_mean_of_the_snapshots():
+    from edge_bloodcls.adapt.finetune import WeightAverage
+
+    snaps = [[np.full((2, 2), v, np.float32), np.array([v, -v], np.float32)] for v in (1.0, 2.0, 6.0)]
+    avg = WeightAverage()
+    for s in snaps:
+        avg.add(s)
+    out = avg.weights(snaps[0])
+    assert avg.n == 3
+    assert np.allclose(out[0], 3.0) and np.allclose(out[1], [3.0, -3.0])
+    assert [w.dtype for w in out] == [np.float32, np.float32]
+
+
+def test_batches_made_ahead_come_in_order_and_errors_reach_the_caller():
+    from edge_bloodcls.adapt.finetune import _ahead
+
+    assert list(_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+
+    def broken():
+        yield 1
+        raise ValueError("bad crop")
+
+    with pytest.raises(ValueError, match="bad crop"):
+        list(_ahead(broken()))
+
+
+def test_average_takes_the_mean_of_the_last_steps_snapshots(monkeypatch):
+    """cfg.average: the model ends on the mean of the snapshots of the last part of the run (every
+    average_every steps), not on its last step; an averager passed in is filled and not applied."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from edge_bloodcls.adapt import finetune
+    from edge_bloodcls.adapt.finetune import WeightAverage, train
+    from edge_bloodcls.edge_runtime.core.spec import InputSpec
+
+    spec = InputSpec.named(8)
+    rng = np.random.default_rng(0)
+    px = rng.integers(0, 256, (16, 8, 8, 3)).astype(np.uint8)
+    y = rng.integers(0, 2, 16)
+
+    def run(cfg, averager=None):
+        tf_keras.utils.set_random_seed(0)
+        model = tf_keras.Sequential(
+            [tf_keras.Input((8, 8, 3)), tf_keras.layers.Flatten(), tf_keras.layers.Dense(2, activation="softmax")]
+        )
+        snaps = []
+
+        class Spy(WeightAverage):
+            def add(self, weights):
+                snaps.append([w.copy() for w in weights])
+                super().add(weights)
+
+        monkeypatch.setattr(finetune, "WeightAverage", Spy)
+        train(model, spec, px, y, px[:0], y[:0], cfg, steps=20, averager=averager)
+        return model.get_weights(), snaps
+
+    plain = FinetuneConfig(lr=1e-2, batch=8, scale=0.0, blur=0.0, colour=0.0)
+    last, none = run(plain)
+    assert none == []  # off by default
+    averaged, snaps = run(
+        FinetuneConfig(lr=1e-2, batch=8, scale=0.0, blur=0.0, colour=0.0, average=0.5, average_every=5)
+    )
+    assert len(snaps) == 2  # steps 15 and 20 of 20: the last half, every 5
+    assert np.allclose(snaps[-1][0], last[0])  # the same run: its last snapshot is the plain run's end
+    assert np.allclose(averaged[0], (snaps[0][0] + snaps[1][0]) / 2)
+    assert not np.allclose(averaged[0], last[0])
+    mine = WeightAverage()
+    kept, _ = run(FinetuneConfig(lr=1e-2, batch=8, scale=0.0, blur=0.0, colour=0.0, average=0.5, average_every=5), mine)
+    assert mine.n == 2 and np.allclose(kept[0], last[0])  # filled, not applied

@@ -26,6 +26,7 @@ home cells with the base network (docs/adapt.md).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -49,6 +50,7 @@ SETTINGS = {
     "site75": replace(DEFAULT, local_share=0.75),  # more of each batch from the site (home is routed)
 }
 VARIANTS = ("none", "em", "tta")
+FOLD_CACHE = ax.CACHE.parent / "adapt_cv_folds"  # finished folds, outside the tree
 
 
 def folds(y: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
@@ -72,8 +74,18 @@ def run_setting(name, cfg, x, y, fold, unl, pbc, spec) -> dict:
 
     oof = {v: np.zeros((len(y), len(LABELS)), np.float32) for v in VARIANTS}
     t0 = time.time()
+    # Each fold's out-of-fold rows are kept outside the tree as they finish: a run stopped part-way
+    # (a session ends) takes up again at the next fold. Keyed by the setting's config and the folds.
+    key = hashlib.sha256(json.dumps([cfg.to_json(), fold.tolist()], sort_keys=True).encode()).hexdigest()[:12]
     for k in np.unique(fold):
         tr, te = fold != k, fold == k
+        done = FOLD_CACHE / f"{name}_{key}_fold{k}.npz"
+        if done.exists():
+            z = np.load(done)
+            for v in VARIANTS:
+                oof[v][te] = z[v]
+            print(f"{name}: fold {k}: {(z['none'].argmax(1) == y[te]).sum()}/{te.sum()} right (kept from {done})")
+            continue
         tf_keras.utils.set_random_seed(cfg.seed + int(k))
         model = tf_keras.models.load_model(ax.MODEL, compile=False)
         ft.train(model, spec, x[tr], y[tr], pbc["train"], pbc["train_y"], replace(cfg, seed=cfg.seed + int(k)))
@@ -83,6 +95,8 @@ def run_setting(name, cfg, x, y, fold, unl, pbc, spec) -> dict:
         oof["none"][te] = p
         oof["em"][te] = ev.adjust(p, prior_train, site_prior)
         oof["tta"][te] = tta(model, spec, x[te])
+        FOLD_CACHE.mkdir(parents=True, exist_ok=True)
+        np.savez(done, **{v: oof[v][te] for v in VARIANTS})
         right = (p.argmax(1) == y[te]).sum()
         print(f"{name}: fold {k}: {right}/{te.sum()} right ({time.time() - t0:.0f}s)", flush=True)
         tf_keras.backend.clear_session()

@@ -10,7 +10,7 @@ help on natural-proportion validation cells (docs/adapt.md).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -207,13 +207,14 @@ def train(
 def _ahead(it):
     """Items of `it`, the next one made in a worker thread while the caller works on this one: the
     augmentation (NumPy, OpenCV: both release the GIL) runs beside the training step instead of
-    before it, a fifth of a step's time on a 2-core CPU."""
+    before it."""
     from concurrent.futures import ThreadPoolExecutor
 
+    end = object()
     with ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(next, it, None)
-        while (item := nxt.result()) is not None:
-            nxt = pool.submit(next, it, None)
+        nxt = pool.submit(next, it, end)
+        while (item := nxt.result()) is not end:
+            nxt = pool.submit(next, it, end)
             yield item
 
 
@@ -281,7 +282,9 @@ def self_train(
             np.concatenate([local_y, lab[keep]]),
             pbc_px,
             pbc_y,
-            cfg,
+            # cfg.average applies to the fine-tune before: self-training starts from its averaged
+            # weights and ends on its own last step.
+            replace(cfg, average=0.0),
             pbc_soft,
             progress,
             steps=cfg.pseudo_steps,

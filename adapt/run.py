@@ -318,7 +318,12 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         + (f"; distillation {cfg.distill:g}" if cfg.distill else "")
         + (f"; L2-SP anchor {cfg.anchor:g}" if cfg.anchor else "")
         + (f"; {cfg.transfer:.0%} of the PBC cells in the site's colours" if cfg.transfer else "")
-        + (f"; weights averaged over the last {cfg.average:.0%} of the steps" if cfg.average else "")
+        + (
+            f"; weights averaged over the last {cfg.average:.0%} of the fine-tune's steps"
+            + (" (before self-training)" if cfg.pseudo else "")
+            if cfg.average
+            else ""
+        )
         + (f"; WiSE {cfg.wise:g}" if cfg.wise != 1.0 else "")
         + ("; routed: the base network answers home cells, the fine-tuned one the site's" if route_info else ""),
         "route": route_info,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -76,7 +77,13 @@ def run_setting(name, cfg, x, y, fold, unl, pbc, spec) -> dict:
     t0 = time.time()
     # Each fold's out-of-fold rows are kept outside the tree as they finish: a run stopped part-way
     # (a session ends) takes up again at the next fold. Keyed by the setting's config and the folds.
-    key = hashlib.sha256(json.dumps([cfg.to_json(), fold.tolist()], sort_keys=True).encode()).hexdigest()[:12]
+    # Keyed by what the fold's training and scoring read: the setting, the folds, the cells, the
+    # unlabelled crops, the PBC cells and the base model.
+    h = hashlib.sha256(json.dumps([cfg.to_json(), fold.tolist()], sort_keys=True).encode())
+    for a in (x, y, unl["x"], pbc["train"], pbc["train_y"]):
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(Path(ax.MODEL).read_bytes())
+    key = h.hexdigest()[:12]
     for k in np.unique(fold):
         tr, te = fold != k, fold == k
         done = FOLD_CACHE / f"{name}_{key}_fold{k}.npz"
@@ -84,7 +91,10 @@ def run_setting(name, cfg, x, y, fold, unl, pbc, spec) -> dict:
             z = np.load(done)
             for v in VARIANTS:
                 oof[v][te] = z[v]
-            print(f"{name}: fold {k}: {(z['none'].argmax(1) == y[te]).sum()}/{te.sum()} right (kept from {done})")
+            print(
+                f"{name}: fold {k}: {(z['none'].argmax(1) == y[te]).sum()}/{te.sum()} right (kept from {done})",
+                flush=True,
+            )
             continue
         tf_keras.utils.set_random_seed(cfg.seed + int(k))
         model = tf_keras.models.load_model(ax.MODEL, compile=False)
@@ -96,7 +106,9 @@ def run_setting(name, cfg, x, y, fold, unl, pbc, spec) -> dict:
         oof["em"][te] = ev.adjust(p, prior_train, site_prior)
         oof["tta"][te] = tta(model, spec, x[te])
         FOLD_CACHE.mkdir(parents=True, exist_ok=True)
-        np.savez(done, **{v: oof[v][te] for v in VARIANTS})
+        part = done.with_suffix(".part.npz")  # renamed when whole: a run killed mid-write leaves no fold
+        np.savez(part, **{v: oof[v][te] for v in VARIANTS})
+        os.replace(part, done)
         right = (p.argmax(1) == y[te]).sum()
         print(f"{name}: fold {k}: {right}/{te.sum()} right ({time.time() - t0:.0f}s)", flush=True)
         tf_keras.backend.clear_session()

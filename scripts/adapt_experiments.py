@@ -288,14 +288,14 @@ def run(name, cfg, framing, checkpoints, site_cells, site, ses, unl, pbc, spec, 
             r["seconds"] = round(time.time() - t0, 1)
             _print(name, f"{c} wise {a:g}", r)
         if averages is not None:
-            last = model.get_weights()
+            end_weights = model.get_weights()
             for label, avg in (("1/2", averages.half), ("1/3", averages.third)):
-                model.set_weights(avg.weights(last))
+                model.set_weights(avg.weights(end_weights))
                 res["checkpoints"][f"{c} avg {label}"] = r = score(model, spec, ses, unl, pbc, prior_train)
                 r["snapshots"] = avg.n
                 r["seconds"] = round(time.time() - t0, 1)
                 _print(name, f"{c} avg {label}", r)
-            model.set_weights(last)
+            model.set_weights(end_weights)
     res["seconds"] = round(time.time() - t0, 1)
     return res
 

@@ -10,8 +10,8 @@ crops are every white cell capture's locate finds in BCCD's fields (without the 
 cells' fields, as adapt --validate leaves them out), and BCCD's fields are small (640x480) for a
 crop about four red cells wide: most crops run past the field's edge, where capture pads with the
 field's background colour. This counts, through the runtime (int8, as capture runs it), the share
-flagged against the share of each crop outside the field (pixels of exactly the crop's padding
-colour, the most common colour on its border), on all crops and on adapt's two halves (the first
+flagged against the share of each crop outside the field (the band of whole rows and columns at
+its edges in the padding colour), on all crops and on adapt's two halves (the first
 half fitted the OOD statistics; the second never seen by the fit).
 """
 
@@ -36,15 +36,22 @@ BINS = ((0.0, 0.05), (0.05, 0.25), (0.25, 1.0))
 
 
 def outside_share(img: np.ndarray) -> float:
-    """Share of a crop's pixels in its padding colour: capture pads the part of a crop beyond the
-    field with one constant colour (the field's median), which a real field pixel almost never
-    matches exactly in all three channels."""
+    """Share of a crop beyond the field. Capture pads that part with one constant colour (the
+    field's median, locate.crop), so it is the band of whole rows and columns at the crop's edges
+    that are entirely in the border's most common colour; a field pixel matching it exactly inside
+    the field does not count, as it never fills a whole row."""
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     colours, counts = np.unique(border.reshape(-1, 3), axis=0, return_counts=True)
-    pad = colours[counts.argmax()]
-    if counts.max() < 0.1 * len(border):  # no constant run on the border: the crop is inside the field
-        return 0.0
-    return float(np.all(img == pad, axis=-1).mean())
+    is_pad = np.all(img == colours[counts.argmax()], axis=-1)  # (H, W)
+
+    def run(flags: np.ndarray) -> int:  # leading whole rows (or columns) of padding
+        return int(np.argmin(flags)) if not flags.all() else len(flags)
+
+    rows, cols = is_pad.all(1), is_pad.all(0)
+    h, w = is_pad.shape
+    top, bottom, left, right = run(rows), run(rows[::-1]), run(cols), run(cols[::-1])
+    inner = max(0, h - top - bottom) * max(0, w - left - right)
+    return 1.0 - inner / (h * w)
 
 
 def main() -> int:

@@ -249,3 +249,30 @@ def test_average_takes_the_mean_of_the_last_steps_snapshots(monkeypatch):
     mine = WeightAverage()
     kept, _ = run(FinetuneConfig(lr=1e-2, batch=8, scale=0.0, blur=0.0, colour=0.0, average=0.5, average_every=5), mine)
     assert mine.n == 2 and np.allclose(kept[0], last[0])  # filled, not applied
+
+
+def test_batches_made_ahead_are_the_batches_made_in_turn(monkeypatch):
+    """The worker thread changes when a batch is made, not which: augmented training with and
+    without it ends on the same weights."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from edge_bloodcls.adapt import finetune
+    from edge_bloodcls.edge_runtime.core.spec import InputSpec
+
+    spec = InputSpec.named(8)
+    rng = np.random.default_rng(0)
+    px = rng.integers(0, 256, (16, 8, 8, 3)).astype(np.uint8)
+    y = rng.integers(0, 2, 16)
+    cfg = FinetuneConfig(lr=1e-2, batch=8, colour_mode="hed")  # flips, rotation, zoom, blur, stain
+
+    def end_weights():
+        tf_keras.utils.set_random_seed(0)
+        model = tf_keras.Sequential(
+            [tf_keras.Input((8, 8, 3)), tf_keras.layers.Flatten(), tf_keras.layers.Dense(2, activation="softmax")]
+        )
+        finetune.train(model, spec, px, y, px, y, cfg, steps=6)
+        return model.get_weights()
+
+    ahead = end_weights()
+    monkeypatch.setattr(finetune, "_ahead", lambda it: it)
+    in_turn = end_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(ahead, in_turn))

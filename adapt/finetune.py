@@ -10,6 +10,7 @@ help on natural-proportion validation cells (docs/adapt.md).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -208,8 +209,6 @@ def _ahead(it):
     """Items of `it`, the next one made in a worker thread while the caller works on this one: the
     augmentation (NumPy, OpenCV: both release the GIL) runs beside the training step instead of
     before it."""
-    from concurrent.futures import ThreadPoolExecutor
-
     end = object()
     with ThreadPoolExecutor(1) as pool:
         nxt = pool.submit(next, it, end)

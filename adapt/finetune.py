@@ -194,7 +194,7 @@ def train(
         averager = WeightAverage()
     average_from = total - int(round(cfg.average * total)) if cfg.average > 0 else total
     losses = []
-    for s, (x, y, soft, mask) in enumerate(_ahead(batches())):
+    for s, (x, y, soft, mask) in enumerate(_ahead(batches()) if MAKE_AHEAD else batches()):
         losses.append(float(step(x, y, soft, mask)))
         if averager is not None and s + 1 > average_from and (total - s - 1) % cfg.average_every == 0:
             averager.add(model.get_weights())
@@ -203,6 +203,13 @@ def train(
     if own_average and averager is not None and averager.n:
         model.set_weights(averager.weights(model.get_weights()))
     return losses
+
+
+# Make the next batch in a worker thread while a step trains? Measured on the project's 2-core
+# machine, idle (scripts/adapt_step_time.py, benchmarks/results/adapt_step_time.json): 2.22 s a
+# step made ahead against 1.95 s made in turn: TensorFlow's step already keeps both cores busy, and
+# the thread only competes with it. Off; the same batches either way (tests/test_adapt_ft.py).
+MAKE_AHEAD = False
 
 
 def _ahead(it):

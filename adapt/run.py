@@ -31,12 +31,14 @@ from PIL import Image
 
 from edge_bloodcls.convert import calibrate, export
 from edge_bloodcls.edge_runtime.core.bundle import BundleError, load_bundle, sha256_file, write_bundle
+from edge_bloodcls.edge_runtime.core.cellhead import CellHead
 from edge_bloodcls.edge_runtime.core.classifier import Classifier
 from edge_bloodcls.edge_runtime.core.images import printable
 from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, normalise
 from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, InputsFailed, require_train_extra
 from edge_bloodcls.tfenv import configure
 
+from . import cellhead as ch
 from . import core
 from . import evaluate as ev
 from . import finetune as ft
@@ -81,6 +83,9 @@ class AdaptOptions:
     # route: the bundle holds the base network for home cells and the fine-tuned one for the site's,
     # with a router (adapt/route.py); shared: the fine-tuned network answers both (half the size).
     home: str = "route"
+    # The cell-feature head (adapt/cellhead.py, edge_runtime/core/cellhead.py): a second expert on
+    # measured cell features, fused with the network's answer for the site's cells.
+    cell_head: bool = True
     ft: dict = field(default_factory=dict)  # FinetuneConfig overrides (steps, lr, pseudo, prior, ...)
 
 
@@ -287,12 +292,22 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     route_info = None
     if opts.home == "route":
         model, route_info = _route(base, model, spec, pbc_px, pbc_val, local, unl_px, val, cfg, log)
-    val_float = None
+    head = _cell_head(local, y, labels, pbc_px, unl_px, pbc_test, val, spec, log) if opts.cell_head else None
+    val_float = val_network = None
     if val is not None:
         # The same held-out cells through the float model: beside the int8 figure below, what
         # quantisation costs the site.
-        val_float = ev.estimate(val.labels, ft.predict(model, spec, val.px).argmax(1), labels)
-        log(f"validation (held out, float, as capture crops them): {val_float.line()}")
+        vp = ft.predict(model, spec, val.px)
+        if head is not None:
+            # The network alone too: what the head adds on these cells, paired.
+            val_network = ev.estimate(val.labels, vp.argmax(1), labels)
+            log(f"validation (held out, float, network alone, as capture crops them): {val_network.line()}")
+            vp = head[1].fuse(vp, ch.features(val.px))
+        val_float = ev.estimate(val.labels, vp.argmax(1), labels)
+        log(
+            f"validation (held out, float{', with the cell-feature head' if head else ''}, as capture crops them): "
+            f"{val_float.line()}"
+        )
 
     site: dict[str, Any] = {
         "adapted_on": {
@@ -325,8 +340,10 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
             else ""
         )
         + (f"; WiSE {cfg.wise:g}" if cfg.wise != 1.0 else "")
-        + ("; routed: the base network answers home cells, the fine-tuned one the site's" if route_info else ""),
+        + ("; routed: the base network answers home cells, the fine-tuned one the site's" if route_info else "")
+        + ("; a cell-feature head fused for the site's cells" if head else ""),
         "route": route_info,
+        "cell_head": head[2] if head else None,
         "prior": prior,
         "base_model": {"path": str(base), "sha256": src.sha256},
         "options": {
@@ -337,12 +354,15 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
             "val_cells": opts.val_cells,
             "review_target": opts.review_target,
             "home": opts.home,
+            "cell_head": opts.cell_head,
         },
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if val is not None and val_float is not None:
         site["validation_sources"] = val.sources
         site["validation_float"] = val_float.to_json()
+        if val_network is not None:
+            site["validation_float_network_alone"] = val_network.to_json()
     bundle = _export(
         opts,
         src,
@@ -362,6 +382,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         val,
         pseudo,
         base_test,
+        head[0] if head else None,
     )
     site["seconds"] = round(time.time() - t0, 1)
     log(f"adapt took {site['seconds']:.0f}s")
@@ -370,6 +391,45 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         "site": site,
         "skipped": cells.skipped + (val.skipped if val else 0) + (len(unl.skipped) if unl else 0),
     }
+
+
+def _cell_head(local, y, labels, pbc_px, unl_px, pbc_test, val, spec, log):
+    """(manifest section, CellHead, what it does on cells it was not fitted on) or None."""
+    t = time.time()
+    half = len(unl_px) // 2
+    local_f = ch.features(local)
+    section = ch.fit(local_f, y, labels, ch.features(pbc_px), np.concatenate([local_f, ch.features(unl_px[:half])]))
+    if section is None:
+        log("cell-feature head: the labelled cells hold one class; no head")
+        return None
+    head = CellHead.from_json(section, labels, "cell_head")
+    checks = {}
+    try:
+        test_px = core.to_model_size([load_rgb(p) for p in pbc_test.paths], spec.size)
+    except ImageError as e:
+        raise AdaptInputError(f"PBC: {e}") from None
+    for what, px, site_side in (
+        ("pbc_test", test_px, False),
+        ("unlabelled_held_out", unl_px[half:], True),
+        ("validate", val.px if val is not None else unl_px[:0], True),
+    ):
+        if len(px):
+            g, _ = head.parts(ch.features(px))
+            checks[what] = {"cells": len(px), "routed_right": round(float(((g >= 0.5) == site_side).mean()), 4)}
+    log(
+        f"cell-feature head on {len(y)} labelled cells ({', '.join(section['classes'])}); its router: "
+        + ", ".join(f"{k} {v['routed_right']:.1%} of {v['cells']} routed right" for k, v in checks.items())
+        + f" ({time.time() - t:.0f}s)"
+    )
+    info = {
+        "features": section["features"],
+        "classes": section["classes"],
+        "fitted_on": section["fitted_on"],
+        "checks": checks,
+        "how": "log p += g x (log q - mean log q) on the head's classes, g its router's "
+        "'a cell of the site', q its logistic regression on 66 cell features (edge_runtime/core/cellhead.py)",
+    }
+    return section, head, info
 
 
 def _route(base: Path, site_model, spec, pbc_px, pbc_val, local, unl_px, val, cfg, log):
@@ -458,6 +518,7 @@ def _export(
     val=None,
     pseudo=None,
     base_test=None,
+    cell_head=None,
 ) -> Path:
     """Convert in a staging folder inside OUTDIR, check the bundle through the runtime, then write
     it to OUTDIR with the site section (manifest last)."""
@@ -535,10 +596,21 @@ def _export(
             log(f"per-tensor int8 failed the gate ({e}); exporting per-channel int8")
             res = export.run(replace(eo, per_tensor=False))
         staged = load_bundle(res["bundle"])
+        if cell_head is not None:
+            # The head joins the staged bundle before any check: every figure below, and the
+            # site's temperature and review threshold, are those of the fused answer.
+            staged = write_bundle(
+                staged.tflite.read_bytes(),
+                {**staged.manifest, "cell_head": cell_head},
+                staged.tflite.parent,
+                staged.name,
+                staged.trust_path.read_bytes() if staged.trust_path else None,
+            )
         clf = Classifier(staged)
         checks = {
             "val_accuracy_int8": res["metrics"]["exported"]["accuracy"],
-            "val": "PBC val sample + the local cells (in-sample)",
+            "val": "PBC val sample + the local cells (in-sample)"
+            + ("; the network alone, before the cell-feature head" if cell_head is not None else ""),
         }
         if staged.trust is None:
             raise AdaptFailed(f"{res['bundle']}: the exported bundle has no trust statistics")
@@ -620,9 +692,10 @@ def _export(
                     k: manifest["trust"][k] for k in ("temperature", "review_threshold", "review_target_accuracy")
                 },
                 "note": "temperature and review threshold refitted on PBC val (int8)"
+                + (", the network fused with its cell-feature head" if cell_head is not None else "")
                 + (" + the --validate cells (held out)" if val is not None else "")
                 + "; 'val' above is convert's fit, where the local cells are "
-                "in-sample",
+                "in-sample" + (" (the network alone, before the cell-feature head)" if cell_head is not None else ""),
             },
         }
         b = sp["by_set"]
@@ -801,6 +874,13 @@ class AdaptFailed(RuntimeError):
     help="route: the bundle keeps the base network for home (PBC) cells and routes the site's cells to "
     "the fine-tuned one (twice the size and time per cell); shared: the fine-tuned network answers both.",
 )
+@click.option(
+    "--cell-head/--no-cell-head",
+    default=True,
+    show_default=True,
+    help="Fuse a second expert for the site's cells: a logistic regression on measured cell features "
+    "(granule colour, nucleus lobes and shape, texture) fitted on the labelled cells (docs/adapt.md).",
+)
 @click.option("--seed", default=0, show_default=True)
 def adapt_cmd(
     labelled,
@@ -830,6 +910,7 @@ def adapt_cmd(
     data_root,
     test_cells,
     home,
+    cell_head,
     seed,
 ):
     """Adapt the model to a new microscope; prints the new bundle's path last."""
@@ -848,6 +929,7 @@ def adapt_cmd(
         test_cells=test_cells,
         review_target=review_target,
         home=home,
+        cell_head=cell_head,
         ft={
             "steps": steps,
             "lr": lr,

@@ -371,6 +371,8 @@ def _site(manifest: dict) -> str | None:
         )
     if isinstance(site.get("route"), dict):  # adapt --home route: two networks in the bundle
         parts.append("routed (base network for home cells)")
+    if isinstance(site.get("cell_head"), dict):  # adapt --cell-head: a second expert for the site's cells
+        parts.append("with a cell-feature head")
     return ", ".join(parts)
 
 

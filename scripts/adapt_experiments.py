@@ -200,6 +200,9 @@ def score(model, spec, ses, unl, pbc, prior_train, em: bool = True) -> dict:
     pt = ft.predict(model, spec, pbc["test"])
     out = {"pbc_test_accuracy": float((pt.argmax(1) == pbc["test_y"]).mean()), "pbc_test_n": int(len(pbc["test_y"]))}
     variants = [("none", p)]
+    # Per-cell probabilities, in the order of the validation cells: what a combination of this
+    # network with the cell-feature head (scripts/adapt_cellhead.py) is scored from.
+    out["proba_none"] = np.round(p, 4).tolist()
     if em:  # test-time augmentation, the 8 flips and quarter turns averaged: 8x the runtime per cell
         views = d4_views(ses["x"])
         variants.append(("tta", np.mean([ft.predict(model, spec, np.ascontiguousarray(v)) for v in views], 0)))

@@ -1,5 +1,5 @@
 """Seconds per training step of adapt's fine-tune on this machine, with the next batch made in a
-worker thread (adapt/finetune.py `_ahead`, the default) and made in turn before each step.
+worker thread (adapt/finetune.py `_ahead`, `MAKE_AHEAD`) and made in turn before each step (the default).
 
     .venv/bin/python scripts/adapt_step_time.py [--steps 30] [--repeats 2]
 
@@ -58,14 +58,13 @@ def main() -> int:
     _, site, _, _, pbc = ax.inputs(spec)
     cfg = ft.FinetuneConfig(steps=600, colour_mode="hed")  # adapt's defaults (adapt/run.py)
     model = tf_keras.models.load_model(ax.MODEL, compile=False)
-    ahead = ft._ahead
     times: dict[str, list[float]] = {"ahead": [], "in_turn": []}
     for _ in range(args.repeats):
         for way in times:
-            ft._ahead = ahead if way == "ahead" else (lambda it: it)
+            ft.MAKE_AHEAD = way == "ahead"
             times[way].append(seconds_per_step(model, spec, site, pbc, cfg, args.steps))
             print(f"{way}: {times[way][-1]:.3f} s a step", flush=True)
-    ft._ahead = ahead
+    ft.MAKE_AHEAD = False
     res = {
         "seconds_per_step": {k: round(float(np.median(v)), 3) for k, v in times.items()},
         "runs": {k: [round(x, 3) for x in v] for k, v in times.items()},

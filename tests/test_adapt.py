@@ -180,6 +180,14 @@ def test_site_learned_and_bundle_complete(base, adapted):
     assert route["checks"]["pbc_val"]["routed_right"] >= 0.9
     assert route["checks"]["validate"]["cells"] == 12 and route["checks"]["validate"]["routed_right"] >= 0.9
     assert t["accuracy_int8"] >= t["accuracy_base_float"] - 0.1, t
+    # The cell-feature head (on by default): fitted on the labelled cells' classes, its own router
+    # checked on cells it was not fitted on; the bundle carries it and the runtime fuses with it.
+    head = site["cell_head"]
+    assert head["classes"] == ["basophil", *SITE_CLASSES] and bundle.head is not None
+    assert head["checks"]["pbc_test"]["routed_right"] >= 0.9 and head["checks"]["validate"]["cells"] == 12
+    assert bundle.manifest["cell_head"]["fitted_on"]["labelled"]["neutrophil"] == 6
+    assert bundle.manifest["schema"] == 2  # a runtime that would ignore the head refuses the bundle
+    assert site["validation_float_network_alone"]["n"] == site["validation_float"]["n"] == 12
     # Two networks and the router (a weight per pooled feature, 16, and a bias) in one bundle.
     n_base = tf_keras.models.load_model(base / "run" / "model.keras", compile=False).count_params()
     assert bundle.manifest["params"] == 2 * n_base + 16 + 1
@@ -201,11 +209,20 @@ def test_site_learned_and_bundle_complete(base, adapted):
     listing = CliRunner().invoke(main, ["models", "--dir", str(d / "out")])
     assert listing.exit_code == 0 and bundle.name in listing.output and "site-adapted on 25 cells" in listing.output
     assert "held-out" in listing.output and "PBC test" in listing.output and "(base " in listing.output
-    assert "routed (base network for home cells)" in listing.output
+    assert "routed (base network for home cells)" in listing.output and "with a cell-feature head" in listing.output
 
 
 def validate_files(d):
     return sorted((d / "validate").rglob("*.png"))
+
+
+def test_no_cell_head_gives_the_network_alone(base, tmp_path):
+    labelled = _site(tmp_path / "labelled", 3, seed=1)
+    res = _adapt(base, labelled, tmp_path / "out", "--no-cell-head", "--steps", "20")
+    assert res.exit_code == 0, res.output
+    bundle = load_bundle(res.output.strip().splitlines()[-1])
+    assert bundle.head is None and bundle.manifest["site"]["cell_head"] is None
+    assert bundle.manifest["schema"] == 1 and "cell-feature head" not in res.output
 
 
 def test_a_cell_both_trained_on_and_validating_is_refused(base, tmp_path):
@@ -311,7 +328,7 @@ def test_paste_puts_the_cell_in_a_local_neighbourhood():
 
 def test_training_options_reach_the_fine_tune(tmp_path, monkeypatch):
     """--transfer, --average and --site-share are the fine-tune's (FinetuneConfig transfer, average,
-    local_share);
+    local_share), --no-cell-head the options';
     the run itself is replaced: what is checked is the CLI's mapping, not training."""
     import edge_bloodcls.adapt.run as run
     from edge_bloodcls.adapt.finetune import FinetuneConfig
@@ -319,7 +336,7 @@ def test_training_options_reach_the_fine_tune(tmp_path, monkeypatch):
     seen = {}
 
     def fake_adapt(opts, log=print):
-        seen.update(opts.ft)
+        seen.update(opts.ft, cell_head=opts.cell_head)
         return {"bundle": "b.tflite", "skipped": 0}
 
     monkeypatch.setattr(run, "adapt", fake_adapt)
@@ -330,6 +347,8 @@ def test_training_options_reach_the_fine_tune(tmp_path, monkeypatch):
     assert seen["transfer"] == 0.5 and seen["local_share"] == 0.75 and seen["average"] == 0.25
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0 and seen["transfer"] == 0.0 and seen["local_share"] == 0.5
-    assert seen["average"] == FinetuneConfig().average
+    assert seen["average"] == FinetuneConfig().average and seen["cell_head"] is True
+    res = CliRunner().invoke(main, [*args, "--no-cell-head"])
+    assert res.exit_code == 0 and seen["cell_head"] is False
     res = CliRunner().invoke(main, [*args, "--site-share", "0"])  # a batch with no site cell trains nothing
     assert res.exit_code == 2 and "--site-share" in res.output

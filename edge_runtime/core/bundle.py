@@ -20,10 +20,16 @@ import numpy as np
 
 from edge_bloodcls import __version__
 
+from .cellhead import CellHead, CellHeadError
 from .spec import LABELS, InputSpec
 from .trust import TrustError, TrustStats
 
 SCHEMA = 1
+# Schema 2: a manifest with a cell-feature head (core/cellhead.py). Its temperature, review
+# threshold and figures are the fused answer's, so a runtime that would ignore the head must refuse
+# the bundle instead: toolkits that read schema 1 only do.
+SCHEMA_HEAD = 2
+SCHEMAS = (SCHEMA, SCHEMA_HEAD)
 # resolve(): under a strict editable install __file__ is a link; name the real folder.
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 # The most accurate bundled model, and the fastest one that is still accurate (issue 13; their
@@ -44,6 +50,7 @@ class Bundle:
     tflite: Path
     manifest: dict
     trust: TrustStats | None = None  # None: an older bundle, without OOD statistics or calibration
+    head: CellHead | None = None  # the cell-feature head of an adapted bundle (core/cellhead.py)
 
     @property
     def name(self) -> str:
@@ -106,10 +113,13 @@ def _check_manifest(m, where: Path) -> None:
     """The manifest's own consistency; its agreement with the model is checked by the Classifier."""
     if not isinstance(m, dict):
         raise BundleError(f"{where}: the manifest is a JSON {type(m).__name__}, not an object")
-    if m.get("schema") != SCHEMA:
+    if m.get("schema") not in SCHEMAS:
         raise BundleError(
-            f"{where}: manifest schema {m.get('schema')!r} is not supported (this toolkit reads schema {SCHEMA})"
+            f"{where}: manifest schema {m.get('schema')!r} is not supported (this toolkit reads schemas "
+            f"{', '.join(map(str, SCHEMAS))})"
         )
+    if (m.get("cell_head") is not None) != (m.get("schema") == SCHEMA_HEAD):
+        raise BundleError(f"{where}: manifest schema {m.get('schema')!r} and its cell_head section disagree")
     missing = [k for k in ("name", "labels", "input", "output", "tflite_sha256") if k not in m]
     if missing:
         raise BundleError(f"{where}: manifest lacks {', '.join(missing)}")
@@ -168,6 +178,15 @@ def _load_trust(m: dict, tflite: Path, where: Path, verify: bool) -> TrustStats 
         raise BundleError(f"{path}: unreadable trust statistics ({e})") from None
 
 
+def _load_head(m: dict, where: Path) -> CellHead | None:
+    if m.get("cell_head") is None:
+        return None
+    try:
+        return CellHead.from_json(m["cell_head"], list(m["labels"]), str(where))
+    except CellHeadError as e:
+        raise BundleError(str(e)) from None
+
+
 def load_bundle(path=None, verify: bool = True) -> Bundle:
     """Read and check a bundle: NAME.tflite, NAME.json, NAME, or None for the bundled default."""
     tflite, manifest_path = _paths(path if path is not None else MODELS_DIR / DEFAULT_MODEL)
@@ -202,7 +221,9 @@ def load_bundle(path=None, verify: bool = True) -> Bundle:
                 f"{tflite}: sha256 {actual[:12]}… does not match the manifest's "
                 f"{manifest['tflite_sha256'][:12]}… (modified or corrupt file); refusing to load"
             )
-    return Bundle(tflite, manifest, _load_trust(manifest, tflite, manifest_path, verify))
+    return Bundle(
+        tflite, manifest, _load_trust(manifest, tflite, manifest_path, verify), _load_head(manifest, manifest_path)
+    )
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -222,9 +243,11 @@ def write_bundle(
     name = name or manifest["name"]
     if "/" in name or name.startswith("."):
         raise BundleError(f"{name!r}: a bundle name cannot hold '/' or start with '.'")
+    if manifest.get("cell_head") is not None:  # refused here, before any file is written
+        _load_head(manifest, Path(out_dir) / f"{name or manifest['name']}.json")
     m = {
-        "schema": SCHEMA,
         **{k: v for k, v in manifest.items() if k != "manifest_sha256"},
+        "schema": SCHEMA_HEAD if manifest.get("cell_head") is not None else SCHEMA,
         "name": name,
         "tflite_sha256": hashlib.sha256(tflite_bytes).hexdigest(),
         "size_bytes": len(tflite_bytes),

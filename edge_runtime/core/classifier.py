@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bundle import Bundle, BundleError, load_bundle
+from .cellhead import cell_features
 from .interpreter import make_interpreter
 from .preprocess import pixels_of, prepare
 from .trust import colour_features, review_reason
@@ -48,6 +49,7 @@ class Classifier:
         self.labels = bundle.labels
         self.spec = bundle.spec
         self.trust = bundle.trust
+        self.head = bundle.head
         self.interpreter, self.info = make_interpreter(bundle.tflite, threads, device)
         self._in = self.interpreter.get_input_details()[0]
         self._out, self._feat = self._outputs(self.interpreter.get_output_details())
@@ -127,15 +129,19 @@ class Classifier:
 
     def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
         """One float32 model input (H, W, 3) -> (raw probabilities, pooled features or None,
-        invoke milliseconds)."""
+        invoke milliseconds). Raw: the model's, fused with the bundle's cell-feature head where it
+        has one (core/cellhead.py), before calibration."""
         self.interpreter.set_tensor(self._in["index"], self.quantize_input(x[None]))
         t = time.perf_counter()
         self.interpreter.invoke()
         ms = (time.perf_counter() - t) * 1000
-        return self._read(self._out), (self._read(self._feat) if self._feat is not None else None), ms
+        probs = self._read(self._out)
+        if self.head is not None:
+            probs = self.head.fuse(probs, cell_features(pixels_of(x, self.spec)))[0]
+        return probs, (self._read(self._feat) if self._feat is not None else None), ms
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, float]:
-        """One float32 model input (H, W, 3) -> (the model's own probabilities, invoke milliseconds)."""
+        """One float32 model input (H, W, 3) -> (raw probabilities, as `infer`; invoke milliseconds)."""
         probs, _, ms = self.infer(x)
         return probs, ms
 
@@ -147,7 +153,8 @@ class Classifier:
 
     def predict_many(self, xs) -> dict:
         """Float32 model inputs, one at a time as on the Pi -> {"probs": calibrated (N, C),
-        "raw": model probabilities, "features": (N, D) or None, "ood_score": (N,) or None,
+        "raw": uncalibrated probabilities (as `infer`: with the cell-feature head where there is
+        one), "features": (N, D) or None, "ood_score": (N,) or None,
         "colour_score": (N,) or None, "ood": (N,) bool or None (either score over its threshold),
         "ms": (N,)}."""
         raws: list[np.ndarray] = []

@@ -393,6 +393,32 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     }
 
 
+def _pbc_px(images, spec) -> np.ndarray:
+    try:
+        return core.to_model_size([load_rgb(p) for p in images.paths], spec.size)
+    except ImageError as e:
+        raise AdaptInputError(f"PBC: {e}") from None
+
+
+def _router_checks(home_px, unl_held_out, val, gate, home_name: str) -> dict:
+    """What a router does on cells it was not fitted on: home cells (PBC), the held-out half of the
+    unlabelled crops and the --validate cells (the site's); `gate(px)` gives its g per cell."""
+    checks = {}
+    for what, px, site_side in (
+        (home_name, home_px, False),
+        ("unlabelled_held_out", unl_held_out, True),
+        ("validate", val.px if val is not None else unl_held_out[:0], True),
+    ):
+        if len(px):
+            right = (gate(px) >= 0.5) == site_side
+            checks[what] = {"cells": len(px), "routed_right": round(float(right.mean()), 4)}
+    return checks
+
+
+def _routed(checks: dict) -> str:
+    return ", ".join(f"{k} {v['routed_right']:.1%} of {v['cells']} routed right" for k, v in checks.items())
+
+
 def _cell_head(local, y, labels, pbc_px, unl_px, pbc_test, val, spec, log):
     """(manifest section, CellHead, what it does on cells it was not fitted on) or None."""
     t = time.time()
@@ -403,23 +429,12 @@ def _cell_head(local, y, labels, pbc_px, unl_px, pbc_test, val, spec, log):
         log("cell-feature head: the labelled cells hold one class; no head")
         return None
     head = CellHead.from_json(section, labels, "cell_head")
-    checks = {}
-    try:
-        test_px = core.to_model_size([load_rgb(p) for p in pbc_test.paths], spec.size)
-    except ImageError as e:
-        raise AdaptInputError(f"PBC: {e}") from None
-    for what, px, site_side in (
-        ("pbc_test", test_px, False),
-        ("unlabelled_held_out", unl_px[half:], True),
-        ("validate", val.px if val is not None else unl_px[:0], True),
-    ):
-        if len(px):
-            g, _ = head.parts(ch.features(px))
-            checks[what] = {"cells": len(px), "routed_right": round(float(((g >= 0.5) == site_side).mean()), 4)}
+    checks = _router_checks(
+        _pbc_px(pbc_test, spec), unl_px[half:], val, lambda px: head.parts(ch.features(px))[0], "pbc_test"
+    )
     log(
         f"cell-feature head on {len(y)} labelled cells ({', '.join(section['classes'])}); its router: "
-        + ", ".join(f"{k} {v['routed_right']:.1%} of {v['cells']} routed right" for k, v in checks.items())
-        + f" ({time.time() - t:.0f}s)"
+        f"{_routed(checks)} ({time.time() - t:.0f}s)"
     )
     info = {
         "features": section["features"],
@@ -440,24 +455,10 @@ def _route(base: Path, site_model, spec, pbc_px, pbc_val, local, unl_px, val, cf
     half = len(unl_px) // 2
     site_px = np.concatenate([local, unl_px[:half]]) if half else local
     w, b = rt.fit_router(rt.pooled(home_model, spec, pbc_px), rt.pooled(home_model, spec, site_px), cfg.seed)
-    checks = {}
-    try:
-        val_px = core.to_model_size([load_rgb(p) for p in pbc_val.paths], spec.size)
-    except ImageError as e:
-        raise AdaptInputError(f"PBC: {e}") from None
-    for what, px, site_side in (
-        ("pbc_val", val_px, False),
-        ("unlabelled_held_out", unl_px[half:], True),
-        ("validate", val.px if val is not None else unl_px[:0], True),
-    ):
-        if len(px):
-            g = rt.gate(rt.pooled(home_model, spec, px), w, b)
-            right = (g >= 0.5) == site_side
-            checks[what] = {"cells": len(px), "routed_right": round(float(right.mean()), 4)}
-    log(
-        "router (base network's features, logistic regression): "
-        + ", ".join(f"{k} {v['routed_right']:.1%} of {v['cells']} routed right" for k, v in checks.items())
+    checks = _router_checks(
+        _pbc_px(pbc_val, spec), unl_px[half:], val, lambda px: rt.gate(rt.pooled(home_model, spec, px), w, b), "pbc_val"
     )
+    log(f"router (base network's features, logistic regression): {_routed(checks)}")
     if any(c["routed_right"] < 0.9 for c in checks.values()):
         # Home and site cells that look alike (the same microscope adapted again): g stays between
         # 0 and 1 and the two networks' answers are averaged. Both were trained on such cells, so

@@ -217,6 +217,8 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
             calibrate.from_split(split_csv, "test", opts.data_root), opts.test_cells or None, cfg.seed
         )
         pbc_px = core.to_model_size([load_rgb(p) for p in pbc.paths], spec.size)
+        # Read once: the base model's figure, the head's router check and the bundle's home check.
+        test_px = core.to_model_size([load_rgb(p) for p in pbc_test.paths], spec.size)
     except ImageError as e:
         raise AdaptInputError(f"PBC: {e}") from None
     except (OSError, ValueError) as e:
@@ -230,7 +232,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         base,
         pbc_test,
         opts.test_cells,
-        lambda: ft.predict(model, spec, core.to_model_size([load_rgb(p) for p in pbc_test.paths], spec.size)),
+        lambda: ft.predict(model, spec, test_px),
     )
     soft = ft.predict(model, spec, pbc_px) if cfg.distill else None
     base_weights = model.get_weights() if cfg.wise != 1.0 or cfg.anchor > 0 else None
@@ -292,7 +294,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     route_info = None
     if opts.home == "route":
         model, route_info = _route(base, model, spec, pbc_px, pbc_val, local, unl_px, val, cfg, log)
-    head = _cell_head(local, y, labels, pbc_px, unl_px, pbc_test, val, spec, log) if opts.cell_head else None
+    head = _cell_head(local, y, labels, pbc_px, unl_px, test_px, val, log) if opts.cell_head else None
     val_float = val_network = None
     if val is not None:
         # The same held-out cells through the float model: beside the int8 figure below, what
@@ -375,6 +377,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         calibrate.sample(pbc, 600, cfg.seed),
         pbc_val,
         pbc_test,
+        test_px,
         site,
         unl_px,
         labels,
@@ -419,7 +422,7 @@ def _routed(checks: dict) -> str:
     return ", ".join(f"{k} {v['routed_right']:.1%} of {v['cells']} routed right" for k, v in checks.items())
 
 
-def _cell_head(local, y, labels, pbc_px, unl_px, pbc_test, val, spec, log):
+def _cell_head(local, y, labels, pbc_px, unl_px, test_px, val, log):
     """(manifest section, CellHead, what it does on cells it was not fitted on) or None."""
     t = time.time()
     half = len(unl_px) // 2
@@ -429,9 +432,7 @@ def _cell_head(local, y, labels, pbc_px, unl_px, pbc_test, val, spec, log):
         log("cell-feature head: the labelled cells hold one class; no head")
         return None
     head = CellHead.from_json(section, labels, "cell_head")
-    checks = _router_checks(
-        _pbc_px(pbc_test, spec), unl_px[half:], val, lambda px: head.parts(ch.features(px))[0], "pbc_test"
-    )
+    checks = _router_checks(test_px, unl_px[half:], val, lambda px: head.parts(ch.features(px))[0], "pbc_test")
     log(
         f"cell-feature head on {len(y)} labelled cells ({', '.join(section['classes'])}); its router: "
         f"{_routed(checks)} ({time.time() - t:.0f}s)"
@@ -512,6 +513,7 @@ def _export(
     pbc,
     pbc_val,
     pbc_test,
+    test_px,
     site,
     unl_px,
     labels,
@@ -636,7 +638,7 @@ def _export(
                 checks[f"ood_{what}"] = float(o["ood"].mean())
         # What the home site keeps: the int8 bundle on the PBC test split, as the runtime runs it.
 
-        test_raw = run(core.to_model_size([load_rgb(p) for p in pbc_test.paths], src.spec.size))["raw"]
+        test_raw = run(test_px)["raw"]
         site["pbc_test"] = {
             "accuracy_int8": float((test_raw.argmax(1) == pbc_test.labels).mean()),
             "accuracy_base_float": base_test,

@@ -60,11 +60,10 @@ def base_pbc_test(spec, pbc) -> np.ndarray:
     return ax.cached("base_pbc_test", make)["p"]
 
 
-def protocol_41(site, ses, unl, pbc, spec, runs: dict) -> dict:
+def protocol_41(site, ses, unl, pbc, f_home, spec, runs: dict) -> dict:
     half = len(unl["x"]) // 2
     f_site = ch.features(site["x"])
     f_ses = ch.features(ses["x"])
-    f_home = ch.features(pbc["train"])
     section = ch.fit(f_site, site["y"], LABELS, f_home, np.concatenate([f_site, ch.features(unl["x"][:half])]))
     head = CellHead.from_json(section, LABELS, "cell_head")
     y, part = ses["y"], ses["part"]
@@ -134,14 +133,13 @@ def choose_c(site, grid=(0.1, 0.3, 1.0, 3.0), repeats: int = 10) -> dict:
     }
 
 
-def protocol_cv(site, ses, unl, pbc, cv_results: dict) -> dict:
+def protocol_cv(site, ses, unl, f_home, cv_results: dict) -> dict:
     x = np.concatenate([site["x"], ses["x"]])
     y = np.concatenate([site["y"], ses["y"]])
     session = np.r_[np.zeros(len(site["y"]), bool), np.ones(len(ses["y"]), bool)]
     fold = cvx.folds(y, cv_results["_about"]["folds"])
     weights = cvx.natural_weights(ses["y"])
     f = ch.features(x)
-    f_home = ch.features(pbc["train"])
     f_unl = ch.features(unl["x"][: len(unl["x"]) // 2])
     logq = np.full((len(y), len(LABELS)), -np.inf)
     fuse_parts = {}
@@ -263,13 +261,14 @@ def main() -> int:
         return 0
     spec = InputSpec.named(160)
     _, site, ses, unl, pbc = ax.inputs(spec)
+    f_home = ch.features(pbc["train"])  # the routers' home cells, in both protocols
     res = {
         "_about": __doc__.split("\n\n", 2)[1].strip(),
         "command": ".venv/bin/python scripts/adapt_cellhead.py"
         + (f" --runs {args.runs}" if args.runs != str(RUNS) else ""),
         "choose_c": choose_c(site),
-        "protocol_41": protocol_41(site, ses, unl, pbc, spec, json.loads(Path(args.runs).read_text())),
-        "protocol_cv": protocol_cv(site, ses, unl, pbc, json.loads(Path(args.cv).read_text())),
+        "protocol_41": protocol_41(site, ses, unl, pbc, f_home, spec, json.loads(Path(args.runs).read_text())),
+        "protocol_cv": protocol_cv(site, ses, unl, f_home, json.loads(Path(args.cv).read_text())),
     }
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     print(table(res))

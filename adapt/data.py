@@ -9,6 +9,7 @@ counted; an input that leaves nothing to learn from is an AdaptInputError (exit 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from edge_bloodcls.edge_runtime.core.bundle import BundleError, load_bundle
 from edge_bloodcls.edge_runtime.core.images import list_class_images, list_images, printable
 from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb
 from edge_bloodcls.edge_runtime.lab.store import SessionFileError, SessionStore
+
+from .evaluate import field_stem
 
 
 class AdaptInputError(ValueError):
@@ -142,17 +145,34 @@ def _from_dir(root: Path, labels) -> Cells:
     return out
 
 
-def _from_session(path: Path, labels) -> Cells:
-    """Cells a technologist reviewed in a capture log, read through the session store (which asks
-    SQLite, not the file's bytes, whether it is a log, and upgrades an older one first)."""
+def source_fields(source) -> set[str]:
+    """Stems of the field images a labelled source's cells were cut from: a class folder's crops
+    are named FIELD_N.jpg (evaluate.field_stem), a session log's reviewed cells name their frames.
+    adapt leaves these fields out of its unlabelled crops when the source validates it."""
+    p = Path(source)
+    if p.is_dir():
+        return {field_stem(f.name) for f in p.rglob("*") if f.is_file()}
+    if p.is_file():
+        return {Path(n).stem for n in _read_session(p, SessionStore.reviewed_frame_names)}
+    return set()  # reported when the cells are read
+
+
+def _read_session(path: Path, read: Callable[[SessionStore], list]) -> list:
+    """One of the store's reads of a session log, its errors as one line (exit 2). The store asks
+    SQLite, not the file's bytes, whether it is a log, and upgrades an older one first."""
     try:
         with SessionStore(path) as store:
-            rows = store.reviewed_crops()
+            return read(store)
     except SessionFileError as e:
         msg = str(e)
         if "not an SQLite database" in msg:
             raise AdaptInputError(f"{printable(path)}: neither a folder nor a session log (not SQLite)") from None
         raise AdaptInputError(msg) from None
+
+
+def _from_session(path: Path, labels) -> Cells:
+    """Cells a technologist reviewed in a capture log: the reviewed label and the stored crop."""
+    rows = _read_session(path, SessionStore.reviewed_crops)
     unknown = sorted({r[1] for r in rows} - set(labels))
     if unknown:
         raise AdaptInputError(

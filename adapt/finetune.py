@@ -17,6 +17,7 @@ import numpy as np
 
 from edge_bloodcls.edge_runtime.core.preprocess import normalise
 
+from . import core
 from .core import augment, site_look
 
 
@@ -30,6 +31,7 @@ class FinetuneConfig:
     colour_mode: str = "stain"  # adapt/core.py: "stain" (hue mix), "light" (brightness/contrast only), "hed"
     scale: float = 0.15  # random zoom in/out
     blur: float = 1.0  # largest Gaussian blur sigma (0: none)
+    freeze: int = 0  # > 0: backbone layers finer than 1/freeze of the input keep the base's weights (set_bn)
     bn: str = "train"  # "train": BatchNorm statistics follow the mixed batches; "frozen": the base's
     distill: float = 0.0  # weight of the KL to the base model's answers on the PBC half (0: off)
     temperature: float = 2.0  # of the distillation
@@ -54,13 +56,32 @@ def _aug(px: np.ndarray, rng, cfg: FinetuneConfig) -> np.ndarray:
 
 def set_bn(model, cfg: FinetuneConfig) -> None:
     """All layers trainable; with bn "frozen", BatchNorm layers run on the base's statistics
-    (a non-trainable tf_keras BatchNormalization runs in inference mode)."""
+    (a non-trainable tf_keras BatchNormalization runs in inference mode). cfg.freeze = N > 0: the
+    backbone's first layers, up to the first whose output is at 1/N of the input's resolution or
+    coarser, keep the base's weights and statistics: the high-resolution stem is where most of a
+    step's time goes (backward through it included), and nothing before it trains, so no gradient
+    runs through it at all."""
     import tf_keras  # [train] extra: loaded only when a model is built (the CLI starts without TensorFlow)
 
     model.trainable = True
     for layer in _all_layers(model):
         if isinstance(layer, tf_keras.layers.BatchNormalization):
             layer.trainable = cfg.bn != "frozen"
+    if cfg.freeze > 0:
+        for layer in frozen_stem(model, cfg.freeze):
+            layer.trainable = False
+
+
+def frozen_stem(model, n: int) -> list:
+    """The backbone's layers before the first whose output is no finer than 1/n of the input."""
+    size = model.input_shape[1]
+    stem = []
+    for layer in core.backbone(model).layers:
+        shape = layer.output_shape[0] if isinstance(layer.output_shape, list) else layer.output_shape
+        if len(shape) == 4 and shape[1] is not None and shape[1] * n <= size:
+            return stem
+        stem.append(layer)
+    raise ValueError(f"{model.name}: no backbone layer at 1/{n} of the input's resolution")
 
 
 def _all_layers(model):

@@ -53,6 +53,7 @@ from .data import (
     pbc_split,
     reframe_tight,
     resolve_base,
+    source_fields,
 )
 
 _log = logging.getLogger(__name__)
@@ -177,23 +178,23 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     t0 = time.time()
     out = Path(opts.out)
     base = resolve_base(opts.model)
+    cfg = replace(ft.FinetuneConfig(), **opts.ft)
     try:
         src = export.load_source(base)
         core.backbone(src.model)
+        if cfg.freeze:
+            ft.frozen_stem(src.model, cfg.freeze)  # a base too small for it fails here, before any work
     except (export.ExportError, ValueError, OSError) as e:
         raise AdaptInputError(str(e)) from None
-    cfg = replace(ft.FinetuneConfig(), **opts.ft)
     spec, labels = src.spec, list(src.labels)
     log(f"base {base} ({src.arch}, input {list(spec.size)}, sha256 {src.sha256[:12]})")
     rng = np.random.default_rng(cfg.seed)
 
     # Fields of the validation cells stay out of the unlabelled crops: self-training and the
     # class-proportion estimate never see the cells they are scored on.
-    held_out_fields = set()
+    held_out_fields: set[str] = set()
     for v in opts.validate:
-        p = Path(v)
-        if p.is_dir():
-            held_out_fields |= {ev.field_stem(f.name) for f in p.rglob("*") if f.is_file()}
+        held_out_fields |= source_fields(v)
     unl = load_unlabelled(opts.unlabelled, opts.rbc_px, log=log, exclude=held_out_fields) if opts.unlabelled else None
     if unl:
         log(
@@ -237,7 +238,12 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     soft = ft.predict(model, spec, pbc_px) if cfg.distill else None
     base_weights = model.get_weights() if cfg.wise != 1.0 or cfg.anchor > 0 else None
     log(
-        f"fine-tuning every layer: {cfg.steps} steps, Adam {cfg.lr:g}, batches of {cfg.batch} "
+        (
+            "fine-tuning every layer"
+            if not cfg.freeze
+            else f"fine-tuning every layer coarser than 1/{cfg.freeze} of the input"
+        )
+        + f": {cfg.steps} steps, Adam {cfg.lr:g}, batches of {cfg.batch} "
         f"({cfg.local_share:.0%} site cells, the rest of {len(pbc.labels)} PBC cells) ({time.time() - t0:.0f}s)"
     )
     # The site's looks for cfg.transfer: its labelled crops and the unlabelled ones (never the
@@ -330,7 +336,12 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
                 else None
             ),
         },
-        "method": f"every layer fine-tuned; batches {cfg.local_share:.0%} site cells (framed as capture crops "
+        "method": (
+            "every layer fine-tuned"
+            if not cfg.freeze
+            else f"every layer coarser than 1/{cfg.freeze} of the input fine-tuned"
+        )
+        + f"; batches {cfg.local_share:.0%} site cells (framed as capture crops "
         f"them), the rest PBC training cells; flips, rotations, zoom, blur, colour ({cfg.colour_mode})"
         + (f"; distillation {cfg.distill:g}" if cfg.distill else "")
         + (f"; L2-SP anchor {cfg.anchor:g}" if cfg.anchor else "")
@@ -833,6 +844,14 @@ class AdaptFailed(RuntimeError):
     help="BatchNorm statistics: follow the mixed batches, or keep the base's.",
 )
 @click.option(
+    "--freeze",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Keep the backbone's layers finer than 1/N of the input (the high-resolution stem) as the base "
+    "trained them: no gradient runs through them, so a step takes about half the time (0: every layer trains).",
+)
+@click.option(
     "--pseudo",
     type=click.FloatRange(0, 1),
     default=0.0,
@@ -905,6 +924,7 @@ def adapt_cmd(
     average,
     site_share,
     bn,
+    freeze,
     pseudo,
     pseudo_per_class,
     prior,
@@ -946,6 +966,7 @@ def adapt_cmd(
             "average": average,
             "local_share": site_share,
             "bn": bn,
+            "freeze": freeze,
             "pseudo": pseudo,
             "pseudo_per_class": pseudo_per_class,
             "prior": prior,

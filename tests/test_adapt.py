@@ -15,7 +15,7 @@ tf_keras = pytest.importorskip("tf_keras")
 
 from conftest import make_dataset, synthetic_cell  # noqa: E402
 
-from edge_bloodcls.adapt.data import AdaptInputError, load_labelled  # noqa: E402
+from edge_bloodcls.adapt.data import AdaptInputError, load_labelled, source_fields  # noqa: E402
 from edge_bloodcls.cli import main  # noqa: E402
 from edge_bloodcls.edge_runtime.core.bundle import load_bundle, sha256_file  # noqa: E402
 from edge_bloodcls.edge_runtime.core.classifier import Classifier  # noqa: E402
@@ -298,9 +298,17 @@ def test_session_log_reviewed_cells(tmp_path):
     assert [LABELS[c] for c in cells.labels] == ["neutrophil", "lymphocyte"]
     assert lines == [f"skipped {db}#cell4: no crop stored (capture ran without crops)"]
     assert resize(cells.images[0], (8, 8)).shape == (8, 8, 3)
+    # As a --validate source, the fields of its reviewed cells (frames f0, f2, f3; not f1) stay out
+    # of the unlabelled crops, as a folder's crops FIELD_N.jpg name theirs.
+    assert source_fields(db) == {"f0", "f2", "f3"}
+    (tmp_path / "crops" / "eosinophil").mkdir(parents=True)
+    (tmp_path / "crops" / "eosinophil" / "BloodImage_00008_1.jpg").write_bytes(b"")
+    assert source_fields(tmp_path / "crops") == {"BloodImage_00008"}
     with pytest.raises(AdaptInputError, match="not SQLite"):
         (tmp_path / "x.db").write_bytes(b"junk" * 10)
         load_labelled(tmp_path / "x.db", list(LABELS))
+    with pytest.raises(AdaptInputError, match="not SQLite"):
+        source_fields(tmp_path / "x.db")
 
 
 def test_reframe_tight_matches_capture_framing():

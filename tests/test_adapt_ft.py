@@ -277,3 +277,36 @@ def test_batches_made_ahead_are_the_batches_made_in_turn(monkeypatch):
     monkeypatch.setattr(finetune, "MAKE_AHEAD", False)
     in_turn = end_weights()
     assert all(np.array_equal(a, b) for a, b in zip(ahead, in_turn))
+
+
+def test_freeze_keeps_the_stem_as_the_base_trained_it():
+    """cfg.freeze = 4: the backbone's layers finer than 1/4 of the input (the stride-2 stem) keep
+    their weights and BatchNorm statistics; the coarser layers and the head train."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from edge_bloodcls.adapt import finetune
+    from edge_bloodcls.edge_runtime.core.spec import InputSpec
+
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((16, 16, 3))
+    h = tf_keras.layers.Conv2D(4, 3, strides=2, padding="same", name="stem")(inp)  # 8 x 8: 1/2
+    h = tf_keras.layers.BatchNormalization(name="stem_bn")(h)
+    h = tf_keras.layers.Conv2D(4, 3, strides=2, padding="same", name="down")(h)  # 4 x 4: 1/4
+    h = tf_keras.layers.BatchNormalization(name="down_bn")(h)
+    backbone = tf_keras.Model(inp, h, name="backbone")
+    x = tf_keras.Input((16, 16, 3), name="image")
+    f = tf_keras.layers.GlobalAveragePooling2D(name="pool")(backbone(x))
+    model = tf_keras.Model(x, tf_keras.layers.Dense(2, activation="softmax", name="probs")(f))
+    assert [layer.name for layer in finetune.frozen_stem(model, 4)] == [backbone.layers[0].name, "stem", "stem_bn"]
+    with pytest.raises(ValueError, match="1/64"):
+        finetune.frozen_stem(model, 64)
+
+    rng = np.random.default_rng(0)
+    px = rng.integers(0, 256, (16, 16, 16, 3)).astype(np.uint8)
+    y = rng.integers(0, 2, 16)
+    before = {layer.name: [w.copy() for w in layer.get_weights()] for layer in backbone.layers}
+    cfg = FinetuneConfig(lr=1e-2, batch=8, scale=0.0, blur=0.0, colour=0.0, freeze=4)
+    finetune.train(model, InputSpec.named(16), px, y, px[:0], y[:0], cfg, steps=5)
+    for name in ("stem", "stem_bn"):  # kernels, and the BatchNorm's moving statistics too
+        assert all(np.array_equal(a, b) for a, b in zip(before[name], backbone.get_layer(name).get_weights()))
+    for name in ("down", "down_bn"):
+        assert not all(np.array_equal(a, b) for a, b in zip(before[name], backbone.get_layer(name).get_weights()))

@@ -471,6 +471,18 @@ class SessionStore:
                 )
             ]
 
+    def reviewed_frame_names(self) -> list[str]:
+        """Names of the frames (field images) that reviewed cells came from: adapt leaves these
+        fields out of its unlabelled crops when the log validates it."""
+        with self._read() as con:
+            return [
+                r[0]
+                for r in con.execute(
+                    "SELECT DISTINCT f.name FROM cells c JOIN frames f ON f.id = c.frame_id "
+                    "WHERE c.reviewed_label IS NOT NULL AND f.name IS NOT NULL ORDER BY f.name"
+                )
+            ]
+
     def integrity_check(self) -> str:
         with self._read() as con:
             return "; ".join(r[0] for r in con.execute("PRAGMA integrity_check"))

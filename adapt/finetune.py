@@ -75,7 +75,7 @@ def set_bn(model, cfg: FinetuneConfig) -> None:
 def frozen_stem(model, n: int) -> list:
     """The backbone's layers before the first whose output is no finer than 1/n of the input."""
     size = model.input_shape[1]
-    stem = []
+    stem: list = []
     for layer in core.backbone(model).layers:
         shape = layer.output_shape[0] if isinstance(layer.output_shape, list) else layer.output_shape
         if len(shape) == 4 and shape[1] is not None and shape[1] * n <= size:

@@ -1,36 +1,64 @@
-"""Seconds per training step of adapt's fine-tune on this machine, with the next batch made in a
-worker thread (adapt/finetune.py `_ahead`, `MAKE_AHEAD`) and made in turn before each step (the default).
+"""Seconds per training step of adapt's fine-tune on this machine, for ways of running the same
+training:
 
-    .venv/bin/python scripts/adapt_step_time.py [--steps 30] [--repeats 2]
+- `malloc`: every layer trained, each batch made in turn before its step, CPU tensors from the C
+  library's malloc (TensorFlow's own default);
+- `in_turn`: the same with TensorFlow's pooling CPU allocator (`TF_CPU_ALLOCATOR_USE_BFC=true`,
+  what app/tfenv.py sets; the same weights, bit for bit);
+- `ahead`: the next batch made in a worker thread during the step (adapt/finetune.py `_ahead`,
+  `MAKE_AHEAD`; the same batches);
+- `freeze8`: `--freeze 8`, the backbone's layers finer than 1/8 of the input kept as the base
+  trained them (no gradient through the high-resolution stem; a different training).
+
+    .venv/bin/python scripts/adapt_step_time.py [--steps 30] [--repeats 2] [--ways malloc in_turn ...]
 
 Why: adapt's wall time is mostly its 600 training steps (issue 29 asks for 101 labelled cells in
 10 minutes), and the same command ran 3.6x slower on one machine of this project than on another.
 This times the steps alone on adapt's defaults (batch 32 at 160 px, HED stain augmentation, half
 site cells, half PBC cells), the base model and the cached inputs of scripts/adapt_experiments.py.
-The first 5 steps of each timing are not counted (tracing, warm-up); the two ways alternate, so
-a change in the machine's load falls on both. Run it on an idle machine.
+Each timing runs in its own process (the allocator is chosen when TensorFlow starts); the first 5
+steps are not counted (tracing, warm-up); the ways alternate, so a change in the machine's load
+falls on all of them. Run it on an idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import adapt_experiments as ax  # noqa: E402  (configures TensorFlow's environment first)
-import numpy as np  # noqa: E402
-
-from edge_bloodcls.adapt import finetune as ft  # noqa: E402
-from edge_bloodcls.edge_runtime.core.spec import InputSpec  # noqa: E402
-
 WARM = 5
+# way -> (TF_CPU_ALLOCATOR_USE_BFC, batches made ahead, FinetuneConfig changes)
+WAYS: dict[str, tuple[str, bool, dict]] = {
+    "malloc": ("false", False, {}),
+    "in_turn": ("true", False, {}),
+    "ahead": ("true", True, {}),
+    "freeze8": ("true", False, {"freeze": 8}),
+}
 
 
-def seconds_per_step(model, spec, site, pbc, cfg, steps: int) -> float:
+def child(way: str, steps: int) -> float:
+    """This process's seconds a step for `way` (its allocator was set when it started)."""
+    import adapt_experiments as ax  # configures TensorFlow's environment first
+    import tf_keras
+
+    from edge_bloodcls.adapt import finetune as ft
+    from edge_bloodcls.edge_runtime.core.spec import InputSpec
+
+    _, ahead, changes = WAYS[way]
+    spec = InputSpec.named(160)
+    _, site, _, _, pbc = ax.inputs(spec)
+    cfg = replace(ft.FinetuneConfig(steps=600, colour_mode="hed"), **changes)  # adapt's defaults (adapt/run.py)
+    model = tf_keras.models.load_model(ax.MODEL, compile=False)
+    ft.MAKE_AHEAD = ahead
     at: dict[int, float] = {}
     ft.train(
         model,
@@ -47,33 +75,56 @@ def seconds_per_step(model, spec, site, pbc, cfg, steps: int) -> float:
 
 
 def main() -> int:
-    import tf_keras
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default=str(ax.REPO / "benchmarks" / "results" / "adapt_step_time.json"))
+    ap.add_argument("--ways", nargs="*", default=list(WAYS), choices=list(WAYS))
+    ap.add_argument("--child", choices=list(WAYS), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "adapt_step_time.json")
+    )
     args = ap.parse_args()
-    spec = InputSpec.named(160)
-    _, site, _, _, pbc = ax.inputs(spec)
-    cfg = ft.FinetuneConfig(steps=600, colour_mode="hed")  # adapt's defaults (adapt/run.py)
-    model = tf_keras.models.load_model(ax.MODEL, compile=False)
-    times: dict[str, list[float]] = {"ahead": [], "in_turn": []}
+    if args.child:
+        print(f"{child(args.child, args.steps):.4f}")
+        return 0
+    times: dict[str, list[float]] = {w: [] for w in args.ways}
     for _ in range(args.repeats):
-        for way in times:
-            ft.MAKE_AHEAD = way == "ahead"
-            times[way].append(seconds_per_step(model, spec, site, pbc, cfg, args.steps))
+        for way in args.ways:
+            env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": WAYS[way][0]}
+            run = subprocess.run(
+                [sys.executable, __file__, "--child", way, "--steps", str(args.steps)],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if run.returncode:
+                print(run.stderr[-2000:], file=sys.stderr)
+                return 1
+            times[way].append(float(run.stdout.split()[-1]))
             print(f"{way}: {times[way][-1]:.3f} s a step", flush=True)
-    ft.MAKE_AHEAD = False
     res = {
-        "seconds_per_step": {k: round(float(np.median(v)), 3) for k, v in times.items()},
+        "seconds_per_step": {k: round(statistics.median(v), 3) for k, v in times.items()},
         "runs": {k: [round(x, 3) for x in v] for k, v in times.items()},
+        "ways": {k: {"TF_CPU_ALLOCATOR_USE_BFC": WAYS[k][0], "made_ahead": WAYS[k][1], **WAYS[k][2]} for k in times},
         "steps_timed": args.steps,
-        "command": f".venv/bin/python scripts/adapt_step_time.py --steps {args.steps} --repeats {args.repeats}",
+        "cpu": _cpu(),
+        "command": f".venv/bin/python scripts/adapt_step_time.py --steps {args.steps} --repeats {args.repeats}"
+        + (f" --ways {' '.join(args.ways)}" if args.ways != list(WAYS) else ""),
     }
     print(json.dumps(res["seconds_per_step"]))
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     return 0
+
+
+def _cpu() -> str:
+    """The CPU's model name and core count: step times differ 3-5x between this project's machines."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

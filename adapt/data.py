@@ -147,13 +147,14 @@ def _from_dir(root: Path, labels) -> Cells:
 
 def source_fields(source) -> set[str]:
     """Stems of the field images a labelled source's cells were cut from: a class folder's crops
-    are named FIELD_N.jpg (evaluate.field_stem), a session log's reviewed cells name their frames.
-    adapt leaves these fields out of its unlabelled crops when the source validates it."""
+    are named FIELD_N.jpg (evaluate.field_stem), a session log's reviewed cells name their frames
+    and the crop files capture saved of them (--save-crops). adapt leaves these fields and crops
+    out of its unlabelled ones when the source validates it."""
     p = Path(source)
     if p.is_dir():
         return {field_stem(f.name) for f in p.rglob("*") if f.is_file()}
     if p.is_file():
-        return {Path(n).stem for n in _read_session(p, SessionStore.reviewed_frame_names)}
+        return {Path(n).stem for n in _read_session(p, SessionStore.reviewed_sources)}
     return set()  # reported when the cells are read
 
 

@@ -287,7 +287,17 @@ def test_session_log_reviewed_cells(tmp_path):
             f"f{i}",
             (9, 9),
             1,
-            [CellRecord((0, 0, 9, 9), lab, 0.5, True, {lab: 1.0}, crop_jpeg=buf.getvalue() if i < 3 else None)],
+            [
+                CellRecord(
+                    (0, 0, 9, 9),
+                    lab,
+                    0.5,
+                    True,
+                    {lab: 1.0},
+                    crop_path=f"crops/s1_f{i:06d}_t{i}_{lab}.jpg",
+                    crop_jpeg=buf.getvalue() if i < 3 else None,
+                )
+            ],
         )
     log.close()
     with SessionStore(db) as store:  # reviewed: 1 and 3 (and 4, whose crop was not stored); 2 not
@@ -298,9 +308,10 @@ def test_session_log_reviewed_cells(tmp_path):
     assert [LABELS[c] for c in cells.labels] == ["neutrophil", "lymphocyte"]
     assert lines == [f"skipped {db}#cell4: no crop stored (capture ran without crops)"]
     assert resize(cells.images[0], (8, 8)).shape == (8, 8, 3)
-    # As a --validate source, the fields of its reviewed cells (frames f0, f2, f3; not f1) stay out
-    # of the unlabelled crops, as a folder's crops FIELD_N.jpg name theirs.
-    assert source_fields(db) == {"f0", "f2", "f3"}
+    # As a --validate source, the fields of its reviewed cells (frames f0, f2, f3; not f1) and the
+    # crops capture saved of them stay out of the unlabelled crops, as a folder's crops FIELD_N.jpg
+    # name their fields.
+    assert source_fields(db) == {"f0", "f2", "f3", "s1_f000000_t0_ig", "s1_f000002_t2_lymphocyte", "s1_f000003_t3_ig"}
     (tmp_path / "crops" / "eosinophil").mkdir(parents=True)
     (tmp_path / "crops" / "eosinophil" / "BloodImage_00008_1.jpg").write_bytes(b"")
     assert source_fields(tmp_path / "crops") == {"BloodImage_00008"}

@@ -471,15 +471,17 @@ class SessionStore:
                 )
             ]
 
-    def reviewed_frame_names(self) -> list[str]:
-        """Names of the frames (field images) that reviewed cells came from: adapt leaves these
-        fields out of its unlabelled crops when the log validates it."""
+    def reviewed_sources(self) -> list[str]:
+        """The frame (field image) names and the saved crop files of the reviewed cells: adapt
+        leaves these fields and crops out of its unlabelled ones when the log validates it."""
         with self._read() as con:
             return [
                 r[0]
                 for r in con.execute(
-                    "SELECT DISTINCT f.name FROM cells c JOIN frames f ON f.id = c.frame_id "
-                    "WHERE c.reviewed_label IS NOT NULL AND f.name IS NOT NULL ORDER BY f.name"
+                    "SELECT f.name FROM cells c JOIN frames f ON f.id = c.frame_id "
+                    "WHERE c.reviewed_label IS NOT NULL AND f.name IS NOT NULL "
+                    "UNION SELECT crop_path FROM cells WHERE reviewed_label IS NOT NULL AND crop_path IS NOT NULL "
+                    "ORDER BY 1"
                 )
             ]
 

@@ -72,6 +72,11 @@ def set_bn(model, cfg: FinetuneConfig) -> None:
             layer.trainable = False
 
 
+def trained_layers(cfg: FinetuneConfig) -> str:
+    """What the fine-tune trains, in words (the log and the bundle's `site.method`)."""
+    return f"every layer coarser than 1/{cfg.freeze} of the input" if cfg.freeze else "every layer"
+
+
 def frozen_stem(model, n: int) -> list:
     """The backbone's layers before the first whose output is no finer than 1/n of the input."""
     size = model.input_shape[1]

@@ -238,12 +238,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     soft = ft.predict(model, spec, pbc_px) if cfg.distill else None
     base_weights = model.get_weights() if cfg.wise != 1.0 or cfg.anchor > 0 else None
     log(
-        (
-            "fine-tuning every layer"
-            if not cfg.freeze
-            else f"fine-tuning every layer coarser than 1/{cfg.freeze} of the input"
-        )
-        + f": {cfg.steps} steps, Adam {cfg.lr:g}, batches of {cfg.batch} "
+        f"fine-tuning {ft.trained_layers(cfg)}: {cfg.steps} steps, Adam {cfg.lr:g}, batches of {cfg.batch} "
         f"({cfg.local_share:.0%} site cells, the rest of {len(pbc.labels)} PBC cells) ({time.time() - t0:.0f}s)"
     )
     # The site's looks for cfg.transfer: its labelled crops and the unlabelled ones (never the
@@ -336,13 +331,8 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
                 else None
             ),
         },
-        "method": (
-            "every layer fine-tuned"
-            if not cfg.freeze
-            else f"every layer coarser than 1/{cfg.freeze} of the input fine-tuned"
-        )
-        + f"; batches {cfg.local_share:.0%} site cells (framed as capture crops "
-        f"them), the rest PBC training cells; flips, rotations, zoom, blur, colour ({cfg.colour_mode})"
+        "method": f"{ft.trained_layers(cfg)} fine-tuned; batches {cfg.local_share:.0%} site cells (framed as "
+        f"capture crops them), the rest PBC training cells; flips, rotations, zoom, blur, colour ({cfg.colour_mode})"
         + (f"; distillation {cfg.distill:g}" if cfg.distill else "")
         + (f"; L2-SP anchor {cfg.anchor:g}" if cfg.anchor else "")
         + (f"; {cfg.transfer:.0%} of the PBC cells in the site's colours" if cfg.transfer else "")

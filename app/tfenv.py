@@ -15,6 +15,7 @@ def configure():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow's pooling allocator for CPU tensors instead of malloc: a training step's large
     # activations are otherwise mapped and unmapped by the C library every step (millions of page
-    # faults). Measured on the project's 2-core machine: adapt's training step 1.65 s -> 1.27 s
-    # (scripts/adapt_step_time.py); the same arithmetic, only where the memory comes from.
+    # faults). Measured on the project's 2-core machine: adapt's training step 2.01 s -> 1.83 s
+    # (scripts/adapt_step_time.py), the same int8 file byte for byte (docs/adapt.md, sixth round);
+    # the price is a higher peak (the pool keeps what it took). A user's own setting wins.
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")

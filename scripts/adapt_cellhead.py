@@ -114,11 +114,8 @@ WEIGHTS = (0.5, 1.0, 2.0, 3.0, 5.0)
 
 
 def fused_at(head, p, f, weight: float) -> np.ndarray:
-    """The fused answer with the head's term times `weight` (weight 1: CellHead.fuse)."""
-    g, logq = head.parts(f)
-    logp = np.log(np.clip(p, 1e-6, 1))
-    logp[:, head.classes] += weight * g[:, None] * logq
-    return logp.argmax(1)
+    """The fused answer with the head's term times `weight` (weight 1: what bundles answer)."""
+    return head.fuse(p, f, weight).argmax(1)
 
 
 def choose_c(site, grid=(0.1, 0.3, 1.0, 3.0), repeats: int = 10) -> dict:

@@ -167,11 +167,12 @@ class CellHead:
         logq = s - np.logaddexp.reduce(s, axis=1, keepdims=True)
         return g, logq - logq.mean(1, keepdims=True)
 
-    def fuse(self, probs: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """The network's probabilities (N, C) and the crops' features (N, 66) -> fused (N, C)."""
+    def fuse(self, probs: np.ndarray, features: np.ndarray, weight: float = 1.0) -> np.ndarray:
+        """The network's probabilities (N, C) and the crops' features (N, 66) -> fused (N, C).
+        `weight` scales the head's term; bundles use 1 (scripts/adapt_cellhead.py scans others)."""
         probs = np.atleast_2d(np.asarray(probs, np.float64))
         g, logq = self.parts(np.atleast_2d(features))
         logp = np.log(np.clip(probs, _EPS, 1))
-        logp[:, self.classes] += g[:, None] * logq
+        logp[:, self.classes] += weight * g[:, None] * logq
         out = np.exp(logp - logp.max(1, keepdims=True))
         return (out / out.sum(1, keepdims=True)).astype(np.float32)

@@ -150,7 +150,8 @@ def train(
     rng = np.random.default_rng(cfg.seed + seed_offset)
     set_bn(model, cfg)
     opt = tf_keras.optimizers.Adam(cfg.lr)
-    n_local = int(round(cfg.batch * cfg.local_share)) if len(pbc_y) else cfg.batch
+    # At least one site cell a batch, however small the batch and share (none would train nothing).
+    n_local = max(1, int(round(cfg.batch * cfg.local_share))) if len(pbc_y) else cfg.batch
     n_pbc = cfg.batch - n_local
     t = cfg.temperature
     use_kd = cfg.distill > 0 and pbc_soft is not None and n_pbc > 0
@@ -163,7 +164,7 @@ def train(
             if "kernel" in v.name and id(v) in where
         ]
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, jit_compile=JIT)
     def step(x, y, soft, kd_mask):
         with tf.GradientTape() as tape:
             p = model(x, training=True)
@@ -236,6 +237,9 @@ def train(
 # step made ahead against 1.95 s made in turn: TensorFlow's step already keeps both cores busy, and
 # the thread only competes with it. Off; the same batches either way (tests/test_adapt_ft.py).
 MAKE_AHEAD = False
+# XLA compilation of the step (scripts/adapt_step_time.py `xla`): 11.7 s a step against 1.56 s
+# without it on the project's 2-core machine (no AVX2); off.
+JIT = False
 
 
 def _ahead(it):

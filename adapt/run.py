@@ -451,6 +451,7 @@ def _cell_head(local, y, labels, pbc_px, unl_px, test_px, val, log):
 
 def _route(base: Path, site_model, spec, pbc_px, pbc_val, local, unl_px, val, cfg, log):
     """The routed model (adapt/route.py) and what its router does on cells it was not fitted on."""
+    t = time.time()
     home_model = export.load_source(base).model  # a fresh copy: src.model is the fine-tuned one now
     # Fitted on PBC training cells against the labelled cells and the first half of the unlabelled
     # crops (the half the OOD statistics are fitted on too); the second half checks it.
@@ -460,7 +461,7 @@ def _route(base: Path, site_model, spec, pbc_px, pbc_val, local, unl_px, val, cf
     checks = _router_checks(
         _pbc_px(pbc_val, spec), unl_px[half:], val, lambda px: rt.gate(rt.pooled(home_model, spec, px), w, b), "pbc_val"
     )
-    log(f"router (base network's features, logistic regression): {_routed(checks)}")
+    log(f"router (base network's features, logistic regression): {_routed(checks)} ({time.time() - t:.0f}s)")
     if any(c["routed_right"] < 0.9 for c in checks.values()):
         # Home and site cells that look alike (the same microscope adapted again): g stays between
         # 0 and 1 and the two networks' answers are averaged. Both were trained on such cells, so
@@ -591,6 +592,7 @@ def _export(
             data_root="/",
             site_cells=str(cells_dir),
         )
+        t = time.time()
         try:
             res = export.run(eo)
         except export.GateFailed as e:
@@ -600,6 +602,7 @@ def _export(
             log(f"per-tensor int8 failed the gate ({e}); exporting per-channel int8")
             res = export.run(replace(eo, per_tensor=False))
         staged = load_bundle(res["bundle"])
+        log(f"int8 bundle staged: calibration, conversion and convert's checks ({time.time() - t:.0f}s)")
         if cell_head is not None:
             # The head joins the staged bundle before any check: every figure below, and the
             # site's temperature and review threshold, are those of the fused answer.
@@ -622,13 +625,13 @@ def _export(
         def run(px):
             return clf.predict_many([normalise(p, src.spec) for p in px])
 
+        t = time.time()
         seen = {}
         half = len(unl_px) // 2
         for what, px in (
             ("local_labelled_in_sample", local),
             ("validate_held_out", val.px if val is not None else None),
             ("local_unlabelled", unl_px),
-            ("local_unlabelled_held_out", unl_px[half:] if pseudo is not None and (pseudo >= 0).any() else None),
             # Another lab's stain, as a stand-in: the site's own crops with their colour
             # channels swapped (no third site's images may be brought in).
             ("another_stain_stand_in", unl_px[:, :, :, ::-1] if len(unl_px) else None),
@@ -637,8 +640,13 @@ def _export(
             if px is not None and len(px):
                 seen[what] = o = run(px)
                 checks[f"ood_{what}"] = float(o["ood"].mean())
+            if what == "local_unlabelled" and pseudo is not None and (pseudo >= 0).any():
+                # The half of the fields kept out of the OOD fit: rows of the run just made, each
+                # crop's answer its own (the runtime has no state between crops).
+                checks["ood_local_unlabelled_held_out"] = float(seen[what]["ood"][half:].mean())
+        site_checks_s = time.time() - t
         # What the home site keeps: the int8 bundle on the PBC test split, as the runtime runs it.
-
+        t = time.time()
         test_raw = run(test_px)["raw"]
         site["pbc_test"] = {
             "accuracy_int8": float((test_raw.argmax(1) == pbc_test.labels).mean()),
@@ -648,7 +656,7 @@ def _export(
         }
         log(
             f"PBC test (home): {site['pbc_test']['accuracy_int8']:.2%} int8 on {len(pbc_test.labels)} cells "
-            f"(base model {base_test:.2%} float)"
+            f"(base model {base_test:.2%} float) ({time.time() - t:.0f}s)"
         )
         if val is not None:
             vr = seen["validate_held_out"]["raw"]
@@ -711,7 +719,7 @@ def _export(
         log(
             "runtime check (int8 bundle): OOD flagged "
             + ", ".join(f"{k[4:]} {v:.1%}" for k, v in checks.items() if k.startswith("ood_"))
-            + f"; PBC val OOD {staged.manifest['trust']['val']['ood_flagged']:.1%}"
+            + f"; PBC val OOD {staged.manifest['trust']['val']['ood_flagged']:.1%} ({site_checks_s:.0f}s)"
         )
         manifest["site"] = {**site, "checks": checks}
         trust = staged.trust_path.read_bytes() if staged.trust_path else None
@@ -764,6 +772,14 @@ class AdaptFailed(RuntimeError):
 )
 @click.option("--rbc-px", type=click.FloatRange(1), help="Red-cell diameter in pixels (tight framing).")
 @click.option("--steps", type=click.IntRange(1), default=600, show_default=True)
+@click.option(
+    "--batch",
+    type=click.IntRange(2),
+    default=16,
+    show_default=True,
+    help="Cells per training step, --site-share of them the site's (16: measured as good as 32 on BCCD "
+    "at half the time; docs/adapt.md, seventh round).",
+)
 @click.option(
     "--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True, help="Adam learning rate."
 )
@@ -904,6 +920,7 @@ def adapt_cmd(
     framing,
     rbc_px,
     steps,
+    batch,
     lr,
     colour,
     colour_mode,
@@ -945,6 +962,7 @@ def adapt_cmd(
         cell_head=cell_head,
         ft={
             "steps": steps,
+            "batch": batch,
             "lr": lr,
             "seed": seed,
             "colour": colour,

@@ -103,6 +103,10 @@ EXPERIMENTS = {
     # the default (hed_avg's checkpoint "600", the same seeds).
     "hed_freeze8": (replace(PLAIN, colour_mode="hed", freeze=8), "capture", (600,)),
     "hed_freeze8_seed1": (replace(PLAIN, colour_mode="hed", freeze=8, seed=1), "capture", (600,)),
+    # Seventh round: batches of 16 instead of 32 (the same shares, steps and learning rate), 2.1x
+    # faster a step here, against the default (hed_avg's checkpoint "600", the same seeds).
+    "hed_batch16": (replace(PLAIN, colour_mode="hed", batch=16), "capture", (600,)),
+    "hed_batch16_seed1": (replace(PLAIN, colour_mode="hed", batch=16, seed=1), "capture", (600,)),
 }
 
 

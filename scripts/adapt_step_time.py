@@ -8,17 +8,21 @@ training:
 - `ahead`: the next batch made in a worker thread during the step (adapt/finetune.py `_ahead`,
   `MAKE_AHEAD`; the same batches);
 - `freeze8`: `--freeze 8`, the backbone's layers finer than 1/8 of the input kept as the base
-  trained them (no gradient through the high-resolution stem; a different training).
+  trained them (no gradient through the high-resolution stem; a different training);
+- `xla`: the step compiled by XLA (`tf.function(jit_compile=True)`, adapt/finetune.py `JIT`);
+- `no_onednn`: TensorFlow's own CPU kernels instead of oneDNN's (`TF_ENABLE_ONEDNN_OPTS=0`);
+- `batch16`: batches of 16 instead of 32 (the same shares; a different training).
 
     .venv/bin/python scripts/adapt_step_time.py [--steps 30] [--repeats 2] [--ways malloc in_turn ...]
 
 Why: adapt's wall time is mostly its 600 training steps (issue 29 asks for 101 labelled cells in
 10 minutes), and the same command ran 3.6x slower on one machine of this project than on another.
-This times the steps alone on adapt's defaults (batch 32 at 160 px, HED stain augmentation, half
-site cells, half PBC cells), the base model and the cached inputs of scripts/adapt_experiments.py.
-Each timing runs in its own process (the allocator is chosen when TensorFlow starts); the first 5
-steps are not counted (tracing, warm-up); the ways alternate, so a change in the machine's load
-falls on all of them. Run it on an idle machine.
+This times the steps alone on adapt's defaults before the seventh round (batch 32 at 160 px, HED
+stain augmentation, half site cells, half PBC cells; `batch16` is the default now), the base model
+and the cached inputs of scripts/adapt_experiments.py. Each timing runs in its own process (the
+allocator is chosen when TensorFlow starts); the first 5 steps are not counted (tracing, warm-up);
+the ways alternate, so a change in the machine's load falls on all of them. Run it on an idle
+machine.
 """
 
 from __future__ import annotations
@@ -36,12 +40,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 WARM = 5
-# way -> (TF_CPU_ALLOCATOR_USE_BFC, batches made ahead, FinetuneConfig changes)
-WAYS: dict[str, tuple[str, bool, dict]] = {
-    "malloc": ("false", False, {}),
-    "in_turn": ("true", False, {}),
-    "ahead": ("true", True, {}),
-    "freeze8": ("true", False, {"freeze": 8}),
+POOL = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}  # what app/tfenv.py sets
+# way -> (environment of its process, batches made ahead, XLA, FinetuneConfig changes)
+WAYS: dict[str, tuple[dict, bool, bool, dict]] = {
+    "malloc": ({"TF_CPU_ALLOCATOR_USE_BFC": "false"}, False, False, {}),
+    "in_turn": (POOL, False, False, {}),
+    "ahead": (POOL, True, False, {}),
+    "freeze8": (POOL, False, False, {"freeze": 8}),
+    "xla": (POOL, False, True, {}),
+    "no_onednn": ({**POOL, "TF_ENABLE_ONEDNN_OPTS": "0"}, False, False, {}),
+    "batch16": (POOL, False, False, {"batch": 16}),
 }
 
 
@@ -53,12 +61,14 @@ def child(way: str, steps: int) -> float:
     from edge_bloodcls.adapt import finetune as ft
     from edge_bloodcls.edge_runtime.core.spec import InputSpec
 
-    _, ahead, changes = WAYS[way]
+    _, ahead, jit, changes = WAYS[way]
     spec = InputSpec.named(160)
     _, site, _, _, pbc = ax.inputs(spec)
-    cfg = replace(ft.FinetuneConfig(steps=600, colour_mode="hed"), **changes)  # adapt's defaults (adapt/run.py)
+    # adapt's defaults before the seventh round (batches of 32; `batch16` is adapt's default since)
+    cfg = replace(ft.FinetuneConfig(steps=600, colour_mode="hed"), **changes)
     model = tf_keras.models.load_model(ax.MODEL, compile=False)
     ft.MAKE_AHEAD = ahead
+    ft.JIT = jit
     at: dict[int, float] = {}
     ft.train(
         model,
@@ -90,7 +100,7 @@ def main() -> int:
     times: dict[str, list[float]] = {w: [] for w in args.ways}
     for _ in range(args.repeats):
         for way in args.ways:
-            env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": WAYS[way][0]}
+            env = {**os.environ, **WAYS[way][0]}
             run = subprocess.run(
                 [sys.executable, __file__, "--child", way, "--steps", str(args.steps)],
                 env=env,
@@ -105,7 +115,7 @@ def main() -> int:
     res = {
         "seconds_per_step": {k: round(statistics.median(v), 3) for k, v in times.items()},
         "runs": {k: [round(x, 3) for x in v] for k, v in times.items()},
-        "ways": {k: {"TF_CPU_ALLOCATOR_USE_BFC": WAYS[k][0], "made_ahead": WAYS[k][1], **WAYS[k][2]} for k in times},
+        "ways": {k: {**WAYS[k][0], "made_ahead": WAYS[k][1], "xla": WAYS[k][2], **WAYS[k][3]} for k in times},
         "steps_timed": args.steps,
         "cpu": _cpu(),
         "command": f".venv/bin/python scripts/adapt_step_time.py --steps {args.steps} --repeats {args.repeats}"

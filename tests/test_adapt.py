@@ -346,8 +346,8 @@ def test_paste_puts_the_cell_in_a_local_neighbourhood():
 
 
 def test_training_options_reach_the_fine_tune(tmp_path, monkeypatch):
-    """--transfer, --average and --site-share are the fine-tune's (FinetuneConfig transfer, average,
-    local_share), --no-cell-head the options';
+    """--transfer, --average, --site-share and --batch are the fine-tune's (FinetuneConfig transfer,
+    average, local_share, batch), --no-cell-head the options';
     the run itself is replaced: what is checked is the CLI's mapping, not training."""
     import edge_bloodcls.adapt.run as run
     from edge_bloodcls.adapt.finetune import FinetuneConfig
@@ -367,6 +367,9 @@ def test_training_options_reach_the_fine_tune(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0 and seen["transfer"] == 0.0 and seen["local_share"] == 0.5
     assert seen["average"] == FinetuneConfig().average and seen["cell_head"] is True
+    assert seen["batch"] == 16  # the measured default (docs/adapt.md, seventh round)
+    res = CliRunner().invoke(main, [*args, "--batch", "32"])
+    assert res.exit_code == 0 and seen["batch"] == 32
     res = CliRunner().invoke(main, [*args, "--no-cell-head"])
     assert res.exit_code == 0 and seen["cell_head"] is False
     res = CliRunner().invoke(main, [*args, "--site-share", "0"])  # a batch with no site cell trains nothing

@@ -208,8 +208,8 @@ def _converter(model, spec: InputSpec, fixed_batch: bool):
     # traces every layer's call for Keras's own reloading, which the converter never uses: a plain
     # tf.Module holding the model's variables and one traced call converts the same graph in half
     # to a third of the time, with the same int8 outputs on PBC test cells, for the 160 px model
-    # and adapt's routed two-network one (scripts/convert_paths.py: 22 s against 45 s, 30 s against
-    # 80 s on the project's 2-core machine).
+    # and adapt's routed two-network one (scripts/convert_paths.py: 20.5 s against 38.4 s, 33.5 s
+    # against 89.5 s on the project's 2-core machine).
     module = tf.Module()
     module.weights_ = list(model.variables)
     # The Edge TPU compiler wants static shapes: a batch of one, as the runtime feeds it.

@@ -237,8 +237,8 @@ def train(
 # step made ahead against 1.95 s made in turn: TensorFlow's step already keeps both cores busy, and
 # the thread only competes with it. Off; the same batches either way (tests/test_adapt_ft.py).
 MAKE_AHEAD = False
-# XLA compilation of the step (scripts/adapt_step_time.py `xla`): 11.7 s a step against 1.56 s
-# without it on the project's 2-core machine (no AVX2); off.
+# XLA compilation of the step (scripts/adapt_step_time.py `xla`): 10.8 s a step against 1.54 s
+# without it on the project's 2-core machine (no AVX2; benchmarks/results/adapt_step_time_xla.json); off.
 JIT = False
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from edge_bloodcls.edge_runtime.core.preprocess import normalise
+from edge_bloodcls.train import infer
 
 from . import core
 from .core import augment, site_look
@@ -255,13 +256,11 @@ def _ahead(it):
 
 
 def predict(model, spec, px: np.ndarray, batch: int = 64) -> np.ndarray:
-
-    out = []
-    for i in range(0, len(px), batch):
-        y = model(normalise(px[i : i + batch], spec), training=False)
-        out.append((y[0] if isinstance(y, (list, tuple)) else y).numpy())  # a routed model: [probs, features]
-    n_cls = model.output_shape[0][-1] if isinstance(model.output_shape, list) else model.output_shape[-1]
-    return np.concatenate(out) if out else np.zeros((0, n_cls), np.float32)
+    """Probabilities of the float model (a routed model's first output) for uint8 pixels."""
+    if not len(px):
+        n_cls = model.output_shape[0][-1] if isinstance(model.output_shape, list) else model.output_shape[-1]
+        return np.zeros((0, n_cls), np.float32)
+    return infer.outputs(model, px, spec, batch)
 
 
 def pseudo_labels(probs: np.ndarray, threshold: float, allowed, per_class: int = 0) -> np.ndarray:

@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_bloodcls.edge_runtime.core.preprocess import normalise
+from edge_bloodcls.train import infer
 
 ROUTE_C = 1.0  # inverse L2 strength of the router's logistic regression (standardised features)
 
 
 def pooled(model, spec, px: np.ndarray, batch: int = 64) -> np.ndarray:
     """The model's pooled features (its "pool" layer) for uint8 pixels at model size."""
-    import tf_keras  # [train] extra
-
-    sub = tf_keras.Model(model.inputs, model.get_layer("pool").output)
-    out = [sub(normalise(px[i : i + batch], spec), training=False).numpy() for i in range(0, len(px), batch)]
-    return np.concatenate(out) if out else np.zeros((0, sub.output_shape[-1]), np.float32)
+    if not len(px):
+        return np.zeros((0, model.get_layer("pool").output_shape[-1]), np.float32)
+    return infer.outputs(model, px, spec, batch, layer="pool")
 
 
 def fit_router(home_features: np.ndarray, site_features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:

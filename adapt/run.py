@@ -34,9 +34,10 @@ from edge_bloodcls.edge_runtime.core.bundle import BundleError, load_bundle, sha
 from edge_bloodcls.edge_runtime.core.cellhead import CellHead
 from edge_bloodcls.edge_runtime.core.classifier import Classifier
 from edge_bloodcls.edge_runtime.core.images import printable
-from edge_bloodcls.edge_runtime.core.preprocess import ImageError, load_rgb, normalise
+from edge_bloodcls.edge_runtime.core.preprocess import ImageError, normalise
 from edge_bloodcls.errors import EXIT_INPUTS_FAILED, CliError, InputsFailed, require_train_extra
 from edge_bloodcls.tfenv import configure
+from edge_bloodcls.train.pipeline import load_pixels
 
 from . import cellhead as ch
 from . import core
@@ -217,9 +218,12 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         pbc_test = calibrate.sample(
             calibrate.from_split(split_csv, "test", opts.data_root), opts.test_cells or None, cfg.seed
         )
-        pbc_px = core.to_model_size([load_rgb(p) for p in pbc.paths], spec.size)
-        # Read once: the base model's figure, the head's router check and the bundle's home check.
-        test_px = core.to_model_size([load_rgb(p) for p in pbc_test.paths], spec.size)
+        # Decoded on every core (train/pipeline.py), each set once: the test cells serve the base
+        # model's figure, the head's router check and the bundle's home check; the val cells the
+        # router's check and the site's operating point.
+        pbc_px = load_pixels(pbc.paths, spec.size)
+        test_px = load_pixels(pbc_test.paths, spec.size)
+        val_px = load_pixels(pbc_val.paths, spec.size)
     except ImageError as e:
         raise AdaptInputError(f"PBC: {e}") from None
     except (OSError, ValueError) as e:
@@ -236,7 +240,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         lambda: ft.predict(model, spec, test_px),
     )
     soft = ft.predict(model, spec, pbc_px) if cfg.distill else None
-    base_weights = model.get_weights() if cfg.wise != 1.0 or cfg.anchor > 0 else None
+    base_weights = model.get_weights() if cfg.wise != 1.0 or cfg.anchor > 0 or opts.home == "route" else None
     log(
         f"fine-tuning {ft.trained_layers(cfg)}: {cfg.steps} steps, Adam {cfg.lr:g}, batches of {cfg.batch} "
         f"({cfg.local_share:.0%} site cells, the rest of {len(pbc.labels)} PBC cells) ({time.time() - t0:.0f}s)"
@@ -294,7 +298,8 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
     log(f"trained ({time.time() - t0:.0f}s)")
     route_info = None
     if opts.home == "route":
-        model, route_info = _route(base, model, spec, pbc_px, pbc_val, local, unl_px, val, cfg, log)
+        assert base_weights is not None, "taken before training for the route's home network"
+        model, route_info = _route(base_weights, model, spec, pbc_px, val_px, local, unl_px, val, cfg, log)
     head = _cell_head(local, y, labels, pbc_px, unl_px, test_px, val, log) if opts.cell_head else None
     val_float = val_network = None
     if val is not None:
@@ -377,6 +382,7 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         rng,
         calibrate.sample(pbc, 600, cfg.seed),
         pbc_val,
+        val_px,
         pbc_test,
         test_px,
         site,
@@ -395,13 +401,6 @@ def adapt(opts: AdaptOptions, log=print) -> dict:
         "site": site,
         "skipped": cells.skipped + (val.skipped if val else 0) + (len(unl.skipped) if unl else 0),
     }
-
-
-def _pbc_px(images, spec) -> np.ndarray:
-    try:
-        return core.to_model_size([load_rgb(p) for p in images.paths], spec.size)
-    except ImageError as e:
-        raise AdaptInputError(f"PBC: {e}") from None
 
 
 def _router_checks(home_px, unl_held_out, val, gate, home_name: str) -> dict:
@@ -449,17 +448,21 @@ def _cell_head(local, y, labels, pbc_px, unl_px, test_px, val, log):
     return section, head, info
 
 
-def _route(base: Path, site_model, spec, pbc_px, pbc_val, local, unl_px, val, cfg, log):
-    """The routed model (adapt/route.py) and what its router does on cells it was not fitted on."""
+def _route(base_weights: list, site_model, spec, pbc_px, val_px, local, unl_px, val, cfg, log):
+    """The routed model (adapt/route.py) and what its router does on cells it was not fitted on;
+    its home network is a copy of the fine-tuned one holding the base's weights (base_weights)."""
+    import tf_keras  # [train] extra
+
     t = time.time()
-    home_model = export.load_source(base).model  # a fresh copy: src.model is the fine-tuned one now
+    home_model = tf_keras.models.clone_model(site_model)  # half the time of loading the base again
+    home_model.set_weights(base_weights)
     # Fitted on PBC training cells against the labelled cells and the first half of the unlabelled
     # crops (the half the OOD statistics are fitted on too); the second half checks it.
     half = len(unl_px) // 2
     site_px = np.concatenate([local, unl_px[:half]]) if half else local
     w, b = rt.fit_router(rt.pooled(home_model, spec, pbc_px), rt.pooled(home_model, spec, site_px), cfg.seed)
     checks = _router_checks(
-        _pbc_px(pbc_val, spec), unl_px[half:], val, lambda px: rt.gate(rt.pooled(home_model, spec, px), w, b), "pbc_val"
+        val_px, unl_px[half:], val, lambda px: rt.gate(rt.pooled(home_model, spec, px), w, b), "pbc_val"
     )
     log(f"router (base network's features, logistic regression): {_routed(checks)} ({time.time() - t:.0f}s)")
     if any(c["routed_right"] < 0.9 for c in checks.values()):
@@ -514,6 +517,7 @@ def _export(
     rng,
     pbc,
     pbc_val,
+    val_px,
     pbc_test,
     test_px,
     site,
@@ -593,14 +597,17 @@ def _export(
             site_cells=str(cells_dir),
         )
         t = time.time()
+        # The model just trained and saved, not read back (12 s for a routed model on the
+        # project's machine): the file stays the bundle's recorded source and its checksum.
+        staged_src = export.source_of(model, run_dir / "model.keras")
         try:
-            res = export.run(eo)
+            res = export.run(eo, staged_src)
         except export.GateFailed as e:
             # Per-tensor int8 (the shipped format, 0.4 MB smaller) can lose more than the gate
             # allows once the trunk's statistics are the site's; per-channel int8 keeps a scale for
             # each channel and runs on the same runtime. The gate still decides.
             log(f"per-tensor int8 failed the gate ({e}); exporting per-channel int8")
-            res = export.run(replace(eo, per_tensor=False))
+            res = export.run(replace(eo, per_tensor=False), staged_src)
         staged = load_bundle(res["bundle"])
         log(f"int8 bundle staged: calibration, conversion and convert's checks ({time.time() - t:.0f}s)")
         if cell_head is not None:
@@ -668,7 +675,7 @@ def _export(
             }
             log(f"validation (held out, int8, as capture crops them): {est.line()}")
         manifest = dict(staged.manifest)
-        v = run(core.to_model_size([load_rgb(p) for p in pbc_val.paths], src.spec.size))
+        v = run(val_px)
         loc_raw = seen["validate_held_out"]["raw"] if val is not None else np.zeros((0, len(labels)), np.float32)
         loc_ood = seen["validate_held_out"]["ood"] if val is not None else np.zeros(0, bool)
         sp = core.site_operating_point(

@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import tempfile
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,13 @@ def load_source(path) -> Source:
     path = Path(path)
     if not path.exists():
         raise ExportError(f"{path}: no such model")
-    model = tf_keras.models.load_model(path, compile=False)
+    return source_of(tf_keras.models.load_model(path, compile=False), path)
+
+
+def source_of(model, path) -> Source:
+    """The Source of a model in memory that was saved as `path` (its config.json beside it): what
+    load_source gives without reading the model back (adapt converts the model it just trained)."""
+    path = Path(path)
     cfg_file = path.parent / "config.json"
     config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
     h, w = (int(s) for s in model.input_shape[1:3])
@@ -204,21 +211,21 @@ def _converter(model, spec: InputSpec, fixed_batch: bool):
     # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
-    # The converter saves what it is given as a SavedModel first. Given the Keras model, that save
-    # traces every layer's call for Keras's own reloading, which the converter never uses: a plain
-    # tf.Module holding the model's variables and one traced call converts the same graph in half
-    # to a third of the time, with the same int8 outputs on PBC test cells, for the 160 px model
-    # and adapt's routed two-network one (scripts/convert_paths.py: 20.5 s against 38.4 s, 33.5 s
-    # against 89.5 s on the project's 2-core machine).
-    module = tf.Module()
-    module.weights_ = list(model.variables)
+    # One traced call of the model, given to the converter without anything to save: it freezes the
+    # variables into constants and converts that graph. Given the Keras model, the converter first
+    # saves it as a SavedModel, tracing every layer's call for Keras's own reloading; given a
+    # tf.Module holding the call, it still writes and reads back a SavedModel. On the project's
+    # 2-core machine, int8 with 300 calibration cells, the same int8 outputs on 100 PBC test cells
+    # each way (scripts/convert_paths.py): Keras 38.4 s against module 20.5 s for the 160 px model,
+    # 89.5 against 33.5 s for adapt's routed two-network one (convert_paths.json); module 21.0 s
+    # against frozen 16.9 s, and 30.0 against 19.2 s (convert_paths_frozen.json).
     # The Edge TPU compiler wants static shapes: a batch of one, as the runtime feeds it.
     batch = 1 if fixed_batch else None
-    module.call = tf.function(
+    call = tf.function(
         lambda x: model(x, training=False),  # a list for a two-output model
         input_signature=[tf.TensorSpec([batch, *spec.size, 3], tf.float32)],
     )
-    return tf.lite.TFLiteConverter.from_concrete_functions([module.call.get_concrete_function()], module)
+    return tf.lite.TFLiteConverter.from_concrete_functions([call.get_concrete_function()])
 
 
 def _evaluate(src: Source, tflite: Path, manifest: dict, images, pixels, threads) -> tuple[dict, dict, dict]:
@@ -281,7 +288,8 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def run(opts: ExportOptions) -> dict:
+def run(opts: ExportOptions, source: Source | None = None) -> dict:
+    """source: opts.model already in memory (export.source_of), instead of loading it again."""
     # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
@@ -295,7 +303,7 @@ def run(opts: ExportOptions) -> dict:
     if opts.edgetpu and io == "float32":
         raise ExportError("the Edge TPU needs integer input and output: --io uint8 or int8")
     out = Path(opts.out)
-    src = load_source(opts.model)
+    src = source if source is not None else load_source(opts.model)
     spec = src.spec
     name = opts.name or default_name(src, fmt, io)
     _log.info(
@@ -382,7 +390,11 @@ def run(opts: ExportOptions) -> dict:
         return formats.apply(_converter(m or export_model, spec, opts.edgetpu), fmt, io, rep, opts.allow_float_ops)
 
     try:
-        tflite = make_converter().convert()
+        with warnings.catch_warnings():
+            # Frozen-graph conversion to integer I/O asks for input statistics a trained-only
+            # quantization would need; calibration sets the input's scale (the manifest records it).
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+            tflite = make_converter().convert()
     except Exception as e:  # ConverterError and friends carry the op that failed
         hint = (
             "; ops without an int8 kernel can be left in float with --allow-float-ops"

@@ -21,6 +21,7 @@ from edge_bloodcls.edge_runtime.core.classifier import Classifier
 from edge_bloodcls.edge_runtime.core.metrics import classification_metrics
 from edge_bloodcls.edge_runtime.core.preprocess import normalise
 from edge_bloodcls.edge_runtime.core.spec import InputSpec
+from edge_bloodcls.train import infer
 
 from .calibrate import representative
 
@@ -126,12 +127,8 @@ def float_ops(tflite_bytes: bytes) -> list[dict]:
 
 
 def predict_keras(model, pixels: np.ndarray, spec: InputSpec, batch: int = 64) -> np.ndarray:
-    out = []
-    for start in range(0, len(pixels), batch):
-        x = normalise(np.asarray(pixels[start : start + batch]), spec)
-        y = model(x, training=False)
-        out.append((y[0] if isinstance(y, (list, tuple)) else y).numpy())  # [probs, features]: a routed model
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    """The float model's probabilities (the first output of a routed model's [probs, features])."""
+    return infer.outputs(model, pixels, spec, batch)
 
 
 def predict_tflite(tflite_path, manifest: dict, pixels: np.ndarray, threads: int | None = None):

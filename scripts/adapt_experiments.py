@@ -107,6 +107,10 @@ EXPERIMENTS = {
     # faster a step here, against the default (hed_avg's checkpoint "600", the same seeds).
     "hed_batch16": (replace(PLAIN, colour_mode="hed", batch=16), "capture", (600,)),
     "hed_batch16_seed1": (replace(PLAIN, colour_mode="hed", batch=16, seed=1), "capture", (600,)),
+    # Eighth round: batches of 8 (the same shares, steps and learning rate), against the default
+    # since the seventh round (hed_batch16 and hed_batch16_seed1, the same seeds).
+    "hed_batch8": (replace(PLAIN, colour_mode="hed", batch=8), "capture", (600,)),
+    "hed_batch8_seed1": (replace(PLAIN, colour_mode="hed", batch=8, seed=1), "capture", (600,)),
 }
 
 

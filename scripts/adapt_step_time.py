@@ -11,7 +11,10 @@ training:
   trained them (no gradient through the high-resolution stem; a different training);
 - `xla`: the step compiled by XLA (`tf.function(jit_compile=True)`, adapt/finetune.py `JIT`);
 - `no_onednn`: TensorFlow's own CPU kernels instead of oneDNN's (`TF_ENABLE_ONEDNN_OPTS=0`);
-- `batch16`: batches of 16 instead of 32 (the same shares; a different training).
+- `batch16`: batches of 16 instead of 32 (the same shares; a different training);
+- `batch16_ahead`, `batch16_inter1`: batches of 16 (adapt's default now) made ahead, or with one
+  thread in TensorFlow's pool for independent ops (`TF_NUM_INTEROP_THREADS=1`; the same training);
+- `batch8`: batches of 8 (the same shares; a different training).
 
     .venv/bin/python scripts/adapt_step_time.py [--steps 30] [--repeats 2] [--ways malloc in_turn ...]
 
@@ -50,6 +53,10 @@ WAYS: dict[str, tuple[dict, bool, bool, dict]] = {
     "xla": (POOL, False, True, {}),
     "no_onednn": ({**POOL, "TF_ENABLE_ONEDNN_OPTS": "0"}, False, False, {}),
     "batch16": (POOL, False, False, {"batch": 16}),
+    "batch16_ahead": (POOL, True, False, {"batch": 16}),
+    "batch8": (POOL, False, False, {"batch": 8}),
+    # TensorFlow's pool for independent ops, one thread instead of one per core (TF_NUM_INTEROP_THREADS)
+    "batch16_inter1": ({**POOL, "TF_NUM_INTEROP_THREADS": "1"}, False, False, {"batch": 16}),
 }
 
 

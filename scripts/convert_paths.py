@@ -2,9 +2,11 @@
 
 - `keras`: `TFLiteConverter.from_keras_model(model)`, what convert used before;
 - `module`: a tf.Module holding the model's variables and one traced call
-  (convert/export.py `_converter`, what convert uses now).
+  (convert/export.py `_converter` with a SavedModel between, what convert used next);
+- `frozen`: the same traced call handed over without the module: the converter freezes the
+  variables into constants and converts that graph, with no SavedModel written and read back.
 
-    .venv/bin/python scripts/convert_paths.py [--cells 100] [--out benchmarks/results/convert_paths.json]
+    .venv/bin/python scripts/convert_paths.py [--cells 100] [--ways keras module] [--out FILE.json]
 
 For the shipped 160 px model (with its feature output, as convert exports it) and for adapt's
 routed model (two copies of it joined by adapt/route.py, as adapt exports them), each converted to
@@ -37,9 +39,16 @@ def convert(model, spec, way: str, samples: np.ndarray) -> tuple[bytes, float]:
     import tensorflow as tf
 
     t = time.perf_counter()
-    conv = (
-        tf.lite.TFLiteConverter.from_keras_model(model) if way == "keras" else export._converter(model, spec, False)  # noqa: SLF001 - the path convert takes
-    )
+    if way == "keras":
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    else:
+        module = tf.Module()
+        module.weights_ = list(model.variables)
+        module.call = tf.function(
+            lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, *spec.size, 3], tf.float32)]
+        )
+        cf = module.call.get_concrete_function()
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([cf], module if way == "module" else None)
     formats.apply(conv, formats.resolve("int8", per_tensor=True), "int8", calibrate.representative(samples))
     return conv.convert(), time.perf_counter() - t
 
@@ -67,6 +76,7 @@ def main() -> int:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", type=int, default=100)
+    ap.add_argument("--ways", nargs=2, choices=("keras", "module", "frozen"), default=["keras", "module"])
     ap.add_argument("--out", default=str(ax.REPO / "benchmarks" / "results" / "convert_paths.json"))
     args = ap.parse_args()
     spec = InputSpec.named(160)
@@ -81,17 +91,22 @@ def main() -> int:
     # The router's (small, random) weights change the answers, not what the converter does.
     w = np.random.default_rng(0).normal(0, 0.01, 1280).astype(np.float32)
     models = {"mobilenetv2_160": export.with_features(base())[0], "routed": rt.routed(home, site, w, 0.0, "routed")}
-    cmd = ".venv/bin/python scripts/convert_paths.py" + (f" --cells {args.cells}" if args.cells != 100 else "")
+    cmd = (
+        ".venv/bin/python scripts/convert_paths.py"
+        + (f" --cells {args.cells}" if args.cells != 100 else "")
+        + (f" --ways {' '.join(args.ways)}" if args.ways != ["keras", "module"] else "")
+        + (f" --out {args.out}" if "--out" in sys.argv else "")
+    )
     res: dict = {"command": cmd}
     for name, model in models.items():
         row: dict = {}
         outs = {}
-        for way in ("keras", "module"):
+        for way in args.ways:
             tfl, s = convert(model, spec, way, samples)
             outs[way] = outputs(tfl, test, spec)
             row[way] = {"seconds": round(s, 1), "bytes": len(tfl), "sha256": hashlib.sha256(tfl).hexdigest()[:12]}
             print(f"{name} {way}: {s:.1f} s, {len(tfl)} bytes", flush=True)
-        same = sum(np.array_equal(a, b) for a, b in zip(outs["keras"], outs["module"]))
+        same = sum(np.array_equal(a, b) for a, b in zip(*outs.values()))
         row["cells_with_identical_outputs"] = f"{same}/{len(test)}"
         print(f"{name}: identical int8 outputs on {same} of {len(test)} PBC test cells", flush=True)
         res[name] = row

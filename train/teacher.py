@@ -27,6 +27,7 @@ from edge_bloodcls.edge_runtime.core.preprocess import normalise
 from edge_bloodcls.edge_runtime.core.spec import InputSpec
 from edge_bloodcls.tfenv import configure
 
+from . import infer
 from .data import read_split
 from .pipeline import cached_pixels
 
@@ -49,10 +50,11 @@ def d4_views(x: np.ndarray) -> list[np.ndarray]:
 def log_probs(model, pixels: np.ndarray, spec: InputSpec, tta: bool = True, batch: int = 128) -> np.ndarray:
     """Mean log-probability over the D4 views (or the image alone) -> (N, n_classes) float32."""
     out = []
+    f = infer.forward(model)
     for start in range(0, len(pixels), batch):
         x = normalise(np.asarray(pixels[start : start + batch]), spec)  # the runtime's own
         views = d4_views(x) if tta else [x]
-        lp = [np.log(np.clip(model(np.ascontiguousarray(v), training=False).numpy(), 1e-12, 1.0)) for v in views]
+        lp = [np.log(np.clip(f(np.ascontiguousarray(v)).numpy(), 1e-12, 1.0)) for v in views]
         out.append(np.mean(lp, axis=0))
     return np.concatenate(out).astype(np.float32)
 

@@ -11,7 +11,6 @@ import csv
 import json
 import logging
 import tempfile
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,21 +210,24 @@ def _converter(model, spec: InputSpec, fixed_batch: bool):
     # TensorFlow: the [train] extra, imported when a command needs it (the edge install has none)
     import tensorflow as tf
 
-    # One traced call of the model, given to the converter without anything to save: it freezes the
-    # variables into constants and converts that graph. Given the Keras model, the converter first
-    # saves it as a SavedModel, tracing every layer's call for Keras's own reloading; given a
-    # tf.Module holding the call, it still writes and reads back a SavedModel. On the project's
-    # 2-core machine, int8 with 300 calibration cells, the same int8 outputs on 100 PBC test cells
-    # each way (scripts/convert_paths.py): Keras 38.4 s against module 20.5 s for the 160 px model,
-    # 89.5 against 33.5 s for adapt's routed two-network one (convert_paths.json); module 21.0 s
-    # against frozen 16.9 s, and 30.0 against 19.2 s (convert_paths_frozen.json).
+    # The converter saves what it is given as a SavedModel first. Given the Keras model, that save
+    # traces every layer's call for Keras's own reloading, which the converter never uses: a plain
+    # tf.Module holding the model's variables and one traced call converts the same graph in half
+    # to a third of the time, with the same int8 outputs on PBC test cells, for the 160 px model
+    # and adapt's routed two-network one (scripts/convert_paths.py: 20.5 s against 38.4 s, 33.5 s
+    # against 89.5 s on the project's 2-core machine). The traced call alone, without the module,
+    # is faster still (16.9 s against 21.0 s, 19.2 against 30.0 s: convert_paths_frozen.json) but
+    # takes the frozen-graph path TensorFlow marks deprecated and warns about on every export:
+    # not taken.
+    module = tf.Module()
+    module.weights_ = list(model.variables)
     # The Edge TPU compiler wants static shapes: a batch of one, as the runtime feeds it.
     batch = 1 if fixed_batch else None
-    call = tf.function(
+    module.call = tf.function(
         lambda x: model(x, training=False),  # a list for a two-output model
         input_signature=[tf.TensorSpec([batch, *spec.size, 3], tf.float32)],
     )
-    return tf.lite.TFLiteConverter.from_concrete_functions([call.get_concrete_function()])
+    return tf.lite.TFLiteConverter.from_concrete_functions([module.call.get_concrete_function()], module)
 
 
 def _evaluate(src: Source, tflite: Path, manifest: dict, images, pixels, threads) -> tuple[dict, dict, dict]:
@@ -390,11 +392,7 @@ def run(opts: ExportOptions, source: Source | None = None) -> dict:
         return formats.apply(_converter(m or export_model, spec, opts.edgetpu), fmt, io, rep, opts.allow_float_ops)
 
     try:
-        with warnings.catch_warnings():
-            # Frozen-graph conversion to integer I/O asks for input statistics a trained-only
-            # quantization would need; calibration sets the input's scale (the manifest records it).
-            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
-            tflite = make_converter().convert()
+        tflite = make_converter().convert()
     except Exception as e:  # ConverterError and friends carry the op that failed
         hint = (
             "; ops without an int8 kernel can be left in float with --allow-float-ops"

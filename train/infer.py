@@ -2,9 +2,10 @@
 (convert's gate, adapt's checks and router, the teacher's scores).
 
 Why not `model(x, training=False)`: called eagerly, tf_keras runs a functional model op by op,
-and on the project's 2-core machine that took 31 ms a MobileNetV2-160 image against 16 ms for the
-same batches of 64 through a tf.function, with identical outputs (scripts/infer_speed.py,
-benchmarks/results/infer_speed.json). `Model.predict` builds a tf.data pipeline on each call.
+and on the project's 2-core machine that took 18.2 and 19.2 ms a MobileNetV2-160 image against
+9.3 and 9.7 ms for the same batches of 64 through a tf.function, with identical outputs
+(scripts/infer_speed.py, benchmarks/results/infer_speed.json). `Model.predict` is not used: it
+builds a tf.data pipeline on each call.
 """
 
 from __future__ import annotations

@@ -257,9 +257,6 @@ def _ahead(it):
 
 def predict(model, spec, px: np.ndarray, batch: int = 64) -> np.ndarray:
     """Probabilities of the float model (a routed model's first output) for uint8 pixels."""
-    if not len(px):
-        n_cls = model.output_shape[0][-1] if isinstance(model.output_shape, list) else model.output_shape[-1]
-        return np.zeros((0, n_cls), np.float32)
     return infer.outputs(model, px, spec, batch)
 
 

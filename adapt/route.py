@@ -30,8 +30,6 @@ ROUTE_C = 1.0  # inverse L2 strength of the router's logistic regression (standa
 
 def pooled(model, spec, px: np.ndarray, batch: int = 64) -> np.ndarray:
     """The model's pooled features (its "pool" layer) for uint8 pixels at model size."""
-    if not len(px):
-        return np.zeros((0, model.get_layer("pool").output_shape[-1]), np.float32)
     return infer.outputs(model, px, spec, batch, layer="pool")
 
 

@@ -2,7 +2,7 @@
 
 - `keras`: `TFLiteConverter.from_keras_model(model)`, what convert used before;
 - `module`: a tf.Module holding the model's variables and one traced call
-  (convert/export.py `_converter` with a SavedModel between, what convert used next);
+  (convert/export.py `_converter`, what convert takes: a SavedModel is written and read back);
 - `frozen`: the same traced call handed over without the module: the converter freezes the
   variables into constants and converts that graph, with no SavedModel written and read back.
 
@@ -41,14 +41,13 @@ def convert(model, spec, way: str, samples: np.ndarray) -> tuple[bytes, float]:
     t = time.perf_counter()
     if way == "keras":
         conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    elif way == "module":
+        conv = export._converter(model, spec, False)  # noqa: SLF001 - the path convert takes
     else:
-        module = tf.Module()
-        module.weights_ = list(model.variables)
-        module.call = tf.function(
+        call = tf.function(
             lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, *spec.size, 3], tf.float32)]
         )
-        cf = module.call.get_concrete_function()
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([cf], module if way == "module" else None)
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([call.get_concrete_function()])
     formats.apply(conv, formats.resolve("int8", per_tensor=True), "int8", calibrate.representative(samples))
     return conv.convert(), time.perf_counter() - t
 

@@ -51,9 +51,13 @@ def forward(model, layer: str | None = None) -> Callable[[np.ndarray], Any]:
 def outputs(model, pixels: np.ndarray, spec: InputSpec, batch: int = 64, layer: str | None = None) -> np.ndarray:
     """The first output (the probabilities of a two-output routed model), or layer `layer`'s, for
     uint8 pixels at model size, normalised a batch at a time (the runtime's own normalise)."""
+    if not len(pixels):
+        shape = model.get_layer(layer).output_shape if layer else model.output_shape
+        width = (shape[0] if isinstance(shape, list) else shape)[-1]  # a routed model: [probs, features]
+        return np.zeros((0, width), np.float32)
     f = forward(model, layer)
     out = []
     for i in range(0, len(pixels), batch):
         y = f(np.ascontiguousarray(normalise(np.asarray(pixels[i : i + batch]), spec)))
         out.append((y[0] if isinstance(y, (list, tuple)) else y).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return np.concatenate(out)

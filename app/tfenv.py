@@ -5,6 +5,7 @@ the CLI (the benchmark's measuring child, a test) calls configure() first."""
 from __future__ import annotations
 
 import os
+import platform
 
 
 def configure():
@@ -19,3 +20,11 @@ def configure():
     # (scripts/adapt_step_time.py), the same int8 file byte for byte (docs/adapt.md, sixth round);
     # the price is a higher peak (the pool keeps what it took). A user's own setting wins.
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+    # oneDNN's CPU kernels, asked for: left unset, TensorFlow on x86 Linux takes them only on CPUs
+    # with AVX512_VNNI, AVX512_BF16 or AMX, and otherwise runs its own (Eigen) kernels; on the
+    # project's 2-core AMD machine (AVX2, FMA) those ran adapt's training step in 0.76 s against
+    # 0.60 s with oneDNN (scripts/adapt_step_time.py, benchmarks/results/adapt_step_time_onednn.json;
+    # docs/adapt.md, ninth round). The same arithmetic, rounded differently: a run is not bit-identical to one made without it. Measured on x86 only,
+    # so other CPUs keep TensorFlow's own choice. A user's own setting wins.
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

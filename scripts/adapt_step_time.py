@@ -14,7 +14,11 @@ training:
 - `batch16`: batches of 16 instead of 32 (the same shares; a different training);
 - `batch16_ahead`, `batch16_inter1`: batches of 16 (adapt's default now) made ahead, or with one
   thread in TensorFlow's pool for independent ops (`TF_NUM_INTEROP_THREADS=1`; the same training);
-- `batch8`: batches of 8 (the same shares; a different training).
+- `batch8`: batches of 8 (the same shares; a different training);
+- `batch16_onednn`, `batch16_eigen`: batches of 16 with TensorFlow's oneDNN kernels asked for
+  (`TF_ENABLE_ONEDNN_OPTS=1`) or refused (`=0`). Left unset, TensorFlow on x86 Linux uses them only
+  on CPUs with AVX512_VNNI, AVX512_BF16 or AMX, so on this project's AMD machines it ran its own
+  (Eigen) kernels: the same training, other floating-point rounding.
 
     .venv/bin/python scripts/adapt_step_time.py [--steps 30] [--repeats 2] [--ways malloc in_turn ...]
 
@@ -57,6 +61,8 @@ WAYS: dict[str, tuple[dict, bool, bool, dict]] = {
     "batch8": (POOL, False, False, {"batch": 8}),
     # TensorFlow's pool for independent ops, one thread instead of one per core (TF_NUM_INTEROP_THREADS)
     "batch16_inter1": ({**POOL, "TF_NUM_INTEROP_THREADS": "1"}, False, False, {"batch": 16}),
+    "batch16_onednn": ({**POOL, "TF_ENABLE_ONEDNN_OPTS": "1"}, False, False, {"batch": 16}),
+    "batch16_eigen": ({**POOL, "TF_ENABLE_ONEDNN_OPTS": "0"}, False, False, {"batch": 16}),
 }
 
 
@@ -134,14 +140,19 @@ def main() -> int:
 
 
 def _cpu() -> str:
-    """The CPU's model name and core count: step times differ 3-5x between this project's machines."""
+    """The CPU's model name, core count and vector extensions: step times differ 3-5x between this
+    project's machines, and TensorFlow picks its kernels by the extensions."""
+    name, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip() + ", "
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return f"{os.cpu_count()} cores"
+    ext = [f for f in ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{name}{os.cpu_count()} cores" + (f", {' '.join(ext)}" if ext else "")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ training:
 - `batch16_onednn`, `batch16_eigen`: batches of 16 with TensorFlow's oneDNN kernels asked for
   (`TF_ENABLE_ONEDNN_OPTS=1`) or refused (`=0`). Left unset, TensorFlow on x86 Linux uses them only
   on CPUs with AVX512_VNNI, AVX512_BF16 or AMX, so on this project's AMD machines it ran its own
-  (Eigen) kernels: the same training, other floating-point rounding.
+  (Eigen) kernels: the same training, other floating-point rounding. app/tfenv.py asks for
+  oneDNN on x86 since the ninth round (docs/adapt.md), so the ways that do not name the setting
+  ran Eigen's kernels before it and oneDNN's after it.
 
     .venv/bin/python scripts/adapt_step_time.py [--steps 30] [--repeats 2] [--ways malloc in_turn ...]
 
@@ -140,19 +142,14 @@ def main() -> int:
 
 
 def _cpu() -> str:
-    """The CPU's model name, core count and vector extensions: step times differ 3-5x between this
-    project's machines, and TensorFlow picks its kernels by the extensions."""
-    name, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not name:
-                name = line.split(":", 1)[1].strip() + ", "
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    """The CPU's model name, usable cores and vector extensions: step times differ 3-5x between
+    this project's machines, and TensorFlow picks its kernels by the extensions."""
+    from edge_bloodcls.host import cpu_model, cpuinfo, usable_cores
+
+    cpu = cpuinfo()
+    flags = set(cpu.get("flags", "").split())
     ext = [f for f in ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{name}{os.cpu_count()} cores" + (f", {' '.join(ext)}" if ext else "")
+    return f"{cpu_model(cpu)}, {usable_cores()} cores" + (f", {' '.join(ext)}" if ext else "")
 
 
 if __name__ == "__main__":

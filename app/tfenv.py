@@ -24,7 +24,8 @@ def configure():
     # with AVX512_VNNI, AVX512_BF16 or AMX, and otherwise runs its own (Eigen) kernels; on the
     # project's 2-core AMD machine (AVX2, FMA) those ran adapt's training step in 0.76 s against
     # 0.60 s with oneDNN (scripts/adapt_step_time.py, benchmarks/results/adapt_step_time_onednn.json;
-    # docs/adapt.md, ninth round). The same arithmetic, rounded differently: a run is not bit-identical to one made without it. Measured on x86 only,
-    # so other CPUs keep TensorFlow's own choice. A user's own setting wins.
+    # docs/adapt.md, ninth round). The same arithmetic, rounded differently: a run is not
+    # bit-identical to one made without it. Measured on x86 only, so other CPUs keep TensorFlow's
+    # own choice. A user's own setting wins.
     if platform.machine().lower() in ("x86_64", "amd64"):
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
